@@ -1,0 +1,240 @@
+//! Addresses: the sending end of a mailbox, valid on any node.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Weak};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::SendError;
+use crate::id::MailboxId;
+use crate::mailbox::MailboxShared;
+use crate::message::Message;
+use crate::node::NodeInner;
+use crate::system::MailboxClosed;
+
+/// Where sends to an address go. Resolved once, when the address is made or
+/// deserialized, so a send never looks anything up.
+#[derive(Clone)]
+enum Target {
+    /// A mailbox of this node: sends push straight into its queue.
+    Local(Arc<MailboxShared>),
+    /// A mailbox of another node, reached through this node's connections.
+    Remote(Weak<NodeInner>),
+    /// A mailbox of this node that no longer exists, or one of an earlier
+    /// incarnation of this node: sends fail with `Closed`.
+    Gone,
+    /// Deserialized with no node to bind to.
+    Unbound,
+}
+
+/// The address of a mailbox, on this node or any other.
+///
+/// Cheap to clone, compared and hashed by [`MailboxId`], and serialized as
+/// that id: an address inside a message sent to another node works there,
+/// and an address that comes back reaches the original mailbox.
+///
+/// ```
+/// use reign_proto::{Incarnation, MailboxClosed, Node};
+///
+/// let node = Node::local(Incarnation(1));
+/// let (target, target_box) = node.new_mailbox();
+/// let (watcher, watcher_box) = node.new_mailbox();
+/// target.on_close_notify(&watcher);
+/// target_box.close();
+/// let note = watcher_box.try_recv().unwrap().unwrap();
+/// assert_eq!(note.downcast::<MailboxClosed>().unwrap(), MailboxClosed(target.id()));
+/// assert!(target.send(1u8).is_err());
+/// ```
+#[derive(Clone)]
+pub struct Address {
+    id: MailboxId,
+    target: Target,
+}
+
+impl Address {
+    pub(crate) fn local(shared: Arc<MailboxShared>) -> Address {
+        Address {
+            id: shared.id,
+            target: Target::Local(shared),
+        }
+    }
+
+    pub(crate) fn remote(id: MailboxId, node: Weak<NodeInner>) -> Address {
+        Address {
+            id,
+            target: Target::Remote(node),
+        }
+    }
+
+    pub(crate) fn gone(id: MailboxId) -> Address {
+        Address {
+            id,
+            target: Target::Gone,
+        }
+    }
+
+    /// The id of the mailbox this address reaches.
+    pub fn id(&self) -> MailboxId {
+        self.id
+    }
+
+    /// Whether the mailbox lives on the node this address is bound to.
+    pub fn is_local(&self) -> bool {
+        matches!(self.target, Target::Local(_) | Target::Gone)
+    }
+
+    /// Sends a message. Never blocks.
+    ///
+    /// A local send moves `value` into the mailbox. A remote send encodes it
+    /// here, in the caller's thread, and queues the frame for the node's
+    /// connection to the target's node; `T` must be registered with
+    /// [`register_type`](crate::register_type). Delivery is at most once:
+    /// `Ok` does not promise delivery (a send to a node that is down is
+    /// dropped and counted), an error promises the message was not delivered.
+    pub fn send<T: Any + Send + Serialize>(&self, value: T) -> Result<(), SendError> {
+        match &self.target {
+            Target::Local(mailbox) => mailbox.push(Message::local(value)),
+            Target::Remote(node) => match node.upgrade() {
+                Some(node) => node.send_remote(self.id, &value),
+                None => Err(SendError::NodeShutdown),
+            },
+            Target::Gone => Err(SendError::Closed),
+            Target::Unbound => Err(SendError::Unbound),
+        }
+    }
+
+    /// Asks for [`MailboxClosed`] to be sent to `watcher` when this address's
+    /// mailbox closes, or when its node becomes unreachable (Erlang's link,
+    /// one way; reign's `OnCloseNotify`). If the mailbox is already closed or
+    /// unreachable, the notification is sent at once. Each watch fires once.
+    pub fn on_close_notify(&self, watcher: &Address) {
+        match &self.target {
+            Target::Local(mailbox) => {
+                if !mailbox.add_watcher(watcher) {
+                    let _ = watcher.send(MailboxClosed(self.id));
+                }
+            }
+            Target::Remote(node) => match node.upgrade() {
+                Some(node) => node.watch_remote(self.id, watcher),
+                None => {
+                    let _ = watcher.send(MailboxClosed(self.id));
+                }
+            },
+            Target::Gone | Target::Unbound => {
+                let _ = watcher.send(MailboxClosed(self.id));
+            }
+        }
+    }
+
+    /// Cancels an [`on_close_notify`](Address::on_close_notify) watch.
+    pub fn remove_notify(&self, watcher: &Address) {
+        match &self.target {
+            Target::Local(mailbox) => mailbox.remove_watcher(watcher),
+            Target::Remote(node) => {
+                if let Some(node) = node.upgrade() {
+                    node.unwatch_remote(self.id, watcher);
+                }
+            }
+            Target::Gone | Target::Unbound => {}
+        }
+    }
+
+    /// The local mailbox behind this address, if it is a live local one.
+    pub(crate) fn local_mailbox(&self) -> Option<&Arc<MailboxShared>> {
+        match &self.target {
+            Target::Local(mailbox) => Some(mailbox),
+            _ => None,
+        }
+    }
+
+    /// Delivers an already-built message to a local mailbox.
+    pub(crate) fn deliver(&self, msg: Message) -> Result<(), SendError> {
+        match &self.target {
+            Target::Local(mailbox) => mailbox.push(msg),
+            Target::Gone => Err(SendError::Closed),
+            Target::Remote(_) | Target::Unbound => Err(SendError::Unbound),
+        }
+    }
+}
+
+impl PartialEq for Address {
+    fn eq(&self, other: &Address) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Address {}
+
+impl Hash for Address {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+
+impl PartialOrd for Address {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Address {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.id.cmp(&other.id)
+    }
+}
+
+impl fmt::Debug for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.target {
+            Target::Local(_) => "local",
+            Target::Remote(_) => "remote",
+            Target::Gone => "gone",
+            Target::Unbound => "unbound",
+        };
+        write!(f, "Address({:?}, {kind})", self.id)
+    }
+}
+
+impl Serialize for Address {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.id.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Address, D::Error> {
+        let id = MailboxId::deserialize(deserializer)?;
+        Ok(DECODE_NODE.with(
+            |current| match current.borrow().as_ref().and_then(Weak::upgrade) {
+                Some(node) => node.bind(id),
+                None => Address {
+                    id,
+                    target: Target::Unbound,
+                },
+            },
+        ))
+    }
+}
+
+thread_local! {
+    /// The node that addresses being deserialized on this thread bind to.
+    static DECODE_NODE: RefCell<Option<Weak<NodeInner>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with addresses deserialized on this thread binding to `node`.
+/// Nests, and restores the previous binding even if `f` panics.
+pub(crate) fn with_decode_context<R>(node: &Weak<NodeInner>, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Weak<NodeInner>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            DECODE_NODE.with(|current| *current.borrow_mut() = previous);
+        }
+    }
+    let previous = DECODE_NODE.with(|current| current.replace(Some(node.clone())));
+    let _restore = Restore(previous);
+    f()
+}

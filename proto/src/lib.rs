@@ -1,0 +1,41 @@
+//! # reign-proto: the Sans-IO core of reign
+//!
+//! reign is an Erlang-like clustering and messaging library. Processes own
+//! **mailboxes**; anyone holding an **address** can send to it, on this node
+//! or any node of the cluster. This crate holds everything that does not
+//! touch a socket or a clock: mailboxes and addresses, dynamic messages, the
+//! wire codec, and (in later modules) the peer state machine, the registry
+//! and the messaging schemes. Runtime adapters (`reign-tokio`,
+//! `reign-async-std`, `reign-smol`) move bytes between sockets and this core.
+//!
+//! ```
+//! use reign_proto::{Incarnation, Node};
+//!
+//! let node = Node::local(Incarnation(1));
+//! let (addr, mailbox) = node.new_mailbox();
+//! addr.send(String::from("hello")).unwrap();
+//! let msg = mailbox.try_recv().unwrap().expect("a message");
+//! assert_eq!(msg.downcast::<String>().unwrap(), "hello");
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod codec;
+pub mod error;
+pub mod id;
+pub mod mailbox;
+pub mod message;
+pub mod node;
+pub mod stats;
+pub mod system;
+pub mod types;
+
+pub use address::Address;
+pub use error::{DecodeError, RecvError, SendError};
+pub use id::{Incarnation, MailboxId, NodeId};
+pub use mailbox::{Capacity, Mailbox};
+pub use message::{DowncastError, Message};
+pub use node::Node;
+pub use stats::NodeStats;
+pub use system::{MailboxClosed, MultipleClaim};
+pub use types::{register_type, register_type_named, TypeError, TypeTag};

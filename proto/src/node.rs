@@ -1,0 +1,273 @@
+//! The user's handle on a node: creates mailboxes, binds addresses, and is
+//! shared between user threads and the node's driver.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::Serialize;
+
+use crate::address::{with_decode_context, Address};
+use crate::error::SendError;
+use crate::id::{Incarnation, MailboxId, NodeId};
+use crate::mailbox::{Capacity, Mailbox, MailboxShared};
+use crate::stats::NodeCounters;
+use crate::system::MailboxClosed;
+
+/// Shards of the mailbox table; a power of two.
+const SHARDS: usize = 16;
+
+/// Mailbox serials are sequential, so the identity is a good enough hash.
+#[derive(Default)]
+struct SerialHasher(u64);
+
+impl Hasher for SerialHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | b as u64;
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type SerialMap<V> = HashMap<u64, V, BuildHasherDefault<SerialHasher>>;
+
+/// id → mailbox, the one structure that user threads and the driver share on
+/// the receive path. Sharded so that creating and closing mailboxes on many
+/// threads does not serialize on one lock.
+struct MailboxTable {
+    shards: [Mutex<SerialMap<Weak<MailboxShared>>>; SHARDS],
+}
+
+impl MailboxTable {
+    fn new() -> MailboxTable {
+        MailboxTable {
+            shards: std::array::from_fn(|_| Mutex::new(SerialMap::default())),
+        }
+    }
+
+    fn shard(&self, serial: u64) -> std::sync::MutexGuard<'_, SerialMap<Weak<MailboxShared>>> {
+        self.shards[(serial as usize) & (SHARDS - 1)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn insert(&self, serial: u64, mailbox: Weak<MailboxShared>) {
+        self.shard(serial).insert(serial, mailbox);
+    }
+
+    fn remove(&self, serial: u64) {
+        self.shard(serial).remove(&serial);
+    }
+
+    fn get(&self, serial: u64) -> Option<Arc<MailboxShared>> {
+        self.shard(serial).get(&serial).and_then(Weak::upgrade)
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+}
+
+/// The shared state behind a [`Node`].
+pub(crate) struct NodeInner {
+    pub(crate) id: NodeId,
+    pub(crate) incarnation: Incarnation,
+    next_serial: AtomicU64,
+    mailboxes: MailboxTable,
+    pub(crate) counters: NodeCounters,
+    /// Weak self-reference, handed to addresses this node binds.
+    me: Weak<NodeInner>,
+}
+
+impl NodeInner {
+    /// Binds an id to this node: a live local mailbox, a gone one, or a
+    /// remote one reached through this node.
+    pub(crate) fn bind(&self, id: MailboxId) -> Address {
+        if id.node != self.id {
+            return Address::remote(id, self.me.clone());
+        }
+        if id.incarnation != self.incarnation {
+            return Address::gone(id);
+        }
+        match self.mailboxes.get(id.serial) {
+            Some(mailbox) => Address::local(mailbox),
+            None => Address::gone(id),
+        }
+    }
+
+    /// A local mailbox by id, for delivering messages from the wire.
+    pub(crate) fn local_mailbox(&self, id: MailboxId) -> Option<Arc<MailboxShared>> {
+        if id.node != self.id || id.incarnation != self.incarnation {
+            return None;
+        }
+        self.mailboxes.get(id.serial)
+    }
+
+    /// Called once when a local mailbox closes.
+    pub(crate) fn mailbox_closed(&self, id: MailboxId, watchers: Vec<Address>) {
+        self.mailboxes.remove(id.serial);
+        self.counters
+            .mailboxes_closed
+            .fetch_add(1, Ordering::Relaxed);
+        for watcher in watchers {
+            let _ = watcher.send(MailboxClosed(id));
+        }
+    }
+
+    /// Sends to a mailbox of another node.
+    pub(crate) fn send_remote<T: Serialize + 'static>(
+        &self,
+        _dest: MailboxId,
+        _value: &T,
+    ) -> Result<(), SendError> {
+        if crate::types::tag_of(std::any::TypeId::of::<T>()).is_none() {
+            return Err(SendError::Unregistered {
+                type_name: std::any::type_name::<T>(),
+            });
+        }
+        // With no connection to the target's node the message is dropped,
+        // as a send to a node that is down is (at most once, like Erlang).
+        self.counters
+            .dropped_unreachable
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Watches a mailbox of another node.
+    pub(crate) fn watch_remote(&self, target: MailboxId, watcher: &Address) {
+        // Unreachable: notify at once.
+        let _ = watcher.send(MailboxClosed(target));
+    }
+
+    /// Cancels a watch on a mailbox of another node.
+    pub(crate) fn unwatch_remote(&self, _target: MailboxId, _watcher: &Address) {}
+}
+
+/// A node: the factory of mailboxes and the context addresses bind to.
+///
+/// Cheap to clone; every clone is the same node. [`Node::local`] makes a node
+/// with no network (Go reign's `NoClustering`): mailboxes, addresses and close
+/// notifications work, and nothing is ever sent anywhere. The runtime adapters
+/// build networked nodes.
+///
+/// ```
+/// use reign_proto::{Incarnation, Node};
+///
+/// let node = Node::local(Incarnation(1));
+/// let (addr, mailbox) = node.new_mailbox();
+/// addr.send(String::from("hi")).unwrap();
+/// assert_eq!(mailbox.message_count(), 1);
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+impl Node {
+    /// A node with no network, as node 0.
+    pub fn local(incarnation: Incarnation) -> Node {
+        Node::new(NodeId(0), incarnation)
+    }
+
+    pub(crate) fn new(id: NodeId, incarnation: Incarnation) -> Node {
+        let inner = Arc::new_cyclic(|me| NodeInner {
+            id,
+            incarnation,
+            next_serial: AtomicU64::new(1),
+            mailboxes: MailboxTable::new(),
+            counters: NodeCounters::default(),
+            me: me.clone(),
+        });
+        Node { inner }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// This start of the node.
+    pub fn incarnation(&self) -> Incarnation {
+        self.inner.incarnation
+    }
+
+    /// A new unbounded mailbox and its address.
+    pub fn new_mailbox(&self) -> (Address, Mailbox) {
+        self.new_mailbox_with_capacity(Capacity::UNBOUNDED)
+    }
+
+    /// A new mailbox with bounds (see [`Capacity`] for the overflow policy).
+    pub fn new_mailbox_with_capacity(&self, capacity: Capacity) -> (Address, Mailbox) {
+        // fetch_add makes concurrent creation race-free: every caller gets a
+        // distinct serial, and serials never repeat within an incarnation.
+        let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
+        let id = MailboxId {
+            node: self.inner.id,
+            incarnation: self.inner.incarnation,
+            serial,
+        };
+        let shared = Arc::new(MailboxShared::new(
+            id,
+            Arc::downgrade(&self.inner),
+            capacity,
+        ));
+        self.inner.mailboxes.insert(serial, Arc::downgrade(&shared));
+        self.inner
+            .counters
+            .mailboxes_created
+            .fetch_add(1, Ordering::Relaxed);
+        (Address::local(shared.clone()), Mailbox::new(shared))
+    }
+
+    /// The address of a mailbox id, bound to this node.
+    pub fn address_of(&self, id: MailboxId) -> Address {
+        self.inner.bind(id)
+    }
+
+    /// Runs `f` so that addresses deserialized inside it (from JSON, a file,
+    /// …) bind to this node. Messages received from other nodes do this by
+    /// themselves.
+    ///
+    /// ```
+    /// use reign_proto::{Address, Incarnation, Node};
+    ///
+    /// let node = Node::local(Incarnation(1));
+    /// let (addr, mailbox) = node.new_mailbox();
+    /// let json = serde_json::to_string(&addr).unwrap();
+    /// let back: Address = node.bind_scope(|| serde_json::from_str(&json).unwrap());
+    /// back.send(1u8).unwrap();
+    /// assert_eq!(mailbox.message_count(), 1);
+    /// ```
+    pub fn bind_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        with_decode_context(&Arc::downgrade(&self.inner), f)
+    }
+
+    /// Mailboxes currently open on this node.
+    pub fn mailbox_count(&self) -> usize {
+        self.inner.mailboxes.len()
+    }
+
+    /// A snapshot of this node's counters.
+    pub fn stats(&self) -> crate::stats::NodeStats {
+        self.inner.counters.snapshot()
+    }
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.id)
+            .field("incarnation", &self.inner.incarnation)
+            .finish()
+    }
+}

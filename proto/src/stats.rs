@@ -1,0 +1,48 @@
+//! Counters kept by a node, readable at any time as a [`NodeStats`] snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters, updated with relaxed atomics.
+        #[derive(Debug, Default)]
+        pub(crate) struct NodeCounters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A snapshot of a node's counters.
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct NodeStats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl NodeCounters {
+            pub(crate) fn snapshot(&self) -> NodeStats {
+                NodeStats {
+                    $($name: self.$name.load(Ordering::Relaxed),)*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Mailboxes created since start.
+    mailboxes_created,
+    /// Mailboxes closed since start.
+    mailboxes_closed,
+    /// Messages sent to other nodes' mailboxes (queued for the wire).
+    remote_sent,
+    /// Remote sends dropped because the target's node was not connected.
+    dropped_unreachable,
+    /// Remote sends refused because the outbound queue to the node was full.
+    dropped_outbound_full,
+    /// Messages received from other nodes and delivered to a mailbox.
+    remote_delivered,
+    /// Messages from other nodes dropped because the mailbox was closed or gone.
+    dropped_closed,
+    /// Messages from other nodes dropped because the mailbox was full.
+    dropped_full,
+}

@@ -1,0 +1,21 @@
+//! Messages that reign itself delivers to mailboxes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::MailboxId;
+
+/// Delivered to a watcher when the mailbox it watches closes, or when that
+/// mailbox's node becomes unreachable (see
+/// [`Address::on_close_notify`](crate::Address::on_close_notify)).
+/// Each watch produces it at most once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MailboxClosed(pub MailboxId);
+
+/// Delivered to every claimant of a name that is claimed on more than one
+/// node at once, once per conflict (Go reign's semantics, but however the
+/// conflict was found: a local claim, a remote claim, or a healed partition).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MultipleClaim {
+    /// The contested name.
+    pub name: String,
+}

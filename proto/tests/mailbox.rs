@@ -1,0 +1,381 @@
+//! Local mailbox behaviour: ordering, selective receive, close, watchers,
+//! bounds, blocking receive, concurrency and address binding.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures_lite::future::block_on;
+use reign_proto::{
+    Address, Capacity, Incarnation, MailboxClosed, Message, Node, RecvError, SendError,
+};
+
+struct CountingWaker(AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (Arc<CountingWaker>, Waker) {
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    (counter.clone(), Waker::from(counter))
+}
+
+fn node() -> Node {
+    Node::local(Incarnation(1))
+}
+
+#[test]
+fn messages_arrive_in_send_order() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    for i in 0..100u32 {
+        addr.send(i).unwrap();
+    }
+    assert_eq!(mailbox.message_count(), 100);
+    for i in 0..100u32 {
+        let got = mailbox
+            .try_recv()
+            .unwrap()
+            .unwrap()
+            .downcast::<u32>()
+            .unwrap();
+        assert_eq!(got, i);
+    }
+    assert!(mailbox.try_recv().unwrap().is_none());
+}
+
+#[test]
+fn messages_test_and_downcast_by_type() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    addr.send(String::from("x")).unwrap();
+    let msg = mailbox.try_recv().unwrap().unwrap();
+    assert!(msg.is::<String>());
+    assert!(!msg.is::<u32>());
+    assert_eq!(msg.downcast_ref::<String>().map(String::as_str), Some("x"));
+    assert_eq!(msg.type_name(), Some("string"));
+    let msg = msg.downcast::<u32>().unwrap_err();
+    let err = msg.try_downcast::<u8>().unwrap_err();
+    assert!(err.reason.is_none());
+    assert_eq!(err.message.downcast::<String>().unwrap(), "x");
+}
+
+#[test]
+fn close_during_pending_recv_wakes_with_closed() {
+    let node = node();
+    let (_addr, mailbox) = node.new_mailbox();
+    let (count, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut recv = pin!(mailbox.recv());
+    assert!(recv.as_mut().poll(&mut cx).is_pending());
+    mailbox.close();
+    assert_eq!(
+        count.0.load(Ordering::SeqCst),
+        1,
+        "the pending receiver was woken"
+    );
+    match recv.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(RecvError::Closed)) => {}
+        other => panic!("expected Closed, got {other:?}"),
+    }
+}
+
+#[test]
+fn close_from_another_thread_ends_an_async_recv() {
+    let node = node();
+    let (_addr, mailbox) = node.new_mailbox();
+    let mailbox = Arc::new(mailbox);
+    let closer = {
+        let mailbox = mailbox.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            mailbox.close();
+        })
+    };
+    assert_eq!(block_on(mailbox.recv()).unwrap_err(), RecvError::Closed);
+    closer.join().unwrap();
+}
+
+#[test]
+fn recv_match_leaves_unmatched_messages_in_order() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    addr.send(String::from("a")).unwrap();
+    addr.send(1u32).unwrap();
+    addr.send(String::from("b")).unwrap();
+    addr.send(2u32).unwrap();
+    addr.send(String::from("c")).unwrap();
+    let n: u32 = block_on(mailbox.recv_type()).unwrap();
+    assert_eq!(n, 1);
+    let m = block_on(mailbox.recv_match(|m| m.downcast_ref::<u32>() == Some(&2))).unwrap();
+    assert_eq!(m.downcast::<u32>().unwrap(), 2);
+    let rest: Vec<String> = std::iter::from_fn(|| mailbox.try_recv().unwrap())
+        .map(|m| m.downcast::<String>().unwrap())
+        .collect();
+    assert_eq!(rest, ["a", "b", "c"]);
+}
+
+#[test]
+fn recv_match_waits_for_a_match_without_spinning() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    let (count, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut recv = pin!(mailbox.recv_match(Message::is::<u64>));
+    assert!(recv.as_mut().poll(&mut cx).is_pending());
+    addr.send(String::from("not it")).unwrap();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    assert!(recv.as_mut().poll(&mut cx).is_pending(), "no match yet");
+    addr.send(9u64).unwrap();
+    assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    match recv.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(m)) => assert_eq!(m.downcast::<u64>().unwrap(), 9),
+        other => panic!("expected the u64, got {other:?}"),
+    }
+    assert_eq!(mailbox.message_count(), 1);
+}
+
+#[test]
+fn many_senders_on_many_threads_lose_nothing() {
+    const THREADS: u64 = 8;
+    const PER_THREAD: u64 = 20_000;
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    let senders: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_THREAD {
+                    addr.send((t, i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next = vec![0u64; THREADS as usize];
+    for _ in 0..THREADS * PER_THREAD {
+        let (t, i) = mailbox
+            .recv_blocking_timeout(Duration::from_secs(30))
+            .unwrap()
+            .downcast::<(u64, u64)>()
+            .unwrap();
+        assert_eq!(next[t as usize], i, "per-sender order holds");
+        next[t as usize] += 1;
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+    assert!(next.iter().all(|&n| n == PER_THREAD));
+    assert_eq!(mailbox.message_count(), 0);
+}
+
+#[test]
+fn watcher_is_notified_exactly_once() {
+    let node = node();
+    let (target, target_box) = node.new_mailbox();
+    let (watcher, watcher_box) = node.new_mailbox();
+    target.on_close_notify(&watcher);
+    target.on_close_notify(&watcher); // a duplicate watch is one watch
+    target_box.close();
+    target_box.close();
+    drop(target_box);
+    let msg = watcher_box.try_recv().unwrap().unwrap();
+    assert_eq!(
+        msg.downcast::<MailboxClosed>().unwrap(),
+        MailboxClosed(target.id())
+    );
+    assert!(watcher_box.try_recv().unwrap().is_none());
+}
+
+#[test]
+fn watching_a_closed_mailbox_notifies_at_once() {
+    let node = node();
+    let (target, target_box) = node.new_mailbox();
+    let (watcher, watcher_box) = node.new_mailbox();
+    drop(target_box);
+    target.on_close_notify(&watcher);
+    assert!(watcher_box
+        .try_recv()
+        .unwrap()
+        .unwrap()
+        .is::<MailboxClosed>());
+}
+
+#[test]
+fn removed_watch_does_not_fire() {
+    let node = node();
+    let (target, target_box) = node.new_mailbox();
+    let (watcher, watcher_box) = node.new_mailbox();
+    target.on_close_notify(&watcher);
+    target.remove_notify(&watcher);
+    target_box.close();
+    assert!(watcher_box.try_recv().unwrap().is_none());
+}
+
+#[test]
+fn closed_mailbox_refuses_sends_and_receives() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    addr.send(1u8).unwrap();
+    mailbox.close();
+    assert!(mailbox.is_closed());
+    assert_eq!(addr.send(2u8), Err(SendError::Closed));
+    assert_eq!(mailbox.try_recv().unwrap_err(), RecvError::Closed);
+    assert_eq!(mailbox.recv_blocking().unwrap_err(), RecvError::Closed);
+    assert_eq!(node.mailbox_count(), 0);
+}
+
+#[test]
+fn dropping_the_mailbox_closes_it() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    drop(mailbox);
+    assert_eq!(addr.send(1u8), Err(SendError::Closed));
+}
+
+#[test]
+fn bounded_mailboxes_refuse_with_full() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox_with_capacity(Capacity::messages(2));
+    addr.send(1u8).unwrap();
+    addr.send(2u8).unwrap();
+    assert_eq!(addr.send(3u8), Err(SendError::Full));
+    mailbox.try_recv().unwrap().unwrap();
+    addr.send(4u8).unwrap();
+
+    let (addr, _mailbox) = node.new_mailbox_with_capacity(Capacity::bytes(16));
+    addr.send(1u64).unwrap();
+    addr.send(2u64).unwrap();
+    assert_eq!(addr.send(3u64), Err(SendError::Full));
+}
+
+#[test]
+fn blocking_receive_across_threads_and_timeout() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    assert_eq!(
+        mailbox
+            .recv_blocking_timeout(Duration::from_millis(10))
+            .unwrap_err(),
+        RecvError::Timeout
+    );
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        addr.send(5i32).unwrap();
+    });
+    let got = mailbox.recv_blocking().unwrap().downcast::<i32>().unwrap();
+    assert_eq!(got, 5);
+    sender.join().unwrap();
+}
+
+#[test]
+fn blocking_selective_receive() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    addr.send(String::from("skip")).unwrap();
+    addr.send(3u16).unwrap();
+    let m = mailbox
+        .recv_match_blocking(Some(Duration::from_secs(1)), Message::is::<u16>)
+        .unwrap();
+    assert_eq!(m.downcast::<u16>().unwrap(), 3);
+    assert_eq!(
+        mailbox
+            .recv_match_blocking(Some(Duration::from_millis(5)), Message::is::<u16>)
+            .unwrap_err(),
+        RecvError::Timeout
+    );
+    assert_eq!(mailbox.message_count(), 1);
+}
+
+#[test]
+fn concurrent_mailbox_creation_never_repeats_an_id() {
+    let node = node();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                (0..5_000)
+                    .map(|_| {
+                        let (addr, mailbox) = node.new_mailbox();
+                        std::mem::forget(mailbox); // keep it open
+                        addr.id()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all = HashSet::new();
+    for t in threads {
+        for id in t.join().unwrap() {
+            assert!(all.insert(id), "id {id:?} allocated twice");
+        }
+    }
+    assert_eq!(all.len(), 40_000);
+}
+
+#[test]
+fn addresses_round_trip_through_serde() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    let json = serde_json::to_string(&addr).unwrap();
+    let back: Address = node.bind_scope(|| serde_json::from_str(&json).unwrap());
+    assert_eq!(back, addr);
+    assert!(back.is_local());
+    back.send(1u8).unwrap();
+    assert_eq!(mailbox.message_count(), 1);
+
+    // Outside any node's scope an address is unbound.
+    let unbound: Address = serde_json::from_str(&json).unwrap();
+    assert_eq!(unbound.send(1u8), Err(SendError::Unbound));
+
+    // After close, a freshly bound address knows the mailbox is gone.
+    drop(mailbox);
+    let gone: Address = node.bind_scope(|| serde_json::from_str(&json).unwrap());
+    assert_eq!(gone.send(1u8), Err(SendError::Closed));
+}
+
+#[test]
+fn addresses_from_an_earlier_incarnation_never_reach_new_mailboxes() {
+    let before = Node::local(Incarnation(1));
+    let (old_addr, _old_box) = before.new_mailbox();
+    let json = serde_json::to_string(&old_addr).unwrap();
+
+    // The node "restarts": same id, new incarnation, serials start again.
+    let after = Node::local(Incarnation(2));
+    let (new_addr, new_box) = after.new_mailbox();
+    assert_eq!(new_addr.id().serial, old_addr.id().serial);
+    let stale: Address = after.bind_scope(|| serde_json::from_str(&json).unwrap());
+    assert_eq!(stale.send(1u8), Err(SendError::Closed));
+    assert_eq!(new_box.message_count(), 0);
+    let (watcher, watcher_box) = after.new_mailbox();
+    stale.on_close_notify(&watcher);
+    assert!(watcher_box
+        .try_recv()
+        .unwrap()
+        .unwrap()
+        .is::<MailboxClosed>());
+}
+
+#[test]
+fn remote_sends_check_registration_and_count_unreachable_nodes() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct NotRegistered;
+
+    let node = node();
+    let mut id = node.new_mailbox().0.id();
+    id.node = reign_proto::NodeId(5);
+    let remote = node.address_of(id);
+    assert!(!remote.is_local());
+    assert!(matches!(
+        remote.send(NotRegistered),
+        Err(SendError::Unregistered { .. })
+    ));
+    remote.send(1u64).unwrap();
+    assert_eq!(node.stats().dropped_unreachable, 1);
+}
