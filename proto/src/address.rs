@@ -141,23 +141,6 @@ impl Address {
             Target::Gone | Target::Unbound => {}
         }
     }
-
-    /// The local mailbox behind this address, if it is a live local one.
-    pub(crate) fn local_mailbox(&self) -> Option<&Arc<MailboxShared>> {
-        match &self.target {
-            Target::Local(mailbox) => Some(mailbox),
-            _ => None,
-        }
-    }
-
-    /// Delivers an already-built message to a local mailbox.
-    pub(crate) fn deliver(&self, msg: Message) -> Result<(), SendError> {
-        match &self.target {
-            Target::Local(mailbox) => mailbox.push(msg),
-            Target::Gone => Err(SendError::Closed),
-            Target::Remote(_) | Target::Unbound => Err(SendError::Unbound),
-        }
-    }
 }
 
 impl PartialEq for Address {

@@ -20,22 +20,36 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+#[cfg(feature = "certgen")]
+pub mod certgen;
 pub mod codec;
+pub mod control;
+pub mod core;
 pub mod error;
+pub mod handshake;
 pub mod id;
 pub mod mailbox;
 pub mod message;
+pub(crate) mod net;
 pub mod node;
+pub mod rng;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod spec;
 pub mod stats;
 pub mod system;
+pub mod tls;
 pub mod types;
 
 pub use address::Address;
+pub use core::{ConnId, Core, CoreConfig, Event, Input, Output};
 pub use error::{DecodeError, RecvError, SendError};
 pub use id::{Incarnation, MailboxId, NodeId};
 pub use mailbox::{Capacity, Mailbox};
 pub use message::{DowncastError, Message};
+pub use net::{PeerStats, WakeSignal};
 pub use node::Node;
+pub use spec::{ClusterSpec, NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 pub use stats::NodeStats;
-pub use system::{MailboxClosed, MultipleClaim};
+pub use system::{ConnectionStatus, MailboxClosed, MultipleClaim};
 pub use types::{register_type, register_type_named, TypeError, TypeTag};

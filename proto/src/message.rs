@@ -13,7 +13,6 @@ use std::sync::Weak;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::codec::payload;
 use crate::error::DecodeError;
@@ -187,16 +186,3 @@ impl fmt::Display for DowncastError {
 }
 
 impl std::error::Error for DowncastError {}
-
-/// Encodes a value for the wire with its registered tag. Used by remote sends
-/// in the caller's thread.
-pub(crate) fn encode_for_wire<T: Any + Serialize>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<TypeTag, crate::error::SendError> {
-    let tag = types::tag_of(TypeId::of::<T>()).ok_or(crate::error::SendError::Unregistered {
-        type_name: std::any::type_name::<T>(),
-    })?;
-    payload::encode(value, out).map_err(|e| crate::error::SendError::Encode(e.to_string()))?;
-    Ok(tag)
-}

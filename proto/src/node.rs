@@ -1,19 +1,23 @@
 //! The user's handle on a node: creates mailboxes, binds addresses, and is
 //! shared between user threads and the node's driver.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::Serialize;
 
 use crate::address::{with_decode_context, Address};
+use crate::codec::Frame;
+use crate::control::Control;
 use crate::error::SendError;
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::mailbox::{Capacity, Mailbox, MailboxShared};
+use crate::net::{Network, PeerStats, Refused};
 use crate::stats::NodeCounters;
-use crate::system::MailboxClosed;
+use crate::system::{ConnectionStatus, MailboxClosed};
 
 /// Shards of the mailbox table; a power of two.
 const SHARDS: usize = 16;
@@ -70,6 +74,19 @@ impl MailboxTable {
         self.shard(serial).get(&serial).and_then(Weak::upgrade)
     }
 
+    fn all(&self) -> Vec<Arc<MailboxShared>> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .filter_map(Weak::upgrade)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     fn len(&self) -> usize {
         self.shards
             .iter()
@@ -87,7 +104,23 @@ pub(crate) struct NodeInner {
     pub(crate) counters: NodeCounters,
     /// Weak self-reference, handed to addresses this node binds.
     me: Weak<NodeInner>,
+    /// Outbound queues to peers (none for a local-only node).
+    net: Network,
+    shutting_down: AtomicBool,
+    /// Mailboxes told about peers connecting and disconnecting.
+    status_watchers: Mutex<Vec<Address>>,
+    /// Control frames queued by user threads for the core to send.
+    control_out: Mutex<Vec<(NodeId, Frame)>>,
 }
+
+thread_local! {
+    /// Each thread's encoding buffer for remote sends, so encoding a small
+    /// message allocates nothing.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch buffers that grew past this are released after use.
+const SCRATCH_KEEP: usize = 1 << 20;
 
 impl NodeInner {
     /// Binds an id to this node: a live local mailbox, a gone one, or a
@@ -124,33 +157,145 @@ impl NodeInner {
         }
     }
 
-    /// Sends to a mailbox of another node.
+    pub(crate) fn weak(&self) -> Weak<NodeInner> {
+        self.me.clone()
+    }
+
+    pub(crate) fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Sends to a mailbox of another node: encodes here, in the caller's
+    /// thread, and queues the frame for the core.
     pub(crate) fn send_remote<T: Serialize + 'static>(
         &self,
-        _dest: MailboxId,
-        _value: &T,
+        dest: MailboxId,
+        value: &T,
     ) -> Result<(), SendError> {
-        if crate::types::tag_of(std::any::TypeId::of::<T>()).is_none() {
-            return Err(SendError::Unregistered {
-                type_name: std::any::type_name::<T>(),
-            });
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(SendError::NodeShutdown);
         }
-        // With no connection to the target's node the message is dropped,
-        // as a send to a node that is down is (at most once, like Erlang).
-        self.counters
-            .dropped_unreachable
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        let tag =
+            crate::types::tag_of(std::any::TypeId::of::<T>()).ok_or(SendError::Unregistered {
+                type_name: std::any::type_name::<T>(),
+            })?;
+        let Some(outbox) = self.net.outbox(dest.node) else {
+            self.counters
+                .dropped_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        let result = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            crate::codec::payload::encode(value, &mut scratch).map_err(SendError::Encode)?;
+            if scratch.len() > self.net.max_message_len {
+                let len = scratch.len();
+                if scratch.capacity() > SCRATCH_KEEP {
+                    *scratch = Vec::new();
+                }
+                return Err(SendError::TooLarge {
+                    len,
+                    max: self.net.max_message_len,
+                });
+            }
+            let pushed = self.net.push_message(outbox, dest, tag, &mut scratch);
+            if scratch.capacity() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            Ok(pushed)
+        })?;
+        match result {
+            Ok(()) => {
+                self.counters.remote_sent.fetch_add(1, Ordering::Relaxed);
+                outbox.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Refused::Unreachable) => {
+                self.counters
+                    .dropped_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+                outbox
+                    .counters
+                    .dropped_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Refused::Full) => {
+                self.counters
+                    .dropped_outbound_full
+                    .fetch_add(1, Ordering::Relaxed);
+                outbox.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                Err(SendError::Full)
+            }
+        }
+    }
+
+    /// Queues a control frame for a peer and wakes the core.
+    pub(crate) fn queue_control(&self, peer: NodeId, control: &Control) {
+        let frame = Frame::Control(control.encode());
+        self.control_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((peer, frame));
+        self.net.wake.notify();
+    }
+
+    /// Control frames queued by user threads, for the core.
+    pub(crate) fn take_control_outbox(&self) -> Vec<(NodeId, Frame)> {
+        std::mem::take(&mut *self.control_out.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Watches a mailbox of another node.
     pub(crate) fn watch_remote(&self, target: MailboxId, watcher: &Address) {
-        // Unreachable: notify at once.
+        // Cross-node watches arrive with the registry; until then the target
+        // is unreachable.
         let _ = watcher.send(MailboxClosed(target));
     }
 
     /// Cancels a watch on a mailbox of another node.
     pub(crate) fn unwatch_remote(&self, _target: MailboxId, _watcher: &Address) {}
+
+    /// Handles a control message from a connected peer. `Err` closes the
+    /// connection (the peer broke the protocol).
+    pub(crate) fn handle_control(&self, _peer: NodeId, _control: Control) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A peer connected: tell status watchers; return the frames that open
+    /// the conversation with it.
+    pub(crate) fn peer_up(&self, peer: NodeId, _incarnation: Incarnation) -> Vec<Frame> {
+        self.notify_status(peer, true);
+        Vec::new()
+    }
+
+    /// A peer was lost.
+    pub(crate) fn peer_down(&self, peer: NodeId) {
+        self.notify_status(peer, false);
+    }
+
+    fn notify_status(&self, peer: NodeId, connected: bool) {
+        let mut watchers = self
+            .status_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        watchers.retain(|w| {
+            w.send(ConnectionStatus {
+                node: peer,
+                connected,
+            }) != Err(SendError::Closed)
+        });
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn close_all_mailboxes(&self) {
+        for mailbox in self.mailboxes.all() {
+            mailbox.close_and_notify();
+        }
+    }
 }
 
 /// A node: the factory of mailboxes and the context addresses bind to.
@@ -179,7 +324,11 @@ impl Node {
         Node::new(NodeId(0), incarnation)
     }
 
-    pub(crate) fn new(id: NodeId, incarnation: Incarnation) -> Node {
+    fn new(id: NodeId, incarnation: Incarnation) -> Node {
+        Node::networked(id, incarnation, Network::new([], 0, 0))
+    }
+
+    pub(crate) fn networked(id: NodeId, incarnation: Incarnation, net: Network) -> Node {
         let inner = Arc::new_cyclic(|me| NodeInner {
             id,
             incarnation,
@@ -187,8 +336,16 @@ impl Node {
             mailboxes: MailboxTable::new(),
             counters: NodeCounters::default(),
             me: me.clone(),
+            net,
+            shutting_down: AtomicBool::new(false),
+            status_watchers: Mutex::new(Vec::new()),
+            control_out: Mutex::new(Vec::new()),
         });
         Node { inner }
+    }
+
+    pub(crate) fn network(&self) -> &Network {
+        &self.inner.net
     }
 
     /// This node's id.
@@ -255,6 +412,35 @@ impl Node {
     /// Mailboxes currently open on this node.
     pub fn mailbox_count(&self) -> usize {
         self.inner.mailboxes.len()
+    }
+
+    /// Sends [`ConnectionStatus`] to `watcher` whenever a peer connects or
+    /// disconnects (reign's `AddConnectionStatusCallback`). The watch ends
+    /// when the watcher's mailbox closes.
+    pub fn subscribe_connection_status(&self, watcher: &Address) {
+        self.inner
+            .status_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(watcher.clone());
+    }
+
+    /// Counters and queue depth of every peer in the spec.
+    pub fn peer_stats(&self) -> Vec<PeerStats> {
+        self.inner.net.outboxes().map(|o| o.stats()).collect()
+    }
+
+    /// Whether a connection to `peer` is up.
+    pub fn is_connected(&self, peer: NodeId) -> bool {
+        self.inner
+            .net
+            .outbox(peer)
+            .is_some_and(|o| o.lock().connected)
+    }
+
+    /// Whether the node has begun shutting down.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::Relaxed)
     }
 
     /// A snapshot of this node's counters.

@@ -45,4 +45,6 @@ counters! {
     dropped_closed,
     /// Messages from other nodes dropped because the mailbox was full.
     dropped_full,
+    /// Messages from other nodes dropped because their type is not registered here.
+    dropped_unknown_type,
 }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::MailboxId;
+use crate::id::{MailboxId, NodeId};
 
 /// Delivered to a watcher when the mailbox it watches closes, or when that
 /// mailbox's node becomes unreachable (see
@@ -18,4 +18,15 @@ pub struct MailboxClosed(pub MailboxId);
 pub struct MultipleClaim {
     /// The contested name.
     pub name: String,
+}
+
+/// Delivered to mailboxes subscribed with
+/// [`Node::subscribe_connection_status`](crate::Node::subscribe_connection_status)
+/// when a peer connects or disconnects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnectionStatus {
+    /// The peer.
+    pub node: NodeId,
+    /// Whether it is now connected.
+    pub connected: bool,
 }

@@ -155,6 +155,7 @@ fn register_builtins(table: &mut Table) {
         crate::address::Address => "reign.Address",
         crate::system::MailboxClosed => "reign.MailboxClosed",
         crate::system::MultipleClaim => "reign.MultipleClaim",
+        crate::system::ConnectionStatus => "reign.ConnectionStatus",
     );
 }
 

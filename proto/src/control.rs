@@ -1,0 +1,79 @@
+//! Control messages between connected nodes: registry claims, cross-node
+//! watches and the messaging schemes' bookkeeping. CBOR in control frames.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::payload;
+use crate::error::DecodeError;
+use crate::id::MailboxId;
+
+/// One control message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Part of the sender's full set of claims, sent when a connection comes
+    /// up; `last` marks the final part.
+    Snapshot {
+        /// `(name, mailbox)` pairs.
+        claims: Vec<(String, MailboxId)>,
+        /// Whether this is the final part.
+        last: bool,
+    },
+    /// The sender's node now claims `name` with `id`.
+    Claim {
+        /// The name.
+        name: String,
+        /// The claimant.
+        id: MailboxId,
+    },
+    /// The sender's node no longer claims `name` with `id`.
+    Unclaim {
+        /// The name.
+        name: String,
+        /// The former claimant.
+        id: MailboxId,
+    },
+    /// Asks for a [`Control::SyncReply`] once everything sent before it is applied.
+    SyncRequest {
+        /// Correlates the reply.
+        seq: u64,
+    },
+    /// Answers a [`Control::SyncRequest`].
+    SyncReply {
+        /// The request's sequence number.
+        seq: u64,
+    },
+    /// Asks the receiver to notify `watcher` when its mailbox `target` closes.
+    Watch {
+        /// A mailbox of the receiving node.
+        target: MailboxId,
+        /// A mailbox of the sending node.
+        watcher: MailboxId,
+    },
+    /// Cancels a [`Control::Watch`].
+    Unwatch {
+        /// A mailbox of the receiving node.
+        target: MailboxId,
+        /// A mailbox of the sending node.
+        watcher: MailboxId,
+    },
+    /// `target`, watched by `watchers` on the receiving node, has closed (or
+    /// never existed).
+    Closed {
+        /// A mailbox of the sending node.
+        target: MailboxId,
+        /// Mailboxes of the receiving node to notify.
+        watchers: Vec<MailboxId>,
+    },
+}
+
+impl Control {
+    /// The CBOR body of a control frame.
+    pub fn encode(&self) -> bytes::Bytes {
+        payload::to_vec(self).into()
+    }
+
+    /// Decodes a control frame body.
+    pub fn decode(body: &[u8]) -> Result<Control, DecodeError> {
+        payload::decode(body)
+    }
+}

@@ -1,0 +1,267 @@
+//! One connection: its rustls session over in-memory buffers, the frame
+//! decoder, the handshake, and its timers.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::codec::{Frame, FrameDecoder};
+use crate::handshake::Handshake;
+use crate::id::{MailboxId, NodeId};
+use crate::types::TypeTag;
+
+/// Identifies a connection between the core and its driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Dialled; the driver has not connected the socket yet.
+    Dialing,
+    /// TLS and then the reign handshake are in progress.
+    Handshaking,
+    /// Authenticated: this is the connection to `peer`.
+    Up { peer: NodeId },
+}
+
+/// A large message being put back together.
+pub(crate) struct Reassembly {
+    pub(crate) tag: TypeTag,
+    pub(crate) total: usize,
+    pub(crate) buf: Vec<u8>,
+}
+
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    /// What the driver told us about the other end, for logs.
+    pub(crate) label: String,
+    pub(crate) tls: rustls::Connection,
+    pub(crate) handshake: Handshake,
+    /// Whether the dialer's opening hello has been queued.
+    pub(crate) hello_sent: bool,
+    pub(crate) decoder: FrameDecoder,
+    pub(crate) phase: Phase,
+    /// The node this connection was dialled to, if we dialled.
+    pub(crate) dialed: Option<NodeId>,
+    pub(crate) opened_at: Instant,
+    pub(crate) last_recv: Instant,
+    pub(crate) next_ping: Instant,
+    pub(crate) ping_outstanding: bool,
+    pub(crate) ping_failures: u32,
+    pub(crate) ping_nonce: u64,
+    /// Ciphertext handed to the driver and not yet reported written.
+    pub(crate) in_flight: usize,
+    /// Frames the core itself generated (hello, pings, control), sent
+    /// before any user data.
+    pub(crate) control_out: Vec<u8>,
+    /// An empty buffer swapped with the outbox's small-frame buffer, so
+    /// draining it never allocates.
+    pub(crate) spare: Vec<u8>,
+    pub(crate) reassembly: BTreeMap<MailboxId, Reassembly>,
+    pub(crate) reassembly_bytes: usize,
+    /// Plaintext bytes received, for the peer's counters.
+    pub(crate) plaintext_in: u64,
+}
+
+/// Whether the peer's certificate names `node`.
+pub(crate) fn cert_names(tls: &rustls::Connection, node: NodeId) -> bool {
+    tls.peer_certificates()
+        .and_then(|certs| certs.first())
+        .is_some_and(|cert| crate::tls::cert_names_node(cert, node))
+}
+
+/// Bytes of plaintext pulled from rustls per decoder fill.
+const PLAINTEXT_CHUNK: usize = 64 * 1024;
+
+impl Conn {
+    pub(crate) fn new(
+        id: ConnId,
+        label: String,
+        tls: rustls::Connection,
+        handshake: Handshake,
+        max_frame_len: usize,
+        dialed: Option<NodeId>,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            id,
+            label,
+            tls,
+            handshake,
+            hello_sent: false,
+            decoder: FrameDecoder::new(max_frame_len),
+            phase: if dialed.is_some() {
+                Phase::Dialing
+            } else {
+                Phase::Handshaking
+            },
+            dialed,
+            opened_at: now,
+            last_recv: now,
+            next_ping: now,
+            ping_outstanding: false,
+            ping_failures: 0,
+            ping_nonce: 0,
+            in_flight: 0,
+            control_out: Vec::new(),
+            spare: Vec::new(),
+            reassembly: BTreeMap::new(),
+            reassembly_bytes: 0,
+            plaintext_in: 0,
+        }
+    }
+
+    pub(crate) fn peer(&self) -> Option<NodeId> {
+        match self.phase {
+            Phase::Up { peer } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Feeds ciphertext to rustls, a record at a time, calling `on_plaintext`
+    /// whenever decrypted bytes have been moved into the frame decoder, so
+    /// the caller can take frames out before more arrive (memory stays
+    /// bounded by one read chunk plus one frame).
+    pub(crate) fn receive(
+        &mut self,
+        mut ciphertext: &[u8],
+        mut on_plaintext: impl FnMut(&mut Conn) -> bool,
+    ) -> Result<(), rustls::Error> {
+        loop {
+            if !ciphertext.is_empty() {
+                match self.tls.read_tls(&mut ciphertext) {
+                    Ok(_) => {}
+                    Err(e) => return Err(rustls::Error::General(e.to_string())),
+                }
+            }
+            let state = self.tls.process_new_packets()?;
+            let mut available = state.plaintext_bytes_to_read();
+            while available > 0 {
+                let want = available.min(PLAINTEXT_CHUNK);
+                let tls = &mut self.tls;
+                let got = self
+                    .decoder
+                    .fill_with(want, |buf| tls.reader().read(buf))
+                    .or_else(|e| match e.kind() {
+                        io::ErrorKind::WouldBlock => Ok(0),
+                        _ => Err(rustls::Error::General(e.to_string())),
+                    })?;
+                if got == 0 {
+                    break;
+                }
+                self.plaintext_in += got as u64;
+                available -= got.min(available);
+                if !on_plaintext(self) {
+                    return Ok(());
+                }
+            }
+            if ciphertext.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Queues a core-generated frame.
+    pub(crate) fn queue_frame(&mut self, frame: &Frame) {
+        frame.encode(&mut self.control_out);
+    }
+
+    /// Encrypts plaintext for sending.
+    pub(crate) fn write_plaintext(&mut self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        // The send buffer limit is lifted at creation, so rustls takes it all.
+        if let Err(e) = self.tls.writer().write_all(data) {
+            tracing::error!(conn = %self.id, error = %e, "rustls refused plaintext");
+        }
+    }
+
+    /// Takes all ciphertext rustls has ready.
+    pub(crate) fn take_ciphertext(&mut self) -> Option<Vec<u8>> {
+        if !self.tls.wants_write() {
+            return None;
+        }
+        let mut out = Vec::new();
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut out) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        (!out.is_empty()).then_some(out)
+    }
+
+    /// Pushes a chunk of core frames and takes the core frame buffer out.
+    pub(crate) fn flush_control(&mut self) {
+        if !self.control_out.is_empty() {
+            let frames = std::mem::take(&mut self.control_out);
+            self.write_plaintext(&frames);
+            self.control_out = frames;
+            self.control_out.clear();
+        }
+    }
+
+    /// Adds a fragment to a reassembly; the whole message when complete.
+    pub(crate) fn reassemble(
+        &mut self,
+        dest: MailboxId,
+        start: Option<(TypeTag, u64)>,
+        chunk: Bytes,
+        max_message_len: usize,
+        max_reassembly: usize,
+    ) -> Result<Option<(TypeTag, Bytes)>, String> {
+        if let Some((tag, total)) = start {
+            if self.reassembly.contains_key(&dest) {
+                return Err(format!(
+                    "a second fragmented message to {dest:?} began before the first ended"
+                ));
+            }
+            if total as usize > max_message_len || total == 0 {
+                return Err(format!(
+                    "fragmented message of {total} bytes (maximum {max_message_len})"
+                ));
+            }
+            self.reassembly.insert(
+                dest,
+                Reassembly {
+                    tag,
+                    total: total as usize,
+                    // Grow as data arrives: a peer's claim alone reserves nothing.
+                    buf: Vec::new(),
+                },
+            );
+        }
+        let Some(entry) = self.reassembly.get_mut(&dest) else {
+            return Err(format!("a fragment to {dest:?} with no message begun"));
+        };
+        if entry.buf.len() + chunk.len() > entry.total {
+            return Err(format!(
+                "fragments to {dest:?} exceed the announced {} bytes",
+                entry.total
+            ));
+        }
+        self.reassembly_bytes += chunk.len();
+        if self.reassembly_bytes > max_reassembly {
+            return Err(format!(
+                "partial messages hold {} bytes, over the limit of {max_reassembly}",
+                self.reassembly_bytes
+            ));
+        }
+        entry.buf.extend_from_slice(&chunk);
+        if entry.buf.len() < entry.total {
+            return Ok(None);
+        }
+        let done = self.reassembly.remove(&dest).expect("entry exists");
+        self.reassembly_bytes -= done.total;
+        Ok(Some((done.tag, Bytes::from(done.buf))))
+    }
+}

@@ -1,0 +1,300 @@
+//! The part of the network that user threads touch: one outbound queue per
+//! peer, the list of peers with fresh output, and the signal that wakes the
+//! driver.
+//!
+//! A remote send encodes in the caller's thread and appends the finished
+//! frame to the peer's queue under that queue's own lock; the core, owned by
+//! the driver, later takes everything queued at once and encrypts it into as
+//! few TLS records as possible. Large messages wait in per-mailbox lanes and
+//! leave in fragments, round-robin with everything else, so they never hold
+//! up pings, control traffic or small messages to other mailboxes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::codec::frame::{self, DATA_HEADER_LEN};
+use crate::codec::FRAGMENT_LEN;
+use crate::id::{MailboxId, NodeId};
+use crate::types::TypeTag;
+
+/// Wakes the driver when user threads queue work for the core.
+///
+/// Runtime-agnostic: the driver polls [`WakeSignal::poll_wait`] from any
+/// executor. Notifying an already-notified signal costs one atomic swap, so
+/// a burst of sends wakes the driver once.
+#[derive(Debug, Default)]
+pub struct WakeSignal {
+    pending: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl WakeSignal {
+    /// Marks work as pending and wakes the driver if it sleeps.
+    pub fn notify(&self) {
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Ready once work is pending; clears the pending mark.
+    pub fn poll_wait(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        // A notify between the swap and storing the waker would be lost
+        // without this second look.
+        if self.pending.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    /// Clears and returns the pending mark (for drivers that poll in a loop).
+    pub fn take(&self) -> bool {
+        self.pending.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// A message too large for one frame, leaving in fragments.
+pub(crate) struct Bulk {
+    pub(crate) tag: TypeTag,
+    pub(crate) payload: Bytes,
+    /// Bytes of `payload` already framed.
+    pub(crate) sent: usize,
+}
+
+/// The queued messages to one mailbox that must leave in order behind a
+/// large one.
+pub(crate) struct Lane {
+    pub(crate) dest: MailboxId,
+    pub(crate) items: VecDeque<Bulk>,
+}
+
+/// What waits to go to one peer.
+#[derive(Default)]
+pub(crate) struct OutboxState {
+    /// Whether a connection to the peer is up; sends to a down peer are
+    /// dropped (at most once).
+    pub(crate) connected: bool,
+    /// Finished small frames, in send order.
+    pub(crate) small: Vec<u8>,
+    /// Large messages (and anything queued behind them to the same mailbox).
+    pub(crate) lanes: VecDeque<Lane>,
+    /// Bytes in `small` and `lanes`.
+    pub(crate) queued: usize,
+    /// Whether the peer is on the ready list already.
+    listed: bool,
+}
+
+impl OutboxState {
+    /// Drops everything queued (the connection went down); returns how many
+    /// bytes were dropped.
+    pub(crate) fn clear(&mut self) -> usize {
+        let dropped = self.queued;
+        self.small.clear();
+        self.lanes.clear();
+        self.queued = 0;
+        dropped
+    }
+}
+
+/// Per-peer counters, readable from any thread.
+#[derive(Debug, Default)]
+pub(crate) struct PeerCounters {
+    pub(crate) messages_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) messages_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) dropped_unreachable: AtomicU64,
+    pub(crate) dropped_full: AtomicU64,
+    pub(crate) connects: AtomicU64,
+    pub(crate) disconnects: AtomicU64,
+}
+
+/// A snapshot of one peer's counters and queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerStats {
+    /// The peer.
+    pub node: NodeId,
+    /// Whether a connection to it is up.
+    pub connected: bool,
+    /// Bytes waiting in the outbound queue.
+    pub queued_bytes: u64,
+    /// User messages queued for it.
+    pub messages_out: u64,
+    /// Plaintext bytes sent to it.
+    pub bytes_out: u64,
+    /// User messages received from it.
+    pub messages_in: u64,
+    /// Plaintext bytes received from it.
+    pub bytes_in: u64,
+    /// Sends dropped because it was not connected.
+    pub dropped_unreachable: u64,
+    /// Sends refused because its queue was full.
+    pub dropped_full: u64,
+    /// Connections established to it.
+    pub connects: u64,
+    /// Connections to it lost.
+    pub disconnects: u64,
+}
+
+pub(crate) struct Outbox {
+    pub(crate) peer: NodeId,
+    state: Mutex<OutboxState>,
+    pub(crate) counters: PeerCounters,
+}
+
+/// Why a frame was not queued.
+pub(crate) enum Refused {
+    Unreachable,
+    Full,
+}
+
+impl Outbox {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn stats(&self) -> PeerStats {
+        let (connected, queued) = {
+            let state = self.lock();
+            (state.connected, state.queued as u64)
+        };
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PeerStats {
+            node: self.peer,
+            connected,
+            queued_bytes: queued,
+            messages_out: get(&c.messages_out),
+            bytes_out: get(&c.bytes_out),
+            messages_in: get(&c.messages_in),
+            bytes_in: get(&c.bytes_in),
+            dropped_unreachable: get(&c.dropped_unreachable),
+            dropped_full: get(&c.dropped_full),
+            connects: get(&c.connects),
+            disconnects: get(&c.disconnects),
+        }
+    }
+}
+
+/// Every peer's outbox, fixed when the node starts from its spec.
+pub(crate) struct Network {
+    outboxes: BTreeMap<NodeId, Outbox>,
+    /// Peers whose outbox went from empty to non-empty since the core last looked.
+    ready: Mutex<Vec<NodeId>>,
+    pub(crate) wake: Arc<WakeSignal>,
+    pub(crate) outbound_limit: usize,
+    pub(crate) max_message_len: usize,
+}
+
+impl Network {
+    pub(crate) fn new(
+        peers: impl IntoIterator<Item = NodeId>,
+        outbound_limit: usize,
+        max_message_len: usize,
+    ) -> Network {
+        Network {
+            outboxes: peers
+                .into_iter()
+                .map(|peer| {
+                    (
+                        peer,
+                        Outbox {
+                            peer,
+                            state: Mutex::new(OutboxState::default()),
+                            counters: PeerCounters::default(),
+                        },
+                    )
+                })
+                .collect(),
+            ready: Mutex::new(Vec::new()),
+            wake: Arc::new(WakeSignal::default()),
+            outbound_limit,
+            max_message_len,
+        }
+    }
+
+    pub(crate) fn outbox(&self, peer: NodeId) -> Option<&Outbox> {
+        self.outboxes.get(&peer)
+    }
+
+    pub(crate) fn outboxes(&self) -> impl Iterator<Item = &Outbox> {
+        self.outboxes.values()
+    }
+
+    /// Takes the list of peers with fresh output.
+    pub(crate) fn take_ready(&self, into: &mut Vec<NodeId>) {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        into.append(&mut ready);
+    }
+
+    /// Called by the core after it drained a peer's outbox, so the next send
+    /// lists the peer again.
+    pub(crate) fn unlist(state: &mut OutboxState) {
+        state.listed = false;
+    }
+
+    /// Queues one encoded user message for `dest`'s node. `payload` is the
+    /// caller's encoding scratch; a large payload is taken out of it whole
+    /// (no copy) to be fragmented later.
+    pub(crate) fn push_message(
+        &self,
+        outbox: &Outbox,
+        dest: MailboxId,
+        tag: TypeTag,
+        payload: &mut Vec<u8>,
+    ) -> Result<(), Refused> {
+        let len = payload.len();
+        let framed = len + DATA_HEADER_LEN;
+        let mut state = outbox.lock();
+        if !state.connected {
+            return Err(Refused::Unreachable);
+        }
+        if state.queued > 0 && state.queued + framed > self.outbound_limit {
+            return Err(Refused::Full);
+        }
+        let lane = state.lanes.iter_mut().position(|l| l.dest == dest);
+        match lane {
+            None if len <= FRAGMENT_LEN => {
+                frame::put_data_header(&mut state.small, dest, tag, len);
+                state.small.extend_from_slice(payload);
+            }
+            _ => {
+                let bulk = Bulk {
+                    tag,
+                    payload: Bytes::from(std::mem::take(payload)),
+                    sent: 0,
+                };
+                match lane {
+                    Some(i) => state.lanes[i].items.push_back(bulk),
+                    None => state.lanes.push_back(Lane {
+                        dest,
+                        items: VecDeque::from([bulk]),
+                    }),
+                }
+            }
+        }
+        state.queued += framed;
+        let list = !state.listed;
+        state.listed = true;
+        drop(state);
+        if list {
+            self.ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(outbox.peer);
+            self.wake.notify();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,579 @@
+//! A deterministic cluster simulator: many [`Core`]s in one thread, a
+//! virtual clock, and a simulated network with latency, jitter, resets,
+//! partitions, crashes and restarts — every choice drawn from one seed.
+//!
+//! Real rustls runs inside every node; only sockets and time are simulated.
+//! The same seed gives the same run, event for event ([`Sim::trace`]).
+//!
+//! ```
+//! use std::time::Duration;
+//! use reign_proto::sim::{Sim, SimConfig};
+//! use reign_proto::NodeId;
+//!
+//! let mut sim = Sim::new(SimConfig { nodes: 3, seed: 42, ..SimConfig::default() });
+//! sim.run_for(Duration::from_secs(1));
+//! assert!(sim.fully_connected());
+//!
+//! let (addr, mailbox) = sim.node(NodeId(2)).new_mailbox();
+//! let remote = sim.node(NodeId(0)).address_of(addr.id());
+//! remote.send(7u64).unwrap();
+//! sim.run_for(Duration::from_millis(50));
+//! assert_eq!(mailbox.try_recv().unwrap().unwrap().downcast::<u64>().unwrap(), 7);
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::UnixTime;
+
+use crate::certgen::ClusterCa;
+use crate::core::{ConnId, Core, CoreConfig, Event, Input, Output};
+use crate::id::{Incarnation, NodeId};
+use crate::node::Node;
+use crate::rng::Rng;
+use crate::spec::{ClusterSpec, Tuning};
+
+/// How a simulation is set up.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Nodes, numbered from 0.
+    pub nodes: u16,
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// One-way latency of every link.
+    pub latency: Duration,
+    /// Extra random latency, uniform in `0..=jitter` (order per connection
+    /// is kept, as TCP keeps it).
+    pub jitter: Duration,
+    /// Bytes per second each direction of a connection carries; a transmit
+    /// is reported written once it has been serialized at this rate.
+    pub bandwidth: u64,
+    /// Protocol timers and limits of every node.
+    pub tuning: Tuning,
+}
+
+impl Default for SimConfig {
+    fn default() -> SimConfig {
+        SimConfig {
+            nodes: 3,
+            seed: 1,
+            latency: Duration::from_micros(200),
+            jitter: Duration::from_micros(100),
+            bandwidth: 1_000_000_000,
+            tuning: Tuning::fast(),
+        }
+    }
+}
+
+/// One end of a simulated connection.
+type End = (NodeId, ConnId);
+
+#[derive(Debug, Clone)]
+enum Delivery {
+    Connected,
+    ConnectFailed,
+    Bytes(Vec<u8>),
+    Written(usize),
+    Closed,
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    to: End,
+    /// The connection epoch of `to` this delivery belongs to; stale
+    /// deliveries (after a crash) are dropped.
+    incarnation: Incarnation,
+    what: Delivery,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Something that happened, for the trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TraceEvent {
+    /// A node's core reported an event.
+    Core {
+        /// When, since the start.
+        at: Duration,
+        /// Which node.
+        node: NodeId,
+        /// What.
+        event: Event,
+    },
+    /// A node dialled another.
+    Dial {
+        /// When, since the start.
+        at: Duration,
+        /// The dialler.
+        from: NodeId,
+        /// The address dialled.
+        address: String,
+    },
+    /// A fault was injected.
+    Fault {
+        /// When, since the start.
+        at: Duration,
+        /// What.
+        what: String,
+    },
+}
+
+struct SimNode {
+    core: Option<Core>,
+    spec: ClusterSpec,
+    incarnation: Incarnation,
+    starts: u64,
+}
+
+/// The simulator. See the [module docs](self).
+pub struct Sim {
+    start: Instant,
+    now: Instant,
+    config: SimConfig,
+    rng: Rng,
+    nodes: BTreeMap<NodeId, SimNode>,
+    /// Each end's other end.
+    links: BTreeMap<End, End>,
+    /// Last delivery time per direction, so reordering never happens
+    /// within a connection.
+    last_delivery: BTreeMap<End, Instant>,
+    /// When each sending end finishes serializing what it was given.
+    busy_until: BTreeMap<End, Instant>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    seq: u64,
+    /// Blocked directions (from, to).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    trace: Vec<TraceEvent>,
+    addresses: BTreeMap<String, NodeId>,
+}
+
+impl Sim {
+    /// A cluster of `config.nodes` nodes, each started at virtual time zero.
+    pub fn new(config: SimConfig) -> Sim {
+        let ca = ClusterCa::generate().expect("generate a CA");
+        let addresses: Vec<(NodeId, String)> = (0..config.nodes)
+            .map(|i| (NodeId(i), format!("127.0.0.1:{}", 20000 + i)))
+            .collect();
+        let start = Instant::now();
+        let mut sim = Sim {
+            start,
+            now: start,
+            rng: Rng::new(config.seed),
+            nodes: BTreeMap::new(),
+            links: BTreeMap::new(),
+            last_delivery: BTreeMap::new(),
+            busy_until: BTreeMap::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            blocked: BTreeSet::new(),
+            trace: Vec::new(),
+            addresses: addresses.iter().map(|(id, a)| (a.clone(), *id)).collect(),
+            config,
+        };
+        for (id, _) in &addresses {
+            let mut spec = ca
+                .inline_spec(*id, &addresses)
+                .expect("issue a node certificate");
+            spec.tuning = sim.config.tuning.clone();
+            sim.nodes.insert(
+                *id,
+                SimNode {
+                    core: None,
+                    spec,
+                    incarnation: Incarnation(0),
+                    starts: 0,
+                },
+            );
+            sim.start_node(*id);
+        }
+        sim
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let now = self.now;
+        let seed = self.rng.next_u64();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.starts += 1;
+        // Incarnations grow with every start, like the wall-clock ones.
+        node.incarnation = Incarnation(node.starts);
+        let spec = node
+            .spec
+            .resolve(
+                id,
+                UnixTime::since_unix_epoch(Duration::from_secs(1_800_000_000)),
+            )
+            .expect("resolve the spec");
+        let config = CoreConfig {
+            spec,
+            incarnation: node.incarnation,
+            seed,
+            time_provider: Arc::new(FixedTime),
+        };
+        node.core = Some(Core::new(config, now).expect("start a core"));
+    }
+
+    /// The node handle of a running node.
+    ///
+    /// # Panics
+    /// If the node is crashed.
+    pub fn node(&self, id: NodeId) -> &Node {
+        self.nodes[&id]
+            .core
+            .as_ref()
+            .expect("node is running")
+            .node()
+    }
+
+    /// The core of a running node, if it runs.
+    pub fn core(&self, id: NodeId) -> Option<&Core> {
+        self.nodes.get(&id).and_then(|n| n.core.as_ref())
+    }
+
+    /// Ids of the running nodes.
+    pub fn running(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.core.is_some())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Virtual time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.start
+    }
+
+    /// The current virtual instant.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// Everything that happened so far.
+    pub fn trace(&self) -> &[TraceEvent] {
+        &self.trace
+    }
+
+    /// Whether every running node is connected to every other running node.
+    pub fn fully_connected(&self) -> bool {
+        let running = self.running();
+        running.iter().all(|&a| {
+            let peers = self
+                .core(a)
+                .map(|c| c.connected_peers())
+                .unwrap_or_default();
+            running.iter().all(|b| *b == a || peers.contains(b))
+        })
+    }
+
+    fn fault(&mut self, what: String) {
+        self.trace.push(TraceEvent::Fault {
+            at: self.elapsed(),
+            what,
+        });
+    }
+
+    /// Kills a node: its state is lost, its connections reset.
+    pub fn crash(&mut self, id: NodeId) {
+        self.fault(format!("crash {}", id.0));
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.core = None;
+        }
+        let ends: Vec<End> = self
+            .links
+            .keys()
+            .filter(|(n, _)| *n == id)
+            .copied()
+            .collect();
+        for end in ends {
+            if let Some(other) = self.links.remove(&end) {
+                self.links.remove(&other);
+                self.schedule(other, Delivery::Closed, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Starts a crashed node again, with a new incarnation.
+    pub fn restart(&mut self, id: NodeId) {
+        self.fault(format!("restart {}", id.0));
+        if self.nodes.get(&id).is_some_and(|n| n.core.is_none()) {
+            self.start_node(id);
+        }
+    }
+
+    /// Resets every connection between `a` and `b` (both see it close).
+    pub fn reset_links(&mut self, a: NodeId, b: NodeId) {
+        self.fault(format!("reset {}<->{}", a.0, b.0));
+        let ends: Vec<(End, End)> = self
+            .links
+            .iter()
+            .filter(|((n, _), (m, _))| (*n == a && *m == b) || (*n == b && *m == a))
+            .map(|(x, y)| (*x, *y))
+            .collect();
+        for (x, y) in ends {
+            if self.links.remove(&x).is_some() {
+                self.links.remove(&y);
+                self.schedule(x, Delivery::Closed, Duration::ZERO);
+                self.schedule(y, Delivery::Closed, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Drops everything sent from `from` to `to` until healed (one-way).
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.fault(format!("block {}->{}", from.0, to.0));
+        self.blocked.insert((from, to));
+    }
+
+    /// Blocks both directions between `a` and `b`.
+    pub fn partition(&mut self, a: NodeId, b: NodeId) {
+        self.block(a, b);
+        self.block(b, a);
+    }
+
+    /// Removes every block.
+    pub fn heal(&mut self) {
+        self.fault("heal".into());
+        self.blocked.clear();
+    }
+
+    /// Jumps the virtual clock forward (a paused VM, a clock step).
+    pub fn step_clock(&mut self, by: Duration) {
+        self.fault(format!("clock step {by:?}"));
+        self.now += by;
+    }
+
+    fn schedule(&mut self, to: End, what: Delivery, delay: Duration) {
+        let at = self.now + delay;
+        let at = match self.last_delivery.get(&to) {
+            Some(&last) if last > at => last,
+            _ => at,
+        };
+        self.last_delivery.insert(to, at);
+        self.seq += 1;
+        let incarnation = self
+            .nodes
+            .get(&to.0)
+            .map(|n| n.incarnation)
+            .unwrap_or(Incarnation(0));
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            to,
+            incarnation,
+            what,
+        }));
+    }
+
+    fn link_delay(&mut self) -> Duration {
+        let jitter = self.rng.below(self.config.jitter.as_micros() as u64 + 1);
+        self.config.latency + Duration::from_micros(jitter)
+    }
+
+    /// Carries out every output of every running node until all are quiet.
+    fn pump(&mut self) {
+        loop {
+            let mut any = false;
+            let ids: Vec<NodeId> = self.running();
+            for id in ids {
+                while let Some(out) = self
+                    .nodes
+                    .get_mut(&id)
+                    .and_then(|n| n.core.as_mut())
+                    .and_then(|c| c.poll_output(self.now))
+                {
+                    any = true;
+                    self.carry_out(id, out);
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn carry_out(&mut self, id: NodeId, out: Output) {
+        match out {
+            Output::Connect { conn, address, .. } => {
+                self.trace.push(TraceEvent::Dial {
+                    at: self.elapsed(),
+                    from: id,
+                    address: address.clone(),
+                });
+                let delay = self.link_delay();
+                let target = self.addresses.get(&address).copied();
+                let reachable = target.is_some_and(|t| {
+                    self.nodes[&t].core.is_some() && !self.blocked.contains(&(id, t))
+                });
+                match (target, reachable) {
+                    (Some(t), true) => {
+                        let now = self.now;
+                        let accepted = self
+                            .nodes
+                            .get_mut(&t)
+                            .and_then(|n| n.core.as_mut())
+                            .map(|c| c.accept(now, &format!("sim node {}", id.0)));
+                        match accepted {
+                            Some(Ok(remote)) => {
+                                self.links.insert((id, conn), (t, remote));
+                                self.links.insert((t, remote), (id, conn));
+                                self.schedule((id, conn), Delivery::Connected, delay);
+                            }
+                            _ => self.schedule((id, conn), Delivery::ConnectFailed, delay),
+                        }
+                    }
+                    _ => {
+                        // A dial into a partition times out like a SYN would.
+                        let wait = if target.is_some() { delay * 10 } else { delay };
+                        self.schedule((id, conn), Delivery::ConnectFailed, wait)
+                    }
+                }
+            }
+            Output::Transmit { conn, data } => {
+                let len = data.len();
+                let start = self
+                    .busy_until
+                    .get(&(id, conn))
+                    .copied()
+                    .unwrap_or(self.now)
+                    .max(self.now);
+                let serialize = Duration::from_nanos(
+                    (len as u128 * 1_000_000_000 / self.config.bandwidth.max(1) as u128) as u64,
+                );
+                let done = start + serialize;
+                self.busy_until.insert((id, conn), done);
+                let after = done - self.now;
+                if let Some(&other) = self.links.get(&(id, conn)) {
+                    if !self.blocked.contains(&(id, other.0)) {
+                        let delay = self.link_delay();
+                        self.schedule(other, Delivery::Bytes(data), after + delay);
+                    }
+                }
+                self.schedule((id, conn), Delivery::Written(len), after);
+            }
+            Output::Close { conn } => {
+                if let Some(other) = self.links.remove(&(id, conn)) {
+                    self.links.remove(&other);
+                    let delay = self.link_delay();
+                    self.schedule(other, Delivery::Closed, delay);
+                }
+            }
+            Output::Event(event) => self.trace.push(TraceEvent::Core {
+                at: self.now - self.start,
+                node: id,
+                event,
+            }),
+        }
+    }
+
+    /// Runs the simulation for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Runs the simulation until the virtual instant `until`.
+    pub fn run_until(&mut self, until: Instant) {
+        loop {
+            self.pump();
+            let next_delivery = self.queue.peek().map(|Reverse(s)| s.at);
+            let next_timer = self
+                .nodes
+                .values()
+                .filter_map(|n| n.core.as_ref())
+                .filter_map(Core::poll_timeout)
+                .min();
+            let next = [next_delivery, next_timer].into_iter().flatten().min();
+            let Some(next) = next.filter(|&t| t <= until) else {
+                self.now = self.now.max(until);
+                self.pump();
+                return;
+            };
+            self.now = self.now.max(next);
+            if next_delivery == Some(next) {
+                let Reverse(item) = self.queue.pop().expect("peeked");
+                self.deliver(item);
+            } else {
+                let now = self.now;
+                for node in self.nodes.values_mut() {
+                    if let Some(core) = node.core.as_mut() {
+                        if core.poll_timeout().is_some_and(|t| t <= now) {
+                            core.handle_input(now, Input::Timeout);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, item: Scheduled) {
+        let (id, conn) = item.to;
+        let now = self.now;
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        if node.incarnation != item.incarnation {
+            return;
+        }
+        let Some(core) = node.core.as_mut() else {
+            return;
+        };
+        match item.what {
+            Delivery::Connected => core.handle_input(now, Input::Connected { conn }),
+            Delivery::ConnectFailed => core.handle_input(
+                now,
+                Input::ConnectFailed {
+                    conn,
+                    error: "connection refused (simulated)",
+                },
+            ),
+            Delivery::Bytes(bytes) => core.handle_input(
+                now,
+                Input::Received {
+                    conn,
+                    bytes: &bytes,
+                },
+            ),
+            Delivery::Written(bytes) => core.handle_input(now, Input::Written { conn, bytes }),
+            Delivery::Closed => core.handle_input(now, Input::Closed { conn, error: None }),
+        }
+    }
+
+    /// Injects raw bytes into a node as if a connected peer sent them.
+    pub fn inject(&mut self, node: NodeId, conn: ConnId, bytes: &[u8]) {
+        let now = self.now;
+        if let Some(core) = self.nodes.get_mut(&node).and_then(|n| n.core.as_mut()) {
+            core.handle_input(now, Input::Received { conn, bytes });
+        }
+    }
+}
+
+/// Certificates are checked against a fixed wall time, so runs replay.
+#[derive(Debug)]
+struct FixedTime;
+
+impl rustls::time_provider::TimeProvider for FixedTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        Some(UnixTime::since_unix_epoch(Duration::from_secs(
+            1_800_000_000,
+        )))
+    }
+}

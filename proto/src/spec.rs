@@ -1,0 +1,605 @@
+//! The cluster spec: which nodes exist, where they listen, and the TLS
+//! material that proves who they are.
+//!
+//! The JSON form uses the field names of Go reign's `ClusterSpec`, so an
+//! existing reign spec file works:
+//!
+//! ```json
+//! {
+//!   "nodes": [
+//!     { "id": 0, "address": "127.0.0.1:29000" },
+//!     { "id": 1, "address": "127.0.0.1:29001", "listen_address": "127.0.0.1:29001" }
+//!   ],
+//!   "node_cert_path": "node_%d.crt",
+//!   "node_key_path": "node_%d.key",
+//!   "cluster_cert_path": "cluster.crt"
+//! }
+//! ```
+//!
+//! `%d` in a path is replaced by the node id. Each `*_path` has a `*_pem`
+//! twin holding the PEM text itself, which wins when both are set. Relative
+//! paths in a spec loaded from a file are relative to that file's folder.
+//! An optional `tuning` object overrides [`Tuning`] fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use serde::{Deserialize, Serialize};
+
+use crate::id::NodeId;
+
+/// One node of the cluster (Go reign's `NodeDescriptor`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeDescriptor {
+    /// The node's id.
+    pub id: u16,
+    /// Where other nodes dial it (`host:port`).
+    #[serde(default)]
+    pub address: String,
+    /// Where it listens, if not `address` (e.g. `0.0.0.0:port` behind NAT).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub listen_address: String,
+    /// The local address it dials from, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_address: String,
+}
+
+impl NodeDescriptor {
+    /// The address to bind the listener to.
+    pub fn listen_addr(&self) -> &str {
+        if self.listen_address.is_empty() {
+            &self.address
+        } else {
+            &self.listen_address
+        }
+    }
+}
+
+/// Timers and limits of the protocol. Every field has a default suited to a
+/// production cluster; tests shorten the timers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tuning {
+    /// How often a connected peer is pinged.
+    #[serde(with = "millis")]
+    pub ping_interval: Duration,
+    /// Unanswered pings in a row (with nothing else received) after which a
+    /// peer is declared down.
+    pub max_ping_failures: u32,
+    /// A peer that sends nothing at all for this long is declared down.
+    #[serde(with = "millis")]
+    pub read_deadline: Duration,
+    /// TLS plus the reign handshake must finish within this time.
+    #[serde(with = "millis")]
+    pub handshake_timeout: Duration,
+    /// First reconnection delay after a connection is lost.
+    #[serde(with = "millis")]
+    pub backoff_initial: Duration,
+    /// Largest reconnection delay; the delay doubles up to here, with jitter.
+    #[serde(with = "millis")]
+    pub backoff_max: Duration,
+    /// Hard maximum frame length; larger frames close the connection.
+    pub max_frame_len: usize,
+    /// Largest message (encoded) that may be sent or received.
+    pub max_message_len: usize,
+    /// Bytes that may wait in the outbound queue to one peer. A send that
+    /// finds the queue at or over this bound fails with `SendError::Full`
+    /// (one message is always accepted into an empty queue, so the most a
+    /// queue holds is this bound plus one message).
+    pub outbound_queue_bytes: usize,
+    /// Ciphertext handed to the driver but not yet written to the socket,
+    /// per connection, before the core stops producing more.
+    pub write_window: usize,
+    /// Inbound connections that may be handshaking at once; more are refused.
+    pub max_handshaking: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            ping_interval: Duration::from_secs(30),
+            max_ping_failures: 5,
+            read_deadline: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            max_frame_len: crate::codec::DEFAULT_MAX_FRAME_LEN,
+            max_message_len: 128 << 20,
+            outbound_queue_bytes: 64 << 20,
+            write_window: 1 << 20,
+            max_handshaking: 64,
+        }
+    }
+}
+
+impl Tuning {
+    /// Short timers for tests on loopback: pings every 100 ms, down after
+    /// 5 misses, handshake within 2 s, reconnect from 20 ms up to 500 ms.
+    pub fn fast() -> Tuning {
+        Tuning {
+            ping_interval: Duration::from_millis(100),
+            max_ping_failures: 5,
+            read_deadline: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(2),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            ..Tuning::default()
+        }
+    }
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+/// The cluster spec, as read from JSON or built in code.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    /// Every node of the cluster.
+    pub nodes: Vec<NodeDescriptor>,
+    /// Path of each node's certificate, `%d` standing for its id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_cert_path: String,
+    /// Path of each node's private key, `%d` standing for its id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_key_path: String,
+    /// Path of the cluster CA certificate.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_cert_path: String,
+    /// This node's certificate as PEM text (wins over the path).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_cert_pem: String,
+    /// This node's private key as PEM text (wins over the path).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_key_pem: String,
+    /// The cluster CA certificate as PEM text (wins over the path).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster_cert_pem: String,
+    /// ALPN protocol names nodes accept; empty means reign's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permitted_protocols: Vec<String>,
+    /// Protocol timers and limits.
+    #[serde(default)]
+    pub tuning: Tuning,
+    /// Folder that relative paths are relative to (the spec file's folder).
+    #[serde(skip)]
+    pub base_dir: Option<PathBuf>,
+}
+
+/// The ALPN protocol reign speaks when the spec names none.
+pub const DEFAULT_PROTOCOL: &str = "reign-rs/1";
+
+/// Everything wrong a spec can be, each naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecError {
+    /// The JSON does not parse, or a field has the wrong type.
+    Json {
+        /// What serde_json said, with line and column.
+        message: String,
+    },
+    /// The spec file could not be read.
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: String,
+    },
+    /// `nodes` is empty.
+    NoNodes,
+    /// Two entries of `nodes` have the same `id`.
+    DuplicateId {
+        /// The repeated id.
+        id: u16,
+    },
+    /// A node has an empty or malformed `address`.
+    BadAddress {
+        /// The node.
+        id: u16,
+        /// The field (`address`, `listen_address` or `local_address`).
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The node being started is not in `nodes`.
+    NodeNotInSpec {
+        /// The id asked for.
+        id: u16,
+    },
+    /// Neither a `*_pem` nor a `*_path` is set for this material.
+    Missing {
+        /// The field pair, e.g. `node_cert_path/node_cert_pem`.
+        field: &'static str,
+    },
+    /// A file named by a `*_path` field could not be read.
+    FileUnreadable {
+        /// The field.
+        field: &'static str,
+        /// The path after `%d` substitution.
+        path: PathBuf,
+        /// The OS error.
+        error: String,
+    },
+    /// PEM text holds no usable certificate or key.
+    BadPem {
+        /// The field it came from.
+        field: &'static str,
+        /// What was wrong.
+        error: String,
+    },
+    /// The node certificate is not signed by the cluster CA (or has expired).
+    NotSignedByCluster {
+        /// The node.
+        id: u16,
+        /// The verifier's reason.
+        error: String,
+    },
+    /// The node certificate does not name the node it is configured for.
+    CertificateNamesOtherNode {
+        /// The node.
+        id: u16,
+    },
+    /// rustls refused the TLS configuration built from the material.
+    Tls {
+        /// rustls' reason.
+        error: String,
+    },
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecError::Json { message } => write!(f, "cluster spec JSON: {message}"),
+            SpecError::Unreadable { path, error } => {
+                write!(f, "cannot read cluster spec {}: {error}", path.display())
+            }
+            SpecError::NoNodes => write!(f, "cluster spec: `nodes` is empty"),
+            SpecError::DuplicateId { id } => {
+                write!(f, "cluster spec: `nodes` lists id {id} more than once")
+            }
+            SpecError::BadAddress { id, field, value } => write!(
+                f,
+                "cluster spec: node {id} has a bad `{field}` {value:?} (want host:port)"
+            ),
+            SpecError::NodeNotInSpec { id } => {
+                write!(f, "cluster spec: node {id} is not listed in `nodes`")
+            }
+            SpecError::Missing { field } => write!(f, "cluster spec: `{field}` is not set"),
+            SpecError::FileUnreadable { field, path, error } => write!(
+                f,
+                "cluster spec: cannot read `{field}` file {}: {error}",
+                path.display()
+            ),
+            SpecError::BadPem { field, error } => {
+                write!(f, "cluster spec: `{field}` holds no valid PEM: {error}")
+            }
+            SpecError::NotSignedByCluster { id, error } => write!(
+                f,
+                "cluster spec: the certificate of node {id} is not valid under the cluster CA: {error}"
+            ),
+            SpecError::CertificateNamesOtherNode { id } => write!(
+                f,
+                "cluster spec: the certificate configured for node {id} does not name node {id}"
+            ),
+            SpecError::Tls { error } => write!(f, "TLS configuration refused: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// The TLS material of one node, parsed and checked.
+#[derive(Debug)]
+pub struct NodeMaterial {
+    /// The node's certificate chain (its certificate first).
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The node's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The cluster CA certificate.
+    pub cluster_cert: CertificateDer<'static>,
+}
+
+impl Clone for NodeMaterial {
+    fn clone(&self) -> NodeMaterial {
+        NodeMaterial {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            cluster_cert: self.cluster_cert.clone(),
+        }
+    }
+}
+
+/// A spec resolved for one node: ready to start it.
+#[derive(Debug, Clone)]
+pub struct ResolvedSpec {
+    /// The node being started.
+    pub node_id: NodeId,
+    /// Every node by id.
+    pub nodes: BTreeMap<NodeId, NodeDescriptor>,
+    /// This node's TLS material.
+    pub material: NodeMaterial,
+    /// ALPN protocols.
+    pub protocols: Vec<String>,
+    /// Timers and limits.
+    pub tuning: Tuning,
+}
+
+impl ResolvedSpec {
+    /// This node's descriptor.
+    pub fn me(&self) -> &NodeDescriptor {
+        &self.nodes[&self.node_id]
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+impl ClusterSpec {
+    /// Parses a spec from JSON text.
+    pub fn from_json(json: &str) -> Result<ClusterSpec, SpecError> {
+        serde_json::from_str(json).map_err(|e| SpecError::Json {
+            message: e.to_string(),
+        })
+    }
+
+    /// Parses a spec from a reader of JSON.
+    pub fn from_reader(reader: impl Read) -> Result<ClusterSpec, SpecError> {
+        serde_json::from_reader(reader).map_err(|e| SpecError::Json {
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads a spec file; relative paths inside resolve against its folder.
+    pub fn load(path: impl AsRef<Path>) -> Result<ClusterSpec, SpecError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| SpecError::Unreadable {
+            path: path.to_owned(),
+            error: e.to_string(),
+        })?;
+        let mut spec = ClusterSpec::from_json(&text)?;
+        spec.base_dir = path.parent().map(Path::to_owned);
+        Ok(spec)
+    }
+
+    /// The spec as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks the node list alone: ids unique, addresses well formed.
+    pub fn validate_nodes(&self) -> Result<BTreeMap<NodeId, NodeDescriptor>, SpecError> {
+        if self.nodes.is_empty() {
+            return Err(SpecError::NoNodes);
+        }
+        let mut nodes = BTreeMap::new();
+        for node in &self.nodes {
+            let bad = |field, value: &str| SpecError::BadAddress {
+                id: node.id,
+                field,
+                value: value.to_owned(),
+            };
+            if !valid_host_port(&node.address) {
+                return Err(bad("address", &node.address));
+            }
+            if !node.listen_address.is_empty() && !valid_host_port(&node.listen_address) {
+                return Err(bad("listen_address", &node.listen_address));
+            }
+            if !node.local_address.is_empty() && !valid_host_port(&node.local_address) {
+                return Err(bad("local_address", &node.local_address));
+            }
+            if nodes.insert(NodeId(node.id), node.clone()).is_some() {
+                return Err(SpecError::DuplicateId { id: node.id });
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn material_text(
+        &self,
+        pem: &str,
+        path: &str,
+        field: &'static str,
+        node: u16,
+    ) -> Result<Vec<u8>, SpecError> {
+        if !pem.is_empty() {
+            return Ok(pem.as_bytes().to_vec());
+        }
+        if path.is_empty() {
+            return Err(SpecError::Missing { field });
+        }
+        let mut path = PathBuf::from(path.replace("%d", &node.to_string()));
+        if path.is_relative() {
+            if let Some(base) = &self.base_dir {
+                path = base.join(path);
+            }
+        }
+        std::fs::read(&path).map_err(|e| SpecError::FileUnreadable {
+            field,
+            path,
+            error: e.to_string(),
+        })
+    }
+
+    /// Resolves the spec for `node`: reads and checks its TLS material.
+    /// `now` is the wall time certificates are checked against.
+    pub fn resolve(&self, node: NodeId, now: UnixTime) -> Result<ResolvedSpec, SpecError> {
+        let nodes = self.validate_nodes()?;
+        if !nodes.contains_key(&node) {
+            return Err(SpecError::NodeNotInSpec { id: node.0 });
+        }
+        let cert_text = self.material_text(
+            &self.node_cert_pem,
+            &self.node_cert_path,
+            "node_cert_path/node_cert_pem",
+            node.0,
+        )?;
+        let key_text = self.material_text(
+            &self.node_key_pem,
+            &self.node_key_path,
+            "node_key_path/node_key_pem",
+            node.0,
+        )?;
+        let ca_text = self.material_text(
+            &self.cluster_cert_pem,
+            &self.cluster_cert_path,
+            "cluster_cert_path/cluster_cert_pem",
+            node.0,
+        )?;
+        let cert_chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_text)
+            .collect::<Result<_, _>>()
+            .map_err(|e| SpecError::BadPem {
+                field: "node_cert",
+                error: e.to_string(),
+            })?;
+        if cert_chain.is_empty() {
+            return Err(SpecError::BadPem {
+                field: "node_cert",
+                error: "no CERTIFICATE section".into(),
+            });
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key_text).map_err(|e| SpecError::BadPem {
+            field: "node_key",
+            error: e.to_string(),
+        })?;
+        let cluster_cert =
+            CertificateDer::from_pem_slice(&ca_text).map_err(|e| SpecError::BadPem {
+                field: "cluster_cert",
+                error: e.to_string(),
+            })?;
+        let material = NodeMaterial {
+            cert_chain,
+            key,
+            cluster_cert,
+        };
+        crate::tls::check_node_material(node, &material, now)?;
+        let protocols = if self.permitted_protocols.is_empty() {
+            vec![DEFAULT_PROTOCOL.to_owned()]
+        } else {
+            self.permitted_protocols.clone()
+        };
+        Ok(ResolvedSpec {
+            node_id: node,
+            nodes,
+            material,
+            protocols,
+            tuning: self.tuning.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Result<ClusterSpec, SpecError> {
+        ClusterSpec::from_json(json)
+    }
+
+    #[test]
+    fn go_reign_field_names_parse() {
+        let s = spec(
+            r#"{"nodes":[{"id":0,"address":"127.0.0.1:1","listen_address":"0.0.0.0:1"},
+                         {"id":1,"address":"localhost:2","local_address":"127.0.0.1:0"}],
+                "node_cert_path":"n%d.crt","node_key_path":"n%d.key","cluster_cert_path":"ca.crt",
+                "permitted_protocols":["x"]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.nodes.len(), 2);
+        assert_eq!(s.nodes[0].listen_addr(), "0.0.0.0:1");
+        assert_eq!(s.nodes[1].listen_addr(), "localhost:2");
+        assert_eq!(s.tuning, Tuning::default());
+        assert_eq!(s.validate_nodes().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        assert!(matches!(spec("{"), Err(SpecError::Json { .. })));
+        assert!(matches!(
+            spec(r#"{"nodes":[{"id":"zero"}]}"#),
+            Err(SpecError::Json { .. })
+        ));
+        assert_eq!(
+            spec(r#"{"nodes":[]}"#).unwrap().validate_nodes(),
+            Err(SpecError::NoNodes)
+        );
+        assert_eq!(
+            spec(r#"{"nodes":[{"id":1,"address":"a:1"},{"id":1,"address":"b:2"}]}"#)
+                .unwrap()
+                .validate_nodes(),
+            Err(SpecError::DuplicateId { id: 1 })
+        );
+        assert_eq!(
+            spec(r#"{"nodes":[{"id":3}]}"#).unwrap().validate_nodes(),
+            Err(SpecError::BadAddress {
+                id: 3,
+                field: "address",
+                value: String::new()
+            })
+        );
+        assert!(matches!(
+            spec(r#"{"nodes":[{"id":3,"address":"h:1","listen_address":"nope"}]}"#)
+                .unwrap()
+                .validate_nodes(),
+            Err(SpecError::BadAddress {
+                field: "listen_address",
+                ..
+            })
+        ));
+        let s = spec(r#"{"nodes":[{"id":3,"address":"h:1"}]}"#).unwrap();
+        assert_eq!(
+            s.resolve(NodeId(4), UnixTime::now()).unwrap_err(),
+            SpecError::NodeNotInSpec { id: 4 }
+        );
+        assert_eq!(
+            s.resolve(NodeId(3), UnixTime::now()).unwrap_err(),
+            SpecError::Missing {
+                field: "node_cert_path/node_cert_pem"
+            }
+        );
+        let s =
+            spec(r#"{"nodes":[{"id":3,"address":"h:1"}],"node_cert_path":"/nonexistent/n%d.crt"}"#)
+                .unwrap();
+        match s.resolve(NodeId(3), UnixTime::now()).unwrap_err() {
+            SpecError::FileUnreadable { path, .. } => {
+                assert_eq!(path, PathBuf::from("/nonexistent/n3.crt"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let s = spec(
+            r#"{"nodes":[{"id":3,"address":"h:1"}],"node_cert_pem":"junk","node_key_pem":"junk","cluster_cert_pem":"junk"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            s.resolve(NodeId(3), UnixTime::now()).unwrap_err(),
+            SpecError::BadPem {
+                field: "node_cert",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tuning_reads_milliseconds() {
+        let s =
+            spec(r#"{"nodes":[{"id":0,"address":"h:1"}],"tuning":{"ping_interval":250}}"#).unwrap();
+        assert_eq!(s.tuning.ping_interval, Duration::from_millis(250));
+        assert_eq!(s.tuning.max_ping_failures, 5);
+    }
+}

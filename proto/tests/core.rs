@@ -1,0 +1,435 @@
+//! The node state machine driven by hand with a virtual clock (no sockets,
+//! no runtime): connection set-up, remote delivery and ordering, pings,
+//! deadlines, backoff, restarts and hostile input.
+
+use std::time::{Duration, Instant};
+
+use reign_proto::core::AcceptError;
+use reign_proto::sim::{Sim, SimConfig, TraceEvent};
+use reign_proto::{
+    Address, ClusterSpec, Core, CoreConfig, Event, Incarnation, Input, MailboxClosed, NodeId,
+    Output, Tuning,
+};
+
+fn sim(nodes: u16, seed: u64) -> Sim {
+    let mut sim = Sim::new(SimConfig {
+        nodes,
+        seed,
+        ..SimConfig::default()
+    });
+    sim.run_for(Duration::from_millis(500));
+    assert!(
+        sim.fully_connected(),
+        "seed {seed}: cluster did not connect"
+    );
+    sim
+}
+
+fn down_events(sim: &Sim, node: NodeId, peer: NodeId) -> Vec<Duration> {
+    sim.trace()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Core {
+                at,
+                node: n,
+                event: Event::PeerDown { node: p, .. },
+            } if *n == node && *p == peer => Some(*at),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fault_time(sim: &Sim, what: &str) -> Duration {
+    sim.trace()
+        .iter()
+        .find_map(|e| match e {
+            TraceEvent::Fault { at, what: w } if w == what => Some(*at),
+            _ => None,
+        })
+        .expect("fault in trace")
+}
+
+#[test]
+fn three_nodes_exchange_messages_in_every_direction() {
+    let mut sim = sim(3, 1);
+    let ids = [NodeId(0), NodeId(1), NodeId(2)];
+    let boxes: Vec<_> = ids.iter().map(|&id| sim.node(id).new_mailbox()).collect();
+    for &from in &ids {
+        for (to, (addr, _)) in ids.iter().zip(&boxes) {
+            let remote = sim.node(from).address_of(addr.id());
+            assert_eq!(remote.is_local(), from == *to);
+            remote.send(format!("{}->{}", from.0, to.0)).unwrap();
+        }
+    }
+    sim.run_for(Duration::from_millis(50));
+    for (to, (_, mailbox)) in ids.iter().zip(&boxes) {
+        let mut got: Vec<String> = std::iter::from_fn(|| mailbox.try_recv().unwrap())
+            .map(|m| m.downcast::<String>().unwrap())
+            .collect();
+        got.sort();
+        let want: Vec<String> = ids.iter().map(|f| format!("{}->{}", f.0, to.0)).collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn ten_thousand_messages_arrive_complete_and_in_order() {
+    let mut sim = sim(2, 2);
+    let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
+    let remote = sim.node(NodeId(0)).address_of(addr.id());
+    for i in 0..10_000u64 {
+        remote.send(i).unwrap();
+    }
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(mailbox.message_count(), 10_000);
+    for i in 0..10_000u64 {
+        assert_eq!(
+            mailbox
+                .try_recv()
+                .unwrap()
+                .unwrap()
+                .downcast::<u64>()
+                .unwrap(),
+            i
+        );
+    }
+    let stats = sim.node(NodeId(1)).stats();
+    assert_eq!(stats.remote_delivered, 10_000);
+}
+
+#[test]
+fn an_address_sent_away_and_back_reaches_its_mailbox() {
+    let mut sim = sim(2, 3);
+    let (home, home_box) = sim.node(NodeId(0)).new_mailbox();
+    let (echo, echo_box) = sim.node(NodeId(1)).new_mailbox();
+    sim.node(NodeId(0))
+        .address_of(echo.id())
+        .send(home.clone())
+        .unwrap();
+    sim.run_for(Duration::from_millis(20));
+    let back: Address = echo_box.try_recv().unwrap().unwrap().downcast().unwrap();
+    assert!(!back.is_local());
+    assert_eq!(back, home);
+    back.send(String::from("returned")).unwrap();
+    sim.run_for(Duration::from_millis(20));
+    let msg = home_box.try_recv().unwrap().unwrap();
+    assert!(msg.is_remote());
+    assert_eq!(msg.downcast::<String>().unwrap(), "returned");
+}
+
+#[test]
+fn missed_pings_declare_a_peer_down_then_it_reconnects() {
+    let tuning = Tuning::fast();
+    let mut sim = sim(2, 4);
+    // One-way: node 1 hears nothing more from node 0.
+    sim.block(NodeId(0), NodeId(1));
+    sim.run_for(Duration::from_secs(3));
+    let blocked_at = fault_time(&sim, "block 0->1");
+    let downs = down_events(&sim, NodeId(1), NodeId(0));
+    assert!(!downs.is_empty(), "node 1 never declared node 0 down");
+    let detection = downs[0] - blocked_at;
+    let expected = tuning.ping_interval * tuning.max_ping_failures;
+    assert!(
+        detection >= expected - tuning.ping_interval
+            && detection <= expected + tuning.ping_interval * 2,
+        "detected after {detection:?}, expected about {expected:?}"
+    );
+    sim.heal();
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.fully_connected(), "reconnected after healing");
+}
+
+#[test]
+fn silence_past_the_read_deadline_declares_a_peer_down() {
+    let tuning = Tuning {
+        max_ping_failures: 1_000,
+        read_deadline: Duration::from_millis(800),
+        ..Tuning::fast()
+    };
+    let mut sim = Sim::new(SimConfig {
+        nodes: 2,
+        seed: 5,
+        tuning: tuning.clone(),
+        ..SimConfig::default()
+    });
+    sim.run_for(Duration::from_millis(300));
+    assert!(sim.fully_connected());
+    sim.block(NodeId(0), NodeId(1));
+    sim.run_for(Duration::from_secs(2));
+    let detection = down_events(&sim, NodeId(1), NodeId(0))[0] - fault_time(&sim, "block 0->1");
+    assert!(
+        detection >= tuning.read_deadline - tuning.ping_interval
+            && detection <= tuning.read_deadline + tuning.ping_interval,
+        "detected after {detection:?}"
+    );
+}
+
+#[test]
+fn redials_back_off_exponentially_with_jitter_up_to_the_cap() {
+    let tuning = Tuning::fast();
+    let mut sim = sim(2, 6);
+    sim.crash(NodeId(1));
+    sim.run_for(Duration::from_secs(6));
+    let crashed_at = fault_time(&sim, "crash 1");
+    let dials: Vec<Duration> = sim
+        .trace()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Dial { at, from, .. } if *from == NodeId(0) && *at > crashed_at => {
+                Some(*at)
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(dials.len() >= 8, "only {} redials", dials.len());
+    let gaps: Vec<Duration> = dials.windows(2).map(|w| w[1] - w[0]).collect();
+    // Each gap is the jittered delay plus the simulated failed-dial time.
+    let dial_time = Duration::from_millis(5);
+    for (i, gap) in gaps.iter().enumerate() {
+        let base = (tuning.backoff_initial * 2u32.pow(i as u32 + 1)).min(tuning.backoff_max);
+        assert!(
+            *gap >= base / 2 && *gap <= base + dial_time,
+            "gap {i} is {gap:?}, base {base:?}: {gaps:?}"
+        );
+    }
+    let capped = &gaps[gaps.len() - 3..];
+    assert!(capped.iter().all(|g| *g <= tuning.backoff_max + dial_time));
+    assert!(
+        capped.windows(2).any(|w| w[0] != w[1]),
+        "jitter varies the delays"
+    );
+
+    sim.restart(NodeId(1));
+    sim.run_for(tuning.backoff_max * 2);
+    assert!(sim.fully_connected());
+}
+
+#[test]
+fn a_restarted_node_is_a_new_incarnation_and_old_addresses_stay_dead() {
+    let mut sim = sim(2, 7);
+    let (old, _old_box) = sim.node(NodeId(1)).new_mailbox();
+    let (watcher, watcher_box) = sim.node(NodeId(0)).new_mailbox();
+    let old_remote = sim.node(NodeId(0)).address_of(old.id());
+    sim.crash(NodeId(1));
+    sim.restart(NodeId(1));
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.fully_connected());
+    let ups: Vec<Incarnation> = sim
+        .trace()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Core {
+                node: NodeId(0),
+                event: Event::PeerUp { incarnation, .. },
+                ..
+            } => Some(*incarnation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ups.len(), 2);
+    assert!(ups[1] > ups[0]);
+    // The restarted node has a mailbox with the same serial; the old address
+    // must not reach it.
+    let (new, new_box) = sim.node(NodeId(1)).new_mailbox();
+    assert_eq!(new.id().serial, old.id().serial);
+    old_remote.send(1u8).unwrap();
+    sim.run_for(Duration::from_millis(20));
+    assert_eq!(new_box.message_count(), 0);
+    assert_eq!(sim.node(NodeId(1)).stats().dropped_closed, 1);
+    drop(watcher);
+    drop(watcher_box);
+}
+
+#[test]
+fn sends_to_a_down_node_succeed_and_are_counted() {
+    let mut sim = sim(2, 8);
+    let (addr, _b) = sim.node(NodeId(1)).new_mailbox();
+    let remote = sim.node(NodeId(0)).address_of(addr.id());
+    sim.crash(NodeId(1));
+    sim.run_for(Duration::from_millis(50));
+    remote.send(1u32).unwrap();
+    assert_eq!(sim.node(NodeId(0)).stats().dropped_unreachable, 1);
+}
+
+#[test]
+fn a_large_message_does_not_hold_up_a_small_one() {
+    let mut sim = sim(2, 9);
+    let (big, big_box) = sim.node(NodeId(1)).new_mailbox();
+    let (small, small_box) = sim.node(NodeId(1)).new_mailbox();
+    let n0 = sim.node(NodeId(0)).clone();
+    let payload = serde_bytes::ByteBuf::from(vec![7u8; 8 << 20]);
+    n0.address_of(big.id()).send(payload).unwrap();
+    n0.address_of(small.id()).send(1u8).unwrap();
+    let mut small_first = false;
+    for _ in 0..2_000 {
+        sim.run_for(Duration::from_micros(500));
+        if small_box.message_count() == 1 {
+            small_first = big_box.message_count() == 0;
+            break;
+        }
+    }
+    assert!(small_first, "the small message waited for the large one");
+    sim.run_for(Duration::from_millis(500));
+    let got: serde_bytes::ByteBuf = big_box.try_recv().unwrap().unwrap().downcast().unwrap();
+    assert_eq!(got.len(), 8 << 20);
+    assert!(got.iter().all(|&b| b == 7));
+}
+
+#[test]
+fn order_holds_per_mailbox_behind_a_fragmented_message() {
+    let mut sim = sim(2, 10);
+    let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
+    let remote = sim.node(NodeId(0)).address_of(addr.id());
+    remote.send(0u64).unwrap();
+    remote
+        .send(serde_bytes::ByteBuf::from(vec![1u8; 300_000]))
+        .unwrap();
+    for i in 1..100u64 {
+        remote.send(i).unwrap();
+    }
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(
+        mailbox
+            .try_recv()
+            .unwrap()
+            .unwrap()
+            .downcast::<u64>()
+            .unwrap(),
+        0
+    );
+    assert!(mailbox
+        .try_recv()
+        .unwrap()
+        .unwrap()
+        .is::<serde_bytes::ByteBuf>());
+    for i in 1..100u64 {
+        assert_eq!(
+            mailbox
+                .try_recv()
+                .unwrap()
+                .unwrap()
+                .downcast::<u64>()
+                .unwrap(),
+            i
+        );
+    }
+}
+
+#[test]
+fn connection_status_is_reported_to_subscribers() {
+    let mut sim = sim(2, 11);
+    let (watcher, watcher_box) = sim.node(NodeId(0)).new_mailbox();
+    sim.node(NodeId(0)).subscribe_connection_status(&watcher);
+    sim.crash(NodeId(1));
+    sim.run_for(Duration::from_millis(50));
+    sim.restart(NodeId(1));
+    sim.run_for(Duration::from_secs(2));
+    let statuses: Vec<bool> = std::iter::from_fn(|| watcher_box.try_recv().unwrap())
+        .map(|m| {
+            m.downcast::<reign_proto::ConnectionStatus>()
+                .unwrap()
+                .connected
+        })
+        .collect();
+    assert_eq!(statuses, [false, true]);
+}
+
+// ----- one core by hand ----------------------------------------------------
+
+fn lone_core(tuning: Tuning) -> (Core, Instant) {
+    let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
+    let addrs = vec![
+        (NodeId(0), "127.0.0.1:1".to_string()),
+        (NodeId(1), "127.0.0.1:2".to_string()),
+    ];
+    let mut spec: ClusterSpec = ca.inline_spec(NodeId(1), &addrs).unwrap();
+    spec.tuning = tuning;
+    let now = Instant::now();
+    let core = Core::new(
+        CoreConfig {
+            spec: spec
+                .resolve(NodeId(1), rustls::pki_types::UnixTime::now())
+                .unwrap(),
+            incarnation: Incarnation(1),
+            seed: 1,
+            time_provider: reign_proto::tls::system_time(),
+        },
+        now,
+    )
+    .unwrap();
+    (core, now)
+}
+
+fn drain(core: &mut Core, now: Instant) -> Vec<Output> {
+    std::iter::from_fn(|| core.poll_output(now)).collect()
+}
+
+#[test]
+fn a_stalled_handshake_is_closed_at_its_deadline() {
+    let tuning = Tuning::fast();
+    let (mut core, now) = lone_core(tuning.clone());
+    let conn = core.accept(now, "slow loris").unwrap();
+    assert!(drain(&mut core, now).is_empty(), "node 1 dials nobody");
+    let deadline = core.poll_timeout().unwrap();
+    assert_eq!(deadline, now + tuning.handshake_timeout);
+    core.handle_input(deadline, Input::Timeout);
+    assert_eq!(drain(&mut core, deadline), vec![Output::Close { conn }]);
+    assert_eq!(core.connection_count(), 0);
+}
+
+#[test]
+fn garbage_closes_only_that_connection() {
+    let (mut core, now) = lone_core(Tuning::fast());
+    let good = core.accept(now, "quiet").unwrap();
+    let bad = core.accept(now, "garbage").unwrap();
+    core.handle_input(
+        now,
+        Input::Received {
+            conn: bad,
+            bytes: b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        },
+    );
+    let outputs = drain(&mut core, now);
+    assert!(
+        outputs.contains(&Output::Close { conn: bad }),
+        "{outputs:?}"
+    );
+    assert!(!outputs.contains(&Output::Close { conn: good }));
+    assert_eq!(core.connection_count(), 1);
+}
+
+#[test]
+fn handshake_slots_are_capped() {
+    let tuning = Tuning {
+        max_handshaking: 3,
+        ..Tuning::fast()
+    };
+    let (mut core, now) = lone_core(tuning);
+    for _ in 0..3 {
+        core.accept(now, "flood").unwrap();
+    }
+    assert_eq!(
+        core.accept(now, "flood"),
+        Err(AcceptError::TooManyHandshakes { limit: 3 })
+    );
+}
+
+#[test]
+fn close_notifications_reach_local_watchers_of_remote_nodes_unreachable() {
+    // A watch on a mailbox of a node that is not connected fires at once.
+    let (core, _) = lone_core(Tuning::fast());
+    let node = core.node().clone();
+    let (watcher, watcher_box) = node.new_mailbox();
+    let mut far = watcher.id();
+    far.node = NodeId(0);
+    node.address_of(far).on_close_notify(&watcher);
+    assert_eq!(
+        watcher_box
+            .try_recv()
+            .unwrap()
+            .unwrap()
+            .downcast::<MailboxClosed>()
+            .unwrap(),
+        MailboxClosed(far)
+    );
+}
