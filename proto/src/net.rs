@@ -89,20 +89,28 @@ pub(crate) struct OutboxState {
     pub(crate) small: Vec<u8>,
     /// Large messages (and anything queued behind them to the same mailbox).
     pub(crate) lanes: VecDeque<Lane>,
-    /// Bytes in `small` and `lanes`.
-    pub(crate) queued: usize,
+    /// Bytes in `small`.
+    pub(crate) queued_small: usize,
+    /// Bytes in `lanes`.
+    pub(crate) queued_bulk: usize,
     /// Whether the peer is on the ready list already.
     listed: bool,
 }
 
 impl OutboxState {
+    /// Bytes waiting in all.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued_small + self.queued_bulk
+    }
+
     /// Drops everything queued (the connection went down); returns how many
     /// bytes were dropped.
     pub(crate) fn clear(&mut self) -> usize {
-        let dropped = self.queued;
+        let dropped = self.queued();
         self.small.clear();
         self.lanes.clear();
-        self.queued = 0;
+        self.queued_small = 0;
+        self.queued_bulk = 0;
         dropped
     }
 }
@@ -167,7 +175,7 @@ impl Outbox {
     pub(crate) fn stats(&self) -> PeerStats {
         let (connected, queued) = {
             let state = self.lock();
-            (state.connected, state.queued as u64)
+            (state.connected, state.queued() as u64)
         };
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -194,6 +202,7 @@ pub(crate) struct Network {
     ready: Mutex<Vec<NodeId>>,
     pub(crate) wake: Arc<WakeSignal>,
     pub(crate) outbound_limit: usize,
+    pub(crate) bulk_limit: usize,
     pub(crate) max_message_len: usize,
 }
 
@@ -201,6 +210,7 @@ impl Network {
     pub(crate) fn new(
         peers: impl IntoIterator<Item = NodeId>,
         outbound_limit: usize,
+        bulk_limit: usize,
         max_message_len: usize,
     ) -> Network {
         Network {
@@ -220,6 +230,7 @@ impl Network {
             ready: Mutex::new(Vec::new()),
             wake: Arc::new(WakeSignal::default()),
             outbound_limit,
+            bulk_limit,
             max_message_len,
         }
     }
@@ -260,16 +271,22 @@ impl Network {
         if !state.connected {
             return Err(Refused::Unreachable);
         }
-        if state.queued > 0 && state.queued + framed > self.outbound_limit {
-            return Err(Refused::Full);
-        }
         let lane = state.lanes.iter_mut().position(|l| l.dest == dest);
         match lane {
             None if len <= FRAGMENT_LEN => {
+                if state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
+                    return Err(Refused::Full);
+                }
                 frame::put_data_header(&mut state.small, dest, tag, len);
                 state.small.extend_from_slice(payload);
+                state.queued_small += framed;
             }
             _ => {
+                // Large messages have their own budget, so one of them never
+                // locks small messages to other mailboxes out of the queue.
+                if state.queued_bulk > 0 && state.queued_bulk + framed > self.bulk_limit {
+                    return Err(Refused::Full);
+                }
                 let bulk = Bulk {
                     tag,
                     payload: Bytes::from(std::mem::take(payload)),
@@ -282,9 +299,9 @@ impl Network {
                         items: VecDeque::from([bulk]),
                     }),
                 }
+                state.queued_bulk += framed;
             }
         }
-        state.queued += framed;
         let list = !state.listed;
         state.listed = true;
         drop(state);

@@ -232,6 +232,7 @@ impl NodeInner {
     }
 
     /// Queues a control frame for a peer and wakes the core.
+    #[allow(dead_code)] // used by the registry, next
     pub(crate) fn queue_control(&self, peer: NodeId, control: &Control) {
         let frame = Frame::Control(control.encode());
         self.control_out
@@ -325,7 +326,7 @@ impl Node {
     }
 
     fn new(id: NodeId, incarnation: Incarnation) -> Node {
-        Node::networked(id, incarnation, Network::new([], 0, 0))
+        Node::networked(id, incarnation, Network::new([], 0, 0, 0))
     }
 
     pub(crate) fn networked(id: NodeId, incarnation: Incarnation, net: Network) -> Node {
@@ -407,6 +408,11 @@ impl Node {
     /// ```
     pub fn bind_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         with_decode_context(&Arc::downgrade(&self.inner), f)
+    }
+
+    /// Closes every mailbox of this node (their watchers are notified).
+    pub fn close_all_mailboxes(&self) {
+        self.inner.close_all_mailboxes();
     }
 
     /// Mailboxes currently open on this node.

@@ -87,11 +87,15 @@ pub struct Tuning {
     pub max_frame_len: usize,
     /// Largest message (encoded) that may be sent or received.
     pub max_message_len: usize,
-    /// Bytes that may wait in the outbound queue to one peer. A send that
-    /// finds the queue at or over this bound fails with `SendError::Full`
-    /// (one message is always accepted into an empty queue, so the most a
-    /// queue holds is this bound plus one message).
+    /// Bytes of small messages (up to 64 KiB each) that may wait in the
+    /// outbound queue to one peer. A send that would go over fails with
+    /// `SendError::Full` and is not queued.
     pub outbound_queue_bytes: usize,
+    /// Bytes of large messages (sent in fragments) that may wait to one
+    /// peer, counted apart so that one large message never locks small ones
+    /// out. One message is always accepted when none waits, so the most
+    /// this queue holds is the bound or one message, whichever is larger.
+    pub outbound_bulk_bytes: usize,
     /// Ciphertext handed to the driver but not yet written to the socket,
     /// per connection, before the core stops producing more.
     pub write_window: usize,
@@ -110,7 +114,8 @@ impl Default for Tuning {
             backoff_max: Duration::from_secs(30),
             max_frame_len: crate::codec::DEFAULT_MAX_FRAME_LEN,
             max_message_len: 128 << 20,
-            outbound_queue_bytes: 64 << 20,
+            outbound_queue_bytes: 16 << 20,
+            outbound_bulk_bytes: 64 << 20,
             write_window: 1 << 20,
             max_handshaking: 64,
         }

@@ -224,12 +224,7 @@ mod tests {
                     Ok::<_, ()>(chunk.len())
                 }).unwrap();
                 prop_assert_eq!(n, chunk.len());
-                loop {
-                    match decoder.next_frame() {
-                        Ok(Some(_)) => continue,
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                while let Ok(Some(_)) = decoder.next_frame() {}
                 prop_assert!(decoder.capacity() <= max + LEN_PREFIX + READ_CHUNK + 512,
                     "capacity {} too large", decoder.capacity());
             }

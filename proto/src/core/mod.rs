@@ -42,6 +42,11 @@ use crate::spec::{NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 use crate::tls::TlsContext;
 use crate::types::{self, TypeTag};
 
+/// How closes the peer asked for begin (not protocol errors).
+const GOODBYE: &str = "peer said goodbye";
+/// The reason a redundant connection closes.
+const DUPLICATE: &str = "duplicate connection";
+
 /// Plaintext drained into one transmit at most; bigger backlogs leave over
 /// several, interleaved with other connections.
 const TRANSMIT_BUDGET: usize = 256 * 1024;
@@ -218,6 +223,7 @@ impl Core {
         let network = Network::new(
             peer_ids.iter().copied(),
             tuning.outbound_queue_bytes,
+            tuning.outbound_bulk_bytes,
             tuning.max_message_len,
         );
         let node = Node::networked(me, config.incarnation, network);
@@ -568,7 +574,7 @@ impl Core {
             Frame::Goodbye(body) => {
                 let reason: String = crate::codec::payload::decode(&body)
                     .unwrap_or_else(|_| "<unreadable reason>".into());
-                return Err(format!("peer said goodbye: {reason}"));
+                return Err(format!("{GOODBYE}: {reason}"));
             }
             Frame::Hello(_) => return Err("a hello after the handshake".into()),
         }
@@ -686,7 +692,7 @@ impl Core {
                 conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
                     "duplicate connection",
                 )));
-                return Err("duplicate connection".into());
+                return Err(DUPLICATE.into());
             }
             self.drop_conn(now, old_id, "replaced by a newer connection".into(), true);
         }
@@ -729,7 +735,10 @@ impl Core {
     /// queued (a goodbye or an alert) first.
     fn fail_conn(&mut self, now: Instant, id: ConnId, reason: String) {
         if let Some(c) = self.conns.get_mut(&id) {
-            if c.peer().is_some() {
+            let orderly = reason.starts_with(GOODBYE) || reason == DUPLICATE;
+            if orderly {
+                // Logged as a lost connection by `peer_down`, at warn level.
+            } else if c.peer().is_some() {
                 tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason, "closing connection");
             } else if !reason.starts_with("handshake failed") {
                 tracing::error!(
@@ -1056,7 +1065,7 @@ fn drain_outbox(conn: &mut Conn, outbox: &crate::net::Outbox) -> Drained {
         if !state.small.is_empty() {
             std::mem::swap(&mut state.small, &mut conn.spare);
             let n = conn.spare.len();
-            state.queued -= n;
+            state.queued_small -= n;
             budget = budget.saturating_sub(n);
         }
         while budget > 0 && !state.lanes.is_empty() {
@@ -1084,14 +1093,14 @@ fn drain_outbox(conn: &mut Conn, outbox: &crate::net::Outbox) -> Drained {
             budget = budget.saturating_sub(chunk.len() + header.len());
             if end == total {
                 lane.items.pop_front();
-                state.queued -= total + frame::DATA_HEADER_LEN;
+                state.queued_bulk -= total + frame::DATA_HEADER_LEN;
             }
             pieces.push((header, chunk));
             if !lane.items.is_empty() {
                 state.lanes.push_back(lane);
             }
         }
-        more = state.queued > 0;
+        more = state.queued() > 0;
         if !more {
             Network::unlist(&mut state);
         }

@@ -1,0 +1,64 @@
+//! `reign`: make cluster certificates, run a node, or run the demo.
+
+mod demo;
+mod init;
+mod node;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "reign",
+    version,
+    about = "Erlang-like clustering and messaging"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a cluster CA, node certificates and a spec (like reign_init).
+    Init(init::InitArgs),
+    /// Run one node of a cluster until SIGINT or SIGTERM.
+    Node(node::NodeArgs),
+    /// Start a throw-away cluster on loopback and show every capability.
+    Demo(demo::DemoArgs),
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => {
+            init_logs("info");
+            init::run(&args).map(|spec| {
+                println!("wrote {}", spec.display());
+            })
+        }
+        Command::Node(args) => {
+            init_logs("info");
+            node::run(args)
+        }
+        Command::Demo(args) => {
+            init_logs("error");
+            demo::run(args)
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reign: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The driver shared by reign's runtime adapters.
+//!
+//! Everything that is the same on tokio, async-std and smol lives here once:
+//! the loop that moves ciphertext between sockets and the Sans-IO
+//! [`Core`](reign_proto::Core), per-connection reader and writer tasks, the
+//! accept loop, clean shutdown, and the user-facing [`Reign`] node. An
+//! adapter supplies only a [`Runtime`]: spawn, sockets and a timer.
+
+mod driver;
+mod runtime;
+mod signal;
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use reign_proto::{
+    ClusterSpec, ConnectionStatus, Core, CoreConfig, Incarnation, Mailbox, Message, Node, NodeId,
+    RecvError, SpecError,
+};
+
+use driver::{Driver, DriverEvent, EVENT_BACKLOG};
+pub use runtime::Runtime;
+use signal::{race, Either, Stop};
+
+/// Why a node could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The cluster spec is invalid for this node.
+    Spec(SpecError),
+    /// The listener could not bind.
+    Bind {
+        /// The address from the spec.
+        address: String,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Spec(e) => write!(f, "{e}"),
+            StartError::Bind { address, error } => write!(f, "cannot listen on {address}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<SpecError> for StartError {
+    fn from(e: SpecError) -> StartError {
+        StartError::Spec(e)
+    }
+}
+
+struct Running<R: Runtime> {
+    commands: async_channel::Sender<DriverEvent<R>>,
+    finished: async_channel::Receiver<()>,
+    local_addr: SocketAddr,
+}
+
+/// A running reign node on runtime `R`. Each adapter names it `Node`.
+///
+/// Dereferences to the [`reign_proto::Node`] handle: `new_mailbox`,
+/// `address_of`, `stats` and the rest work directly on it.
+pub struct Reign<R: Runtime> {
+    node: Node,
+    rt: R,
+    running: Option<Arc<Running<R>>>,
+}
+
+impl<R: Runtime> Clone for Reign<R> {
+    fn clone(&self) -> Self {
+        Reign {
+            node: self.node.clone(),
+            rt: self.rt.clone(),
+            running: self.running.clone(),
+        }
+    }
+}
+
+impl<R: Runtime + Default> Reign<R> {
+    /// A node with no network (Go reign's `NoClustering`): mailboxes,
+    /// addresses and close notifications work locally; no socket opens.
+    pub fn local() -> Reign<R> {
+        Reign {
+            node: Node::local(Incarnation::from_system_time(SystemTime::now())),
+            rt: R::default(),
+            running: None,
+        }
+    }
+
+    /// Starts node `id` of the cluster `spec`: binds its listener and
+    /// spawns the driver, which dials the peers this node is responsible for.
+    pub async fn start(spec: &ClusterSpec, id: NodeId) -> Result<Reign<R>, StartError> {
+        Reign::start_on(R::default(), spec, id).await
+    }
+}
+
+impl<R: Runtime> Reign<R> {
+    /// [`start`](Reign::start) with an explicit runtime handle.
+    pub async fn start_on(rt: R, spec: &ClusterSpec, id: NodeId) -> Result<Reign<R>, StartError> {
+        let resolved = spec.resolve(id, rustls::pki_types::UnixTime::now())?;
+        let listen = resolved.me().listen_addr().to_owned();
+        let listener = rt.bind(&listen).await.map_err(|error| StartError::Bind {
+            address: listen.clone(),
+            error,
+        })?;
+        let local_addr = R::local_addr(&listener).map_err(|error| StartError::Bind {
+            address: listen.clone(),
+            error,
+        })?;
+        let wall = SystemTime::now();
+        let incarnation = Incarnation::from_system_time(wall);
+        let core = Core::new(
+            CoreConfig {
+                spec: resolved,
+                incarnation,
+                seed: incarnation.0 ^ u64::from(std::process::id()).rotate_left(32),
+                time_provider: reign_proto::tls::system_time(),
+            },
+            Instant::now(),
+        )?;
+        let node = core.node().clone();
+        let (events_tx, events) = async_channel::bounded(EVENT_BACKLOG);
+        let (guard, tasks_done) = async_channel::bounded::<()>(1);
+        let stop_accept = Stop::default();
+        let (finished_tx, finished) = async_channel::bounded::<()>(1);
+
+        let accept_events = events_tx.clone();
+        let accept_guard = guard.clone();
+        let accept_stop = stop_accept.clone();
+        rt.spawn(async move {
+            let _guard = accept_guard;
+            loop {
+                match accept_stop.guard(R::accept(&listener)).await {
+                    None => return,
+                    Some(Ok((reader, writer, label))) => {
+                        let event = DriverEvent::Accepted {
+                            reader,
+                            writer,
+                            label,
+                        };
+                        if accept_stop.guard(accept_events.send(event)).await.is_none() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "accept failed");
+                    }
+                }
+            }
+        });
+
+        let driver = Driver::new(
+            rt.clone(),
+            core,
+            events,
+            events_tx.clone(),
+            guard,
+            tasks_done,
+            stop_accept,
+        );
+        rt.spawn(async move {
+            driver.run().await;
+            drop(finished_tx);
+        });
+        tracing::info!(node = id.0, %local_addr, "node started");
+        Ok(Reign {
+            node,
+            rt,
+            running: Some(Arc::new(Running {
+                commands: events_tx,
+                finished,
+                local_addr,
+            })),
+        })
+    }
+
+    /// The node handle (also reachable through `Deref`).
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The address the listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.running.as_ref().map(|r| r.local_addr)
+    }
+
+    /// Closes every connection (with a goodbye) and every mailbox, stops
+    /// every task of this node, and returns once they are all gone.
+    /// Idempotent; other clones of this handle see the node shut down.
+    pub async fn shutdown(&self) {
+        match &self.running {
+            Some(running) => {
+                let _ = running.commands.send(DriverEvent::Shutdown).await;
+                let _ = running.finished.recv().await;
+            }
+            None => self.node.close_all_mailboxes(),
+        }
+    }
+
+    /// Waits until every node in `peers` is connected, or the timeout passes.
+    /// Returns whether they all are.
+    pub async fn wait_for_peers(&self, peers: &[NodeId], timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (watcher, statuses) = self.node.new_mailbox();
+        self.node.subscribe_connection_status(&watcher);
+        loop {
+            if peers.iter().all(|&p| self.node.is_connected(p)) {
+                return true;
+            }
+            if recv_until(&self.rt, &statuses, deadline).await.is_err() {
+                return peers.iter().all(|&p| self.node.is_connected(p));
+            }
+        }
+    }
+
+    /// Waits until `peer` is disconnected, or the timeout passes.
+    pub async fn wait_for_disconnect(&self, peer: NodeId, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let (watcher, statuses) = self.node.new_mailbox();
+        self.node.subscribe_connection_status(&watcher);
+        loop {
+            if !self.node.is_connected(peer) {
+                return true;
+            }
+            match recv_until(&self.rt, &statuses, deadline).await {
+                Ok(msg) => {
+                    if msg
+                        .downcast::<ConnectionStatus>()
+                        .is_ok_and(|s| s.node == peer && !s.connected)
+                    {
+                        return true;
+                    }
+                }
+                Err(_) => return !self.node.is_connected(peer),
+            }
+        }
+    }
+
+    /// Receives from `mailbox`, giving up after `timeout`.
+    pub async fn recv_timeout(
+        &self,
+        mailbox: &Mailbox,
+        timeout: Duration,
+    ) -> Result<Message, RecvError> {
+        recv_timeout(&self.rt, mailbox, timeout).await
+    }
+}
+
+impl<R: Runtime> Deref for Reign<R> {
+    type Target = Node;
+
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Reign<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reign")
+            .field("node", &self.node)
+            .field("local_addr", &self.local_addr())
+            .finish()
+    }
+}
+
+async fn recv_until<R: Runtime>(
+    rt: &R,
+    mailbox: &Mailbox,
+    deadline: Instant,
+) -> Result<Message, RecvError> {
+    match race(mailbox.recv(), rt.sleep_until(deadline)).await {
+        Either::Left(result) => result,
+        Either::Right(()) => Err(RecvError::Timeout),
+    }
+}
+
+/// Receives from `mailbox` with a timeout on runtime `R`'s timer.
+pub async fn recv_timeout<R: Runtime>(
+    rt: &R,
+    mailbox: &Mailbox,
+    timeout: Duration,
+) -> Result<Message, RecvError> {
+    recv_until(rt, mailbox, Instant::now() + timeout).await
+}
+
+/// Defines an adapter's `MailboxExt` trait (receive with a timeout on that
+/// adapter's timer), so the trait is written once for every runtime.
+#[macro_export]
+macro_rules! mailbox_ext {
+    ($runtime:ty) => {
+        /// Receiving with a timeout, on this runtime's timer.
+        pub trait MailboxExt {
+            /// Waits for the next message at most `timeout`
+            /// ([`RecvError::Timeout`](reign_proto::RecvError::Timeout) after).
+            fn recv_timeout(
+                &self,
+                timeout: std::time::Duration,
+            ) -> impl std::future::Future<
+                Output = Result<reign_proto::Message, reign_proto::RecvError>,
+            > + Send;
+        }
+
+        impl MailboxExt for reign_proto::Mailbox {
+            fn recv_timeout(
+                &self,
+                timeout: std::time::Duration,
+            ) -> impl std::future::Future<
+                Output = Result<reign_proto::Message, reign_proto::RecvError>,
+            > + Send {
+                async move { $crate::recv_timeout(&<$runtime>::default(), self, timeout).await }
+            }
+        }
+    };
+}

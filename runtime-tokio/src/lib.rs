@@ -1,0 +1,99 @@
+//! # reign on tokio
+//!
+//! Erlang-like clustering and messaging: mailboxes and addresses that work
+//! the same on one node or across a cluster, over mutual TLS. This crate
+//! binds reign's Sans-IO core to tokio's sockets and timer; everything else
+//! is shared with the async-std and smol adapters, which have the same API.
+//!
+//! ```
+//! use std::time::Duration;
+//! use reign_tokio::{MailboxExt, Node};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let node = Node::local();
+//! let (addr, mailbox) = node.new_mailbox();
+//! addr.send(String::from("hello")).unwrap();
+//! let msg = mailbox.recv_timeout(Duration::from_secs(1)).await.unwrap();
+//! assert_eq!(msg.downcast::<String>().unwrap(), "hello");
+//! # }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+
+pub use reign_driver::{Runtime, StartError};
+pub use reign_proto::{
+    register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus,
+    Incarnation, Mailbox, MailboxClosed, MailboxId, Message, MultipleClaim, NodeId, RecvError,
+    SendError, Tuning,
+};
+
+/// The tokio runtime, as reign's driver sees it. Spawns on the ambient
+/// runtime: start nodes from inside one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Tokio;
+
+/// A reign node running on tokio.
+pub type Node = reign_driver::Reign<Tokio>;
+
+reign_driver::mailbox_ext!(Tokio);
+
+fn split(stream: TcpStream) -> (OwnedReadHalf, OwnedWriteHalf) {
+    // Latency matters more than packet count: the core already coalesces.
+    let _ = stream.set_nodelay(true);
+    stream.into_split()
+}
+
+impl Runtime for Tokio {
+    type Reader = OwnedReadHalf;
+    type Writer = OwnedWriteHalf;
+    type Listener = TcpListener;
+
+    fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(future);
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static {
+        tokio::time::sleep_until(deadline.into())
+    }
+
+    async fn bind(&self, address: &str) -> io::Result<TcpListener> {
+        TcpListener::bind(address).await
+    }
+
+    fn local_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
+        listener.local_addr()
+    }
+
+    async fn accept(listener: &TcpListener) -> io::Result<(OwnedReadHalf, OwnedWriteHalf, String)> {
+        let (stream, remote) = listener.accept().await?;
+        let (r, w) = split(stream);
+        Ok((r, w, remote.to_string()))
+    }
+
+    async fn connect(&self, address: &str) -> io::Result<(OwnedReadHalf, OwnedWriteHalf)> {
+        Ok(split(TcpStream::connect(address).await?))
+    }
+
+    async fn read(reader: &mut OwnedReadHalf, buf: &mut [u8]) -> io::Result<usize> {
+        reader.read(buf).await
+    }
+
+    async fn write_all(writer: &mut OwnedWriteHalf, buf: &[u8]) -> io::Result<()> {
+        writer.write_all(buf).await
+    }
+
+    async fn close(writer: &mut OwnedWriteHalf) -> io::Result<()> {
+        writer.shutdown().await
+    }
+}

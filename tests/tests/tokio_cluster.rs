@@ -1,0 +1,529 @@
+//! Clustering over real TCP and real rustls mutual TLS on 127.0.0.1, on the
+//! tokio adapter: messaging, ordering, address round trips, hostile peers,
+//! head-of-line blocking, peer loss and clean shutdown.
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use reign_proto::codec::Frame;
+use reign_proto::handshake::Hello;
+use reign_tests::raw_peer::{closes_within, ClientAuth, RawPeer};
+use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tokio::{Address, MailboxExt, Node, NodeId, SendError, Tuning};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start_all(cluster: &TestCluster, n: u16) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(
+            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
+                .await
+                .expect("node starts"),
+        );
+    }
+    let ids: Vec<NodeId> = (0..n).map(NodeId).collect();
+    for node in &nodes {
+        let others: Vec<NodeId> = ids.iter().copied().filter(|&i| i != node.id()).collect();
+        assert!(
+            node.wait_for_peers(&others, WAIT).await,
+            "{:?} did not connect",
+            node.id()
+        );
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_exchange_messages_in_every_direction() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let nodes = start_all(&cluster, 3).await;
+    let boxes: Vec<_> = nodes.iter().map(|n| n.new_mailbox()).collect();
+    for from in &nodes {
+        for (to, (addr, _)) in nodes.iter().zip(&boxes) {
+            from.address_of(addr.id())
+                .send(format!("{}->{}", from.id().0, to.id().0))
+                .unwrap();
+        }
+    }
+    for (to, (_, mailbox)) in nodes.iter().zip(&boxes) {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(
+                mailbox
+                    .recv_timeout(WAIT)
+                    .await
+                    .unwrap()
+                    .downcast::<String>()
+                    .unwrap(),
+            );
+        }
+        got.sort();
+        let want: Vec<String> = nodes
+            .iter()
+            .map(|f| format!("{}->{}", f.id().0, to.id().0))
+            .collect();
+        assert_eq!(got, want);
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_arrive_complete_and_in_order() {
+    capture_logs();
+    let cluster = TestCluster::new(2);
+    let nodes = start_all(&cluster, 2).await;
+    let (addr, mailbox) = nodes[1].new_mailbox();
+    let remote = nodes[0].address_of(addr.id());
+    for i in 0..10_000u64 {
+        remote.send(i).unwrap();
+    }
+    for i in 0..10_000u64 {
+        let got = mailbox
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .downcast::<u64>()
+            .unwrap();
+        assert_eq!(got, i);
+    }
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_sent_away_and_back_reaches_its_mailbox() {
+    capture_logs();
+    let cluster = TestCluster::new(2);
+    let nodes = start_all(&cluster, 2).await;
+    let (home, home_box) = nodes[0].new_mailbox();
+    let (echo, echo_box) = nodes[1].new_mailbox();
+    nodes[0].address_of(echo.id()).send(home.clone()).unwrap();
+    let back: Address = echo_box
+        .recv_timeout(WAIT)
+        .await
+        .unwrap()
+        .downcast()
+        .unwrap();
+    assert_eq!(back, home);
+    back.send(String::from("back home")).unwrap();
+    let msg = home_box.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(msg.downcast::<String>().unwrap(), "back home");
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+/// Checks that node 0 still serves node 1 after a hostile connection.
+async fn still_serving(nodes: &[Node]) {
+    assert!(nodes[0].is_connected(NodeId(1)));
+    let (addr, mailbox) = nodes[0].new_mailbox();
+    nodes[1].address_of(addr.id()).send(1u32).unwrap();
+    assert_eq!(
+        mailbox
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .downcast::<u32>()
+            .unwrap(),
+        1
+    );
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_close_only_their_own_connection() {
+    capture_logs();
+    // Node 2 is in the spec but never runs: the raw peer plays it.
+    let cluster = TestCluster::new(3);
+    let nodes = vec![
+        Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+            .await
+            .unwrap(),
+        Node::start(&cluster.spec(NodeId(1)), NodeId(1))
+            .await
+            .unwrap(),
+    ];
+    assert!(nodes[0].wait_for_peers(&[NodeId(1)], WAIT).await);
+    let target = cluster.address(NodeId(0)).to_owned();
+    let ca_pem = cluster.ca.cert_pem().to_owned();
+
+    // 1. A certificate from another CA: TLS refuses it.
+    let other = TestCluster::new(3);
+    let (addr, ca, cert) = (target.clone(), ca_pem.clone(), other.cert(NodeId(2)));
+    let result = blocking(move || {
+        RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert))
+            .map(|mut p| p.read_until_closed(Duration::from_secs(2)).1)
+    })
+    .await;
+    assert!(
+        matches!(result, Err(_) | Ok(true)),
+        "foreign certificate accepted"
+    );
+    assert!(eventually(WAIT, || logged(&["TLS error", "UnknownIssuer"])
+        || logged(&["TLS error", "certificate"])));
+    still_serving(&nodes).await;
+
+    // 2. No client certificate at all.
+    let (addr, ca) = (target.clone(), ca_pem.clone());
+    let result = blocking(move || {
+        RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::None)
+            .map(|mut p| p.read_until_closed(Duration::from_secs(2)).1)
+    })
+    .await;
+    assert!(
+        matches!(result, Err(_) | Ok(true)),
+        "anonymous client accepted"
+    );
+    still_serving(&nodes).await;
+
+    // 3. A valid certificate for node 2 used by a peer claiming to be node 1.
+    let (addr, ca, cert) = (target.clone(), ca_pem.clone(), cluster.cert(NodeId(2)));
+    let (frames, closed) = blocking(move || {
+        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        peer.read_until_closed(Duration::from_secs(3))
+    })
+    .await;
+    assert!(closed, "impostor not disconnected");
+    assert!(
+        matches!(frames.first(), Some(Frame::Goodbye(_))),
+        "{frames:?}"
+    );
+    assert!(eventually(WAIT, || logged(&[
+        "handshake failed",
+        "certificate names another node"
+    ])));
+    still_serving(&nodes).await;
+
+    // 4. A protocol version mismatch.
+    let (addr, ca, cert) = (target.clone(), ca_pem.clone(), cluster.cert(NodeId(2)));
+    let closed = blocking(move || {
+        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        let hello = Hello {
+            version: 999,
+            ..RawPeer::hello(NodeId(2), NodeId(0), &ca)
+        };
+        peer.send_frame(&Frame::Hello(hello.to_frame_body()))
+            .unwrap();
+        peer.read_until_closed(Duration::from_secs(3)).1
+    })
+    .await;
+    assert!(closed);
+    assert!(eventually(WAIT, || logged(&[
+        "incompatible protocol version",
+        "999"
+    ])));
+    still_serving(&nodes).await;
+
+    // 5. Plain TCP garbage.
+    let addr = target.clone();
+    let closed = blocking(move || {
+        let mut sock = TcpStream::connect(&addr).unwrap();
+        std::io::Write::write_all(
+            &mut sock,
+            &[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8],
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut sock, b"definitely not TLS\r\n\r\n").unwrap();
+        closes_within(&mut sock, Duration::from_secs(5))
+    })
+    .await;
+    assert!(closed, "garbage connection left open");
+    still_serving(&nodes).await;
+
+    // 6. A frame larger than the maximum, after a valid handshake.
+    let (addr, ca, cert) = (target.clone(), ca_pem.clone(), cluster.cert(NodeId(2)));
+    let closed = blocking(move || {
+        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(2), NodeId(0), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        assert!(matches!(
+            peer.next_frame(Duration::from_secs(3)),
+            Some(Frame::Hello(_))
+        ));
+        peer.send_raw(&(64u32 << 20).to_le_bytes()).unwrap();
+        peer.send_raw(&[4u8; 1024]).unwrap();
+        peer.read_until_closed(Duration::from_secs(3)).1
+    })
+    .await;
+    assert!(closed, "oversized frame did not close the connection");
+    assert!(eventually(WAIT, || logged(&["exceeds the maximum"])));
+    still_serving(&nodes).await;
+
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_hits_the_outbound_bound() {
+    capture_logs();
+    let tuning = Tuning {
+        outbound_queue_bytes: 2 << 20,
+        ping_interval: Duration::from_secs(30),
+        read_deadline: Duration::from_secs(60),
+        ..Tuning::fast()
+    };
+    let cluster = TestCluster::with_tuning(2, tuning.clone());
+    let node = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    let (addr, ca, cert) = (
+        cluster.address(NodeId(0)).to_owned(),
+        cluster.ca.cert_pem().to_owned(),
+        cluster.cert(NodeId(1)),
+    );
+    // Node 1 is a raw peer that completes the handshake and then never reads.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let peer_thread = std::thread::spawn(move || {
+        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        assert!(matches!(
+            peer.next_frame(Duration::from_secs(5)),
+            Some(Frame::Hello(_))
+        ));
+        ready_tx.send(()).unwrap();
+        let _ = done_rx.recv();
+        drop(peer);
+    });
+    ready_rx.recv().unwrap();
+    assert!(node.wait_for_peers(&[NodeId(1)], WAIT).await);
+    let mut id = node.new_mailbox().0.id();
+    id.node = NodeId(1);
+    let remote = node.address_of(id);
+    let payload = serde_bytes::ByteBuf::from(vec![0u8; 4000]);
+    let mut full = 0;
+    let mut sent = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while full < 100 && Instant::now() < deadline {
+        match remote.send(payload.clone()) {
+            Ok(()) => sent += 1,
+            Err(SendError::Full) => {
+                full += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(full >= 100, "the outbound queue never filled ({sent} sent)");
+    let stats = node
+        .peer_stats()
+        .into_iter()
+        .find(|s| s.node == NodeId(1))
+        .unwrap();
+    assert!(
+        stats.queued_bytes as usize <= tuning.outbound_queue_bytes + 4100,
+        "queue holds {} bytes",
+        stats.queued_bytes
+    );
+    assert!(stats.dropped_full >= 100);
+    done_tx.send(()).unwrap();
+    peer_thread.join().unwrap();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_message_does_not_block_small_ones_or_pings() {
+    capture_logs();
+    let cluster = TestCluster::new(2);
+    let nodes = start_all(&cluster, 2).await;
+    let (big, big_box) = nodes[1].new_mailbox();
+    let (small, small_box) = nodes[1].new_mailbox();
+    let payload = serde_bytes::ByteBuf::from(vec![0xabu8; 64 << 20]);
+    let sender = nodes[0].clone();
+    let big_id = big.id();
+    let small_id = small.id();
+    tokio::task::spawn_blocking(move || {
+        sender.address_of(big_id).send(payload).unwrap();
+        sender
+            .address_of(small_id)
+            .send(String::from("small"))
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let small_msg = small_box
+        .recv_timeout(Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(small_msg.downcast::<String>().unwrap(), "small");
+    assert_eq!(
+        big_box.message_count(),
+        0,
+        "the large message completed first"
+    );
+    let big_msg = big_box.recv_timeout(Duration::from_secs(60)).await.unwrap();
+    let got: serde_bytes::ByteBuf = big_msg.downcast().unwrap();
+    assert_eq!(got.len(), 64 << 20);
+    assert!(got.iter().all(|&b| b == 0xab));
+    // Pings flowed throughout: the connection never dropped.
+    let stats = nodes[0]
+        .peer_stats()
+        .into_iter()
+        .find(|s| s.node == NodeId(1))
+        .unwrap();
+    assert_eq!(stats.disconnects, 0);
+    assert!(nodes[0].is_connected(NodeId(1)));
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[test]
+fn peer_loss_is_detected_and_the_peer_reconnects_when_it_returns() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let main_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spec2 = cluster.spec(NodeId(2));
+    let start_node2 = |spec: reign_proto::ClusterSpec| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = rt.block_on(Node::start(&spec, NodeId(2))).unwrap();
+        (rt, node)
+    };
+    let (rt2, node2) = start_node2(spec2.clone());
+    main_rt.block_on(async {
+        let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+            .await
+            .unwrap();
+        let n1 = Node::start(&cluster.spec(NodeId(1)), NodeId(1))
+            .await
+            .unwrap();
+        assert!(n0.wait_for_peers(&[NodeId(1), NodeId(2)], WAIT).await);
+        assert!(n1.wait_for_peers(&[NodeId(0), NodeId(2)], WAIT).await);
+
+        // Kill node 2's runtime: its tasks and sockets vanish at once.
+        drop(node2);
+        rt2.shutdown_background();
+        let started = Instant::now();
+        let detection = Tuning::fast().ping_interval * (Tuning::fast().max_ping_failures + 2);
+        assert!(n0.wait_for_disconnect(NodeId(2), detection).await);
+        assert!(n1.wait_for_disconnect(NodeId(2), detection).await);
+        eprintln!("node 2's loss detected after {:?}", started.elapsed());
+        assert!(n0.is_connected(NodeId(1)));
+
+        // Node 2 comes back: everyone reconnects.
+        let (rt2b, node2b) = tokio::task::spawn_blocking(move || start_node2(spec2))
+            .await
+            .unwrap();
+        assert!(n0.wait_for_peers(&[NodeId(2)], WAIT).await);
+        assert!(n1.wait_for_peers(&[NodeId(2)], WAIT).await);
+        let (addr, mailbox) = n0.new_mailbox();
+        node2b.address_of(addr.id()).send(2u8).unwrap();
+        assert_eq!(
+            mailbox
+                .recv_timeout(WAIT)
+                .await
+                .unwrap()
+                .downcast::<u8>()
+                .unwrap(),
+            2
+        );
+        n0.shutdown().await;
+        n1.shutdown().await;
+        let _ = tokio::task::spawn_blocking(move || {
+            rt2b.block_on(node2b.shutdown());
+        })
+        .await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_closed_and_the_node_keeps_serving() {
+    capture_logs();
+    let tuning = Tuning {
+        handshake_timeout: Duration::from_millis(300),
+        ..Tuning::fast()
+    };
+    let cluster = TestCluster::with_tuning(2, tuning);
+    let nodes = start_all(&cluster, 2).await;
+    let addr = cluster.address(NodeId(0)).to_owned();
+    let closed = blocking(move || {
+        let mut sock = TcpStream::connect(&addr).unwrap();
+        // Half a TLS record header, then silence.
+        std::io::Write::write_all(&mut sock, &[0x16, 0x03]).unwrap();
+        let started = Instant::now();
+        let closed = closes_within(&mut sock, Duration::from_secs(5));
+        (closed, started.elapsed())
+    })
+    .await;
+    assert!(closed.0, "slow loris connection left open");
+    assert!(
+        closed.1 < Duration::from_secs(3),
+        "closed after {:?}",
+        closed.1
+    );
+    still_serving(&nodes).await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_everything_and_frees_the_port() {
+    capture_logs();
+    let cluster = TestCluster::new(2);
+    let nodes = start_all(&cluster, 2).await;
+    let (addr, mailbox) = nodes[0].new_mailbox();
+    let port_addr = nodes[0].local_addr().unwrap();
+    nodes[0].shutdown().await;
+    nodes[0].shutdown().await; // idempotent
+    assert!(mailbox.is_closed());
+    assert_eq!(addr.send(1u8), Err(SendError::Closed));
+    assert!(nodes[1].wait_for_disconnect(NodeId(0), WAIT).await);
+    // Every task ended and dropped its socket: the port binds again.
+    let rebound = tokio::net::TcpListener::bind(port_addr).await;
+    assert!(rebound.is_ok(), "port still held: {rebound:?}");
+    assert!(logged(&["peer said goodbye", "node shutting down"]));
+    nodes[1].shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn local_only_nodes_open_no_socket() {
+    let node = Node::local();
+    assert!(node.local_addr().is_none());
+    let (addr, mailbox) = node.new_mailbox();
+    addr.send(5i64).unwrap();
+    assert_eq!(
+        mailbox
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .downcast::<i64>()
+            .unwrap(),
+        5
+    );
+    assert_eq!(
+        mailbox
+            .recv_timeout(Duration::from_millis(20))
+            .await
+            .unwrap_err(),
+        reign_tokio::RecvError::Timeout
+    );
+    node.shutdown().await;
+    assert!(mailbox.is_closed());
+}
