@@ -42,27 +42,21 @@ pub enum Control {
         /// The request's sequence number.
         seq: u64,
     },
-    /// Asks the receiver to notify `watcher` when its mailbox `target` closes.
+    /// Asks the receiver to tell the sender when its mailbox `target`
+    /// closes (the sender tracks which of its own mailboxes watch it).
     Watch {
         /// A mailbox of the receiving node.
         target: MailboxId,
-        /// A mailbox of the sending node.
-        watcher: MailboxId,
     },
-    /// Cancels a [`Control::Watch`].
+    /// Cancels a [`Control::Watch`]: no local watcher is left.
     Unwatch {
         /// A mailbox of the receiving node.
         target: MailboxId,
-        /// A mailbox of the sending node.
-        watcher: MailboxId,
     },
-    /// `target`, watched by `watchers` on the receiving node, has closed (or
-    /// never existed).
+    /// `target`, watched by the receiving node, has closed (or never existed).
     Closed {
         /// A mailbox of the sending node.
         target: MailboxId,
-        /// Mailboxes of the receiving node to notify.
-        watchers: Vec<MailboxId>,
     },
 }
 

@@ -32,6 +32,7 @@ pub mod mailbox;
 pub mod message;
 pub(crate) mod net;
 pub mod node;
+pub mod registry;
 pub mod rng;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -48,7 +49,8 @@ pub use id::{Incarnation, MailboxId, NodeId};
 pub use mailbox::{Capacity, Mailbox};
 pub use message::{DowncastError, Message};
 pub use net::{PeerStats, WakeSignal};
-pub use node::Node;
+pub use node::{Node, SyncFuture};
+pub use registry::{RegistryDump, RegistryError};
 pub use spec::{ClusterSpec, NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 pub use stats::NodeStats;
 pub use system::{ConnectionStatus, MailboxClosed, MultipleClaim};

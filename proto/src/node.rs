@@ -2,10 +2,13 @@
 //! shared between user threads and the node's driver.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 
 use serde::Serialize;
 
@@ -16,8 +19,9 @@ use crate::error::SendError;
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::mailbox::{Capacity, Mailbox, MailboxShared};
 use crate::net::{Network, PeerStats, Refused};
+use crate::registry::{Effect, Registry, RegistryDump, RegistryError};
 use crate::stats::NodeCounters;
-use crate::system::{ConnectionStatus, MailboxClosed};
+use crate::system::{ConnectionStatus, MailboxClosed, MultipleClaim};
 
 /// Shards of the mailbox table; a power of two.
 const SHARDS: usize = 16;
@@ -111,6 +115,29 @@ pub(crate) struct NodeInner {
     status_watchers: Mutex<Vec<Address>>,
     /// Control frames queued by user threads for the core to send.
     control_out: Mutex<Vec<(NodeId, Frame)>>,
+    registry: Mutex<Registry>,
+    links: Mutex<Links>,
+    syncs: Mutex<SyncBook>,
+}
+
+/// Close notifications that cross nodes.
+#[derive(Default)]
+struct Links {
+    /// Mailboxes of other nodes watched from here, with their local watchers.
+    watching: BTreeMap<MailboxId, Vec<Address>>,
+    /// Mailboxes of this node watched by other nodes.
+    watched_by: BTreeMap<MailboxId, BTreeSet<NodeId>>,
+}
+
+/// Completed registry syncs and the tasks waiting for them.
+#[derive(Default)]
+struct SyncBook {
+    done: BTreeSet<u64>,
+    waiting: BTreeMap<u64, Waker>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 thread_local! {
@@ -153,7 +180,44 @@ impl NodeInner {
             .mailboxes_closed
             .fetch_add(1, Ordering::Relaxed);
         for watcher in watchers {
-            let _ = watcher.send(MailboxClosed(id));
+            self.notify_closed(&watcher, id);
+        }
+        let watching_nodes = lock(&self.links).watched_by.remove(&id);
+        for node in watching_nodes.into_iter().flatten() {
+            self.queue_control(node, &Control::Closed { target: id });
+        }
+        let effects = lock(&self.registry).mailbox_closed(id);
+        self.apply(effects);
+    }
+
+    fn notify_closed(&self, watcher: &Address, target: MailboxId) {
+        if watcher.send(MailboxClosed(target)).is_ok() {
+            self.counters
+                .close_notifications_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Carries out what the registry asked for.
+    fn apply(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(peer, control) => self.queue_control(peer, &control),
+                Effect::MultipleClaim { name, claimant } => {
+                    self.counters
+                        .multiple_claims
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = self.bind(claimant).send(MultipleClaim { name });
+                }
+                Effect::SyncDone(seq) => {
+                    let mut book = lock(&self.syncs);
+                    book.done.insert(seq);
+                    if let Some(waker) = book.waiting.remove(&seq) {
+                        drop(book);
+                        waker.wake();
+                    }
+                }
+            }
         }
     }
 
@@ -232,7 +296,6 @@ impl NodeInner {
     }
 
     /// Queues a control frame for a peer and wakes the core.
-    #[allow(dead_code)] // used by the registry, next
     pub(crate) fn queue_control(&self, peer: NodeId, control: &Control) {
         let frame = Frame::Control(control.encode());
         self.control_out
@@ -247,31 +310,141 @@ impl NodeInner {
         std::mem::take(&mut *self.control_out.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Watches a mailbox of another node.
+    /// Watches a mailbox of another node: the first local watcher of a
+    /// target asks the target's node to report its closing; a target on a
+    /// node that is not connected is unreachable, and reported closed now.
     pub(crate) fn watch_remote(&self, target: MailboxId, watcher: &Address) {
-        // Cross-node watches arrive with the registry; until then the target
-        // is unreachable.
-        let _ = watcher.send(MailboxClosed(target));
+        let mut links = lock(&self.links);
+        if !self
+            .net
+            .outbox(target.node)
+            .is_some_and(|o| o.lock().connected)
+        {
+            drop(links);
+            self.notify_closed(watcher, target);
+            return;
+        }
+        let watchers = links.watching.entry(target).or_default();
+        let first = watchers.is_empty();
+        if !watchers.contains(watcher) {
+            watchers.push(watcher.clone());
+        }
+        drop(links);
+        if first {
+            self.queue_control(target.node, &Control::Watch { target });
+        }
     }
 
     /// Cancels a watch on a mailbox of another node.
-    pub(crate) fn unwatch_remote(&self, _target: MailboxId, _watcher: &Address) {}
+    pub(crate) fn unwatch_remote(&self, target: MailboxId, watcher: &Address) {
+        let mut links = lock(&self.links);
+        let Some(watchers) = links.watching.get_mut(&target) else {
+            return;
+        };
+        watchers.retain(|w| w != watcher);
+        if watchers.is_empty() {
+            links.watching.remove(&target);
+            drop(links);
+            self.queue_control(target.node, &Control::Unwatch { target });
+        }
+    }
 
     /// Handles a control message from a connected peer. `Err` closes the
     /// connection (the peer broke the protocol).
-    pub(crate) fn handle_control(&self, _peer: NodeId, _control: Control) -> Result<(), String> {
+    pub(crate) fn handle_control(&self, peer: NodeId, control: Control) -> Result<(), String> {
+        match control {
+            Control::Watch { target } => {
+                if target.node != self.id {
+                    return Err(format!(
+                        "asked to watch {target:?}, a mailbox of another node"
+                    ));
+                }
+                let mut links = lock(&self.links);
+                let open = self.local_mailbox(target).is_some_and(|m| !m.is_closed());
+                if open {
+                    links.watched_by.entry(target).or_default().insert(peer);
+                } else {
+                    drop(links);
+                    self.queue_control(peer, &Control::Closed { target });
+                }
+            }
+            Control::Unwatch { target } => {
+                let mut links = lock(&self.links);
+                if let Some(nodes) = links.watched_by.get_mut(&target) {
+                    nodes.remove(&peer);
+                    if nodes.is_empty() {
+                        links.watched_by.remove(&target);
+                    }
+                }
+            }
+            Control::Closed { target } => {
+                if target.node != peer {
+                    return Err(format!(
+                        "reported {target:?}, a mailbox of another node, closed"
+                    ));
+                }
+                let watchers = lock(&self.links).watching.remove(&target);
+                for watcher in watchers.into_iter().flatten() {
+                    self.notify_closed(&watcher, target);
+                }
+            }
+            registry_message => {
+                let result = lock(&self.registry).on_control(peer, registry_message);
+                match result {
+                    Ok(effects) => self.apply(effects),
+                    Err(e) => {
+                        // The claim is ignored; the connection carries on.
+                        self.counters
+                            .rejected_claims
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(node = self.id.0, peer = peer.0, error = %e, "rejected a registry message");
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
     /// A peer connected: tell status watchers; return the frames that open
     /// the conversation with it.
     pub(crate) fn peer_up(&self, peer: NodeId, _incarnation: Incarnation) -> Vec<Frame> {
+        let snapshot = lock(&self.registry).peer_up(peer);
         self.notify_status(peer, true);
-        Vec::new()
+        snapshot
+            .iter()
+            .map(|control| Frame::Control(control.encode()))
+            .collect()
     }
 
-    /// A peer was lost.
+    /// A peer was lost: its claims vanish, watchers of its mailboxes are
+    /// told (exactly once: each watch is removed as it fires), and nothing
+    /// queued for it survives into its next connection.
     pub(crate) fn peer_down(&self, peer: NodeId) {
+        lock(&self.control_out).retain(|(p, _)| *p != peer);
+        let effects = lock(&self.registry).peer_down(peer);
+        self.apply(effects);
+        let lost: Vec<(MailboxId, Vec<Address>)> = {
+            let mut links = lock(&self.links);
+            for nodes in links.watched_by.values_mut() {
+                nodes.remove(&peer);
+            }
+            links.watched_by.retain(|_, nodes| !nodes.is_empty());
+            let targets: Vec<MailboxId> = links
+                .watching
+                .keys()
+                .filter(|t| t.node == peer)
+                .copied()
+                .collect();
+            targets
+                .into_iter()
+                .filter_map(|t| links.watching.remove(&t).map(|w| (t, w)))
+                .collect()
+        };
+        for (target, watchers) in lost {
+            for watcher in watchers {
+                self.notify_closed(&watcher, target);
+            }
+        }
         self.notify_status(peer, false);
     }
 
@@ -341,6 +514,9 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             status_watchers: Mutex::new(Vec::new()),
             control_out: Mutex::new(Vec::new()),
+            registry: Mutex::new(Registry::new(id)),
+            links: Mutex::new(Links::default()),
+            syncs: Mutex::new(SyncBook::default()),
         });
         Node { inner }
     }
@@ -431,6 +607,102 @@ impl Node {
             .push(watcher.clone());
     }
 
+    /// Claims `name` for a mailbox of this node, replacing this node's
+    /// previous claimant of the name. Other nodes learn of it as soon as the
+    /// claim reaches them ([`sync`](Node::sync) waits for that). Only live
+    /// local mailboxes can be registered: anything else is
+    /// [`RegistryError::CantRegister`].
+    ///
+    /// ```
+    /// use reign_proto::{Incarnation, Node};
+    ///
+    /// let node = Node::local(Incarnation(1));
+    /// let (addr, _mailbox) = node.new_mailbox();
+    /// node.register("greeter", &addr).unwrap();
+    /// assert_eq!(node.lookup("greeter"), Some(addr.clone()));
+    /// node.unregister("greeter", &addr);
+    /// assert_eq!(node.lookup("greeter"), None);
+    /// ```
+    pub fn register(&self, name: &str, address: &Address) -> Result<(), RegistryError> {
+        let id = address.id();
+        let live = self.inner.local_mailbox(id).is_some_and(|m| !m.is_closed());
+        if !live {
+            return Err(RegistryError::CantRegister {
+                reason: if id.node == self.inner.id {
+                    "the mailbox is closed or from an earlier start of this node"
+                } else {
+                    "the mailbox belongs to another node"
+                },
+            });
+        }
+        let effects = lock(&self.inner.registry).register(name, id)?;
+        self.inner.apply(effects);
+        Ok(())
+    }
+
+    /// Drops this node's claim of `name` if `address` holds it; ignored if
+    /// it does not.
+    pub fn unregister(&self, name: &str, address: &Address) {
+        let effects = lock(&self.inner.registry).unregister(name, address.id());
+        self.inner.apply(effects);
+    }
+
+    /// A claimant of `name`: the local one if there is one, otherwise the
+    /// remote claimants in turn (round-robin per name, so load spreads evenly
+    /// and deterministically).
+    pub fn lookup(&self, name: &str) -> Option<Address> {
+        let id = lock(&self.inner.registry).lookup(name)?;
+        Some(self.inner.bind(id))
+    }
+
+    /// Every claimant of `name`, local first.
+    pub fn lookup_all(&self, name: &str) -> Vec<Address> {
+        let ids = lock(&self.inner.registry).lookup_all(name);
+        ids.into_iter().map(|id| self.inner.bind(id)).collect()
+    }
+
+    /// For each name, whether it has any claimant.
+    pub fn seen_names(&self, names: &[&str]) -> Vec<bool> {
+        lock(&self.inner.registry).seen_names(names)
+    }
+
+    /// Completes once every connected peer has applied this node's registry
+    /// changes made before the call (a peer that goes down meanwhile no
+    /// longer counts).
+    pub fn sync(&self) -> SyncFuture {
+        let (seq, effects) = lock(&self.inner.registry).start_sync();
+        self.inner.apply(effects);
+        SyncFuture {
+            node: self.inner.clone(),
+            seq,
+        }
+    }
+
+    /// `MultipleClaim` notifications this node has sent its claimants.
+    pub fn multiple_claim_count(&self) -> u64 {
+        lock(&self.inner.registry).multiple_claim_count()
+    }
+
+    /// This node's view of the registry (reign's `NamesDebugger`).
+    pub fn registry_dump(&self) -> RegistryDump {
+        lock(&self.inner.registry).dump()
+    }
+
+    /// [`registry_dump`](Node::registry_dump) as pretty JSON.
+    pub fn dump_json(&self) -> String {
+        serde_json::to_string_pretty(&self.registry_dump()).unwrap_or_default()
+    }
+
+    /// Every name and its claimants, as this node sees them.
+    pub fn registry_view(&self) -> BTreeMap<String, BTreeSet<MailboxId>> {
+        lock(&self.inner.registry).view()
+    }
+
+    /// This node's own claims.
+    pub fn local_claims(&self) -> BTreeMap<String, MailboxId> {
+        lock(&self.inner.registry).local_claims()
+    }
+
     /// Counters and queue depth of every peer in the spec.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.inner.net.outboxes().map(|o| o.stats()).collect()
@@ -461,5 +733,41 @@ impl std::fmt::Debug for Node {
             .field("id", &self.inner.id)
             .field("incarnation", &self.inner.incarnation)
             .finish()
+    }
+}
+
+/// The future of [`Node::sync`].
+#[must_use = "futures do nothing unless polled"]
+pub struct SyncFuture {
+    node: Arc<NodeInner>,
+    seq: u64,
+}
+
+impl SyncFuture {
+    /// Whether the sync has completed (for callers that poll by hand, such
+    /// as simulations).
+    pub fn is_done(&self) -> bool {
+        lock(&self.node.syncs).done.contains(&self.seq)
+    }
+}
+
+impl Future for SyncFuture {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut book = lock(&self.node.syncs);
+        if book.done.remove(&self.seq) {
+            return Poll::Ready(());
+        }
+        book.waiting.insert(self.seq, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for SyncFuture {
+    fn drop(&mut self) {
+        let mut book = lock(&self.node.syncs);
+        book.done.remove(&self.seq);
+        book.waiting.remove(&self.seq);
     }
 }

@@ -47,4 +47,11 @@ counters! {
     dropped_full,
     /// Messages from other nodes dropped because their type is not registered here.
     dropped_unknown_type,
+    /// `MailboxClosed` notifications delivered to watchers on this node.
+    close_notifications_sent,
+    /// `MultipleClaim` notifications sent to this node's claimants.
+    multiple_claims,
+    /// Registry messages from peers that were refused (claims for mailboxes
+    /// of another node).
+    rejected_claims,
 }

@@ -1,0 +1,208 @@
+//! The registry and cross-node close notifications over real TCP and TLS
+//! (tokio adapter): propagation, conflicts, node loss and restart, and a
+//! peer that claims another node's mailbox.
+
+use std::time::Duration;
+
+use reign_proto::codec::Frame;
+use reign_proto::control::Control;
+use reign_tests::raw_peer::{ClientAuth, RawPeer};
+use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tokio::{MailboxClosed, MailboxExt, MultipleClaim, Node, NodeId};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start(cluster: &TestCluster, ids: &[u16]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for &i in ids {
+        nodes.push(
+            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
+                .await
+                .unwrap(),
+        );
+    }
+    for node in &nodes {
+        let others: Vec<NodeId> = ids
+            .iter()
+            .map(|&i| NodeId(i))
+            .filter(|&i| i != node.id())
+            .collect();
+        assert!(node.wait_for_peers(&others, WAIT).await);
+    }
+    nodes
+}
+
+async fn sync(node: &Node) {
+    tokio::time::timeout(WAIT, node.sync())
+        .await
+        .expect("sync completes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_propagate_across_three_nodes() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let nodes = start(&cluster, &[0, 1, 2]).await;
+    let (addr, mailbox) = nodes[0].new_mailbox();
+    nodes[0].register("greeter", &addr).unwrap();
+    sync(&nodes[0]).await;
+    for node in &nodes[1..] {
+        let found = node.lookup("greeter").expect("visible after sync");
+        found.send(format!("hi from {}", node.id().0)).unwrap();
+    }
+    for _ in 0..2 {
+        assert!(mailbox.recv_timeout(WAIT).await.unwrap().is::<String>());
+    }
+    nodes[0].unregister("greeter", &addr);
+    sync(&nodes[0]).await;
+    assert!(nodes[1].lookup("greeter").is_none() && nodes[2].lookup("greeter").is_none());
+    nodes[0].register("greeter", &addr).unwrap();
+    sync(&nodes[0]).await;
+    assert!(nodes[2].lookup("greeter").is_some());
+    mailbox.close();
+    sync(&nodes[0]).await;
+    assert!(nodes[1].lookup("greeter").is_none() && nodes[2].lookup("greeter").is_none());
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_on_two_nodes_is_a_multiple_claim_and_lookups_spread() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let nodes = start(&cluster, &[0, 1, 2]).await;
+    let (a, a_box) = nodes[0].new_mailbox();
+    let (b, b_box) = nodes[1].new_mailbox();
+    nodes[0].register("svc", &a).unwrap();
+    nodes[1].register("svc", &b).unwrap();
+    sync(&nodes[0]).await;
+    sync(&nodes[1]).await;
+    for mailbox in [&a_box, &b_box] {
+        let note: MultipleClaim = mailbox.recv_type().await.unwrap();
+        assert_eq!(note.name, "svc");
+    }
+    assert_eq!(nodes[2].lookup_all("svc").len(), 2);
+    let mut on_zero = 0;
+    for _ in 0..1000 {
+        if nodes[2].lookup("svc").unwrap().id().node == NodeId(0) {
+            on_zero += 1;
+        }
+    }
+    assert_eq!(on_zero, 500);
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[test]
+fn a_lost_node_loses_its_names_and_its_watchers_are_told_once() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let spawn_node2 = |spec: reign_proto::ClusterSpec| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let node = rt.block_on(Node::start(&spec, NodeId(2))).unwrap();
+        (rt, node)
+    };
+    let spec2 = cluster.spec(NodeId(2));
+    let (rt2, node2) = spawn_node2(spec2.clone());
+    rt.block_on(async {
+        let mut nodes = start(&cluster, &[0, 1]).await;
+        assert!(nodes[0].wait_for_peers(&[NodeId(2)], WAIT).await);
+        assert!(nodes[1].wait_for_peers(&[NodeId(2)], WAIT).await);
+        let (target, target_box) = node2.new_mailbox();
+        node2.register("worker", &target).unwrap();
+        sync(&node2).await;
+        let mut watcher_boxes = Vec::new();
+        for node in &nodes {
+            assert!(node.lookup("worker").is_some());
+            let (w, w_box) = node.new_mailbox();
+            node.address_of(target.id()).on_close_notify(&w);
+            watcher_boxes.push(w_box);
+        }
+        // Let the watches reach node 2, then kill its runtime.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(target_box);
+        drop(node2);
+        rt2.shutdown_background();
+        for (node, w_box) in nodes.iter().zip(&watcher_boxes) {
+            assert!(node.wait_for_disconnect(NodeId(2), WAIT).await);
+            assert!(node.lookup("worker").is_none());
+            let note: MailboxClosed = w_box.recv_type().await.unwrap();
+            assert_eq!(note, MailboxClosed(target.id()));
+        }
+        let (rt2b, node2b) = tokio::task::spawn_blocking(move || spawn_node2(spec2))
+            .await
+            .unwrap();
+        assert!(nodes[0].wait_for_peers(&[NodeId(2)], WAIT).await);
+        let (again, _again_box) = node2b.new_mailbox();
+        node2b.register("worker", &again).unwrap();
+        sync(&node2b).await;
+        assert_eq!(nodes[0].lookup("worker"), Some(again.clone()));
+        for w_box in &watcher_boxes {
+            assert!(
+                w_box
+                    .recv_timeout(Duration::from_millis(200))
+                    .await
+                    .is_err(),
+                "a second MailboxClosed arrived"
+            );
+        }
+        for node in nodes.drain(..) {
+            node.shutdown().await;
+        }
+        tokio::task::spawn_blocking(move || rt2b.block_on(node2b.shutdown()))
+            .await
+            .unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_for_another_nodes_mailbox_is_rejected_and_logged() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let nodes = start(&cluster, &[0, 1]).await;
+    let (victim, _victim_box) = nodes[1].new_mailbox();
+    let victim_id = victim.id();
+    let (addr, ca, cert) = (
+        cluster.address(NodeId(0)).to_owned(),
+        cluster.ca.cert_pem().to_owned(),
+        cluster.cert(NodeId(2)),
+    );
+    // The raw peer is node 2 and claims a name for node 1's mailbox.
+    tokio::task::spawn_blocking(move || {
+        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(2), NodeId(0), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let claim = Control::Claim {
+            name: "stolen".into(),
+            id: victim_id,
+        };
+        peer.send_frame(&Frame::Control(claim.encode())).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    })
+    .await
+    .unwrap();
+    assert!(eventually(WAIT, || logged(&[
+        "rejected a registry message",
+        "another node"
+    ])));
+    assert!(nodes[0].lookup("stolen").is_none());
+    assert_eq!(nodes[0].stats().rejected_claims, 1);
+    assert!(nodes[0].is_connected(NodeId(1)));
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
