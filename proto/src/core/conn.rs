@@ -43,7 +43,7 @@ pub(crate) struct Conn {
     pub(crate) id: ConnId,
     /// What the driver told us about the other end, for logs.
     pub(crate) label: String,
-    pub(crate) tls: rustls::Connection,
+    pub(crate) tls: Transport,
     pub(crate) handshake: Handshake,
     /// Whether the dialer's opening hello has been queued.
     pub(crate) hello_sent: bool,
@@ -71,11 +71,61 @@ pub(crate) struct Conn {
     pub(crate) plaintext_in: u64,
 }
 
+/// What carries a connection's frames.
+pub(crate) enum Transport {
+    /// A rustls session over in-memory buffers.
+    Tls(Box<rustls::Connection>),
+    /// Plaintext from a peer taken as already authenticated. Only fuzz
+    /// builds have it, to reach the layers above TLS with arbitrary frames.
+    #[cfg(fuzzing)]
+    Plain {
+        /// Frames "sent" to the fuzzer's peer.
+        out: Vec<u8>,
+    },
+}
+
+impl From<rustls::Connection> for Transport {
+    fn from(tls: rustls::Connection) -> Transport {
+        Transport::Tls(Box::new(tls))
+    }
+}
+
+impl Transport {
+    fn tls_mut(&mut self) -> Option<&mut rustls::Connection> {
+        match self {
+            Transport::Tls(tls) => Some(tls),
+            #[cfg(fuzzing)]
+            Transport::Plain { .. } => None,
+        }
+    }
+
+    pub(crate) fn is_handshaking(&self) -> bool {
+        match self {
+            Transport::Tls(tls) => tls.is_handshaking(),
+            #[cfg(fuzzing)]
+            Transport::Plain { .. } => false,
+        }
+    }
+
+    pub(crate) fn send_close_notify(&mut self) {
+        match self {
+            Transport::Tls(tls) => tls.send_close_notify(),
+            #[cfg(fuzzing)]
+            Transport::Plain { .. } => {}
+        }
+    }
+}
+
 /// Whether the peer's certificate names `node`.
-pub(crate) fn cert_names(tls: &rustls::Connection, node: NodeId) -> bool {
-    tls.peer_certificates()
-        .and_then(|certs| certs.first())
-        .is_some_and(|cert| crate::tls::cert_names_node(cert, node))
+pub(crate) fn cert_names(transport: &Transport, node: NodeId) -> bool {
+    match transport {
+        Transport::Tls(tls) => tls
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .is_some_and(|cert| crate::tls::cert_names_node(cert, node)),
+        #[cfg(fuzzing)]
+        Transport::Plain { .. } => true,
+    }
 }
 
 /// Bytes of plaintext pulled from rustls per decoder fill.
@@ -85,7 +135,7 @@ impl Conn {
     pub(crate) fn new(
         id: ConnId,
         label: String,
-        tls: rustls::Connection,
+        tls: Transport,
         handshake: Handshake,
         max_frame_len: usize,
         dialed: Option<NodeId>,
@@ -135,18 +185,30 @@ impl Conn {
         mut ciphertext: &[u8],
         mut on_plaintext: impl FnMut(&mut Conn) -> bool,
     ) -> Result<(), rustls::Error> {
+        #[cfg(fuzzing)]
+        if let Transport::Plain { .. } = self.tls {
+            self.decoder.feed(ciphertext);
+            self.plaintext_in += ciphertext.len() as u64;
+            on_plaintext(self);
+            return Ok(());
+        }
         loop {
+            let Some(tls) = self.tls.tls_mut() else {
+                return Ok(());
+            };
             if !ciphertext.is_empty() {
-                match self.tls.read_tls(&mut ciphertext) {
+                match tls.read_tls(&mut ciphertext) {
                     Ok(_) => {}
                     Err(e) => return Err(rustls::Error::General(e.to_string())),
                 }
             }
-            let state = self.tls.process_new_packets()?;
+            let state = tls.process_new_packets()?;
             let mut available = state.plaintext_bytes_to_read();
             while available > 0 {
                 let want = available.min(PLAINTEXT_CHUNK);
-                let tls = &mut self.tls;
+                let Some(tls) = self.tls.tls_mut() else {
+                    return Ok(());
+                };
                 let got = self
                     .decoder
                     .fill_with(want, |buf| tls.reader().read(buf))
@@ -179,25 +241,37 @@ impl Conn {
         if data.is_empty() {
             return;
         }
-        // The send buffer limit is lifted at creation, so rustls takes it all.
-        if let Err(e) = self.tls.writer().write_all(data) {
-            tracing::error!(conn = %self.id, error = %e, "rustls refused plaintext");
+        match &mut self.tls {
+            Transport::Tls(tls) => {
+                // The send buffer limit is lifted at creation, so rustls takes it all.
+                if let Err(e) = tls.writer().write_all(data) {
+                    tracing::error!(conn = %self.id, error = %e, "rustls refused plaintext");
+                }
+            }
+            #[cfg(fuzzing)]
+            Transport::Plain { out } => out.extend_from_slice(data),
         }
     }
 
-    /// Takes all ciphertext rustls has ready.
+    /// Takes all ciphertext ready to go.
     pub(crate) fn take_ciphertext(&mut self) -> Option<Vec<u8>> {
-        if !self.tls.wants_write() {
-            return None;
-        }
-        let mut out = Vec::new();
-        while self.tls.wants_write() {
-            match self.tls.write_tls(&mut out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        match &mut self.tls {
+            Transport::Tls(tls) => {
+                if !tls.wants_write() {
+                    return None;
+                }
+                let mut out = Vec::new();
+                while tls.wants_write() {
+                    match tls.write_tls(&mut out) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                (!out.is_empty()).then_some(out)
             }
+            #[cfg(fuzzing)]
+            Transport::Plain { out } => (!out.is_empty()).then(|| std::mem::take(out)),
         }
-        (!out.is_empty()).then_some(out)
     }
 
     /// Pushes a chunk of core frames and takes the core frame buffer out.

@@ -347,7 +347,7 @@ impl Core {
         let conn = Conn::new(
             id,
             label.to_owned(),
-            tls.into(),
+            rustls::Connection::from(tls).into(),
             handshake,
             self.tuning.max_frame_len,
             None,
@@ -356,6 +356,41 @@ impl Core {
         tracing::debug!(node = self.me.0, %id, from = label, "accepted connection");
         self.conns.insert(id, conn);
         Ok(id)
+    }
+
+    /// Fuzzing only: a connection from `peer` that skips TLS and the
+    /// hello, so fuzzers can feed arbitrary frames to an authenticated link.
+    #[cfg(fuzzing)]
+    pub fn fuzz_connect_peer(&mut self, now: Instant, peer: NodeId) -> Option<ConnId> {
+        let id = self.new_conn_id();
+        let handshake = Handshake::new(
+            Role::Acceptor,
+            self.me,
+            self.incarnation,
+            self.tls.cluster_id,
+        );
+        let mut conn = Conn::new(
+            id,
+            format!("fuzz peer {}", peer.0),
+            conn::Transport::Plain { out: Vec::new() },
+            handshake,
+            self.tuning.max_frame_len,
+            None,
+            now,
+        );
+        let hello = Hello {
+            version: crate::codec::PROTOCOL_VERSION,
+            node: peer,
+            incarnation: Incarnation(1),
+            cluster: self.tls.cluster_id.to_vec(),
+            target: self.me,
+        };
+        let _ = conn
+            .handshake
+            .on_frame(Frame::Hello(hello.to_frame_body()), |_| true, |_| true);
+        self.establish(now, &mut conn, hello).ok()?;
+        self.conns.insert(id, conn);
+        Some(id)
     }
 
     fn new_conn_id(&mut self) -> ConnId {
@@ -867,7 +902,7 @@ impl Core {
         let conn = Conn::new(
             id,
             address.clone(),
-            tls.into(),
+            rustls::Connection::from(tls).into(),
             handshake,
             self.tuning.max_frame_len,
             Some(peer_id),
