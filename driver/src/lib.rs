@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reign_proto::{
-    ClusterSpec, ConnectionStatus, Core, CoreConfig, Incarnation, Mailbox, Message, Node, NodeId,
-    RecvError, SpecError,
+    ClusterSpec, ConnectionStatus, Core, CoreConfig, Incarnation, IncomingTunnel, Mailbox, Message,
+    Node, NodeId, RecvError, RequestError, SpecError, Target, TunnelError,
 };
 
 use driver::{Driver, DriverEvent, EVENT_BACKLOG};
@@ -241,6 +241,58 @@ impl<R: Runtime> Reign<R> {
         }
     }
 
+    /// Sends a request to one member of a service group (or to an address)
+    /// and waits at most `timeout` for its reply. See
+    /// [`Node::request`](reign_proto::Node::request) for the errors.
+    pub async fn request<'a, T>(
+        &self,
+        target: impl Into<Target<'a>>,
+        value: T,
+        timeout: Duration,
+    ) -> Result<Message, RequestError>
+    where
+        T: std::any::Any + Send + serde::Serialize,
+    {
+        let deadline = Instant::now() + timeout;
+        let reply = self.node.request(target, value, deadline);
+        // The core times requests out itself; the runtime's timer is the
+        // backstop for nodes without a core (local-only).
+        match race(
+            reply,
+            self.rt.sleep_until(deadline + Duration::from_millis(5)),
+        )
+        .await
+        {
+            Either::Left(result) => result,
+            Either::Right(()) => Err(RequestError::Timeout),
+        }
+    }
+
+    /// Opens a tunnel to one member of a service group (or an address),
+    /// waiting at most `timeout` for the member to accept.
+    pub async fn tunnel<'a>(
+        &self,
+        target: impl Into<Target<'a>>,
+        timeout: Duration,
+    ) -> Result<Tunnel<R>, TunnelError> {
+        let opening = self.node.open_tunnel(target);
+        match race(opening, self.rt.sleep(timeout)).await {
+            Either::Left(result) => result.map(|inner| Tunnel {
+                inner,
+                rt: self.rt.clone(),
+            }),
+            Either::Right(()) => Err(TunnelError::Timeout),
+        }
+    }
+
+    /// Accepts a tunnel offered to one of this node's mailboxes.
+    pub fn accept_tunnel(&self, incoming: IncomingTunnel) -> Result<Tunnel<R>, TunnelError> {
+        incoming.accept().map(|inner| Tunnel {
+            inner,
+            rt: self.rt.clone(),
+        })
+    }
+
     /// Receives from `mailbox`, giving up after `timeout`.
     pub async fn recv_timeout(
         &self,
@@ -265,6 +317,53 @@ impl<R: Runtime> std::fmt::Debug for Reign<R> {
             .field("node", &self.node)
             .field("local_addr", &self.local_addr())
             .finish()
+    }
+}
+
+/// A tunnel end on runtime `R`: [`reign_proto::Tunnel`] with timeouts.
+/// Dropping it closes the tunnel.
+pub struct Tunnel<R: Runtime> {
+    inner: reign_proto::Tunnel,
+    rt: R,
+}
+
+impl<R: Runtime> Tunnel<R> {
+    /// Sends one message, waiting at most `timeout` for credit. A timeout
+    /// part way through a large message discards that message at the other
+    /// end; the tunnel stays usable.
+    pub async fn send(
+        &self,
+        message: impl Into<bytes::Bytes>,
+        timeout: Duration,
+    ) -> Result<(), TunnelError> {
+        match race(self.inner.send(message), self.rt.sleep(timeout)).await {
+            Either::Left(result) => result,
+            Either::Right(()) => Err(TunnelError::Timeout),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    pub async fn recv(&self, timeout: Duration) -> Result<bytes::Bytes, TunnelError> {
+        match race(self.inner.recv(), self.rt.sleep(timeout)).await {
+            Either::Left(result) => result,
+            Either::Right(()) => Err(TunnelError::Timeout),
+        }
+    }
+
+    /// Closes the tunnel; the other end sees [`TunnelError::Closed`].
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// The tunnel without timeouts.
+    pub fn inner(&self) -> &reign_proto::Tunnel {
+        &self.inner
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for Tunnel<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
     }
 }
 

@@ -25,6 +25,11 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// Completes at `deadline`.
     fn sleep_until(&self, deadline: Instant) -> impl Future<Output = ()> + Send + 'static;
 
+    /// Completes after `duration`.
+    fn sleep(&self, duration: std::time::Duration) -> impl Future<Output = ()> + Send + 'static {
+        self.sleep_until(Instant::now() + duration)
+    }
+
     /// Binds a listener (`host:port`).
     fn bind(&self, address: &str) -> impl Future<Output = io::Result<Self::Listener>> + Send;
 

@@ -10,11 +10,13 @@ use crate::id::MailboxId;
 /// One control message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
-    /// Part of the sender's full set of claims, sent when a connection comes
-    /// up; `last` marks the final part.
+    /// Part of the sender's whole directory (its claims, service group
+    /// members and topic interest) as a batch of [`Control::Claim`],
+    /// [`Control::Join`] and [`Control::Interest`] messages, sent when a
+    /// connection comes up; `last` marks the final part.
     Snapshot {
-        /// `(name, mailbox)` pairs.
-        claims: Vec<(String, MailboxId)>,
+        /// The deltas that rebuild the sender's directory from nothing.
+        deltas: Vec<Control>,
         /// Whether this is the final part.
         last: bool,
     },
@@ -31,6 +33,28 @@ pub enum Control {
         name: String,
         /// The former claimant.
         id: MailboxId,
+    },
+    /// `id`, a mailbox of the sender, is now a member of service `group`.
+    Join {
+        /// The service group.
+        group: String,
+        /// The member.
+        id: MailboxId,
+    },
+    /// `id` left service `group`.
+    Leave {
+        /// The service group.
+        group: String,
+        /// The former member.
+        id: MailboxId,
+    },
+    /// Whether the sender has subscribers to `topic` (it wants one copy of
+    /// each publication).
+    Interest {
+        /// The topic.
+        topic: String,
+        /// Whether it has subscribers.
+        interested: bool,
     },
     /// Asks for a [`Control::SyncReply`] once everything sent before it is applied.
     SyncRequest {

@@ -34,12 +34,14 @@ pub(crate) mod net;
 pub mod node;
 pub mod registry;
 pub mod rng;
+pub mod services;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod spec;
 pub mod stats;
 pub mod system;
 pub mod tls;
+pub mod tunnel;
 pub mod types;
 
 pub use address::Address;
@@ -51,7 +53,9 @@ pub use message::{DowncastError, Message};
 pub use net::{PeerStats, WakeSignal};
 pub use node::{Node, SyncFuture};
 pub use registry::{RegistryDump, RegistryError};
+pub use services::{Limits, Request, RequestError, RequestFuture, Responder, Target};
 pub use spec::{ClusterSpec, NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 pub use stats::NodeStats;
 pub use system::{ConnectionStatus, MailboxClosed, MultipleClaim};
+pub use tunnel::{IncomingTunnel, OpeningTunnel, Tunnel, TunnelError};
 pub use types::{register_type, register_type_named, TypeError, TypeTag};

@@ -176,6 +176,11 @@ impl MailboxShared {
         }
     }
 
+    /// Bytes of the messages queued.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
     }
@@ -338,6 +343,29 @@ impl Mailbox {
             let msg = self.recv_match(Message::is::<T>).await?;
             if let Ok(value) = msg.downcast::<T>() {
                 return Ok(value);
+            }
+        }
+    }
+
+    /// Waits for the first [`Request`](crate::Request) (this mailbox is a
+    /// service member), leaving other messages queued.
+    pub async fn recv_request(&self) -> Result<crate::Request, RecvError> {
+        loop {
+            let msg = self.recv_match(Message::is::<crate::Request>).await?;
+            if let Ok(request) = msg.take::<crate::Request>() {
+                return Ok(request);
+            }
+        }
+    }
+
+    /// Waits for the first offered tunnel, leaving other messages queued.
+    pub async fn recv_tunnel(&self) -> Result<crate::IncomingTunnel, RecvError> {
+        loop {
+            let msg = self
+                .recv_match(Message::is::<crate::IncomingTunnel>)
+                .await?;
+            if let Ok(tunnel) = msg.take::<crate::IncomingTunnel>() {
+                return Ok(tunnel);
             }
         }
     }

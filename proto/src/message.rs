@@ -123,6 +123,18 @@ impl Message {
         }
     }
 
+    /// Takes a value that was sent on this node, whatever its type (requests
+    /// and offered tunnels are such values); gives the message back if it
+    /// holds something else or came encoded.
+    pub fn take<T: Any>(self) -> Result<T, Message> {
+        match self.body {
+            Body::Local(value) => value.downcast::<T>().map(|v| *v).map_err(|value| Message {
+                body: Body::Local(value),
+            }),
+            body => Err(Message { body }),
+        }
+    }
+
     /// A reference to the value, for a message sent on this node. Messages
     /// from other nodes are still encoded and give `None`; use
     /// [`downcast`](Message::downcast) for those.
@@ -133,7 +145,8 @@ impl Message {
         }
     }
 
-    /// Whether the message came from another node.
+    /// Whether the message is still encoded: it came from another node, or
+    /// it was broadcast or published (encoded once for every receiver).
     pub fn is_remote(&self) -> bool {
         matches!(self.body, Body::Remote { .. })
     }

@@ -204,6 +204,10 @@ pub(crate) struct Network {
     pub(crate) outbound_limit: usize,
     pub(crate) bulk_limit: usize,
     pub(crate) max_message_len: usize,
+    /// The credit window of tunnels.
+    pub(crate) tunnel_window: usize,
+    /// The largest frame a peer accepts.
+    pub(crate) max_frame_len: usize,
 }
 
 impl Network {
@@ -232,6 +236,8 @@ impl Network {
             outbound_limit,
             bulk_limit,
             max_message_len,
+            tunnel_window: 1 << 20,
+            max_frame_len: crate::codec::DEFAULT_MAX_FRAME_LEN,
         }
     }
 
@@ -302,6 +308,12 @@ impl Network {
                 state.queued_bulk += framed;
             }
         }
+        self.announce(outbox, state);
+        Ok(())
+    }
+
+    /// Lists the peer as having output (once) and wakes the driver.
+    fn announce(&self, outbox: &Outbox, mut state: MutexGuard<'_, OutboxState>) {
         let list = !state.listed;
         state.listed = true;
         drop(state);
@@ -312,6 +324,29 @@ impl Network {
                 .push(outbox.peer);
             self.wake.notify();
         }
+    }
+
+    /// Queues a small frame that `write` appends (`framed` bytes long)
+    /// among the small messages. `bounded` applies the outbound bound;
+    /// tunnel frames skip it, being bounded by their credit windows instead.
+    pub(crate) fn push_frame(
+        &self,
+        outbox: &Outbox,
+        framed: usize,
+        bounded: bool,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Refused> {
+        let mut state = outbox.lock();
+        if !state.connected {
+            return Err(Refused::Unreachable);
+        }
+        if bounded && state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
+            return Err(Refused::Full);
+        }
+        let before = state.small.len();
+        write(&mut state.small);
+        state.queued_small += state.small.len() - before;
+        self.announce(outbox, state);
         Ok(())
     }
 }

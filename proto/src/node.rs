@@ -20,8 +20,10 @@ use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::mailbox::{Capacity, Mailbox, MailboxShared};
 use crate::net::{Network, PeerStats, Refused};
 use crate::registry::{Effect, Registry, RegistryDump, RegistryError};
+use crate::services::{Limits, RequestFuture, Services, Target};
 use crate::stats::NodeCounters;
 use crate::system::{ConnectionStatus, MailboxClosed, MultipleClaim};
+use crate::tunnel::{OpeningTunnel, TunnelError, TunnelTable};
 
 /// Shards of the mailbox table; a power of two.
 const SHARDS: usize = 16;
@@ -118,6 +120,8 @@ pub(crate) struct NodeInner {
     registry: Mutex<Registry>,
     links: Mutex<Links>,
     syncs: Mutex<SyncBook>,
+    pub(crate) services: Mutex<Services>,
+    pub(crate) tunnels: Mutex<TunnelTable>,
 }
 
 /// Close notifications that cross nodes.
@@ -188,6 +192,7 @@ impl NodeInner {
         }
         let effects = lock(&self.registry).mailbox_closed(id);
         self.apply(effects);
+        lock(&self.services).gates.remove(&id);
     }
 
     fn notify_closed(&self, watcher: &Address, target: MailboxId) {
@@ -219,6 +224,14 @@ impl NodeInner {
                 }
             }
         }
+    }
+
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
     }
 
     pub(crate) fn weak(&self) -> Weak<NodeInner> {
@@ -423,6 +436,8 @@ impl NodeInner {
         lock(&self.control_out).retain(|(p, _)| *p != peer);
         let effects = lock(&self.registry).peer_down(peer);
         self.apply(effects);
+        lock(&self.services).peer_down(peer);
+        self.end_tunnels(Some(peer), TunnelError::Unreachable);
         let lost: Vec<(MailboxId, Vec<Address>)> = {
             let mut links = lock(&self.links);
             for nodes in links.watched_by.values_mut() {
@@ -463,6 +478,8 @@ impl NodeInner {
 
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        lock(&self.services).shutdown();
+        self.end_tunnels(None, TunnelError::Closed);
     }
 
     pub(crate) fn close_all_mailboxes(&self) {
@@ -517,6 +534,8 @@ impl Node {
             registry: Mutex::new(Registry::new(id)),
             links: Mutex::new(Links::default()),
             syncs: Mutex::new(SyncBook::default()),
+            services: Mutex::new(Services::default()),
+            tunnels: Mutex::new(TunnelTable::default()),
         });
         Node { inner }
     }
@@ -676,6 +695,122 @@ impl Node {
             node: self.inner.clone(),
             seq,
         }
+    }
+
+    /// Makes a mailbox of this node a member of service `group`, with the
+    /// default [`Limits`]. Members on every node share the group's requests
+    /// (local first, then in turn) and each receives every broadcast.
+    pub fn join(&self, group: &str, member: &Address) -> Result<(), RegistryError> {
+        self.join_with_limits(group, member, Limits::default())
+    }
+
+    /// [`join`](Node::join) with explicit limits for this member.
+    pub fn join_with_limits(
+        &self,
+        group: &str,
+        member: &Address,
+        limits: Limits,
+    ) -> Result<(), RegistryError> {
+        let id = self.inner.check_own_live(member)?;
+        self.inner.set_gate(id, limits);
+        let effects = lock(&self.inner.registry).join(group, id)?;
+        self.inner.apply(effects);
+        Ok(())
+    }
+
+    /// Removes a member from service `group` (a typed error if it is not one).
+    pub fn leave(&self, group: &str, member: &Address) -> Result<(), RegistryError> {
+        let effects = lock(&self.inner.registry).leave(group, member.id())?;
+        self.inner.apply(effects);
+        Ok(())
+    }
+
+    /// Every member of service `group` this node knows of, local first.
+    pub fn members(&self, group: &str) -> Vec<Address> {
+        let ids = lock(&self.inner.registry).members(group);
+        ids.into_iter().map(|id| self.inner.bind(id)).collect()
+    }
+
+    /// Subscribes a mailbox of this node to `topic`, with the default
+    /// [`Limits`] (only the byte cap applies to events).
+    pub fn subscribe(&self, topic: &str, subscriber: &Address) -> Result<(), RegistryError> {
+        self.subscribe_with_limits(topic, subscriber, Limits::default())
+    }
+
+    /// [`subscribe`](Node::subscribe) with explicit limits.
+    pub fn subscribe_with_limits(
+        &self,
+        topic: &str,
+        subscriber: &Address,
+        limits: Limits,
+    ) -> Result<(), RegistryError> {
+        let id = self.inner.check_own_live(subscriber)?;
+        self.inner.set_gate(id, limits);
+        let effects = lock(&self.inner.registry).subscribe(topic, id)?;
+        self.inner.apply(effects);
+        Ok(())
+    }
+
+    /// Ends a subscription; [`RegistryError::NotSubscribed`] if there was
+    /// none (a mistake on this one call, nothing else is affected).
+    pub fn unsubscribe(&self, topic: &str, subscriber: &Address) -> Result<(), RegistryError> {
+        let effects = lock(&self.inner.registry).unsubscribe(topic, subscriber.id())?;
+        self.inner.apply(effects);
+        Ok(())
+    }
+
+    /// Sends a request to one member of a service group (a local member if
+    /// there is one, otherwise the remote members in turn) or to an address,
+    /// and completes with its reply or a [`RequestError`](crate::RequestError).
+    /// The core fails it with `Timeout` at `deadline`; the runtime adapters'
+    /// `request` takes a timeout instead.
+    pub fn request<'a, T>(
+        &self,
+        target: impl Into<Target<'a>>,
+        value: T,
+        deadline: std::time::Instant,
+    ) -> RequestFuture
+    where
+        T: std::any::Any + Send + Serialize,
+    {
+        self.inner.request(target.into(), value, deadline)
+    }
+
+    /// Delivers `value` to every member of service `group` on every node:
+    /// encoded once, one copy per node on the wire, fanned out there. Order
+    /// holds per (sender, receiver). Members over their byte cap miss it
+    /// (counted in [`NodeStats::dropped_events`](crate::NodeStats::dropped_events)).
+    /// The sender's own mailbox gets it too if it is a member.
+    pub fn broadcast<T: std::any::Any + Serialize>(
+        &self,
+        group: &str,
+        value: &T,
+    ) -> Result<(), SendError> {
+        self.inner
+            .publish(crate::codec::frame::PublishScope::Group, group, value)
+    }
+
+    /// Delivers `value` to every subscriber of `topic` on every node, like
+    /// [`broadcast`](Node::broadcast) (one copy per interested node, order
+    /// per publisher and subscriber, self-delivery included).
+    pub fn publish<T: std::any::Any + Serialize>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), SendError> {
+        self.inner
+            .publish(crate::codec::frame::PublishScope::Topic, topic, value)
+    }
+
+    /// Opens a tunnel to one member of a service group (or to an address);
+    /// completes when the member accepts. Drop the future to give up.
+    pub fn open_tunnel<'a>(&self, target: impl Into<Target<'a>>) -> OpeningTunnel {
+        self.inner.open_tunnel(target.into())
+    }
+
+    /// Tunnel ends open on this node.
+    pub fn tunnel_count(&self) -> usize {
+        self.inner.tunnel_count()
     }
 
     /// `MultipleClaim` notifications this node has sent its claimants.

@@ -1,7 +1,10 @@
-//! The cluster-wide name registry, as a pure state machine.
+//! The cluster-wide directory, as a pure state machine: the name registry,
+//! the members of service groups, and which nodes subscribe to which topics.
 //!
-//! Each node is authoritative for its own claims: at most one mailbox per
-//! name per node. When two nodes connect they send each other a snapshot of
+//! Each node is authoritative for its own entries: at most one mailbox per
+//! name per node, any number of members per service group, and whether it
+//! has subscribers to a topic (subscribers themselves stay local: a
+//! publication crosses the wire once per interested node). When two nodes connect they send each other a snapshot of
 //! their own claims; after that, claim and unclaim deltas. A node's claims
 //! vanish from every view when it goes down. The registry never does IO: it
 //! returns [`Effect`]s for the node to carry out, which is what lets the
@@ -42,13 +45,24 @@ pub enum Effect {
     SyncDone(u64),
 }
 
-/// Why a registration was refused.
+/// Why a directory change was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistryError {
-    /// Only live mailboxes of this node can be registered.
+    /// Only live mailboxes of this node can be registered, join a service
+    /// or subscribe.
     CantRegister {
         /// Why.
         reason: &'static str,
+    },
+    /// The mailbox is not a member of that service group.
+    NotMember {
+        /// The group.
+        group: String,
+    },
+    /// The mailbox is not subscribed to that topic.
+    NotSubscribed {
+        /// The topic.
+        topic: String,
     },
 }
 
@@ -56,6 +70,12 @@ impl std::fmt::Display for RegistryError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RegistryError::CantRegister { reason } => write!(f, "cannot register: {reason}"),
+            RegistryError::NotMember { group } => {
+                write!(f, "the mailbox is not a member of service {group:?}")
+            }
+            RegistryError::NotSubscribed { topic } => {
+                write!(f, "the mailbox is not subscribed to topic {topic:?}")
+            }
         }
     }
 }
@@ -73,6 +93,13 @@ pub struct Registry {
     /// Names whose current conflict the local claimant has been told about.
     conflicted: BTreeSet<String>,
     round_robin: HashMap<String, usize>,
+    groups: BTreeMap<String, BTreeSet<MailboxId>>,
+    member_of: HashMap<MailboxId, BTreeSet<String>>,
+    remote_groups: BTreeMap<String, BTreeMap<NodeId, BTreeSet<MailboxId>>>,
+    group_turns: HashMap<String, usize>,
+    topics: BTreeMap<String, BTreeSet<MailboxId>>,
+    subscribed_to: HashMap<MailboxId, BTreeSet<String>>,
+    topic_interest: BTreeMap<String, BTreeSet<NodeId>>,
     multiple_claims: u64,
     next_sync: u64,
     pending_syncs: BTreeMap<u64, BTreeSet<NodeId>>,
@@ -108,6 +135,13 @@ impl Registry {
             connected: BTreeSet::new(),
             conflicted: BTreeSet::new(),
             round_robin: HashMap::new(),
+            groups: BTreeMap::new(),
+            member_of: HashMap::new(),
+            remote_groups: BTreeMap::new(),
+            group_turns: HashMap::new(),
+            topics: BTreeMap::new(),
+            subscribed_to: HashMap::new(),
+            topic_interest: BTreeMap::new(),
             multiple_claims: 0,
             next_sync: 1,
             pending_syncs: BTreeMap::new(),
@@ -207,7 +241,8 @@ impl Registry {
         effects
     }
 
-    /// A local mailbox closed: every name it held is released everywhere.
+    /// A local mailbox closed: every name it held is released, it leaves
+    /// every service group and drops every subscription, everywhere.
     pub fn mailbox_closed(&mut self, id: MailboxId) -> Vec<Effect> {
         let names = self.local_by_id.remove(&id).unwrap_or_default();
         let mut effects = Vec::new();
@@ -222,7 +257,198 @@ impl Registry {
             );
             self.check_conflict(&name, &mut effects);
         }
+        for group in self.member_of.get(&id).cloned().unwrap_or_default() {
+            if let Ok(more) = self.leave(&group, id) {
+                effects.extend(more);
+            }
+        }
+        for topic in self.subscribed_to.get(&id).cloned().unwrap_or_default() {
+            if let Ok(more) = self.unsubscribe(&topic, id) {
+                effects.extend(more);
+            }
+        }
         effects
+    }
+
+    /// Adds the local mailbox `id` to service `group`.
+    pub fn join(&mut self, group: &str, id: MailboxId) -> Result<Vec<Effect>, RegistryError> {
+        self.check_local(group, id)?;
+        let mut effects = Vec::new();
+        if self.groups.entry(group.to_owned()).or_default().insert(id) {
+            self.member_of
+                .entry(id)
+                .or_default()
+                .insert(group.to_owned());
+            self.broadcast(
+                Control::Join {
+                    group: group.to_owned(),
+                    id,
+                },
+                &mut effects,
+            );
+        }
+        Ok(effects)
+    }
+
+    /// Removes the local mailbox `id` from service `group`.
+    pub fn leave(&mut self, group: &str, id: MailboxId) -> Result<Vec<Effect>, RegistryError> {
+        let removed = self.groups.get_mut(group).is_some_and(|m| m.remove(&id));
+        if !removed {
+            return Err(RegistryError::NotMember {
+                group: group.to_owned(),
+            });
+        }
+        if self.groups.get(group).is_some_and(BTreeSet::is_empty) {
+            self.groups.remove(group);
+        }
+        if let Some(groups) = self.member_of.get_mut(&id) {
+            groups.remove(group);
+            if groups.is_empty() {
+                self.member_of.remove(&id);
+            }
+        }
+        let mut effects = Vec::new();
+        self.broadcast(
+            Control::Leave {
+                group: group.to_owned(),
+                id,
+            },
+            &mut effects,
+        );
+        Ok(effects)
+    }
+
+    /// Subscribes the local mailbox `id` to `topic`; the first local
+    /// subscriber makes this node interested.
+    pub fn subscribe(&mut self, topic: &str, id: MailboxId) -> Result<Vec<Effect>, RegistryError> {
+        self.check_local(topic, id)?;
+        let mut effects = Vec::new();
+        let subscribers = self.topics.entry(topic.to_owned()).or_default();
+        let first = subscribers.is_empty();
+        if subscribers.insert(id) {
+            self.subscribed_to
+                .entry(id)
+                .or_default()
+                .insert(topic.to_owned());
+            if first {
+                self.broadcast(
+                    Control::Interest {
+                        topic: topic.to_owned(),
+                        interested: true,
+                    },
+                    &mut effects,
+                );
+            }
+        }
+        Ok(effects)
+    }
+
+    /// Unsubscribes `id` from `topic`: a typed error if it was not subscribed.
+    pub fn unsubscribe(
+        &mut self,
+        topic: &str,
+        id: MailboxId,
+    ) -> Result<Vec<Effect>, RegistryError> {
+        let removed = self.topics.get_mut(topic).is_some_and(|s| s.remove(&id));
+        if !removed {
+            return Err(RegistryError::NotSubscribed {
+                topic: topic.to_owned(),
+            });
+        }
+        if let Some(topics) = self.subscribed_to.get_mut(&id) {
+            topics.remove(topic);
+            if topics.is_empty() {
+                self.subscribed_to.remove(&id);
+            }
+        }
+        let mut effects = Vec::new();
+        if self.topics.get(topic).is_some_and(BTreeSet::is_empty) {
+            self.topics.remove(topic);
+            self.broadcast(
+                Control::Interest {
+                    topic: topic.to_owned(),
+                    interested: false,
+                },
+                &mut effects,
+            );
+        }
+        Ok(effects)
+    }
+
+    fn check_local(&self, name: &str, id: MailboxId) -> Result<(), RegistryError> {
+        if id.node != self.me {
+            return Err(RegistryError::CantRegister {
+                reason: "the mailbox belongs to another node",
+            });
+        }
+        if name.len() > MAX_NAME_LEN {
+            return Err(RegistryError::CantRegister {
+                reason: "the name is longer than 4096 bytes",
+            });
+        }
+        Ok(())
+    }
+
+    /// Local members of `group`.
+    pub fn local_members(&self, group: &str) -> Vec<MailboxId> {
+        self.groups
+            .get(group)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every member of `group`, local first.
+    pub fn members(&self, group: &str) -> Vec<MailboxId> {
+        let mut all = self.local_members(group);
+        if let Some(remote) = self.remote_groups.get(group) {
+            all.extend(remote.values().flatten().copied());
+        }
+        all
+    }
+
+    /// Nodes other than this one with members in `group`.
+    pub fn member_nodes(&self, group: &str) -> Vec<NodeId> {
+        self.remote_groups
+            .get(group)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The member a request to `group` goes to: a local member if there is
+    /// one (in turn), otherwise the remote members in turn.
+    pub fn pick_member(&mut self, group: &str) -> Option<MailboxId> {
+        let local = self.local_members(group);
+        let candidates = if local.is_empty() {
+            self.remote_groups
+                .get(group)
+                .map(|m| m.values().flatten().copied().collect::<Vec<_>>())
+                .unwrap_or_default()
+        } else {
+            local
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        let turn = self.group_turns.entry(group.to_owned()).or_insert(0);
+        let pick = candidates[*turn % candidates.len()];
+        *turn = turn.wrapping_add(1);
+        Some(pick)
+    }
+
+    /// Local subscribers of `topic`.
+    pub fn local_subscribers(&self, topic: &str) -> Vec<MailboxId> {
+        self.topics
+            .get(topic)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Other nodes with subscribers to `topic`.
+    pub fn interested_nodes(&self, topic: &str) -> Vec<NodeId> {
+        self.topic_interest
+            .get(topic)
+            .map(|n| n.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     /// A peer connected: its claims start afresh, and it gets our snapshot
@@ -230,21 +456,54 @@ impl Registry {
     pub fn peer_up(&mut self, peer: NodeId) -> Vec<Control> {
         self.forget_claims_of(peer, &mut Vec::new());
         self.connected.insert(peer);
-        let mut chunks = Vec::new();
-        let mut claims = Vec::new();
-        let mut bytes = 0;
+        let mut deltas = Vec::new();
         for (name, id) in &self.local {
-            bytes += name.len() + 32;
-            claims.push((name.clone(), *id));
+            deltas.push((
+                name.len(),
+                Control::Claim {
+                    name: name.clone(),
+                    id: *id,
+                },
+            ));
+        }
+        for (group, members) in &self.groups {
+            for id in members {
+                deltas.push((
+                    group.len(),
+                    Control::Join {
+                        group: group.clone(),
+                        id: *id,
+                    },
+                ));
+            }
+        }
+        for topic in self.topics.keys() {
+            deltas.push((
+                topic.len(),
+                Control::Interest {
+                    topic: topic.clone(),
+                    interested: true,
+                },
+            ));
+        }
+        let mut chunks = Vec::new();
+        let mut chunk = Vec::new();
+        let mut bytes = 0;
+        for (len, delta) in deltas {
+            bytes += len + 32;
+            chunk.push(delta);
             if bytes >= SNAPSHOT_CHUNK_BYTES {
                 chunks.push(Control::Snapshot {
-                    claims: std::mem::take(&mut claims),
+                    deltas: std::mem::take(&mut chunk),
                     last: false,
                 });
                 bytes = 0;
             }
         }
-        chunks.push(Control::Snapshot { claims, last: true });
+        chunks.push(Control::Snapshot {
+            deltas: chunk,
+            last: true,
+        });
         chunks
     }
 
@@ -279,6 +538,14 @@ impl Registry {
         for name in touched {
             self.check_conflict(&name, effects);
         }
+        self.remote_groups.retain(|_, members| {
+            members.remove(&peer);
+            !members.is_empty()
+        });
+        self.topic_interest.retain(|_, nodes| {
+            nodes.remove(&peer);
+            !nodes.is_empty()
+        });
     }
 
     fn remote_claim(&mut self, peer: NodeId, name: String, id: MailboxId) -> Result<(), String> {
@@ -304,12 +571,17 @@ impl Registry {
     pub fn on_control(&mut self, peer: NodeId, control: Control) -> Result<Vec<Effect>, String> {
         let mut effects = Vec::new();
         match control {
-            Control::Snapshot { claims, .. } => {
+            Control::Snapshot { deltas, .. } => {
                 let mut first_error = None;
-                for (name, id) in claims {
-                    let checked = name.clone();
-                    match self.remote_claim(peer, name, id) {
-                        Ok(()) => self.check_conflict(&checked, &mut effects),
+                for delta in deltas {
+                    let result = match delta {
+                        Control::Claim { .. } | Control::Join { .. } | Control::Interest { .. } => {
+                            self.on_control(peer, delta)
+                        }
+                        other => Err(format!("{other:?} inside a snapshot")),
+                    };
+                    match result {
+                        Ok(more) => effects.extend(more),
                         Err(e) => {
                             first_error.get_or_insert(e);
                         }
@@ -317,6 +589,43 @@ impl Registry {
                 }
                 if let Some(e) = first_error {
                     return Err(e);
+                }
+            }
+            Control::Join { group, id } => {
+                if id.node != peer {
+                    return Err(format!(
+                        "node {} added {id:?}, a mailbox of another node, to service {group:?}",
+                        peer.0
+                    ));
+                }
+                self.remote_groups
+                    .entry(group)
+                    .or_default()
+                    .entry(peer)
+                    .or_default()
+                    .insert(id);
+            }
+            Control::Leave { group, id } => {
+                if let Some(members) = self.remote_groups.get_mut(&group) {
+                    if let Some(of_peer) = members.get_mut(&peer) {
+                        of_peer.remove(&id);
+                        if of_peer.is_empty() {
+                            members.remove(&peer);
+                        }
+                    }
+                    if members.is_empty() {
+                        self.remote_groups.remove(&group);
+                    }
+                }
+            }
+            Control::Interest { topic, interested } => {
+                if interested {
+                    self.topic_interest.entry(topic).or_default().insert(peer);
+                } else if let Some(nodes) = self.topic_interest.get_mut(&topic) {
+                    nodes.remove(&peer);
+                    if nodes.is_empty() {
+                        self.topic_interest.remove(&topic);
+                    }
                 }
             }
             Control::Claim { name, id } => {
@@ -416,6 +725,31 @@ impl Registry {
     /// This node's own claims.
     pub fn local_claims(&self) -> BTreeMap<String, MailboxId> {
         self.local.clone()
+    }
+
+    /// Every service group and its members, as this node sees them.
+    pub fn group_view(&self) -> BTreeMap<String, BTreeSet<MailboxId>> {
+        let mut view: BTreeMap<String, BTreeSet<MailboxId>> = self.groups.clone();
+        for (group, members) in &self.remote_groups {
+            view.entry(group.clone())
+                .or_default()
+                .extend(members.values().flatten().copied());
+        }
+        view
+    }
+
+    /// This node's own service memberships.
+    pub fn local_groups(&self) -> BTreeMap<String, BTreeSet<MailboxId>> {
+        self.groups.clone()
+    }
+
+    /// Which nodes (this one included) have subscribers, per topic.
+    pub fn topic_view(&self) -> BTreeMap<String, BTreeSet<NodeId>> {
+        let mut view = self.topic_interest.clone();
+        for topic in self.topics.keys() {
+            view.entry(topic.clone()).or_default().insert(self.me);
+        }
+        view
     }
 
     /// `MultipleClaim` notifications sent so far.
@@ -549,7 +883,10 @@ mod tests {
             .on_control(
                 NodeId(1),
                 Control::Snapshot {
-                    claims: vec![("svc".into(), id(1, 1))],
+                    deltas: vec![Control::Claim {
+                        name: "svc".into(),
+                        id: id(1, 1),
+                    }],
                     last: true,
                 },
             )
@@ -578,6 +915,55 @@ mod tests {
         assert_eq!(r.lookup("svc"), Some(id(0, 9)));
         assert_eq!(r.lookup_all("svc").len(), 3);
         assert_eq!(r.seen_names(&["svc", "nope"]), vec![true, false]);
+    }
+
+    #[test]
+    fn groups_and_topics_sync_and_balance() {
+        let mut a = Registry::new(NodeId(0));
+        let mut b = Registry::new(NodeId(1));
+        a.join("echo", id(0, 1)).unwrap();
+        a.join("echo", id(0, 2)).unwrap();
+        a.subscribe("news", id(0, 3)).unwrap();
+        // b learns a's directory from the snapshot.
+        b.peer_up(NodeId(0));
+        for control in a.peer_up(NodeId(1)) {
+            b.on_control(NodeId(0), control).unwrap();
+        }
+        assert_eq!(b.members("echo"), vec![id(0, 1), id(0, 2)]);
+        let picks: Vec<_> = (0..4).map(|_| b.pick_member("echo").unwrap()).collect();
+        assert_eq!(picks, [id(0, 1), id(0, 2), id(0, 1), id(0, 2)]);
+        assert_eq!(b.interested_nodes("news"), vec![NodeId(0)]);
+        // Leaving and the last unsubscription propagate as deltas.
+        let effects = a.leave("echo", id(0, 1)).unwrap();
+        let effects2 = a.unsubscribe("news", id(0, 3)).unwrap();
+        for effect in effects.into_iter().chain(effects2) {
+            if let Effect::Send(_, control) = effect {
+                b.on_control(NodeId(0), control).unwrap();
+            }
+        }
+        assert_eq!(b.members("echo"), vec![id(0, 2)]);
+        assert!(b.interested_nodes("news").is_empty());
+        assert_eq!(
+            a.unsubscribe("news", id(0, 3)),
+            Err(RegistryError::NotSubscribed {
+                topic: "news".into()
+            })
+        );
+        assert_eq!(
+            a.leave("nope", id(0, 3)),
+            Err(RegistryError::NotMember {
+                group: "nope".into()
+            })
+        );
+        // Closing a member's mailbox leaves its groups.
+        let effects = a.mailbox_closed(id(0, 2));
+        assert!(effects
+            .iter()
+            .any(|e| matches!(e, Effect::Send(_, Control::Leave { .. }))));
+        assert!(a.local_members("echo").is_empty());
+        // A node going down takes its members and interest with it.
+        b.peer_down(NodeId(0));
+        assert!(b.members("echo").is_empty());
     }
 
     #[test]

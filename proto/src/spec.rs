@@ -101,6 +101,9 @@ pub struct Tuning {
     pub write_window: usize,
     /// Inbound connections that may be handshaking at once; more are refused.
     pub max_handshaking: usize,
+    /// Bytes each end of a tunnel may have in flight before the other end
+    /// grants more credit.
+    pub tunnel_window: usize,
 }
 
 impl Default for Tuning {
@@ -118,6 +121,7 @@ impl Default for Tuning {
             outbound_bulk_bytes: 64 << 20,
             write_window: 1 << 20,
             max_handshaking: 64,
+            tunnel_window: 1 << 20,
         }
     }
 }

@@ -54,4 +54,10 @@ counters! {
     /// Registry messages from peers that were refused (claims for mailboxes
     /// of another node).
     rejected_claims,
+    /// Replies that arrived after their request timed out (dropped).
+    late_replies,
+    /// Requests refused because the member was over its limits.
+    refused_requests,
+    /// Broadcasts and publications not delivered to a receiver over its cap.
+    dropped_events,
 }

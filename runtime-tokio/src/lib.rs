@@ -31,8 +31,9 @@ use tokio::net::{TcpListener, TcpStream};
 pub use reign_driver::{Runtime, StartError};
 pub use reign_proto::{
     register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus,
-    Incarnation, Mailbox, MailboxClosed, MailboxId, Message, MultipleClaim, NodeId, RecvError,
-    SendError, Tuning,
+    Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId, Message, MultipleClaim,
+    NodeId, RecvError, RegistryError, Request, RequestError, Responder, SendError, Target, Tuning,
+    TunnelError,
 };
 
 /// The tokio runtime, as reign's driver sees it. Spawns on the ambient
@@ -42,6 +43,9 @@ pub struct Tokio;
 
 /// A reign node running on tokio.
 pub type Node = reign_driver::Reign<Tokio>;
+
+/// A tunnel end with tokio timeouts.
+pub type Tunnel = reign_driver::Tunnel<Tokio>;
 
 reign_driver::mailbox_ext!(Tokio);
 

@@ -134,7 +134,7 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::frame::FrameKind;
+    use crate::codec::frame::{FrameKind, PublishScope, ReplyStatus, TunnelOp};
     use crate::id::{Incarnation, MailboxId, NodeId};
     use crate::types::TypeTag;
     use bytes::Bytes;
@@ -174,6 +174,67 @@ mod tests {
                 .prop_map(|(dest, chunk)| Frame::FragmentCont { dest, chunk }),
             arb_bytes(300).prop_map(Frame::Control),
             arb_bytes(64).prop_map(Frame::Goodbye),
+            (arb_id(), any::<u64>(), any::<u64>(), arb_bytes(300)).prop_map(
+                |(dest, corr, tag, payload)| {
+                    Frame::Request {
+                        dest,
+                        corr,
+                        tag: TypeTag(tag),
+                        payload,
+                    }
+                }
+            ),
+            (any::<u64>(), 0u8..5, any::<u64>(), arb_bytes(300)).prop_map(
+                |(corr, status, tag, payload)| {
+                    let status = [
+                        ReplyStatus::Ok,
+                        ReplyStatus::RemoteError,
+                        ReplyStatus::Refused,
+                        ReplyStatus::NoMember,
+                        ReplyStatus::Dropped,
+                    ][status as usize];
+                    Frame::Reply {
+                        corr,
+                        status,
+                        tag: TypeTag(tag),
+                        payload,
+                    }
+                }
+            ),
+            (any::<bool>(), any::<u64>(), arb_bytes(40), arb_bytes(300)).prop_map(
+                |(topic, tag, name, payload)| {
+                    let scope = if topic {
+                        PublishScope::Topic
+                    } else {
+                        PublishScope::Group
+                    };
+                    Frame::Publish {
+                        scope,
+                        tag: TypeTag(tag),
+                        name,
+                        payload,
+                    }
+                }
+            ),
+            (any::<u64>(), any::<bool>(), arb_tunnel_op()).prop_map(|(id, from_opener, op)| {
+                Frame::Tunnel {
+                    id,
+                    from_opener,
+                    op,
+                }
+            }),
+        ]
+    }
+
+    fn arb_tunnel_op() -> impl Strategy<Value = TunnelOp> {
+        prop_oneof![
+            (arb_id(), any::<u32>()).prop_map(|(dest, credit)| TunnelOp::Open { dest, credit }),
+            any::<u32>().prop_map(|credit| TunnelOp::Accept { credit }),
+            arb_bytes(40).prop_map(|reason| TunnelOp::Reject { reason }),
+            (any::<u8>(), arb_bytes(300))
+                .prop_map(|(flags, chunk)| TunnelOp::Data { flags, chunk }),
+            any::<u32>().prop_map(|bytes| TunnelOp::Credit { bytes }),
+            arb_bytes(40).prop_map(|reason| TunnelOp::Close { reason }),
         ]
     }
 

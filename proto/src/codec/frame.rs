@@ -36,7 +36,99 @@ pub enum FrameKind {
     Control = 7,
     /// The sender is closing the connection, with a reason (CBOR body).
     Goodbye = 8,
+    /// A request to one mailbox, with a correlation id for its reply.
+    Request = 9,
+    /// The reply to a request.
+    Reply = 10,
+    /// A broadcast to a service group or a publication on a topic, fanned
+    /// out by the receiving node.
+    Publish = 11,
+    /// A tunnel operation.
+    Tunnel = 12,
 }
+
+/// How a request ended, in a reply frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ReplyStatus {
+    /// The payload is the reply value.
+    Ok = 0,
+    /// The payload is an application error (CBOR string).
+    RemoteError = 1,
+    /// The member is over its limits (CBOR string reason).
+    Refused = 2,
+    /// The target mailbox does not exist (any more).
+    NoMember = 3,
+    /// The member dropped the request without replying.
+    Dropped = 4,
+}
+
+impl ReplyStatus {
+    fn from_u8(b: u8) -> Option<ReplyStatus> {
+        Some(match b {
+            0 => ReplyStatus::Ok,
+            1 => ReplyStatus::RemoteError,
+            2 => ReplyStatus::Refused,
+            3 => ReplyStatus::NoMember,
+            4 => ReplyStatus::Dropped,
+            _ => return None,
+        })
+    }
+}
+
+/// What a publish frame fans out to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PublishScope {
+    /// Every member of a service group (broadcast).
+    Group = 0,
+    /// Every subscriber of a topic (pub/sub).
+    Topic = 1,
+}
+
+/// One step of a tunnel's protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TunnelOp {
+    /// Opens a tunnel to mailbox `dest`, granting `credit` bytes.
+    Open {
+        /// The member that should accept it.
+        dest: MailboxId,
+        /// Bytes the acceptor may send before more credit.
+        credit: u32,
+    },
+    /// The member accepted, granting `credit` bytes.
+    Accept {
+        /// Bytes the opener may send before more credit.
+        credit: u32,
+    },
+    /// The member refused the tunnel.
+    Reject {
+        /// Why (UTF-8).
+        reason: Bytes,
+    },
+    /// A piece of a message.
+    Data {
+        /// Bit 0: last piece of a message. Bit 1: abort the partial message.
+        flags: u8,
+        /// The piece.
+        chunk: Bytes,
+    },
+    /// The receiver consumed `bytes`; the sender may send that much more.
+    Credit {
+        /// Bytes returned.
+        bytes: u32,
+    },
+    /// The tunnel is closed; an empty reason is a normal close.
+    Close {
+        /// Why (UTF-8).
+        reason: Bytes,
+    },
+}
+
+/// Tunnel data flag: the last piece of a message.
+pub const TUNNEL_LAST: u8 = 1;
+/// Tunnel data flag: discard the partial message (its sender gave up).
+pub const TUNNEL_ABORT: u8 = 2;
 
 impl FrameKind {
     fn from_u8(byte: u8) -> Option<FrameKind> {
@@ -49,6 +141,10 @@ impl FrameKind {
             6 => FrameKind::FragmentCont,
             7 => FrameKind::Control,
             8 => FrameKind::Goodbye,
+            9 => FrameKind::Request,
+            10 => FrameKind::Reply,
+            11 => FrameKind::Publish,
+            12 => FrameKind::Tunnel,
             _ => return None,
         })
     }
@@ -94,6 +190,48 @@ pub enum Frame {
     Control(Bytes),
     /// A closing reason body.
     Goodbye(Bytes),
+    /// A request.
+    Request {
+        /// The mailbox that should answer.
+        dest: MailboxId,
+        /// Correlates the reply (unique per sending node).
+        corr: u64,
+        /// The registered type of the payload.
+        tag: TypeTag,
+        /// The encoded request.
+        payload: Bytes,
+    },
+    /// A reply.
+    Reply {
+        /// The request's correlation id.
+        corr: u64,
+        /// How the request ended.
+        status: ReplyStatus,
+        /// The registered type of the payload (for `Ok`).
+        tag: TypeTag,
+        /// The encoded reply or error.
+        payload: Bytes,
+    },
+    /// A broadcast or publication.
+    Publish {
+        /// Group or topic.
+        scope: PublishScope,
+        /// The registered type of the payload.
+        tag: TypeTag,
+        /// The group or topic name (UTF-8).
+        name: Bytes,
+        /// The encoded message.
+        payload: Bytes,
+    },
+    /// A tunnel operation.
+    Tunnel {
+        /// The tunnel's id, chosen by the node that opened it.
+        id: u64,
+        /// Whether the frame's sender opened the tunnel.
+        from_opener: bool,
+        /// The operation.
+        op: TunnelOp,
+    },
 }
 
 /// Malformed input at the framing layer. Any of these ends the connection.
@@ -110,6 +248,13 @@ pub enum FrameError {
     Empty,
     /// An unknown kind byte.
     UnknownKind(u8),
+    /// A field holds a value no frame of this kind may have.
+    BadField {
+        /// The kind.
+        kind: FrameKind,
+        /// The field.
+        field: &'static str,
+    },
     /// A frame too short for its kind's fixed header.
     Truncated {
         /// The kind.
@@ -127,6 +272,9 @@ impl fmt::Display for FrameError {
             }
             FrameError::Empty => write!(f, "empty frame"),
             FrameError::UnknownKind(k) => write!(f, "unknown frame kind {k}"),
+            FrameError::BadField { kind, field } => {
+                write!(f, "{kind:?} frame with an invalid {field}")
+            }
             FrameError::Truncated { kind, len } => {
                 write!(
                     f,
@@ -151,6 +299,74 @@ pub fn put_data_header(out: &mut Vec<u8>, dest: MailboxId, tag: TypeTag, payload
     put_prefix(out, FrameKind::Data, MailboxId::WIRE_LEN + 8 + payload_len);
     dest.write_to(out);
     out.extend_from_slice(&tag.0.to_le_bytes());
+}
+
+/// Writes the header of a request frame; `payload_len` payload bytes follow.
+pub fn put_request_header(
+    out: &mut Vec<u8>,
+    dest: MailboxId,
+    corr: u64,
+    tag: TypeTag,
+    payload_len: usize,
+) {
+    put_prefix(
+        out,
+        FrameKind::Request,
+        MailboxId::WIRE_LEN + 16 + payload_len,
+    );
+    dest.write_to(out);
+    out.extend_from_slice(&corr.to_le_bytes());
+    out.extend_from_slice(&tag.0.to_le_bytes());
+}
+
+/// Writes the header of a reply frame; `payload_len` payload bytes follow.
+pub fn put_reply_header(
+    out: &mut Vec<u8>,
+    corr: u64,
+    status: ReplyStatus,
+    tag: TypeTag,
+    payload_len: usize,
+) {
+    put_prefix(out, FrameKind::Reply, 17 + payload_len);
+    out.extend_from_slice(&corr.to_le_bytes());
+    out.push(status as u8);
+    out.extend_from_slice(&tag.0.to_le_bytes());
+}
+
+/// Writes the header of a publish frame; `payload_len` payload bytes follow.
+pub fn put_publish_header(
+    out: &mut Vec<u8>,
+    scope: PublishScope,
+    tag: TypeTag,
+    name: &str,
+    payload_len: usize,
+) {
+    let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+    put_prefix(out, FrameKind::Publish, 11 + name.len() + payload_len);
+    out.push(scope as u8);
+    out.extend_from_slice(&tag.0.to_le_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+}
+
+fn tunnel_body_len(op: &TunnelOp) -> usize {
+    10 + match op {
+        TunnelOp::Open { .. } => MailboxId::WIRE_LEN + 4,
+        TunnelOp::Accept { .. } | TunnelOp::Credit { .. } => 4,
+        TunnelOp::Reject { reason } | TunnelOp::Close { reason } => reason.len(),
+        TunnelOp::Data { chunk, .. } => 1 + chunk.len(),
+    }
+}
+
+fn tunnel_op_code(op: &TunnelOp) -> u8 {
+    match op {
+        TunnelOp::Open { .. } => 1,
+        TunnelOp::Accept { .. } => 2,
+        TunnelOp::Reject { .. } => 3,
+        TunnelOp::Data { .. } => 4,
+        TunnelOp::Credit { .. } => 5,
+        TunnelOp::Close { .. } => 6,
+    }
 }
 
 /// Writes the header of a fragment start frame; `chunk_len` bytes follow.
@@ -193,6 +409,10 @@ impl Frame {
             Frame::FragmentCont { .. } => FrameKind::FragmentCont,
             Frame::Control(_) => FrameKind::Control,
             Frame::Goodbye(_) => FrameKind::Goodbye,
+            Frame::Request { .. } => FrameKind::Request,
+            Frame::Reply { .. } => FrameKind::Reply,
+            Frame::Publish { .. } => FrameKind::Publish,
+            Frame::Tunnel { .. } => FrameKind::Tunnel,
         }
     }
 
@@ -223,6 +443,62 @@ impl Frame {
             Frame::FragmentCont { dest, chunk } => {
                 put_fragment_cont_header(out, *dest, chunk.len());
                 out.extend_from_slice(chunk);
+            }
+            Frame::Request {
+                dest,
+                corr,
+                tag,
+                payload,
+            } => {
+                put_request_header(out, *dest, *corr, *tag, payload.len());
+                out.extend_from_slice(payload);
+            }
+            Frame::Reply {
+                corr,
+                status,
+                tag,
+                payload,
+            } => {
+                put_reply_header(out, *corr, *status, *tag, payload.len());
+                out.extend_from_slice(payload);
+            }
+            Frame::Publish {
+                scope,
+                tag,
+                name,
+                payload,
+            } => {
+                put_prefix(out, FrameKind::Publish, 11 + name.len() + payload.len());
+                out.push(*scope as u8);
+                out.extend_from_slice(&tag.0.to_le_bytes());
+                out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                out.extend_from_slice(name);
+                out.extend_from_slice(payload);
+            }
+            Frame::Tunnel {
+                id,
+                from_opener,
+                op,
+            } => {
+                put_prefix(out, FrameKind::Tunnel, tunnel_body_len(op));
+                out.push(tunnel_op_code(op));
+                out.push(u8::from(*from_opener));
+                out.extend_from_slice(&id.to_le_bytes());
+                match op {
+                    TunnelOp::Open { dest, credit } => {
+                        dest.write_to(out);
+                        out.extend_from_slice(&credit.to_le_bytes());
+                    }
+                    TunnelOp::Accept { credit } => out.extend_from_slice(&credit.to_le_bytes()),
+                    TunnelOp::Credit { bytes } => out.extend_from_slice(&bytes.to_le_bytes()),
+                    TunnelOp::Reject { reason } | TunnelOp::Close { reason } => {
+                        out.extend_from_slice(reason)
+                    }
+                    TunnelOp::Data { flags, chunk } => {
+                        out.push(*flags);
+                        out.extend_from_slice(chunk);
+                    }
+                }
             }
         }
     }
@@ -290,6 +566,116 @@ impl Frame {
                 Frame::FragmentCont {
                     dest,
                     chunk: body.slice(ID..),
+                }
+            }
+            FrameKind::Request => {
+                let dest = MailboxId::read_from(&body).ok_or_else(truncated)?;
+                let corr = u64_at(ID).ok_or_else(truncated)?;
+                let tag = TypeTag(u64_at(ID + 8).ok_or_else(truncated)?);
+                Frame::Request {
+                    dest,
+                    corr,
+                    tag,
+                    payload: body.slice(ID + 16..),
+                }
+            }
+            FrameKind::Reply => {
+                let corr = u64_at(0).ok_or_else(truncated)?;
+                let status_byte = *body.get(8).ok_or_else(truncated)?;
+                let status = ReplyStatus::from_u8(status_byte).ok_or(FrameError::BadField {
+                    kind,
+                    field: "status",
+                })?;
+                let tag = TypeTag(u64_at(9).ok_or_else(truncated)?);
+                Frame::Reply {
+                    corr,
+                    status,
+                    tag,
+                    payload: body.slice(17..),
+                }
+            }
+            FrameKind::Publish => {
+                let scope = match body.first() {
+                    Some(0) => PublishScope::Group,
+                    Some(1) => PublishScope::Topic,
+                    Some(_) => {
+                        return Err(FrameError::BadField {
+                            kind,
+                            field: "scope",
+                        })
+                    }
+                    None => return Err(truncated()),
+                };
+                let tag = TypeTag(u64_at(1).ok_or_else(truncated)?);
+                let name_len = body
+                    .get(9..11)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                    .ok_or_else(truncated)?;
+                if body.len() < 11 + name_len {
+                    return Err(truncated());
+                }
+                Frame::Publish {
+                    scope,
+                    tag,
+                    name: body.slice(11..11 + name_len),
+                    payload: body.slice(11 + name_len..),
+                }
+            }
+            FrameKind::Tunnel => {
+                let code = *body.first().ok_or_else(truncated)?;
+                let from_opener = match body.get(1) {
+                    Some(0) => false,
+                    Some(1) => true,
+                    Some(_) => {
+                        return Err(FrameError::BadField {
+                            kind,
+                            field: "from_opener",
+                        })
+                    }
+                    None => return Err(truncated()),
+                };
+                let id = u64_at(2).ok_or_else(truncated)?;
+                let rest = body.slice(10..);
+                let u32_at = |at: usize| -> Option<u32> {
+                    rest.get(at..at + 4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u32::from_le_bytes)
+                };
+                let op = match code {
+                    1 => TunnelOp::Open {
+                        dest: MailboxId::read_from(&rest).ok_or_else(truncated)?,
+                        credit: u32_at(ID).ok_or_else(truncated)?,
+                    },
+                    2 => TunnelOp::Accept {
+                        credit: u32_at(0).ok_or_else(truncated)?,
+                    },
+                    3 => TunnelOp::Reject {
+                        reason: rest.clone(),
+                    },
+                    4 => TunnelOp::Data {
+                        flags: *rest.first().ok_or_else(truncated)?,
+                        chunk: rest.slice(1..),
+                    },
+                    5 => TunnelOp::Credit {
+                        bytes: u32_at(0).ok_or_else(truncated)?,
+                    },
+                    6 => TunnelOp::Close {
+                        reason: rest.clone(),
+                    },
+                    _ => return Err(FrameError::BadField { kind, field: "op" }),
+                };
+                let exact = match &op {
+                    TunnelOp::Open { .. } => rest.len() == ID + 4,
+                    TunnelOp::Accept { .. } | TunnelOp::Credit { .. } => rest.len() == 4,
+                    _ => true,
+                };
+                if !exact {
+                    return Err(truncated());
+                }
+                Frame::Tunnel {
+                    id,
+                    from_opener,
+                    op,
                 }
             }
         })

@@ -220,12 +220,14 @@ impl Core {
         let tls = TlsContext::new(&spec, config.time_provider)?;
         let tuning = spec.tuning.clone();
         let peer_ids: Vec<NodeId> = spec.nodes.keys().copied().filter(|&id| id != me).collect();
-        let network = Network::new(
+        let mut network = Network::new(
             peer_ids.iter().copied(),
             tuning.outbound_queue_bytes,
             tuning.outbound_bulk_bytes,
             tuning.max_message_len,
         );
+        network.tunnel_window = tuning.tunnel_window;
+        network.max_frame_len = tuning.max_frame_len;
         let node = Node::networked(me, config.incarnation, network);
         let peers = spec
             .nodes
@@ -477,6 +479,9 @@ impl Core {
                 }
             }
         }
+        if let Some(t) = self.node.inner.next_request_deadline() {
+            consider(t);
+        }
         earliest
     }
 
@@ -606,6 +611,38 @@ impl Core {
                 }
             }
             Frame::Control(body) => self.on_control(now, peer, conn, body)?,
+            Frame::Request {
+                dest,
+                corr,
+                tag,
+                payload,
+            } => self
+                .node
+                .inner
+                .on_request_frame(peer, dest, corr, tag, payload),
+            Frame::Reply {
+                corr,
+                status,
+                tag,
+                payload,
+            } => self
+                .node
+                .inner
+                .on_reply_frame(peer, corr, status, tag, payload),
+            Frame::Publish {
+                scope,
+                tag,
+                name,
+                payload,
+            } => self
+                .node
+                .inner
+                .on_publish_frame(peer, scope, &name, tag, payload),
+            Frame::Tunnel {
+                id,
+                from_opener,
+                op,
+            } => self.node.inner.on_tunnel_op(peer, id, from_opener, op),
             Frame::Goodbye(body) => {
                 let reason: String = crate::codec::payload::decode(&body)
                     .unwrap_or_else(|_| "<unreadable reason>".into());
@@ -919,6 +956,7 @@ impl Core {
     }
 
     fn run_timers(&mut self, now: Instant) {
+        self.node.inner.expire_requests(now);
         let mut failures = Vec::new();
         for (&id, conn) in self.conns.iter_mut() {
             match conn.phase {

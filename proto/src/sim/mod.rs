@@ -311,6 +311,39 @@ impl Sim {
         }
     }
 
+    /// Shuts a node down cleanly (goodbyes, mailboxes closed); its core
+    /// stays until [`crash`](Sim::crash) removes it.
+    pub fn shutdown(&mut self, id: NodeId) {
+        self.fault(format!("shutdown {}", id.0));
+        let now = self.now;
+        if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+            core.shutdown(now);
+        }
+    }
+
+    /// Polls `future` between steps of `step` virtual time until it
+    /// completes, at most `limit` of virtual time; `None` if it never did.
+    pub fn drive<F: std::future::Future>(
+        &mut self,
+        future: F,
+        step: Duration,
+        limit: Duration,
+    ) -> Option<F::Output> {
+        let mut future = std::pin::pin!(future);
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let deadline = self.now + limit;
+        loop {
+            if let std::task::Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+                return Some(out);
+            }
+            if self.now >= deadline {
+                return None;
+            }
+            self.run_for(step);
+        }
+    }
+
     /// Starts a crashed node again, with a new incarnation.
     pub fn restart(&mut self, id: NodeId) {
         self.fault(format!("restart {}", id.0));
