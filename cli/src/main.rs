@@ -1,10 +1,7 @@
 //! `reign`: make cluster certificates, run a node, or run the demo.
 
-mod demo;
-mod init;
-mod node;
-
 use clap::{Parser, Subcommand};
+use reign_cli::{demo, init, node};
 
 #[derive(Parser)]
 #[command(

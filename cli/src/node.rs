@@ -31,6 +31,8 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         let node = Node::start(&spec, NodeId(args.id))
             .await
             .map_err(|e| e.to_string())?;
+        crate::service::start(&node)?;
+        tracing::info!(node = args.id, "serving echo, broadcast, news and sink");
         let stats = {
             let node = node.clone();
             let every = args.stats_every;

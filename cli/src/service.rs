@@ -1,0 +1,159 @@
+//! The built-in service every `reign node` runs: a control mailbox
+//! registered as `node-<id>` (pings, counted messages, stats), an echo
+//! member, a broadcast member and news subscriber, and a tunnel sink.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use reign_proto::{Message, Request};
+use reign_tokio::Node;
+
+use crate::protocol::{self, CountState, Echoed, Event, NodeReport, Ping, Pong, StatsQuery};
+
+#[derive(Default)]
+struct Counters {
+    echo_requests: AtomicU64,
+    broadcasts: AtomicU64,
+    publications: AtomicU64,
+    tunnel_bytes: AtomicU64,
+    counted: Mutex<std::collections::BTreeMap<u16, CountState>>,
+}
+
+impl Counters {
+    fn count(&self, from: u16, seq: u64) {
+        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        let state = counted.entry(from).or_default();
+        state.received += 1;
+        if seq == state.next {
+            state.next += 1;
+        } else if seq > state.next {
+            state.gaps += seq - state.next;
+            state.next = seq + 1;
+        } else {
+            state.duplicates += 1;
+        }
+    }
+
+    fn report(&self, node: u16) -> NodeReport {
+        NodeReport {
+            node,
+            echo_requests: self.echo_requests.load(Ordering::Relaxed),
+            broadcasts: self.broadcasts.load(Ordering::Relaxed),
+            publications: self.publications.load(Ordering::Relaxed),
+            tunnel_bytes: self.tunnel_bytes.load(Ordering::Relaxed),
+            counted: self
+                .counted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            rss_kb: protocol::rss_kb(),
+        }
+    }
+}
+
+/// Starts the built-in service on `node` (spawns its tasks on tokio).
+pub fn start(node: &Node) -> Result<(), String> {
+    protocol::register();
+    let counters = Arc::new(Counters::default());
+    let id = node.id().0;
+    let err = |e: reign_proto::RegistryError| e.to_string();
+
+    // Control: pings, counted messages, stats.
+    let (control, control_box) = node.new_mailbox();
+    node.register(&protocol::control_name(id), &control)
+        .map_err(err)?;
+    let c = counters.clone();
+    tokio::spawn(async move {
+        while let Ok(msg) = control_box.recv().await {
+            handle_control(msg, &c, id);
+        }
+    });
+
+    // Echo member.
+    let (echo, echo_box) = node.new_mailbox();
+    node.join(protocol::ECHO, &echo).map_err(err)?;
+    let c = counters.clone();
+    tokio::spawn(async move {
+        while let Ok(request) = echo_box.recv_request().await {
+            c.echo_requests.fetch_add(1, Ordering::Relaxed);
+            let (msg, responder) = request.into_parts();
+            let _ = match msg.downcast::<serde_bytes::ByteBuf>() {
+                Ok(payload) => responder.reply(Echoed { node: id, payload }),
+                Err(_) => responder.reply_error("echo takes bytes"),
+            };
+        }
+    });
+
+    // Broadcast member and news subscriber.
+    let (events, events_box) = node.new_mailbox();
+    node.join(protocol::BROADCAST, &events).map_err(err)?;
+    let (news, news_box) = node.new_mailbox();
+    node.subscribe(protocol::NEWS, &news).map_err(err)?;
+    let c = counters.clone();
+    tokio::spawn(async move {
+        while let Ok(msg) = events_box.recv().await {
+            if msg.is::<Event>() {
+                c.broadcasts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    let c = counters.clone();
+    tokio::spawn(async move {
+        while let Ok(msg) = news_box.recv().await {
+            if msg.is::<Event>() {
+                c.publications.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+
+    // Tunnel sink: counts bytes; an empty message asks for the total back.
+    let (sink, sink_box) = node.new_mailbox();
+    node.join(protocol::SINK, &sink).map_err(err)?;
+    let c = counters.clone();
+    let n = node.clone();
+    tokio::spawn(async move {
+        while let Ok(incoming) = sink_box.recv_tunnel().await {
+            let Ok(tunnel) = n.accept_tunnel(incoming) else {
+                continue;
+            };
+            let c = c.clone();
+            tokio::spawn(async move {
+                let mut total: u64 = 0;
+                let idle = std::time::Duration::from_secs(60);
+                while let Ok(message) = tunnel.recv(idle).await {
+                    if message.is_empty() {
+                        let _ = tunnel.send(total.to_le_bytes().to_vec(), idle).await;
+                        continue;
+                    }
+                    total += message.len() as u64;
+                    c.tunnel_bytes
+                        .fetch_add(message.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+fn handle_control(msg: Message, counters: &Counters, id: u16) {
+    if msg.is::<Request>() {
+        if let Ok(request) = msg.take::<Request>() {
+            let (query, responder) = request.into_parts();
+            let _ = if query.is::<StatsQuery>() {
+                responder.reply(counters.report(id))
+            } else {
+                responder.reply_error("unknown request")
+            };
+        }
+        return;
+    }
+    if msg.is::<protocol::Count>() {
+        if let Ok(count) = msg.downcast::<protocol::Count>() {
+            counters.count(count.from, count.seq);
+        }
+        return;
+    }
+    if let Ok(ping) = msg.downcast::<Ping>() {
+        let _ = ping.reply_to.send(Pong { node: id });
+    }
+}
