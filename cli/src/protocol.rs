@@ -48,6 +48,16 @@ pub struct Count {
     pub pad: [u8; 48],
 }
 
+/// Tells a node to send `count` [`Count`] messages to the mailbox
+/// registered as `target`, as fast as the outbound queue allows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StartLoad {
+    /// The registered name to send to.
+    pub target: String,
+    /// How many messages.
+    pub count: u64,
+}
+
 /// A request for the node's [`NodeReport`].
 #[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct StatsQuery;
@@ -80,6 +90,8 @@ pub struct NodeReport {
     pub tunnel_bytes: u64,
     /// Counted messages per sending node.
     pub counted: BTreeMap<u16, CountState>,
+    /// Counted messages this node sent, per target name (from `StartLoad`).
+    pub sent: BTreeMap<String, u64>,
     /// Resident memory of the process, in KiB (0 where unknown).
     pub rss_kb: u64,
 }
@@ -108,6 +120,7 @@ pub fn register() {
         reg::<Pong>("reign.cli.Pong"),
         reg::<Count>("reign.cli.Count"),
         reg::<StatsQuery>("reign.cli.StatsQuery"),
+        reg::<StartLoad>("reign.cli.StartLoad"),
         reg::<NodeReport>("reign.cli.NodeReport"),
         reg::<Echoed>("reign.cli.Echoed"),
         reg::<Event>("reign.cli.Event"),

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use reign_proto::{Message, Request};
 use reign_tokio::Node;
 
-use crate::protocol::{self, CountState, Echoed, Event, NodeReport, Ping, Pong, StatsQuery};
+use crate::protocol::{
+    self, CountState, Echoed, Event, NodeReport, Ping, Pong, StartLoad, StatsQuery,
+};
 
 #[derive(Default)]
 struct Counters {
@@ -17,6 +19,7 @@ struct Counters {
     publications: AtomicU64,
     tunnel_bytes: AtomicU64,
     counted: Mutex<std::collections::BTreeMap<u16, CountState>>,
+    sent: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Counters {
@@ -46,6 +49,7 @@ impl Counters {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            sent: self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             rss_kb: protocol::rss_kb(),
         }
     }
@@ -63,8 +67,15 @@ pub fn start(node: &Node) -> Result<(), String> {
     node.register(&protocol::control_name(id), &control)
         .map_err(err)?;
     let c = counters.clone();
+    let loader = start_loader(node, &counters);
     tokio::spawn(async move {
         while let Ok(msg) = control_box.recv().await {
+            if msg.is::<StartLoad>() {
+                if let Ok(load) = msg.downcast::<StartLoad>() {
+                    let _ = loader.send(load);
+                }
+                continue;
+            }
             handle_control(msg, &c, id);
         }
     });
@@ -133,6 +144,50 @@ pub fn start(node: &Node) -> Result<(), String> {
         }
     });
     Ok(())
+}
+
+/// Starts the loader thread: it carries out [`StartLoad`] commands one after
+/// another, continuing each target's sequence numbers across commands so
+/// the receiver can check that nothing was lost or repeated. Sends never
+/// block; a full queue means waiting a little for it to drain.
+fn start_loader(node: &Node, counters: &Arc<Counters>) -> std::sync::mpsc::Sender<StartLoad> {
+    let (tx, rx) = std::sync::mpsc::channel::<StartLoad>();
+    let node = node.clone();
+    let counters = counters.clone();
+    std::thread::spawn(move || {
+        let from = node.id().0;
+        let mut next: std::collections::BTreeMap<String, u64> = Default::default();
+        while let Ok(load) = rx.recv() {
+            let Some(target) = node.lookup(&load.target) else {
+                tracing::warn!(target = load.target, "load target is not registered");
+                continue;
+            };
+            let seq = next.entry(load.target.clone()).or_insert(0);
+            let end = *seq + load.count;
+            while *seq < end {
+                match target.send(protocol::Count {
+                    from,
+                    seq: *seq,
+                    pad: [0; 48],
+                }) {
+                    Ok(()) => *seq += 1,
+                    Err(reign_proto::SendError::Full) => {
+                        std::thread::sleep(std::time::Duration::from_micros(100))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "load stopped");
+                        break;
+                    }
+                }
+            }
+            counters
+                .sent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(load.target, *seq);
+        }
+    });
+    tx
 }
 
 fn handle_control(msg: Message, counters: &Counters, id: u16) {

@@ -1,6 +1,7 @@
 //! Support for reign's cross-crate tests: clusters on loopback with fresh
 //! certificates, a captured log, and a raw TLS peer for hostile-input tests.
 
+pub mod proxy;
 pub mod raw_peer;
 
 use std::net::TcpListener;

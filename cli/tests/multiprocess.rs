@@ -1,0 +1,575 @@
+//! Real OS processes, real TLS, 127.0.0.1 only: kill -9 and restart under
+//! traffic, a partition made by a fault-injection proxy, sustained mixed
+//! load, hostile clients against a running node, and the chat example.
+//! Every loop is bounded in count and time; children are killed and reaped
+//! whatever happens.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use reign_cli::protocol::{self, Count, CountState, Echoed, NodeReport, StartLoad, StatsQuery};
+use reign_proto::{ClusterSpec, MailboxClosed, Tuning};
+use reign_tests::proxy::{FaultProxy, Mode};
+use reign_tests::raw_peer::{closes_within, ClientAuth, RawPeer};
+use reign_tests::TestCluster;
+use reign_tokio::{MailboxExt, Node, NodeId};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A `reign node` child process.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, spec: &ClusterSpec, id: u16) -> Proc {
+        let spec_path = dir.join(format!("spec_{id}.json"));
+        std::fs::write(&spec_path, spec.to_json()).unwrap();
+        let log = dir.join(format!(
+            "node_{id}_{}.log",
+            Instant::now().elapsed().as_nanos()
+        ));
+        let log = unique(log);
+        let child = Command::new(env!("CARGO_BIN_EXE_reign"))
+            .args(["node", "--spec"])
+            .arg(&spec_path)
+            .args(["--id", &id.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("spawn reign node");
+        Proc { child, log }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("node did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut candidate = path.clone();
+    let mut n = 0;
+    while candidate.exists() {
+        n += 1;
+        candidate = path.with_extension(format!("{n}.log"));
+    }
+    candidate
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fast() -> Tuning {
+    Tuning {
+        ping_interval: Duration::from_millis(100),
+        max_ping_failures: 5,
+        read_deadline: Duration::from_secs(3),
+        handshake_timeout: Duration::from_secs(1),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(300),
+        ..Tuning::default()
+    }
+}
+
+async fn stats(node: &Node, of: u16) -> NodeReport {
+    let target = node
+        .lookup(&protocol::control_name(of))
+        .expect("control mailbox registered");
+    node.request(&target, StatsQuery, WAIT)
+        .await
+        .expect("stats")
+        .downcast()
+        .expect("a report")
+}
+
+async fn wait_for_names(node: &Node, names: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    while !node.seen_names(names).iter().all(|&b| b) {
+        assert!(Instant::now() < deadline, "names {names:?} never appeared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `check` holds for a fresh report of node `of`.
+async fn report_until(
+    node: &Node,
+    of: u16,
+    mut check: impl FnMut(&NodeReport) -> bool,
+) -> NodeReport {
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let report = stats(node, of).await;
+        if check(&report) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {of} never reached the expected state: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn count(from: u16, seq: u64) -> Count {
+    Count {
+        from,
+        seq,
+        pad: [0; 48],
+    }
+}
+
+fn clean(state: Option<&CountState>, sent: u64) -> bool {
+    state.is_some_and(|s| s.received == sent && s.next == sent && s.gaps == 0 && s.duplicates == 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_node_under_traffic_then_restart_it() {
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::with_tuning(3, fast());
+    let mut n1 = Proc::spawn(dir.path(), &cluster.spec(NodeId(1)), 1);
+    let mut n2 = Proc::spawn(dir.path(), &cluster.spec(NodeId(2)), 2);
+    let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1), NodeId(2)], WAIT).await);
+    wait_for_names(&n0, &["node-1", "node-2"]).await;
+    let to1 = n0.lookup("node-1").unwrap();
+    let to2 = n0.lookup("node-2").unwrap();
+    let (watcher, watcher_box) = n0.new_mailbox();
+    to2.on_close_notify(&watcher);
+
+    // Steady traffic to both; node 2 dies in the middle of it.
+    let mut sent1 = 0u64;
+    let mut sent2 = 0u64;
+    let started = Instant::now();
+    let mut killed_at = None;
+    while started.elapsed() < Duration::from_millis(1500) {
+        for _ in 0..200 {
+            if to1.send(count(0, sent1)).is_ok() {
+                sent1 += 1;
+            }
+            if killed_at.is_none() && to2.send(count(0, sent2)).is_ok() {
+                sent2 += 1;
+            }
+        }
+        if killed_at.is_none() && started.elapsed() > Duration::from_millis(500) {
+            n2.kill9();
+            killed_at = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let killed_at = killed_at.unwrap();
+    let detection = fast().ping_interval * (fast().max_ping_failures + 2);
+    assert!(
+        n0.wait_for_disconnect(NodeId(2), detection).await,
+        "node 2's death not detected"
+    );
+    let note: MailboxClosed = watcher_box
+        .recv_timeout(detection)
+        .await
+        .unwrap()
+        .downcast()
+        .unwrap();
+    assert_eq!(note, MailboxClosed(to2.id()));
+    assert!(
+        watcher_box
+            .recv_timeout(Duration::from_millis(100))
+            .await
+            .is_err(),
+        "notified twice"
+    );
+    assert!(
+        n0.lookup("node-2").is_none(),
+        "node 2's names did not vanish"
+    );
+    eprintln!("node 2's death noticed within {:?}", killed_at.elapsed());
+
+    // Node 2 comes back with a new incarnation: reconnect, re-sync, resume.
+    let _n2b = Proc::spawn(dir.path(), &cluster.spec(NodeId(2)), 2);
+    assert!(n0.wait_for_peers(&[NodeId(2)], WAIT).await);
+    wait_for_names(&n0, &["node-2"]).await;
+    let to2b = n0.lookup("node-2").unwrap();
+    assert_ne!(to2b.id().incarnation, to2.id().incarnation);
+    for seq in 0..1000 {
+        to2b.send(count(0, seq)).unwrap();
+    }
+    report_until(&n0, 2, |r| clean(r.counted.get(&0), 1000)).await;
+
+    // The link to node 1 stayed up: nothing lost, nothing twice.
+    let report = report_until(&n0, 1, |r| {
+        r.counted.get(&0).is_some_and(|s| s.received >= sent1)
+    })
+    .await;
+    assert!(
+        clean(report.counted.get(&0), sent1),
+        "{:?} for {sent1} sent",
+        report.counted.get(&0)
+    );
+    eprintln!("node 1 counted {sent1} messages, node 2 (before the kill) had {sent2} sent to it");
+    assert!(n1.terminate().success());
+    n0.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_made_by_a_proxy_is_detected_and_heals() {
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::with_tuning(2, fast());
+    // Node 0 reaches node 1 only through the proxy.
+    let real = cluster.address(NodeId(1)).parse().unwrap();
+    let proxy = FaultProxy::start(real).await.unwrap();
+    let mut spec0 = cluster.spec(NodeId(0));
+    spec0.nodes[1].address = proxy.addr().to_string();
+    let mut spec1 = cluster.spec(NodeId(1));
+    spec1.nodes[1].address = proxy.addr().to_string();
+    spec1.nodes[1].listen_address = real.to_string();
+    let mut n1 = Proc::spawn(dir.path(), &spec1, 1);
+    let n0 = Node::start(&spec0, NodeId(0)).await.unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
+    wait_for_names(&n0, &["node-1"]).await;
+
+    // Silence both ways: only pings can tell.
+    proxy.set(Mode::Blackhole);
+    let cut = Instant::now();
+    let detection = fast().ping_interval * (fast().max_ping_failures + 3);
+    assert!(
+        n0.wait_for_disconnect(NodeId(1), detection).await,
+        "partition not detected"
+    );
+    eprintln!("partition detected after {:?}", cut.elapsed());
+    let deadline = Instant::now() + WAIT;
+    while !n1.log().contains("connection lost") {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never noticed: {}",
+            n1.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(n0.lookup("node-1").is_none());
+
+    // Heal: node 0 redials through the proxy and everything works again.
+    proxy.set(Mode::Forward);
+    assert!(
+        n0.wait_for_peers(&[NodeId(1)], WAIT).await,
+        "did not reconnect after healing"
+    );
+    wait_for_names(&n0, &["node-1"]).await;
+    let reply = n0
+        .request(
+            protocol::ECHO,
+            serde_bytes::ByteBuf::from(vec![1, 2, 3]),
+            WAIT,
+        )
+        .await
+        .unwrap();
+    let echoed: Echoed = reply.downcast().unwrap();
+    assert_eq!(echoed.payload.as_ref(), &[1, 2, 3]);
+    assert!(n1.terminate().success());
+    n0.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_mixed_load_loses_nothing_and_memory_stays_flat() {
+    protocol::register();
+    let secs: u64 = std::env::var("REIGN_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::with_tuning(3, fast());
+    let mut n1 = Proc::spawn(dir.path(), &cluster.spec(NodeId(1)), 1);
+    let mut n2 = Proc::spawn(dir.path(), &cluster.spec(NodeId(2)), 2);
+    let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1), NodeId(2)], WAIT).await);
+    wait_for_names(&n0, &["node-1", "node-2"]).await;
+    let to = [n0.lookup("node-1").unwrap(), n0.lookup("node-2").unwrap()];
+
+    let started = Instant::now();
+    let mut sent = [0u64; 2];
+    let mut requests = 0u64;
+    let mut rss_after_warmup = None;
+    let mut round = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        round += 1;
+        // Nodes 1 and 2 load each other while node 0 loads both.
+        to[0]
+            .send(StartLoad {
+                target: "node-2".into(),
+                count: 2000,
+            })
+            .unwrap();
+        to[1]
+            .send(StartLoad {
+                target: "node-1".into(),
+                count: 2000,
+            })
+            .unwrap();
+        for _ in 0..2000 {
+            for (i, addr) in to.iter().enumerate() {
+                if addr.send(count(0, sent[i])).is_ok() {
+                    sent[i] += 1;
+                }
+            }
+        }
+        for _ in 0..20 {
+            n0.request(
+                protocol::ECHO,
+                serde_bytes::ByteBuf::from(vec![0u8; 256]),
+                WAIT,
+            )
+            .await
+            .unwrap();
+            requests += 1;
+        }
+        n0.publish(protocol::NEWS, &protocol::Event { seq: round })
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if rss_after_warmup.is_none() && started.elapsed() > Duration::from_secs(1) {
+            rss_after_warmup = Some([stats(&n0, 1).await.rss_kb, stats(&n0, 2).await.rss_kb]);
+        }
+    }
+    let elapsed = started.elapsed();
+    // Everything sent over these healthy links arrives exactly once, in order.
+    for (i, of) in [1u16, 2].into_iter().enumerate() {
+        let total = sent[i];
+        let report = report_until(&n0, of, |r| {
+            r.counted.get(&0).is_some_and(|s| s.received >= total)
+        })
+        .await;
+        assert!(
+            clean(report.counted.get(&0), total),
+            "node {of}: {:?} for {total}",
+            report.counted.get(&0)
+        );
+        let other = 3 - of;
+        let name = protocol::control_name(of);
+        // The peer's loader finishes every batch it was given.
+        let batches = round * 2000;
+        let peer_sent = report_until(&n0, other, |r| r.sent.get(&name) == Some(&batches))
+            .await
+            .sent[&name];
+        let from_peer = report_until(&n0, of, |r| {
+            r.counted
+                .get(&other)
+                .is_some_and(|s| s.received >= peer_sent)
+        })
+        .await;
+        assert!(
+            clean(from_peer.counted.get(&other), peer_sent),
+            "node {of} from node {other}: {:?} for {peer_sent}",
+            from_peer.counted.get(&other)
+        );
+    }
+    let rss_start = rss_after_warmup.unwrap_or([0, 0]);
+    let rss_end = [stats(&n0, 1).await.rss_kb, stats(&n0, 2).await.rss_kb];
+    for i in 0..2 {
+        assert!(
+            rss_end[i] <= rss_start[i] * 2 + 32 * 1024,
+            "node {} grew from {} KiB to {} KiB",
+            i + 1,
+            rss_start[i],
+            rss_end[i]
+        );
+    }
+    let total: u64 = sent.iter().sum();
+    eprintln!(
+        "sustained load for {elapsed:?}: {total} counted messages from node 0 ({:.0}/s), {requests} requests, RSS {rss_start:?} -> {rss_end:?} KiB",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert!(n1.terminate().success());
+    assert!(n2.terminate().success());
+    n0.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_are_refused_and_real_peers_keep_being_served() {
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        max_handshaking: 32,
+        ..fast()
+    };
+    let cluster = TestCluster::with_tuning(3, tuning);
+    let mut n1 = Proc::spawn(dir.path(), &cluster.spec(NodeId(1)), 1);
+    let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
+    wait_for_names(&n0, &["node-1"]).await;
+    let rss_before = stats(&n0, 1).await.rss_kb;
+    let target = cluster.address(NodeId(1)).to_owned();
+    let ca = cluster.ca.cert_pem().to_owned();
+    let foreign = TestCluster::new(3);
+
+    let (t, f) = (target.clone(), foreign.cert(NodeId(2)));
+    let hostile = tokio::task::spawn_blocking(move || {
+        // Random bytes.
+        let mut sock = TcpStream::connect(&t).unwrap();
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let _ = sock.write_all(&noise);
+        assert!(closes_within(&mut sock, WAIT), "random bytes: left open");
+        // A TLS client with no certificate, and one from another CA.
+        let no_cert = RawPeer::connect(&t, NodeId(1), &ca, ClientAuth::None)
+            .map(|mut p| p.read_until_closed(Duration::from_secs(3)).1);
+        assert!(
+            matches!(no_cert, Err(_) | Ok(true)),
+            "a client with no certificate got in"
+        );
+        let other_ca = RawPeer::connect(&t, NodeId(1), &ca, ClientAuth::Cert(&f))
+            .map(|mut p| p.read_until_closed(Duration::from_secs(3)).1);
+        assert!(
+            matches!(other_ca, Err(_) | Ok(true)),
+            "a foreign certificate got in"
+        );
+        // Slow loris: half a TLS header, then nothing.
+        let mut loris = TcpStream::connect(&t).unwrap();
+        loris.write_all(&[0x16, 0x03]).unwrap();
+        assert!(
+            closes_within(&mut loris, Duration::from_secs(5)),
+            "slow loris left open"
+        );
+        // A flood of connections that never speak.
+        let flood: Vec<TcpStream> = (0..200)
+            .filter_map(|_| TcpStream::connect(&t).ok())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        flood
+    });
+    // While that goes on, node 0 keeps talking to node 1.
+    let mut answered = 0;
+    while !hostile.is_finished() {
+        let reply = n0
+            .request(
+                protocol::ECHO,
+                serde_bytes::ByteBuf::from(vec![9u8; 64]),
+                WAIT,
+            )
+            .await
+            .expect("node 1 kept serving");
+        assert!(reply.is::<Echoed>());
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let flood = hostile.await.unwrap();
+    drop(flood);
+    assert!(answered > 0);
+    assert!(n0.is_connected(NodeId(1)));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = n1.log();
+        let refused = ["TLS error", "too many handshakes", "handshake timed out"]
+            .iter()
+            .all(|needle| log.contains(needle));
+        if refused {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected refusals in the log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_after = stats(&n0, 1).await.rss_kb;
+    assert!(
+        rss_after <= rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(n1.terminate().success());
+    n0.shutdown().await;
+}
+
+#[test]
+fn the_chat_example_talks_and_notices_the_other_side_leaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_reign"))
+        .args(["init", "--nodes", "0-1", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Fresh ports in the spec `init` wrote.
+    let spec_path = dir.path().join("cluster.json");
+    let mut spec = ClusterSpec::load(&spec_path).unwrap();
+    for (node, port) in spec.nodes.iter_mut().zip(reign_tests::free_ports(2)) {
+        node.address = format!("127.0.0.1:{port}");
+    }
+    std::fs::write(&spec_path, spec.to_json()).unwrap();
+
+    let chat = |id: &str| {
+        // The example binary sits next to the `reign` binary's deps folder.
+        let exe = Path::new(env!("CARGO_BIN_EXE_reign"))
+            .with_file_name("examples")
+            .join("chat");
+        Command::new(exe)
+            .arg(&spec_path)
+            .arg(id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    let (Ok(mut a), Ok(mut b)) = (chat("0"), chat("1")) else {
+        // `cargo test` builds examples; if this one is missing, say so.
+        panic!("the chat example is not built (cargo test builds examples)");
+    };
+    // A watchdog: no hang outlives a minute.
+    let pids = [a.id(), b.id()];
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    });
+    let mut a_out = BufReader::new(a.stdout.take().unwrap()).lines();
+    let mut b_out = BufReader::new(b.stdout.take().unwrap()).lines();
+    assert!(a_out.next().unwrap().unwrap().starts_with("connected"));
+    assert!(b_out.next().unwrap().unwrap().starts_with("connected"));
+    writeln!(a.stdin.as_mut().unwrap(), "hello from zero").unwrap();
+    assert_eq!(b_out.next().unwrap().unwrap(), "chatter_0: hello from zero");
+    // Node 0 leaves (end of input); node 1 is told.
+    drop(a.stdin.take());
+    assert_eq!(b_out.next().unwrap().unwrap(), "chatter_0 left");
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+}
