@@ -14,7 +14,11 @@ async fn cluster(n: u16) -> Vec<Node> {
     let cluster = TestCluster::new(n);
     let mut nodes = Vec::new();
     for i in 0..n {
-        nodes.push(Node::start(&cluster.spec(NodeId(i)), NodeId(i)).await.unwrap());
+        nodes.push(
+            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
+                .await
+                .unwrap(),
+        );
     }
     for node in &nodes {
         let others: Vec<NodeId> = (0..n).map(NodeId).filter(|&i| i != node.id()).collect();
@@ -65,7 +69,9 @@ async fn a_thousand_requests_are_answered_by_both_members() {
     let mut handles = Vec::new();
     for i in 0..1000u64 {
         let n0 = nodes[0].clone();
-        handles.push(tokio::spawn(async move { (i, n0.request("echo", i, WAIT).await) }));
+        handles.push(tokio::spawn(async move {
+            (i, n0.request("echo", i, WAIT).await)
+        }));
     }
     for h in handles {
         let (i, reply) = h.await.unwrap();
@@ -75,7 +81,10 @@ async fn a_thousand_requests_are_answered_by_both_members() {
     }
     assert_eq!(by_node, [0, 500, 500]);
     // An application error, typed as such.
-    let err = nodes[0].request("echo", String::from("not a number"), WAIT).await.unwrap_err();
+    let err = nodes[0]
+        .request("echo", String::from("not a number"), WAIT)
+        .await
+        .unwrap_err();
     assert_eq!(err, RequestError::Remote("expected a u64".into()));
     shutdown(nodes).await;
 }
@@ -83,20 +92,29 @@ async fn a_thousand_requests_are_answered_by_both_members() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_empty_groups_late_replies_and_shutdown_are_typed() {
     let nodes = cluster(2).await;
-    assert_eq!(nodes[0].request("nobody", 1u64, WAIT).await.unwrap_err(), RequestError::NoMember);
+    assert_eq!(
+        nodes[0].request("nobody", 1u64, WAIT).await.unwrap_err(),
+        RequestError::NoMember
+    );
 
     let (m, m_box) = nodes[1].new_mailbox();
     nodes[1].join("silent", &m).unwrap();
     sync_all(&nodes).await;
     let started = Instant::now();
-    let err = nodes[0].request("silent", 1u64, Duration::from_millis(200)).await.unwrap_err();
+    let err = nodes[0]
+        .request("silent", 1u64, Duration::from_millis(200))
+        .await
+        .unwrap_err();
     assert_eq!(err, RequestError::Timeout);
     assert!(started.elapsed() >= Duration::from_millis(200));
     // The late reply is dropped and counted, never delivered elsewhere.
     let late = m_box.recv_request().await.unwrap();
     late.reply(5u64).unwrap();
     let n0 = nodes[0].clone();
-    assert!(reign_tests::eventually(WAIT, move || n0.stats().late_replies == 1));
+    assert!(reign_tests::eventually(WAIT, move || n0
+        .stats()
+        .late_replies
+        == 1));
 
     // The caller's node shuts down while waiting.
     let n0 = nodes[0].clone();
@@ -110,9 +128,22 @@ async fn timeouts_empty_groups_late_replies_and_shutdown_are_typed() {
 async fn drain<T: serde::de::DeserializeOwned + 'static>(mailbox: &Mailbox, n: usize) -> Vec<T> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(mailbox.recv_timeout(WAIT).await.unwrap().downcast::<T>().unwrap());
+        out.push(
+            mailbox
+                .recv_timeout(WAIT)
+                .await
+                .unwrap()
+                .downcast::<T>()
+                .unwrap(),
+        );
     }
-    assert!(mailbox.recv_timeout(Duration::from_millis(50)).await.is_err(), "more than expected");
+    assert!(
+        mailbox
+            .recv_timeout(Duration::from_millis(50))
+            .await
+            .is_err(),
+        "more than expected"
+    );
     out
 }
 
@@ -145,7 +176,10 @@ async fn broadcast_and_pubsub_reach_everyone_once_in_order() {
     sync_all(&nodes).await;
     nodes[2].publish("news", &7u32).unwrap();
     assert_eq!(drain::<u32>(&subscribers[0].1, 1).await, vec![7]);
-    assert!(s1_box.recv_timeout(Duration::from_millis(100)).await.is_err());
+    assert!(s1_box
+        .recv_timeout(Duration::from_millis(100))
+        .await
+        .is_err());
     assert!(nodes[1].unsubscribe("news", s1).is_err());
     shutdown(nodes).await;
 }
@@ -165,7 +199,10 @@ async fn sixty_four_mib_through_a_tunnel_to_a_slow_reader() {
         loop {
             match tunnel.recv(WAIT).await {
                 Ok(message) => {
-                    assert!(message.iter().all(|&b| b == index), "message {index} out of order");
+                    assert!(
+                        message.iter().all(|&b| b == index),
+                        "message {index} out of order"
+                    );
                     total += message.len();
                     index = index.wrapping_add(1);
                     // A slow reader.
@@ -183,7 +220,10 @@ async fn sixty_four_mib_through_a_tunnel_to_a_slow_reader() {
         tunnel.send(vec![i; 1 << 20], WAIT).await.unwrap();
         max_unacked = max_unacked.max(tunnel.inner().unacknowledged_bytes());
     }
-    assert!(max_unacked <= window, "{max_unacked} bytes in flight over a {window} byte window");
+    assert!(
+        max_unacked <= window,
+        "{max_unacked} bytes in flight over a {window} byte window"
+    );
     tunnel.close();
     assert_eq!(reader.await.unwrap(), 64 << 20);
     shutdown(nodes).await;
@@ -206,7 +246,10 @@ async fn a_tunnel_sees_the_other_node_go_away() {
     assert_eq!(&client.recv(WAIT).await.unwrap()[..], b"hello");
     nodes[1].shutdown().await;
     let err = client.recv(WAIT).await.unwrap_err();
-    assert!(matches!(err, TunnelError::Unreachable | TunnelError::Closed), "{err}");
+    assert!(
+        matches!(err, TunnelError::Unreachable | TunnelError::Closed),
+        "{err}"
+    );
     assert!(server.recv(WAIT).await.is_err());
     shutdown(nodes).await;
 }
@@ -226,7 +269,9 @@ async fn a_flood_beyond_a_members_caps_is_refused_with_bounded_memory() {
     for _ in 0..2000 {
         let n0 = nodes[0].clone();
         let p = payload.clone();
-        handles.push(tokio::spawn(async move { n0.request("busy", p, Duration::from_secs(2)).await }));
+        handles.push(tokio::spawn(async move {
+            n0.request("busy", p, Duration::from_secs(2)).await
+        }));
     }
     let mut refused = 0;
     let mut timed_out = 0;
