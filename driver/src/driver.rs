@@ -367,15 +367,17 @@ impl<R: Runtime> Driver<R> {
         let events = self.events_tx.clone();
         self.rt.spawn(async move {
             let _guard = read_guard;
+            // One zeroed buffer for the connection's life; each read hands
+            // the driver a copy of just what arrived.
+            let mut buf = vec![0u8; READ_CHUNK];
             loop {
-                let mut buf = vec![0u8; READ_CHUNK];
                 let event = match stop_read.guard(R::read(&mut reader, &mut buf)).await {
                     None => return,
                     Some(Ok(0)) => DriverEvent::Closed { conn, error: None },
-                    Some(Ok(n)) => {
-                        buf.truncate(n);
-                        DriverEvent::Received { conn, bytes: buf }
-                    }
+                    Some(Ok(n)) => DriverEvent::Received {
+                        conn,
+                        bytes: buf[..n].to_vec(),
+                    },
                     Some(Err(e)) => DriverEvent::Closed {
                         conn,
                         error: Some(e.to_string()),

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -61,7 +62,16 @@ impl Capacity {
 
 pub(crate) struct MailboxShared {
     pub(crate) id: MailboxId,
+    /// What senders touch: the incoming queue, the closed flag, waiters.
     state: Mutex<State>,
+    /// What receivers touch: messages already moved out of the incoming
+    /// queue, older than anything still in it. Receivers take whole batches
+    /// from `state` at once, so senders and receivers rarely contend.
+    taken: Mutex<VecDeque<Message>>,
+    /// Messages in `taken` and `state.queue` together.
+    len: AtomicUsize,
+    /// Bytes in `taken` and `state.queue` together.
+    bytes: AtomicUsize,
     blocked: Condvar,
     node: Weak<NodeInner>,
     capacity: Capacity,
@@ -70,11 +80,18 @@ pub(crate) struct MailboxShared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Message>,
-    bytes: usize,
     closed: bool,
     wakers: Vec<Waker>,
     blocked_receivers: usize,
     watchers: Vec<Address>,
+}
+
+/// How a batch of deliveries went (see [`MailboxShared::push_many`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pushed {
+    pub(crate) delivered: u64,
+    pub(crate) full: u64,
+    pub(crate) closed: u64,
 }
 
 impl MailboxShared {
@@ -82,6 +99,9 @@ impl MailboxShared {
         MailboxShared {
             id,
             state: Mutex::new(State::default()),
+            taken: Mutex::new(VecDeque::new()),
+            len: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
             blocked: Condvar::new(),
             node,
             capacity,
@@ -94,6 +114,26 @@ impl MailboxShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Message>> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether one more message of `len` bytes fits the capacity.
+    fn fits(&self, len: usize) -> bool {
+        if self.capacity == Capacity::UNBOUNDED {
+            return true;
+        }
+        let count_ok = self
+            .capacity
+            .max_messages
+            .is_none_or(|max| self.len.load(Ordering::Acquire) < max);
+        let bytes_ok = self
+            .capacity
+            .max_bytes
+            .is_none_or(|max| self.bytes.load(Ordering::Acquire) + len <= max);
+        count_ok && bytes_ok
+    }
+
     /// Queues a message, waking a waiting receiver.
     pub(crate) fn push(&self, msg: Message) -> Result<(), SendError> {
         let mut state = self.lock();
@@ -101,23 +141,40 @@ impl MailboxShared {
             return Err(SendError::Closed);
         }
         let len = msg.byte_len();
-        if self.capacity != Capacity::UNBOUNDED {
-            let over_count = self
-                .capacity
-                .max_messages
-                .is_some_and(|max| state.queue.len() >= max);
-            let over_bytes = self
-                .capacity
-                .max_bytes
-                .is_some_and(|max| state.bytes + len > max);
-            if over_count || over_bytes {
-                return Err(SendError::Full);
-            }
+        if !self.fits(len) {
+            return Err(SendError::Full);
         }
-        state.bytes += len;
         state.queue.push_back(msg);
+        self.len.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(len, Ordering::AcqRel);
         self.wake_receivers(state);
         Ok(())
+    }
+
+    /// Queues many messages under one lock and one wake-up (the receive
+    /// path of a connection delivers in batches).
+    pub(crate) fn push_many(&self, msgs: impl IntoIterator<Item = Message>) -> Pushed {
+        let mut pushed = Pushed::default();
+        let mut state = self.lock();
+        for msg in msgs {
+            if state.closed {
+                pushed.closed += 1;
+                continue;
+            }
+            let len = msg.byte_len();
+            if !self.fits(len) {
+                pushed.full += 1;
+                continue;
+            }
+            state.queue.push_back(msg);
+            self.len.fetch_add(1, Ordering::AcqRel);
+            self.bytes.fetch_add(len, Ordering::AcqRel);
+            pushed.delivered += 1;
+        }
+        if pushed.delivered > 0 {
+            self.wake_receivers(state);
+        }
+        pushed
     }
 
     fn wake_receivers(&self, mut state: MutexGuard<'_, State>) {
@@ -145,18 +202,23 @@ impl MailboxShared {
     /// Closes the mailbox; returns the watchers to notify if this call closed
     /// it, `None` if it was already closed.
     fn close(&self) -> Option<Vec<Address>> {
+        let mut taken = self.lock_taken();
         let mut state = self.lock();
         if state.closed {
             return None;
         }
         state.closed = true;
         let queue = std::mem::take(&mut state.queue);
-        state.bytes = 0;
+        let older = std::mem::take(&mut *taken);
+        self.len.store(0, Ordering::Release);
+        self.bytes.store(0, Ordering::Release);
         let watchers = std::mem::take(&mut state.watchers);
         let wakers = std::mem::take(&mut state.wakers);
         drop(state);
-        // Dropping queued messages may run user destructors: outside the lock.
+        drop(taken);
+        // Dropping queued messages may run user destructors: outside the locks.
         drop(queue);
+        drop(older);
         wakers.into_iter().for_each(Waker::wake);
         self.blocked.notify_all();
         Some(watchers)
@@ -178,7 +240,7 @@ impl MailboxShared {
 
     /// Bytes of the messages queued.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.lock().bytes
+        self.bytes.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -202,33 +264,75 @@ impl MailboxShared {
         self.lock().watchers.retain(|w| w != watcher);
     }
 
-    fn take_first(
+    /// Removes the first message of `taken[from..]` that matches.
+    fn take_match(
         &self,
-        state: &mut State,
-        mut pred: impl FnMut(&Message) -> bool,
+        taken: &mut VecDeque<Message>,
+        from: usize,
+        pred: &mut impl FnMut(&Message) -> bool,
     ) -> Option<Message> {
-        let index = state.queue.iter().position(&mut pred)?;
-        let msg = state.queue.remove(index)?;
-        state.bytes -= msg.byte_len();
+        let index = from + taken.iter().skip(from).position(&mut *pred)?;
+        let msg = taken.remove(index)?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(msg.byte_len(), Ordering::AcqRel);
         Some(msg)
+    }
+
+    /// Takes the first matching message, moving the incoming queue over to
+    /// the receivers' side if needed. With the state lock still held when
+    /// nothing matches, so a waiter can register before the next push.
+    fn take_or_lock<'a>(
+        &'a self,
+        taken: &mut VecDeque<Message>,
+        pred: &mut impl FnMut(&Message) -> bool,
+    ) -> Result<Message, MutexGuard<'a, State>> {
+        if let Some(msg) = self.take_match(taken, 0, pred) {
+            return Ok(msg);
+        }
+        let mut state = self.lock();
+        if state.queue.is_empty() {
+            return Err(state);
+        }
+        let from = taken.len();
+        if taken.is_empty() {
+            // The common case: swap whole queues, keeping both allocations.
+            std::mem::swap(taken, &mut state.queue);
+        } else {
+            taken.append(&mut state.queue);
+        }
+        match self.take_match(taken, from, pred) {
+            Some(msg) => Ok(msg),
+            None => Err(state),
+        }
     }
 
     fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        pred: impl FnMut(&Message) -> bool,
+        mut pred: impl FnMut(&Message) -> bool,
     ) -> Poll<Result<Message, RecvError>> {
-        let mut state = self.lock();
-        if let Some(msg) = self.take_first(&mut state, pred) {
-            return Poll::Ready(Ok(msg));
+        let mut taken = self.lock_taken();
+        match self.take_or_lock(&mut taken, &mut pred) {
+            Ok(msg) => Poll::Ready(Ok(msg)),
+            Err(mut state) => {
+                if state.closed {
+                    return Poll::Ready(Err(RecvError::Closed));
+                }
+                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
         }
-        if state.closed {
-            return Poll::Ready(Err(RecvError::Closed));
+    }
+
+    fn try_take(&self) -> Result<Option<Message>, RecvError> {
+        let mut taken = self.lock_taken();
+        match self.take_or_lock(&mut taken, &mut |_| true) {
+            Ok(msg) => Ok(Some(msg)),
+            Err(state) if state.closed => Err(RecvError::Closed),
+            Err(_) => Ok(None),
         }
-        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            state.wakers.push(cx.waker().clone());
-        }
-        Poll::Pending
     }
 
     fn take_blocking(
@@ -236,31 +340,36 @@ impl MailboxShared {
         timeout: Option<Duration>,
         mut pred: impl FnMut(&Message) -> bool,
     ) -> Result<Message, RecvError> {
-        let mut state = self.lock();
-        state.blocked_receivers += 1;
-        let mut result = None;
-        let mut check = |state: &mut State| {
-            if let Some(msg) = self.take_first(state, &mut pred) {
-                result = Some(Ok(msg));
-            } else if state.closed {
-                result = Some(Err(RecvError::Closed));
+        // A user-thread convenience, not the core: it may read the clock.
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let mut taken = self.lock_taken();
+            let mut state = match self.take_or_lock(&mut taken, &mut pred) {
+                Ok(msg) => return Ok(msg),
+                Err(state) => state,
+            };
+            drop(taken);
+            if state.closed {
+                return Err(RecvError::Closed);
             }
-            result.is_none()
-        };
-        state = match timeout {
-            None => self
-                .blocked
-                .wait_while(state, |s| check(s))
-                .unwrap_or_else(|e| e.into_inner()),
-            Some(timeout) => {
-                self.blocked
-                    .wait_timeout_while(state, timeout, |s| check(s))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0
-            }
-        };
-        state.blocked_receivers -= 1;
-        result.unwrap_or(Err(RecvError::Timeout))
+            // Nothing matched and nothing new is queued: wait for a push.
+            state.blocked_receivers += 1;
+            state = match deadline {
+                None => self.blocked.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        state.blocked_receivers -= 1;
+                        return Err(RecvError::Timeout);
+                    }
+                    self.blocked
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+            state.blocked_receivers -= 1;
+        }
     }
 }
 
@@ -316,12 +425,7 @@ impl Mailbox {
     /// Takes the next message if one is queued: `Ok(None)` when the queue is
     /// empty, `Err(Closed)` once the mailbox is closed. Never waits.
     pub fn try_recv(&self) -> Result<Option<Message>, RecvError> {
-        let mut state = self.shared.lock();
-        match self.shared.take_first(&mut state, |_| true) {
-            Some(msg) => Ok(Some(msg)),
-            None if state.closed => Err(RecvError::Closed),
-            None => Ok(None),
-        }
+        self.shared.try_take()
     }
 
     /// Selective receive: waits for the first message, in arrival order, for
@@ -392,7 +496,7 @@ impl Mailbox {
 
     /// Exactly how many messages are queued.
     pub fn message_count(&self) -> usize {
-        self.shared.lock().queue.len()
+        self.shared.len.load(Ordering::Acquire)
     }
 
     /// Closes the mailbox: queued messages are dropped, pending and future

@@ -190,10 +190,23 @@ where
     insert::<T>(&mut table, name, check::<T>)
 }
 
+thread_local! {
+    /// The last type looked up on this thread: senders mostly send one type
+    /// in a row, and a registration never changes once made.
+    static LAST_TAG: std::cell::Cell<Option<(TypeId, TypeTag)>> = const { std::cell::Cell::new(None) };
+}
+
 /// The tag of a registered type.
 pub(crate) fn tag_of(type_id: TypeId) -> Option<TypeTag> {
+    if let Some((id, tag)) = LAST_TAG.with(std::cell::Cell::get) {
+        if id == type_id {
+            return Some(tag);
+        }
+    }
     let table = table().read().unwrap_or_else(|e| e.into_inner());
-    table.by_type.get(&type_id).map(|e| e.tag)
+    let tag = table.by_type.get(&type_id).map(|e| e.tag)?;
+    LAST_TAG.with(|last| last.set(Some((type_id, tag))));
+    Some(tag)
 }
 
 /// The registered wire name of a type.

@@ -43,11 +43,15 @@ fn allocations() -> u64 {
 fn local_send_and_receive_allocates_once_per_message() {
     let node = Node::local(Incarnation(1));
     let (addr, mailbox) = node.new_mailbox();
-    // Warm up: let the queue reach its steady-state capacity.
+    // Warm up: let both halves of the queue reach their steady-state capacity.
     for i in 0..64u64 {
         addr.send(i).unwrap();
     }
     while mailbox.try_recv().unwrap().is_some() {}
+    for i in 0..64u64 {
+        addr.send(i).unwrap();
+        mailbox.try_recv().unwrap().unwrap();
+    }
 
     const N: u64 = 10_000;
     let before = allocations();

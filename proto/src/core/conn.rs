@@ -2,7 +2,7 @@
 //! decoder, the handshake, and its timers.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -205,20 +205,24 @@ impl Conn {
             let state = tls.process_new_packets()?;
             let mut available = state.plaintext_bytes_to_read();
             while available > 0 {
-                let want = available.min(PLAINTEXT_CHUNK);
                 let Some(tls) = self.tls.tls_mut() else {
                     return Ok(());
                 };
-                let got = self
-                    .decoder
-                    .fill_with(want, |buf| tls.reader().read(buf))
-                    .or_else(|e| match e.kind() {
-                        io::ErrorKind::WouldBlock => Ok(0),
-                        _ => Err(rustls::Error::General(e.to_string())),
-                    })?;
+                // Copy straight out of rustls' buffer: no zeroing, one copy.
+                let mut reader = tls.reader();
+                let got = match reader.fill_buf() {
+                    Ok(chunk) => {
+                        let n = chunk.len().min(PLAINTEXT_CHUNK);
+                        self.decoder.feed(&chunk[..n]);
+                        n
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                    Err(e) => return Err(rustls::Error::General(e.to_string())),
+                };
                 if got == 0 {
                     break;
                 }
+                reader.consume(got);
                 self.plaintext_in += got as u64;
                 available -= got.min(available);
                 if !on_plaintext(self) {

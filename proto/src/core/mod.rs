@@ -47,6 +47,9 @@ const GOODBYE: &str = "peer said goodbye";
 /// The reason a redundant connection closes.
 const DUPLICATE: &str = "duplicate connection";
 
+/// Decoded messages pushed to mailboxes at once, at most.
+const DELIVERY_BATCH: usize = 1024;
+
 /// Plaintext drained into one transmit at most; bigger backlogs leave over
 /// several, interleaved with other connections.
 const TRANSMIT_BUDGET: usize = 256 * 1024;
@@ -208,6 +211,11 @@ pub struct Core {
     active: BTreeSet<NodeId>,
     ready_scratch: Vec<NodeId>,
     known_tags: HashSet<TypeTag>,
+    last_tag: Option<TypeTag>,
+    /// The mailbox the last message was delivered to.
+    last_dest: Option<(MailboxId, Arc<crate::mailbox::MailboxShared>)>,
+    /// Messages decoded but not yet pushed to their mailboxes.
+    deliveries: Vec<(Arc<crate::mailbox::MailboxShared>, Message)>,
     shutting_down: bool,
 }
 
@@ -267,6 +275,9 @@ impl Core {
             active: BTreeSet::new(),
             ready_scratch: Vec::new(),
             known_tags: HashSet::new(),
+            last_tag: None,
+            last_dest: None,
+            deliveries: Vec::new(),
             shutting_down: false,
         })
     }
@@ -556,6 +567,7 @@ impl Core {
             (Err(tls_error), _) => Some(format!("TLS error: {tls_error}")),
             (Ok(()), f) => f,
         };
+        self.flush_deliveries();
         self.conns.insert(id, conn);
         self.dirty.insert(id);
         if let Some(reason) = failure {
@@ -568,6 +580,18 @@ impl Core {
         let Some(peer) = conn.peer() else {
             return self.on_handshake_frame(now, conn, frame);
         };
+        if !matches!(
+            frame,
+            Frame::Data { .. }
+                | Frame::FragmentStart { .. }
+                | Frame::FragmentCont { .. }
+                | Frame::Ping(_)
+                | Frame::Pong(_)
+        ) {
+            // Whatever else the peer sent comes after its earlier messages:
+            // deliver those first (a close notice must not overtake them).
+            self.flush_deliveries();
+        }
         match frame {
             Frame::Ping(nonce) => conn.queue_frame(&Frame::Pong(nonce)),
             Frame::Pong(nonce) => {
@@ -693,39 +717,80 @@ impl Core {
         if let Some(outbox) = node.network().outbox(peer) {
             outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
         }
-        if !self.known_tags.contains(&tag) {
-            if !types::is_registered_tag(tag) {
-                node.counters
-                    .dropped_unknown_type
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    node = self.me.0,
-                    from = peer.0,
-                    tag = format_args!("{:#018x}", tag.0),
-                    "dropping a message of a type not registered on this node"
-                );
-                return;
-            }
-            self.known_tags.insert(tag);
-        }
-        match node.local_mailbox(dest) {
-            Some(mailbox) => match mailbox.push(Message::remote(tag, payload, node.weak())) {
-                Ok(()) => {
+        if self.last_tag != Some(tag) {
+            if !self.known_tags.contains(&tag) {
+                if !types::is_registered_tag(tag) {
                     node.counters
-                        .remote_delivered
+                        .dropped_unknown_type
                         .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        node = self.me.0,
+                        from = peer.0,
+                        tag = format_args!("{:#018x}", tag.0),
+                        "dropping a message of a type not registered on this node"
+                    );
+                    return;
                 }
-                Err(crate::error::SendError::Full) => {
-                    node.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                self.known_tags.insert(tag);
+            }
+            self.last_tag = Some(tag);
+        }
+        // Consecutive messages mostly go to the same mailbox: skip the table.
+        let mailbox = match &self.last_dest {
+            Some((id, mailbox)) if *id == dest => mailbox.clone(),
+            _ => match node.local_mailbox(dest) {
+                Some(mailbox) => {
+                    self.last_dest = Some((dest, mailbox.clone()));
+                    mailbox
                 }
-                Err(_) => {
+                None => {
                     node.counters.dropped_closed.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
             },
-            None => {
-                node.counters.dropped_closed.fetch_add(1, Ordering::Relaxed);
+        };
+        self.deliveries
+            .push((mailbox, Message::remote(tag, payload, node.weak())));
+        if self.deliveries.len() >= DELIVERY_BATCH {
+            self.flush_deliveries();
+        }
+    }
+
+    /// Pushes the batched deliveries, one lock and one wake-up per run of
+    /// messages to the same mailbox, in arrival order.
+    fn flush_deliveries(&mut self) {
+        if self.deliveries.is_empty() {
+            return;
+        }
+        let counters = &self.node.inner.counters;
+        let mut batch = std::mem::take(&mut self.deliveries);
+        let mut drain = batch.drain(..).peekable();
+        while let Some((mailbox, first)) = drain.next() {
+            let mut run = vec![first];
+            while let Some((_, msg)) = drain.next_if(|(m, _)| Arc::ptr_eq(m, &mailbox)) {
+                run.push(msg);
+            }
+            let pushed = mailbox.push_many(run);
+            counters
+                .remote_delivered
+                .fetch_add(pushed.delivered, Ordering::Relaxed);
+            counters
+                .dropped_full
+                .fetch_add(pushed.full, Ordering::Relaxed);
+            counters
+                .dropped_closed
+                .fetch_add(pushed.closed, Ordering::Relaxed);
+            if pushed.closed > 0
+                && self
+                    .last_dest
+                    .as_ref()
+                    .is_some_and(|(_, m)| Arc::ptr_eq(m, &mailbox))
+            {
+                self.last_dest = None;
             }
         }
+        drop(drain);
+        self.deliveries = batch;
     }
 
     fn on_control(
