@@ -42,11 +42,15 @@ pub(crate) enum DriverEvent<R: Runtime> {
     },
     Received {
         conn: ConnId,
-        bytes: Vec<u8>,
+        /// A read buffer, of which the first `len` bytes arrived; it goes
+        /// back to the connection's reader afterwards.
+        buffer: Vec<u8>,
+        len: usize,
     },
     Written {
         conn: ConnId,
-        bytes: usize,
+        /// The transmitted buffer, handed back to the core for reuse.
+        buffer: Vec<u8>,
     },
     Closed {
         conn: ConnId,
@@ -57,10 +61,28 @@ pub(crate) enum DriverEvent<R: Runtime> {
 
 struct ConnTasks {
     transmits: Sender<Vec<u8>>,
+    /// Read buffers going back to the reader, so reads never allocate.
+    spare_reads: Sender<Vec<u8>>,
+    pending_spares: Option<Receiver<Vec<u8>>>,
     /// The writer's queue until the socket exists.
     pending_writer: Option<Receiver<Vec<u8>>>,
     stop_read: Stop,
     stop_write: Stop,
+}
+
+impl ConnTasks {
+    fn new(stop_read: Stop) -> ConnTasks {
+        let (transmits, writer) = async_channel::unbounded();
+        let (spare_reads, spares) = async_channel::bounded(EVENT_BACKLOG + 2);
+        ConnTasks {
+            transmits,
+            spare_reads,
+            pending_spares: Some(spares),
+            pending_writer: Some(writer),
+            stop_read,
+            stop_write: Stop::default(),
+        }
+    }
 }
 
 pub(crate) struct Driver<R: Runtime> {
@@ -201,14 +223,7 @@ impl<R: Runtime> Driver<R> {
                 label,
             } => match self.core.accept(now, &label) {
                 Ok(conn) => {
-                    let (tx, rx) = async_channel::unbounded();
-                    let tasks = ConnTasks {
-                        transmits: tx,
-                        pending_writer: Some(rx),
-                        stop_read: Stop::default(),
-                        stop_write: Stop::default(),
-                    };
-                    self.conns.insert(conn, tasks);
+                    self.conns.insert(conn, ConnTasks::new(Stop::default()));
                     self.start_io(conn, reader, writer);
                 }
                 Err(e) => {
@@ -236,17 +251,22 @@ impl<R: Runtime> Driver<R> {
                     },
                 );
             }
-            DriverEvent::Received { conn, bytes } => {
+            DriverEvent::Received { conn, buffer, len } => {
                 self.core.handle_input(
                     now,
                     Input::Received {
                         conn,
-                        bytes: &bytes,
+                        bytes: &buffer[..len],
                     },
                 );
+                if let Some(tasks) = self.conns.get(&conn) {
+                    let _ = tasks.spare_reads.try_send(buffer);
+                }
             }
-            DriverEvent::Written { conn, bytes } => {
+            DriverEvent::Written { conn, buffer } => {
+                let bytes = buffer.len();
                 self.core.handle_input(now, Input::Written { conn, bytes });
+                self.core.recycle(buffer);
             }
             DriverEvent::Closed { conn, error } => {
                 if let Some(tasks) = self.conns.remove(&conn) {
@@ -319,17 +339,8 @@ impl<R: Runtime> Driver<R> {
         let Some(guard) = self.guard() else {
             return;
         };
-        let (tx, rx) = async_channel::unbounded();
         let stop = Stop::default();
-        self.conns.insert(
-            conn,
-            ConnTasks {
-                transmits: tx,
-                pending_writer: Some(rx),
-                stop_read: stop.clone(),
-                stop_write: Stop::default(),
-            },
-        );
+        self.conns.insert(conn, ConnTasks::new(stop.clone()));
         let rt = self.rt.clone();
         let events = self.events_tx.clone();
         self.rt.spawn(async move {
@@ -354,7 +365,9 @@ impl<R: Runtime> Driver<R> {
         let Some(tasks) = self.conns.get_mut(&conn) else {
             return;
         };
-        let Some(transmits) = tasks.pending_writer.take() else {
+        let (Some(transmits), Some(spares)) =
+            (tasks.pending_writer.take(), tasks.pending_spares.take())
+        else {
             return;
         };
         let (Some(read_guard), Some(write_guard)) =
@@ -367,16 +380,17 @@ impl<R: Runtime> Driver<R> {
         let events = self.events_tx.clone();
         self.rt.spawn(async move {
             let _guard = read_guard;
-            // One zeroed buffer for the connection's life; each read hands
-            // the driver a copy of just what arrived.
-            let mut buf = vec![0u8; READ_CHUNK];
             loop {
+                // Buffers come back from the driver once read; a new one is
+                // made only while earlier ones are still in flight.
+                let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; READ_CHUNK]);
                 let event = match stop_read.guard(R::read(&mut reader, &mut buf)).await {
                     None => return,
                     Some(Ok(0)) => DriverEvent::Closed { conn, error: None },
-                    Some(Ok(n)) => DriverEvent::Received {
+                    Some(Ok(len)) => DriverEvent::Received {
                         conn,
-                        bytes: buf[..n].to_vec(),
+                        buffer: buf,
+                        len,
                     },
                     Some(Err(e)) => DriverEvent::Closed {
                         conn,
@@ -397,10 +411,7 @@ impl<R: Runtime> Driver<R> {
                     None => return,
                     Some(Ok(())) => {
                         let _ = events
-                            .send(DriverEvent::Written {
-                                conn,
-                                bytes: data.len(),
-                            })
+                            .send(DriverEvent::Written { conn, buffer: data })
                             .await;
                     }
                     Some(Err(e)) => {

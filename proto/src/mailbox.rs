@@ -156,20 +156,34 @@ impl MailboxShared {
     pub(crate) fn push_many(&self, msgs: impl IntoIterator<Item = Message>) -> Pushed {
         let mut pushed = Pushed::default();
         let mut state = self.lock();
+        let bounded = self.capacity != Capacity::UNBOUNDED;
+        let mut added_bytes = 0;
         for msg in msgs {
             if state.closed {
                 pushed.closed += 1;
                 continue;
             }
             let len = msg.byte_len();
-            if !self.fits(len) {
-                pushed.full += 1;
-                continue;
+            if bounded {
+                if !self.fits(len) {
+                    pushed.full += 1;
+                    continue;
+                }
+                // Keep the counts exact message by message for the bound.
+                self.len.fetch_add(1, Ordering::AcqRel);
+                self.bytes.fetch_add(len, Ordering::AcqRel);
+            } else {
+                added_bytes += len;
             }
             state.queue.push_back(msg);
-            self.len.fetch_add(1, Ordering::AcqRel);
-            self.bytes.fetch_add(len, Ordering::AcqRel);
             pushed.delivered += 1;
+        }
+        if !bounded && pushed.delivered > 0 {
+            // One update for the whole batch (still under the lock, so a
+            // receiver that swaps the queue out sees counts that cover it).
+            self.len
+                .fetch_add(pushed.delivered as usize, Ordering::AcqRel);
+            self.bytes.fetch_add(added_bytes, Ordering::AcqRel);
         }
         if pushed.delivered > 0 {
             self.wake_receivers(state);
@@ -306,12 +320,26 @@ impl MailboxShared {
         }
     }
 
+    /// Takes the oldest message without a predicate: the common receive.
+    fn pop_taken(&self, taken: &mut VecDeque<Message>) -> Option<Message> {
+        let msg = taken.pop_front()?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(msg.byte_len(), Ordering::AcqRel);
+        Some(msg)
+    }
+
     fn poll_take(
         &self,
         cx: &mut Context<'_>,
+        any: bool,
         mut pred: impl FnMut(&Message) -> bool,
     ) -> Poll<Result<Message, RecvError>> {
         let mut taken = self.lock_taken();
+        if any {
+            if let Some(msg) = self.pop_taken(&mut taken) {
+                return Poll::Ready(Ok(msg));
+            }
+        }
         match self.take_or_lock(&mut taken, &mut pred) {
             Ok(msg) => Poll::Ready(Ok(msg)),
             Err(mut state) => {
@@ -418,6 +446,7 @@ impl Mailbox {
     pub fn recv(&self) -> Recv<'_, fn(&Message) -> bool> {
         Recv {
             shared: &self.shared,
+            any: true,
             pred: |_| true,
         }
     }
@@ -434,6 +463,7 @@ impl Mailbox {
     pub fn recv_match<F: FnMut(&Message) -> bool>(&self, pred: F) -> Recv<'_, F> {
         Recv {
             shared: &self.shared,
+            any: false,
             pred,
         }
     }
@@ -531,6 +561,8 @@ impl std::fmt::Debug for Mailbox {
 #[must_use = "futures do nothing unless polled"]
 pub struct Recv<'a, F> {
     shared: &'a MailboxShared,
+    /// Any message will do (no predicate to run).
+    any: bool,
     pred: F,
 }
 
@@ -539,6 +571,6 @@ impl<F: FnMut(&Message) -> bool + Unpin> Future for Recv<'_, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        this.shared.poll_take(cx, &mut this.pred)
+        this.shared.poll_take(cx, this.any, &mut this.pred)
     }
 }

@@ -2,7 +2,9 @@
 
 use bytes::{Buf, BytesMut};
 
-use super::frame::{Frame, FrameError, LEN_PREFIX};
+use super::frame::{Frame, FrameError, FrameKind, DATA_HEADER_LEN, LEN_PREFIX};
+use crate::id::MailboxId;
+use crate::types::TypeTag;
 
 /// Buffer growth step: one socket read's worth.
 const READ_CHUNK: usize = 64 * 1024;
@@ -50,6 +52,11 @@ impl FrameDecoder {
 
     /// Appends received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
+        if self.buf.capacity() - self.buf.len() < bytes.len() {
+            // Grow by whole read chunks: frames handed out keep older
+            // chunks alive, so the buffer moves on to fresh ones.
+            self.buf.reserve(bytes.len().max(READ_CHUNK));
+        }
         self.buf.extend_from_slice(bytes);
     }
 
@@ -108,6 +115,24 @@ impl FrameDecoder {
             // Safe to reserve: `len` is within the maximum.
             self.buf.reserve(total - self.buf.len());
             return Ok(None);
+        }
+        if self.buf[LEN_PREFIX] == FrameKind::Data as u8 && total >= DATA_HEADER_LEN {
+            // The hot path: read the fixed header in place, and hand out the
+            // payload with a single split (one reference count, no slices).
+            let header = &self.buf[LEN_PREFIX + 1..DATA_HEADER_LEN];
+            let dest = MailboxId::read_from(header).ok_or(FrameError::Empty)?;
+            let tag = TypeTag(u64::from_le_bytes(
+                header[MailboxId::WIRE_LEN..MailboxId::WIRE_LEN + 8]
+                    .try_into()
+                    .map_err(|_| FrameError::Empty)?,
+            ));
+            let mut payload = self.buf.split_to(total);
+            payload.advance(DATA_HEADER_LEN);
+            return Ok(Some(Frame::Data {
+                dest,
+                tag,
+                payload: payload.freeze(),
+            }));
         }
         let mut frame = self.buf.split_to(total);
         frame.advance(LEN_PREFIX);

@@ -296,9 +296,16 @@ fn put_prefix(out: &mut Vec<u8>, kind: FrameKind, body_len: usize) {
 /// Writes the header of a data frame whose `payload_len` payload bytes the
 /// caller appends next. Lets a sender encode straight into a shared buffer.
 pub fn put_data_header(out: &mut Vec<u8>, dest: MailboxId, tag: TypeTag, payload_len: usize) {
-    put_prefix(out, FrameKind::Data, MailboxId::WIRE_LEN + 8 + payload_len);
-    dest.write_to(out);
-    out.extend_from_slice(&tag.0.to_le_bytes());
+    // The hottest header of all: assembled on the stack, appended at once.
+    let len = u32::try_from(1 + MailboxId::WIRE_LEN + 8 + payload_len).unwrap_or(u32::MAX);
+    let mut header = [0u8; DATA_HEADER_LEN];
+    header[0..4].copy_from_slice(&len.to_le_bytes());
+    header[4] = FrameKind::Data as u8;
+    header[5..7].copy_from_slice(&dest.node.0.to_le_bytes());
+    header[7..15].copy_from_slice(&dest.incarnation.0.to_le_bytes());
+    header[15..23].copy_from_slice(&dest.serial.to_le_bytes());
+    header[23..31].copy_from_slice(&tag.0.to_le_bytes());
+    out.extend_from_slice(&header);
 }
 
 /// Writes the header of a request frame; `payload_len` payload bytes follow.

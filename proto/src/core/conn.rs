@@ -257,24 +257,26 @@ impl Conn {
         }
     }
 
-    /// Takes all ciphertext ready to go.
-    pub(crate) fn take_ciphertext(&mut self) -> Option<Vec<u8>> {
+    /// Takes all ciphertext ready to go, written into `out` (a recycled
+    /// buffer, so steady-state transmits do not allocate).
+    pub(crate) fn take_ciphertext(&mut self, mut out: Vec<u8>) -> Result<Vec<u8>, Vec<u8>> {
+        out.clear();
         match &mut self.tls {
             Transport::Tls(tls) => {
-                if !tls.wants_write() {
-                    return None;
-                }
-                let mut out = Vec::new();
                 while tls.wants_write() {
                     match tls.write_tls(&mut out) {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {}
                     }
                 }
-                (!out.is_empty()).then_some(out)
             }
             #[cfg(fuzzing)]
-            Transport::Plain { out } => (!out.is_empty()).then(|| std::mem::take(out)),
+            Transport::Plain { out: plain } => out.append(plain),
+        }
+        if out.is_empty() {
+            Err(out)
+        } else {
+            Ok(out)
         }
     }
 

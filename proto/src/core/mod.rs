@@ -47,6 +47,10 @@ const GOODBYE: &str = "peer said goodbye";
 /// The reason a redundant connection closes.
 const DUPLICATE: &str = "duplicate connection";
 
+/// Transmit buffers kept for reuse, and the largest kept.
+const MAX_SPARE_BUFFERS: usize = 16;
+const MAX_SPARE_CAPACITY: usize = 2 << 20;
+
 /// Decoded messages pushed to mailboxes at once, at most.
 const DELIVERY_BATCH: usize = 1024;
 
@@ -216,6 +220,12 @@ pub struct Core {
     last_dest: Option<(MailboxId, Arc<crate::mailbox::MailboxShared>)>,
     /// Messages decoded but not yet pushed to their mailboxes.
     deliveries: Vec<(Arc<crate::mailbox::MailboxShared>, Message)>,
+    /// Transmit buffers the driver gave back, for reuse.
+    buffers: Vec<Vec<u8>>,
+    /// User messages received in the current input, counted once per input.
+    messages_in: u64,
+    /// Reused for each run of deliveries to one mailbox.
+    run: Vec<Message>,
     shutting_down: bool,
 }
 
@@ -278,6 +288,9 @@ impl Core {
             last_tag: None,
             last_dest: None,
             deliveries: Vec::new(),
+            buffers: Vec::new(),
+            messages_in: 0,
+            run: Vec::new(),
             shutting_down: false,
         })
     }
@@ -466,6 +479,15 @@ impl Core {
         self.outputs.pop_front()
     }
 
+    /// Gives a transmitted buffer back for reuse, so steady-state traffic
+    /// does not allocate a buffer per transmit. Optional.
+    pub fn recycle(&mut self, mut buffer: Vec<u8>) {
+        if self.buffers.len() < MAX_SPARE_BUFFERS && buffer.capacity() <= MAX_SPARE_CAPACITY {
+            buffer.clear();
+            self.buffers.push(buffer);
+        }
+    }
+
     /// When the core next needs [`Input::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
@@ -515,8 +537,10 @@ impl Core {
                 }
                 c.flush_control();
                 c.tls.send_close_notify();
-                if let Some(data) = c.take_ciphertext() {
-                    self.outputs.push_back(Output::Transmit { conn: id, data });
+                let buf = self.buffers.pop().unwrap_or_default();
+                match c.take_ciphertext(buf) {
+                    Ok(data) => self.outputs.push_back(Output::Transmit { conn: id, data }),
+                    Err(buf) => self.buffers.push(buf),
                 }
             }
             self.drop_conn(now, id, "node shutting down".into(), true);
@@ -561,6 +585,10 @@ impl Core {
                     .counters
                     .bytes_in
                     .fetch_add(std::mem::take(&mut conn.plaintext_in), Ordering::Relaxed);
+                outbox
+                    .counters
+                    .messages_in
+                    .fetch_add(std::mem::take(&mut self.messages_in), Ordering::Relaxed);
             }
         }
         let failure = match (result, failure) {
@@ -714,9 +742,7 @@ impl Core {
 
     fn deliver(&mut self, peer: NodeId, dest: MailboxId, tag: TypeTag, payload: Bytes) {
         let node = &self.node.inner;
-        if let Some(outbox) = node.network().outbox(peer) {
-            outbox.counters.messages_in.fetch_add(1, Ordering::Relaxed);
-        }
+        self.messages_in += 1;
         if self.last_tag != Some(tag) {
             if !self.known_tags.contains(&tag) {
                 if !types::is_registered_tag(tag) {
@@ -764,13 +790,14 @@ impl Core {
         }
         let counters = &self.node.inner.counters;
         let mut batch = std::mem::take(&mut self.deliveries);
+        let mut run = std::mem::take(&mut self.run);
         let mut drain = batch.drain(..).peekable();
         while let Some((mailbox, first)) = drain.next() {
-            let mut run = vec![first];
+            run.push(first);
             while let Some((_, msg)) = drain.next_if(|(m, _)| Arc::ptr_eq(m, &mailbox)) {
                 run.push(msg);
             }
-            let pushed = mailbox.push_many(run);
+            let pushed = mailbox.push_many(run.drain(..));
             counters
                 .remote_delivered
                 .fetch_add(pushed.delivered, Ordering::Relaxed);
@@ -789,6 +816,7 @@ impl Core {
                 self.last_dest = None;
             }
         }
+        self.run = run;
         drop(drain);
         self.deliveries = batch;
     }
@@ -868,6 +896,43 @@ impl Core {
         Ok(())
     }
 
+    /// Closes the link to a peer that does not read (the driver holds a
+    /// whole write window it cannot write) while frames pile up behind it
+    /// past twice the outbound bound: pongs and answers to the peer's own
+    /// messages, tunnel frames under credit the peer granted. Without this,
+    /// a peer that sends but never reads grows them without bound.
+    fn close_if_slow(&mut self, now: Instant, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(peer) = conn.peer() else {
+            return;
+        };
+        if conn.in_flight < self.tuning.write_window {
+            return;
+        }
+        let queued = self
+            .node
+            .inner
+            .network()
+            .outbox(peer)
+            .map_or(0, |o| o.lock().queued_small);
+        let backlog = conn.control_out.len() + queued;
+        let limit = self.tuning.outbound_queue_bytes.saturating_mul(2);
+        if backlog <= limit {
+            return;
+        }
+        conn.control_out.clear();
+        conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
+            "too slow: frames pile up unread",
+        )));
+        self.fail_conn(
+            now,
+            id,
+            format!("the peer reads too slowly: {backlog} bytes wait for it, over {limit}"),
+        );
+    }
+
     /// Closes a connection for a protocol or TLS failure, sending what is
     /// queued (a goodbye or an alert) first.
     fn fail_conn(&mut self, now: Instant, id: ConnId, reason: String) {
@@ -887,8 +952,10 @@ impl Core {
                 );
             }
             c.flush_control();
-            if let Some(data) = c.take_ciphertext() {
-                self.outputs.push_back(Output::Transmit { conn: id, data });
+            let buf = self.buffers.pop().unwrap_or_default();
+            match c.take_ciphertext(buf) {
+                Ok(data) => self.outputs.push_back(Output::Transmit { conn: id, data }),
+                Err(buf) => self.buffers.push(buf),
             }
         }
         self.drop_conn(now, id, reason, true);
@@ -1094,7 +1161,7 @@ impl Core {
 
     // ----- sending ---------------------------------------------------------
 
-    fn flush(&mut self, _now: Instant) {
+    fn flush(&mut self, now: Instant) {
         let network = self.node.network();
         network.take_ready(&mut self.ready_scratch);
         for peer in self.ready_scratch.drain(..) {
@@ -1123,6 +1190,7 @@ impl Core {
         let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
         for id in dirty {
             self.flush_conn(id);
+            self.close_if_slow(now, id);
         }
     }
 
@@ -1143,9 +1211,13 @@ impl Core {
             return;
         }
         if conn.tls.is_handshaking() {
-            if let Some(data) = conn.take_ciphertext() {
-                conn.in_flight += data.len();
-                self.outputs.push_back(Output::Transmit { conn: id, data });
+            let buf = self.buffers.pop().unwrap_or_default();
+            match conn.take_ciphertext(buf) {
+                Ok(data) => {
+                    conn.in_flight += data.len();
+                    self.outputs.push_back(Output::Transmit { conn: id, data });
+                }
+                Err(buf) => self.buffers.push(buf),
             }
             return;
         }
@@ -1166,9 +1238,13 @@ impl Core {
                     .fetch_add(drained.bytes as u64, Ordering::Relaxed);
             }
         }
-        if let Some(data) = conn.take_ciphertext() {
-            conn.in_flight += data.len();
-            self.outputs.push_back(Output::Transmit { conn: id, data });
+        let buf = self.buffers.pop().unwrap_or_default();
+        match conn.take_ciphertext(buf) {
+            Ok(data) => {
+                conn.in_flight += data.len();
+                self.outputs.push_back(Output::Transmit { conn: id, data });
+            }
+            Err(buf) => self.buffers.push(buf),
         }
     }
 }
