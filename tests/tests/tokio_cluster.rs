@@ -527,3 +527,50 @@ async fn local_only_nodes_open_no_socket() {
     node.shutdown().await;
     assert!(mailbox.is_closed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_pings_but_never_reads_is_disconnected() {
+    capture_logs();
+    let cluster = TestCluster::new(2);
+    let node = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    let (addr, ca, cert) = (
+        cluster.address(NodeId(0)).to_owned(),
+        cluster.ca.cert_pem().to_owned(),
+        cluster.cert(NodeId(1)),
+    );
+    let outcome = blocking(move || {
+        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        assert!(matches!(
+            peer.next_frame(Duration::from_secs(5)),
+            Some(Frame::Hello(_))
+        ));
+        // Ask for pongs forever, never reading one: 64k pings per write.
+        let mut batch = Vec::new();
+        for nonce in 0..65_536u64 {
+            Frame::Ping(nonce).encode(&mut batch);
+        }
+        let started = Instant::now();
+        let mut sent = 0usize;
+        while started.elapsed() < Duration::from_secs(60) {
+            if peer.send_raw(&batch).is_err() {
+                return Some(sent);
+            }
+            sent += batch.len();
+        }
+        None
+    })
+    .await;
+    let sent = outcome.expect("the node never closed a peer that does not read");
+    assert!(eventually(WAIT, || logged(&["the peer does not read"])));
+    eprintln!(
+        "disconnected after the peer sent {} MB of pings",
+        sent >> 20
+    );
+    node.shutdown().await;
+}

@@ -47,6 +47,10 @@ const GOODBYE: &str = "peer said goodbye";
 /// The reason a redundant connection closes.
 const DUPLICATE: &str = "duplicate connection";
 
+/// Core-generated frames (pongs, sync replies, …) that may wait for a peer
+/// that does not read before its connection is closed.
+const MAX_CONTROL_BACKLOG: usize = 8 << 20;
+
 /// Transmit buffers kept for reuse, and the largest kept.
 const MAX_SPARE_BUFFERS: usize = 16;
 const MAX_SPARE_CAPACITY: usize = 2 << 20;
@@ -1189,12 +1193,12 @@ impl Core {
         }
         let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
         for id in dirty {
-            self.flush_conn(id);
+            self.flush_conn(now, id);
             self.close_if_slow(now, id);
         }
     }
 
-    fn flush_conn(&mut self, id: ConnId) {
+    fn flush_conn(&mut self, now: Instant, id: ConnId) {
         let window = self.tuning.write_window;
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -1205,6 +1209,16 @@ impl Core {
         if conn.in_flight >= window {
             // The driver has not written what it has; it reports Written and
             // the peer becomes active again.
+            if conn.control_out.len() > MAX_CONTROL_BACKLOG {
+                // A peer that keeps asking (pings, syncs) but never reads
+                // would grow this without end: it loses its connection.
+                let reason = format!(
+                    "the peer does not read: {} bytes of replies are waiting",
+                    conn.control_out.len()
+                );
+                self.fail_conn(now, id, reason);
+                return;
+            }
             if conn.peer().is_none() {
                 self.dirty.insert(id);
             }
