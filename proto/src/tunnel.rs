@@ -559,6 +559,33 @@ use crate::services::Target;
 pub(crate) struct TunnelTable {
     next_id: u64,
     ends: HashMap<TunnelKey, Arc<TunnelShared>>,
+    /// Tunnels each peer has opened to this node.
+    offered_by: HashMap<NodeId, usize>,
+}
+
+/// Tunnels one peer may have open to this node at once; more are rejected,
+/// so a peer cannot grow this node's memory without bound.
+pub const MAX_TUNNELS_PER_PEER: usize = 100_000;
+
+impl TunnelTable {
+    fn insert(&mut self, key: TunnelKey, end: Arc<TunnelShared>) {
+        if self.ends.insert(key, end).is_none() && !key.opened_here {
+            *self.offered_by.entry(key.peer).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &TunnelKey) -> Option<Arc<TunnelShared>> {
+        let end = self.ends.remove(key)?;
+        if !key.opened_here {
+            if let Some(n) = self.offered_by.get_mut(&key.peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.offered_by.remove(&key.peer);
+                }
+            }
+        }
+        Some(end)
+    }
 }
 
 impl NodeInner {
@@ -567,7 +594,7 @@ impl NodeInner {
     }
 
     pub(crate) fn forget_tunnel(&self, key: TunnelKey) {
-        self.tunnels().ends.remove(&key);
+        self.tunnels().remove(&key);
     }
 
     /// Open tunnel ends on this node.
@@ -597,7 +624,7 @@ impl NodeInner {
         {
             Ok(()) => Ok(()),
             Err(Refused::Unreachable | Refused::Full) => {
-                let end = self.tunnels().ends.remove(&key);
+                let end = self.tunnels().remove(&key);
                 if let Some(end) = end {
                     end.finish(Some(TunnelError::Unreachable));
                 }
@@ -664,9 +691,24 @@ impl NodeInner {
             self.network().tunnel_window,
             credit as usize,
         ));
-        if self.tunnels().ends.insert(key, end.clone()).is_some() {
-            reject("a tunnel with that id is already open");
-            return;
+        {
+            let mut table = self.tunnels();
+            if table.ends.contains_key(&key) {
+                drop(table);
+                reject("a tunnel with that id is already open");
+                return;
+            }
+            if table.offered_by.get(&key.peer).copied().unwrap_or(0) >= MAX_TUNNELS_PER_PEER {
+                drop(table);
+                tracing::warn!(
+                    node = self.id.0,
+                    peer = key.peer.0,
+                    "refusing a tunnel: too many open"
+                );
+                reject("too many tunnels open from your node");
+                return;
+            }
+            table.insert(key, end.clone());
         }
         // If the push fails, the dropped IncomingTunnel rejects the offer.
         let _ = mailbox.push(Message::local(IncomingTunnel::new(end)));
@@ -699,7 +741,7 @@ impl NodeInner {
             }
         };
         let end = Arc::new(TunnelShared::new(key, self.weak(), window, 0));
-        self.tunnels().ends.insert(key, end.clone());
+        self.tunnels().insert(key, end.clone());
         if self
             .send_tunnel_op(
                 key,
@@ -729,7 +771,7 @@ impl NodeInner {
                 .filter(|k| peer.is_none_or(|p| k.peer == p))
                 .copied()
                 .collect();
-            keys.iter().filter_map(|k| table.ends.remove(k)).collect()
+            keys.iter().filter_map(|k| table.remove(k)).collect()
         };
         for end in ends {
             end.finish(Some(error.clone()));
