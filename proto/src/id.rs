@@ -40,7 +40,11 @@ impl Incarnation {
 
 /// The cluster-wide identity of a mailbox: its node, the node's incarnation
 /// and a serial number that never repeats within that incarnation.
+///
+/// Serialized compactly as the tuple `(node, incarnation, serial)`: ids
+/// travel inside every control message and every address a user sends.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "(u16, u64, u64)", into = "(u16, u64, u64)")]
 pub struct MailboxId {
     /// The node that owns the mailbox.
     pub node: NodeId,
@@ -71,6 +75,22 @@ impl MailboxId {
             incarnation: Incarnation(u64::from_le_bytes(bytes[2..10].try_into().ok()?)),
             serial: u64::from_le_bytes(bytes[10..18].try_into().ok()?),
         })
+    }
+}
+
+impl From<(u16, u64, u64)> for MailboxId {
+    fn from((node, incarnation, serial): (u16, u64, u64)) -> MailboxId {
+        MailboxId {
+            node: NodeId(node),
+            incarnation: Incarnation(incarnation),
+            serial,
+        }
+    }
+}
+
+impl From<MailboxId> for (u16, u64, u64) {
+    fn from(id: MailboxId) -> (u16, u64, u64) {
+        (id.node.0, id.incarnation.0, id.serial)
     }
 }
 
@@ -106,6 +126,21 @@ mod tests {
         assert_eq!(out.len(), MailboxId::WIRE_LEN);
         assert_eq!(MailboxId::read_from(&out), Some(id));
         assert_eq!(MailboxId::read_from(&out[..17]), None);
+    }
+
+    #[test]
+    fn ids_serialize_as_compact_tuples() {
+        let id = MailboxId {
+            node: NodeId(1),
+            incarnation: Incarnation(2),
+            serial: 3,
+        };
+        let cbor = crate::codec::payload::to_vec(&id);
+        assert_eq!(cbor, [0x83, 1, 2, 3]);
+        assert_eq!(
+            crate::codec::payload::decode::<MailboxId>(&cbor).unwrap(),
+            id
+        );
     }
 
     #[test]
