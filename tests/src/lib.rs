@@ -4,6 +4,10 @@
 pub mod proxy;
 pub mod raw_peer;
 
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 use std::net::TcpListener;
 use std::sync::{Mutex, OnceLock};
 
