@@ -10,6 +10,19 @@ mod driver;
 mod runtime;
 mod signal;
 
+/// Everything an application needs besides the node type itself. Each
+/// adapter re-exports this module whole, so the three share one API.
+pub mod api {
+    pub use reign_proto::{
+        register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus,
+        Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId, Message,
+        MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError, Request,
+        RequestError, Responder, SendError, Target, Tuning, TunnelError,
+    };
+
+    pub use crate::StartError;
+}
+
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -387,11 +400,18 @@ pub async fn recv_timeout<R: Runtime>(
     recv_until(rt, mailbox, Instant::now() + timeout).await
 }
 
-/// Defines an adapter's `MailboxExt` trait (receive with a timeout on that
-/// adapter's timer), so the trait is written once for every runtime.
+/// Defines an adapter's public names over its runtime type: `Node`,
+/// `Tunnel` and the `MailboxExt` trait (receive with a timeout on that
+/// runtime's timer). Written once here, so the adapters cannot drift apart.
 #[macro_export]
-macro_rules! mailbox_ext {
-    ($runtime:ty) => {
+macro_rules! adapter {
+    ($runtime:ty, $name:literal) => {
+        #[doc = concat!("A reign node running on ", $name, ".")]
+        pub type Node = $crate::Reign<$runtime>;
+
+        #[doc = concat!("A tunnel end with ", $name, " timeouts.")]
+        pub type Tunnel = $crate::Tunnel<$runtime>;
+
         /// Receiving with a timeout, on this runtime's timer.
         pub trait MailboxExt {
             /// Waits for the next message at most `timeout`
@@ -415,4 +435,76 @@ macro_rules! mailbox_ext {
             }
         }
     };
+}
+
+/// Implements [`Runtime`] for a runtime whose TCP types speak futures-io
+/// and whose streams clone into reading and writing halves (async-std and
+/// smol): the adapter supplies only how to spawn and how to sleep.
+#[macro_export]
+macro_rules! futures_io_runtime {
+    (
+        $runtime:ty,
+        listener: $listener:ty,
+        stream: $stream:ty,
+        spawn: |$future:ident| $spawn:expr,
+        sleep_until: |$deadline:ident| $sleep:expr $(,)?
+    ) => {
+        impl $crate::Runtime for $runtime {
+            type Reader = $stream;
+            type Writer = $stream;
+            type Listener = $listener;
+
+            fn spawn<F>(&self, $future: F)
+            where
+                F: std::future::Future<Output = ()> + Send + 'static,
+            {
+                $spawn
+            }
+
+            fn sleep_until(
+                &self,
+                $deadline: std::time::Instant,
+            ) -> impl std::future::Future<Output = ()> + Send + 'static {
+                $sleep
+            }
+
+            async fn bind(&self, address: &str) -> std::io::Result<$listener> {
+                <$listener>::bind(address).await
+            }
+
+            fn local_addr(listener: &$listener) -> std::io::Result<std::net::SocketAddr> {
+                listener.local_addr()
+            }
+
+            async fn accept(listener: &$listener) -> std::io::Result<($stream, $stream, String)> {
+                let (stream, remote) = listener.accept().await?;
+                // Latency matters more than packet count: the core coalesces.
+                let _ = stream.set_nodelay(true);
+                Ok((stream.clone(), stream, remote.to_string()))
+            }
+
+            async fn connect(&self, address: &str) -> std::io::Result<($stream, $stream)> {
+                let stream = <$stream>::connect(address).await?;
+                let _ = stream.set_nodelay(true);
+                Ok((stream.clone(), stream))
+            }
+
+            async fn read(reader: &mut $stream, buf: &mut [u8]) -> std::io::Result<usize> {
+                $crate::__private::futures_lite::AsyncReadExt::read(reader, buf).await
+            }
+
+            async fn write_all(writer: &mut $stream, buf: &[u8]) -> std::io::Result<()> {
+                $crate::__private::futures_lite::AsyncWriteExt::write_all(writer, buf).await
+            }
+
+            async fn close(writer: &mut $stream) -> std::io::Result<()> {
+                writer.shutdown(std::net::Shutdown::Write)
+            }
+        }
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use futures_lite;
 }

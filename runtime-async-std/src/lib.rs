@@ -1,1 +1,42 @@
-//! Work in progress: see the issue for this crate.
+//! # reign on async-std
+//!
+//! **async-std has been discontinued upstream; its README points to smol as
+//! the successor. Prefer [`reign-smol`](https://docs.rs/reign-smol) for new
+//! code.** This adapter stays for applications already on async-std: it has
+//! exactly the API of the tokio and smol adapters, and does not pull tokio in.
+//!
+//! Erlang-like clustering and messaging: mailboxes and addresses that work
+//! the same on one node or across a cluster, over mutual TLS.
+//!
+//! ```
+//! use std::time::Duration;
+//! use reign_async_std::{MailboxExt, Node};
+//!
+//! async_std::task::block_on(async {
+//!     let node = Node::local();
+//!     let (addr, mailbox) = node.new_mailbox();
+//!     addr.send(String::from("hello")).unwrap();
+//!     let msg = mailbox.recv_timeout(Duration::from_secs(1)).await.unwrap();
+//!     assert_eq!(msg.downcast::<String>().unwrap(), "hello");
+//! });
+//! ```
+
+pub use reign_driver::api::*;
+pub use reign_driver::Runtime;
+
+/// The async-std runtime, as reign's driver sees it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AsyncStd;
+
+reign_driver::adapter!(AsyncStd, "async-std");
+
+reign_driver::futures_io_runtime!(
+    AsyncStd,
+    listener: async_std::net::TcpListener,
+    stream: async_std::net::TcpStream,
+    // Dropping the handle detaches the task.
+    spawn: |future| drop(async_std::task::spawn(future)),
+    sleep_until: |deadline| {
+        async_std::task::sleep(deadline.saturating_duration_since(std::time::Instant::now()))
+    },
+);

@@ -1,1 +1,40 @@
-//! Work in progress: see the issue for this crate.
+//! # reign on smol
+//!
+//! Erlang-like clustering and messaging: mailboxes and addresses that work
+//! the same on one node or across a cluster, over mutual TLS. This crate
+//! binds reign's Sans-IO core to smol's sockets and timer; everything else
+//! is shared with the tokio and async-std adapters, which have the same API.
+//! Tasks run on smol's global executor (`SMOL_THREADS` sets its threads).
+//!
+//! ```
+//! use std::time::Duration;
+//! use reign_smol::{MailboxExt, Node};
+//!
+//! smol::block_on(async {
+//!     let node = Node::local();
+//!     let (addr, mailbox) = node.new_mailbox();
+//!     addr.send(String::from("hello")).unwrap();
+//!     let msg = mailbox.recv_timeout(Duration::from_secs(1)).await.unwrap();
+//!     assert_eq!(msg.downcast::<String>().unwrap(), "hello");
+//! });
+//! ```
+
+pub use reign_driver::api::*;
+pub use reign_driver::Runtime;
+
+/// The smol runtime, as reign's driver sees it: tasks on smol's global
+/// executor, sockets and timers from async-io.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Smol;
+
+reign_driver::adapter!(Smol, "smol");
+
+reign_driver::futures_io_runtime!(
+    Smol,
+    listener: smol::net::TcpListener,
+    stream: smol::net::TcpStream,
+    spawn: |future| smol::spawn(future).detach(),
+    sleep_until: |deadline| async move {
+        smol::Timer::at(deadline).await;
+    },
+);

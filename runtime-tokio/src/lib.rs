@@ -28,26 +28,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use reign_driver::{Runtime, StartError};
-pub use reign_proto::{
-    register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus,
-    Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId, Message, MultipleClaim,
-    NodeId, RecvError, RegistryError, Request, RequestError, Responder, SendError, Target, Tuning,
-    TunnelError,
-};
+pub use reign_driver::api::*;
+pub use reign_driver::Runtime;
 
 /// The tokio runtime, as reign's driver sees it. Spawns on the ambient
 /// runtime: start nodes from inside one.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Tokio;
 
-/// A reign node running on tokio.
-pub type Node = reign_driver::Reign<Tokio>;
-
-/// A tunnel end with tokio timeouts.
-pub type Tunnel = reign_driver::Tunnel<Tokio>;
-
-reign_driver::mailbox_ext!(Tokio);
+reign_driver::adapter!(Tokio, "tokio");
 
 fn split(stream: TcpStream) -> (OwnedReadHalf, OwnedWriteHalf) {
     // Latency matters more than packet count: the core already coalesces.

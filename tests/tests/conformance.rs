@@ -1,0 +1,182 @@
+//! One conformance suite, written once, run on every runtime: tokio,
+//! async-std and smol. Real TCP and TLS on 127.0.0.1.
+
+use std::future::Future;
+use std::time::Duration;
+
+use reign_driver::{recv_timeout, Reign, Runtime};
+use reign_proto::{Address, MailboxClosed, Message, NodeId, SendError};
+use reign_tests::TestCluster;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start<R: Runtime + Default>(cluster: &TestCluster, id: u16) -> Reign<R> {
+    Reign::<R>::start(&cluster.spec(NodeId(id)), NodeId(id))
+        .await
+        .expect("node starts")
+}
+
+async fn pair<R: Runtime + Default>(cluster: &TestCluster) -> (Reign<R>, Reign<R>) {
+    let a = start::<R>(cluster, 0).await;
+    let b = start::<R>(cluster, 1).await;
+    assert!(a.wait_for_peers(&[NodeId(1)], WAIT).await);
+    assert!(b.wait_for_peers(&[NodeId(0)], WAIT).await);
+    (a, b)
+}
+
+async fn local_messaging<R: Runtime + Default>() {
+    let node = Reign::<R>::local();
+    let (addr, mailbox) = node.new_mailbox();
+    addr.send(String::from("first")).unwrap();
+    addr.send(7u32).unwrap();
+    // Selective receive leaves the string queued.
+    let n = mailbox.recv_match(Message::is::<u32>).await.unwrap();
+    assert_eq!(n.downcast::<u32>().unwrap(), 7);
+    let first = recv_timeout(&R::default(), &mailbox, WAIT).await.unwrap();
+    assert_eq!(first.downcast::<String>().unwrap(), "first");
+    assert!(
+        recv_timeout(&R::default(), &mailbox, Duration::from_millis(20))
+            .await
+            .is_err()
+    );
+    // Close notification.
+    let (watcher, watcher_box) = node.new_mailbox();
+    addr.on_close_notify(&watcher);
+    mailbox.close();
+    let note = recv_timeout(&R::default(), &watcher_box, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        note.downcast::<MailboxClosed>().unwrap(),
+        MailboxClosed(addr.id())
+    );
+    assert_eq!(addr.send(1u8), Err(SendError::Closed));
+    node.shutdown().await;
+}
+
+async fn remote_send_keeps_order<R: Runtime + Default>() {
+    let cluster = TestCluster::new(2);
+    let (a, b) = pair::<R>(&cluster).await;
+    let (addr, mailbox) = b.new_mailbox();
+    let remote = a.address_of(addr.id());
+    for i in 0..2_000u64 {
+        remote.send(i).unwrap();
+    }
+    for i in 0..2_000u64 {
+        let got = recv_timeout(&R::default(), &mailbox, WAIT).await.unwrap();
+        assert_eq!(got.downcast::<u64>().unwrap(), i);
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn addresses_round_trip<R: Runtime + Default>() {
+    let cluster = TestCluster::new(2);
+    let (a, b) = pair::<R>(&cluster).await;
+    let (home, home_box) = a.new_mailbox();
+    let (echo, echo_box) = b.new_mailbox();
+    a.address_of(echo.id()).send(home.clone()).unwrap();
+    let back: Address = recv_timeout(&R::default(), &echo_box, WAIT)
+        .await
+        .unwrap()
+        .downcast()
+        .unwrap();
+    assert_eq!(back, home);
+    back.send(String::from("home")).unwrap();
+    let msg = recv_timeout(&R::default(), &home_box, WAIT).await.unwrap();
+    assert_eq!(msg.downcast::<String>().unwrap(), "home");
+    // A remote close notification too.
+    let (watcher, watcher_box) = a.new_mailbox();
+    a.address_of(echo.id()).on_close_notify(&watcher);
+    R::default().sleep(Duration::from_millis(50)).await;
+    echo_box.close();
+    let note = recv_timeout(&R::default(), &watcher_box, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        note.downcast::<MailboxClosed>().unwrap(),
+        MailboxClosed(echo.id())
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn peer_loss_and_reconnection<R: Runtime + Default>() {
+    let cluster = TestCluster::new(2);
+    let (a, b) = pair::<R>(&cluster).await;
+    b.shutdown().await;
+    assert!(a.wait_for_disconnect(NodeId(1), WAIT).await);
+    let b = start::<R>(&cluster, 1).await;
+    assert!(a.wait_for_peers(&[NodeId(1)], WAIT).await);
+    let (addr, mailbox) = b.new_mailbox();
+    a.address_of(addr.id()).send(5u8).unwrap();
+    let got = recv_timeout(&R::default(), &mailbox, WAIT).await.unwrap();
+    assert_eq!(got.downcast::<u8>().unwrap(), 5);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn shutdown_leaves_nothing_behind<R: Runtime + Default>() {
+    let cluster = TestCluster::new(2);
+    let (a, b) = pair::<R>(&cluster).await;
+    let (addr, mailbox) = a.new_mailbox();
+    let port = a.local_addr().unwrap();
+    a.shutdown().await;
+    assert!(mailbox.is_closed());
+    assert_eq!(addr.send(1u8), Err(SendError::Closed));
+    assert!(b.wait_for_disconnect(NodeId(0), WAIT).await);
+    // Every task ended and dropped its socket: the port binds again.
+    assert!(
+        std::net::TcpListener::bind(port).is_ok(),
+        "port {port} still held"
+    );
+    b.shutdown().await;
+}
+
+fn tokio_block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+macro_rules! conformance {
+    ($module:ident, $runtime:ty, $block_on:path) => {
+        mod $module {
+            #[test]
+            fn local_messaging() {
+                $block_on(super::local_messaging::<$runtime>());
+            }
+
+            #[test]
+            fn remote_send_keeps_order() {
+                $block_on(super::remote_send_keeps_order::<$runtime>());
+            }
+
+            #[test]
+            fn addresses_round_trip() {
+                $block_on(super::addresses_round_trip::<$runtime>());
+            }
+
+            #[test]
+            fn peer_loss_and_reconnection() {
+                $block_on(super::peer_loss_and_reconnection::<$runtime>());
+            }
+
+            #[test]
+            fn shutdown_leaves_nothing_behind() {
+                $block_on(super::shutdown_leaves_nothing_behind::<$runtime>());
+            }
+        }
+    };
+}
+
+conformance!(on_tokio, reign_tokio::Tokio, crate::tokio_block_on);
+conformance!(
+    on_async_std,
+    reign_async_std::AsyncStd,
+    async_std::task::block_on
+);
+conformance!(on_smol, reign_smol::Smol, smol::block_on);
