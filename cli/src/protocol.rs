@@ -48,6 +48,47 @@ pub struct Count {
     pub pad: [u8; 48],
 }
 
+/// A counted one-way message of any size, like [`Count`] (benchmarks use
+/// it to measure payloads from 64 bytes to 64 KiB).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Bulk {
+    /// The sending node.
+    pub from: u16,
+    /// The sender's sequence number, from 0.
+    pub seq: u64,
+    /// The payload.
+    pub data: serde_bytes::ByteBuf,
+}
+
+/// Tells a node to subscribe `count` more mailboxes to `topic`, each
+/// counting what it receives in [`NodeReport::publications`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AddSubscribers {
+    /// The topic.
+    pub topic: String,
+    /// How many subscribers to add.
+    pub count: u32,
+}
+
+/// Asks a node to tell `reply_to` (with [`NameSeen`]) as soon as `name`
+/// is visible in its registry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchName {
+    /// The name to wait for.
+    pub name: String,
+    /// Where the answer goes.
+    pub reply_to: Address,
+}
+
+/// The answer to a [`WatchName`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameSeen {
+    /// The answering node.
+    pub node: u16,
+    /// The name.
+    pub name: String,
+}
+
 /// Tells a node to send `count` [`Count`] messages to the mailbox
 /// registered as `target`, as fast as the outbound queue allows.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -94,6 +135,8 @@ pub struct NodeReport {
     pub sent: BTreeMap<String, u64>,
     /// Resident memory of the process, in KiB (0 where unknown).
     pub rss_kb: u64,
+    /// Peak resident memory of the process, in KiB (0 where unknown).
+    pub peak_rss_kb: u64,
 }
 
 /// The reply of an echo member.
@@ -121,6 +164,10 @@ pub fn register() {
         reg::<Count>("reign.cli.Count"),
         reg::<StatsQuery>("reign.cli.StatsQuery"),
         reg::<StartLoad>("reign.cli.StartLoad"),
+        reg::<Bulk>("reign.cli.Bulk"),
+        reg::<AddSubscribers>("reign.cli.AddSubscribers"),
+        reg::<WatchName>("reign.cli.WatchName"),
+        reg::<NameSeen>("reign.cli.NameSeen"),
         reg::<NodeReport>("reign.cli.NodeReport"),
         reg::<Echoed>("reign.cli.Echoed"),
         reg::<Event>("reign.cli.Event"),

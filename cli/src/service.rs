@@ -9,7 +9,8 @@ use reign_proto::{Message, Request};
 use reign_tokio::Node;
 
 use crate::protocol::{
-    self, CountState, Echoed, Event, NodeReport, Ping, Pong, StartLoad, StatsQuery,
+    self, AddSubscribers, CountState, Echoed, Event, NameSeen, NodeReport, Ping, Pong, StartLoad,
+    StatsQuery, WatchName,
 };
 
 #[derive(Default)]
@@ -18,39 +19,38 @@ struct Counters {
     broadcasts: AtomicU64,
     publications: AtomicU64,
     tunnel_bytes: AtomicU64,
-    counted: Mutex<std::collections::BTreeMap<u16, CountState>>,
     sent: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
-impl Counters {
-    fn count(&self, from: u16, seq: u64) {
-        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-        let state = counted.entry(from).or_default();
-        state.received += 1;
-        if seq == state.next {
-            state.next += 1;
-        } else if seq > state.next {
-            state.gaps += seq - state.next;
-            state.next = seq + 1;
-        } else {
-            state.duplicates += 1;
-        }
-    }
+/// Counted messages per sender, owned by the control task (no lock on the
+/// hot path of a benchmark's sink).
+type CountBook = std::collections::BTreeMap<u16, CountState>;
 
-    fn report(&self, node: u16) -> NodeReport {
+fn count(book: &mut CountBook, from: u16, seq: u64) {
+    let state = book.entry(from).or_default();
+    state.received += 1;
+    if seq == state.next {
+        state.next += 1;
+    } else if seq > state.next {
+        state.gaps += seq - state.next;
+        state.next = seq + 1;
+    } else {
+        state.duplicates += 1;
+    }
+}
+
+impl Counters {
+    fn report(&self, node: u16, counted: &CountBook) -> NodeReport {
         NodeReport {
             node,
             echo_requests: self.echo_requests.load(Ordering::Relaxed),
             broadcasts: self.broadcasts.load(Ordering::Relaxed),
             publications: self.publications.load(Ordering::Relaxed),
             tunnel_bytes: self.tunnel_bytes.load(Ordering::Relaxed),
-            counted: self
-                .counted
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            counted: counted.clone(),
             sent: self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             rss_kb: protocol::rss_kb(),
+            peak_rss_kb: protocol::peak_rss_kb(),
         }
     }
 }
@@ -68,15 +68,11 @@ pub fn start(node: &Node) -> Result<(), String> {
         .map_err(err)?;
     let c = counters.clone();
     let loader = start_loader(node, &counters);
+    let n = node.clone();
     tokio::spawn(async move {
+        let mut book = CountBook::new();
         while let Ok(msg) = control_box.recv().await {
-            if msg.is::<StartLoad>() {
-                if let Ok(load) = msg.downcast::<StartLoad>() {
-                    let _ = loader.send(load);
-                }
-                continue;
-            }
-            handle_control(msg, &c, id);
+            handle_control(msg, &n, &c, &mut book, &loader);
         }
     });
 
@@ -190,25 +186,70 @@ fn start_loader(node: &Node, counters: &Arc<Counters>) -> std::sync::mpsc::Sende
     tx
 }
 
-fn handle_control(msg: Message, counters: &Counters, id: u16) {
-    if msg.is::<Request>() {
+fn handle_control(
+    msg: Message,
+    node: &Node,
+    counters: &Arc<Counters>,
+    book: &mut CountBook,
+    loader: &std::sync::mpsc::Sender<StartLoad>,
+) {
+    let id = node.id().0;
+    if msg.is::<protocol::Bulk>() {
+        if let Ok(bulk) = msg.downcast::<protocol::Bulk>() {
+            count(book, bulk.from, bulk.seq);
+        }
+    } else if msg.is::<protocol::Count>() {
+        if let Ok(c) = msg.downcast::<protocol::Count>() {
+            count(book, c.from, c.seq);
+        }
+    } else if msg.is::<Request>() {
         if let Ok(request) = msg.take::<Request>() {
             let (query, responder) = request.into_parts();
             let _ = if query.is::<StatsQuery>() {
-                responder.reply(counters.report(id))
+                responder.reply(counters.report(id, book))
             } else {
                 responder.reply_error("unknown request")
             };
         }
-        return;
-    }
-    if msg.is::<protocol::Count>() {
-        if let Ok(count) = msg.downcast::<protocol::Count>() {
-            counters.count(count.from, count.seq);
+    } else if msg.is::<StartLoad>() {
+        if let Ok(load) = msg.downcast::<StartLoad>() {
+            let _ = loader.send(load);
         }
-        return;
-    }
-    if let Ok(ping) = msg.downcast::<Ping>() {
+    } else if msg.is::<AddSubscribers>() {
+        if let Ok(add) = msg.downcast::<AddSubscribers>() {
+            add_subscribers(node, counters, add);
+        }
+    } else if msg.is::<WatchName>() {
+        if let Ok(watch) = msg.downcast::<WatchName>() {
+            let node = node.clone();
+            tokio::spawn(async move {
+                // Polled, not pushed: this measures when the name becomes
+                // visible, to within the poll interval.
+                while !node.seen_names(&[&watch.name])[0] {
+                    tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                }
+                let _ = watch.reply_to.send(NameSeen {
+                    node: node.id().0,
+                    name: watch.name,
+                });
+            });
+        }
+    } else if let Ok(ping) = msg.downcast::<Ping>() {
         let _ = ping.reply_to.send(Pong { node: id });
+    }
+}
+
+fn add_subscribers(node: &Node, counters: &Arc<Counters>, add: AddSubscribers) {
+    for _ in 0..add.count {
+        let (subscriber, mailbox) = node.new_mailbox();
+        if node.subscribe(&add.topic, &subscriber).is_err() {
+            return;
+        }
+        let c = counters.clone();
+        tokio::spawn(async move {
+            while mailbox.recv().await.is_ok() {
+                c.publications.fetch_add(1, Ordering::Relaxed);
+            }
+        });
     }
 }

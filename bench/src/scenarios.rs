@@ -1,0 +1,595 @@
+//! The scenarios. Each prints one `name=… key=value …` line on stdout.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use reign_cli::protocol::{self, AddSubscribers, Bulk, Event, NameSeen, Ping, WatchName};
+use reign_proto::{Address, Incarnation, NodeId, SendError};
+use reign_tokio::{MailboxExt, Node};
+use serde_bytes::ByteBuf;
+
+use crate::cluster::{runtime, Cluster, WAIT};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn line(fields: &[(&str, String)]) {
+    let text: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("{}", text.join(" "));
+}
+
+fn rate(n: f64, secs: f64) -> String {
+    format!("{:.0}", n / secs)
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn latency_fields(samples: &mut [Duration]) -> Vec<(&'static str, String)> {
+    samples.sort();
+    let mean = samples.iter().map(Duration::as_secs_f64).sum::<f64>() / samples.len() as f64;
+    vec![
+        ("p50_us", format!("{:.1}", percentile(samples, 0.50))),
+        ("p99_us", format!("{:.1}", percentile(samples, 0.99))),
+        ("p999_us", format!("{:.1}", percentile(samples, 0.999))),
+        ("mean_us", format!("{:.1}", mean * 1e6)),
+        ("rtt_per_s", format!("{:.0}", 1.0 / mean)),
+    ]
+}
+
+/// Sends `count` messages made by `make`, waiting a little whenever the
+/// outbound queue is full (a send never blocks; Full means "later").
+fn send_all<T: std::any::Any + Send + serde::Serialize>(
+    to: &Address,
+    count: u64,
+    mut make: impl FnMut(u64) -> T,
+) -> Result {
+    let mut seq = 0;
+    let mut spins = 0;
+    while seq < count {
+        match to.send(make(seq)) {
+            Ok(()) => {
+                seq += 1;
+                spins = 0;
+            }
+            Err(SendError::Full) => {
+                spins += 1;
+                if spins < 16 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+pub fn all() -> Result {
+    local(5_000_000)?;
+    for size in [64, 1024, 65536] {
+        oneway(size, None)?;
+    }
+    pingpong(20_000)?;
+    tcp_pingpong(20_000)?;
+    reqrep(20_000)?;
+    for subscribers in [1, 10, 100] {
+        pubsub(
+            subscribers,
+            2_000_000 / u64::from(subscribers).max(4) + 10_000,
+        )?;
+    }
+    tunnel(512)?;
+    registry(10_000)?;
+    alloc()
+}
+
+// ----- local -----------------------------------------------------------------
+
+fn reign_local(producers: u64, messages: u64) -> f64 {
+    let node = reign_proto::Node::local(Incarnation(1));
+    let (addr, mailbox) = node.new_mailbox();
+    let per = messages / producers;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..producers)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let _ = addr.send(i);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..per * producers {
+        let _ = mailbox.recv_blocking();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    threads.into_iter().for_each(|t| {
+        let _ = t.join();
+    });
+    (per * producers) as f64 / secs
+}
+
+fn mpsc_local(producers: u64, messages: u64) -> f64 {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let per = messages / producers;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..producers)
+        .map(|_| {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for i in 0..per {
+                    let _ = tx.send(i);
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    for _ in 0..per * producers {
+        let _ = rx.blocking_recv();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    threads.into_iter().for_each(|t| {
+        let _ = t.join();
+    });
+    (per * producers) as f64 / secs
+}
+
+pub fn local(messages: u64) -> Result {
+    for producers in [1u64, 2] {
+        // Interleaved: ours, theirs, ours, theirs; the best of each.
+        let mut ours = 0f64;
+        let mut theirs = 0f64;
+        for _ in 0..3 {
+            ours = ours.max(reign_local(producers, messages));
+            theirs = theirs.max(mpsc_local(producers, messages));
+        }
+        let shape = format!("{producers}to1");
+        line(&[
+            ("name", format!("reign_local_{shape}")),
+            ("msgs_per_s", format!("{ours:.0}")),
+            ("vs_tokio_mpsc", format!("{:.2}", ours / theirs)),
+        ]);
+        line(&[
+            ("name", format!("tokio_mpsc_{shape}")),
+            ("msgs_per_s", format!("{theirs:.0}")),
+        ]);
+        eprintln!(
+            "local {shape}: reign {:.2}M msg/s, tokio mpsc {:.2}M msg/s ({:.2}x)",
+            ours / 1e6,
+            theirs / 1e6,
+            ours / theirs
+        );
+    }
+    Ok(())
+}
+
+// ----- across nodes ------------------------------------------------------------
+
+pub fn oneway(size: usize, messages: Option<u64>) -> Result {
+    let count = messages.unwrap_or_else(|| (1_000_000_000 / size as u64).clamp(10_000, 4_000_000));
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(1).await?;
+        let sink = cluster
+            .node
+            .lookup(&protocol::control_name(1))
+            .ok_or("no sink")?;
+        let data = ByteBuf::from(vec![0x5a; size]);
+        // Warm up the connection and the receiver's buffers.
+        let warm = data.clone();
+        let to = sink.clone();
+        tokio::task::spawn_blocking(move || {
+            send_all(&to, 1000, |seq| Bulk {
+                from: 0,
+                seq,
+                data: warm.clone(),
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        wait_counted(&cluster, 1000).await?;
+
+        let started = Instant::now();
+        let to = sink.clone();
+        tokio::task::spawn_blocking(move || {
+            send_all(&to, count, |i| Bulk {
+                from: 0,
+                seq: 1000 + i,
+                data: data.clone(),
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let report = wait_counted(&cluster, 1000 + count).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let state = report.counted.get(&0).copied().unwrap_or_default();
+        if state.gaps != 0 || state.duplicates != 0 {
+            return Err(format!("lost or repeated messages: {state:?}"));
+        }
+        line(&[
+            ("name", "reign_oneway".into()),
+            ("payload_b", size.to_string()),
+            ("msgs_per_s", rate(count as f64, secs)),
+            (
+                "MB_per_s",
+                format!("{:.1}", count as f64 * size as f64 / secs / 1e6),
+            ),
+            ("secs", format!("{secs:.2}")),
+            ("peak_rss_kb_a", protocol::peak_rss_kb().to_string()),
+            ("peak_rss_kb_b", report.peak_rss_kb.to_string()),
+        ]);
+        eprintln!(
+            "one-way {size} B: {:.0} msg/s, {:.1} MB/s; peak RSS sender {} KiB, receiver {} KiB",
+            count as f64 / secs,
+            count as f64 * size as f64 / secs / 1e6,
+            protocol::peak_rss_kb(),
+            report.peak_rss_kb
+        );
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+/// Polls node 1's counters until it has counted `total` messages from node 0.
+async fn wait_counted(cluster: &Cluster, total: u64) -> Result<protocol::NodeReport> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let report = cluster.stats(1).await?;
+        if report.counted.get(&0).is_some_and(|s| s.received >= total) {
+            return Ok(report);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "only {:?} of {total} arrived",
+                report.counted.get(&0)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+pub fn pingpong(round_trips: usize) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(1).await?;
+        let target = cluster
+            .node
+            .lookup(&protocol::control_name(1))
+            .ok_or("no node 1")?;
+        let (me, inbox) = cluster.node.new_mailbox();
+        let mut samples = Vec::with_capacity(round_trips);
+        for i in 0..round_trips + 1000 {
+            let t = Instant::now();
+            target
+                .send(Ping {
+                    reply_to: me.clone(),
+                })
+                .map_err(|e| e.to_string())?;
+            inbox.recv_timeout(WAIT).await.map_err(|e| e.to_string())?;
+            if i >= 1000 {
+                samples.push(t.elapsed());
+            }
+        }
+        let mut fields = vec![
+            ("name", "reign_pingpong".to_string()),
+            ("payload_b", "64".into()),
+        ];
+        fields.extend(
+            latency_fields(&mut samples)
+                .into_iter()
+                .map(|(k, v)| (k, v)),
+        );
+        line(&fields);
+        eprintln!(
+            "ping-pong: p50 {:.1} µs, p99 {:.1} µs",
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.99)
+        );
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+pub fn tcp_pingpong(round_trips: usize) -> Result {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let total = round_trips + 1000;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        for _ in 0..total {
+            s.read_exact(&mut buf)?;
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut buf = [7u8; 64];
+    let mut samples = Vec::with_capacity(round_trips);
+    for i in 0..total {
+        let t = Instant::now();
+        s.write_all(&buf).map_err(|e| e.to_string())?;
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        if i >= 1000 {
+            samples.push(t.elapsed());
+        }
+    }
+    let _ = echo.join();
+    let mut fields = vec![
+        ("name", "tcp_pingpong".to_string()),
+        ("payload_b", "64".into()),
+    ];
+    fields.extend(latency_fields(&mut samples));
+    line(&fields);
+    eprintln!(
+        "raw TCP ping-pong: p50 {:.1} µs, p99 {:.1} µs",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99)
+    );
+    Ok(())
+}
+
+pub fn reqrep(requests: usize) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(1).await?;
+        let payload = ByteBuf::from(vec![1u8; 64]);
+        let mut samples = Vec::with_capacity(requests);
+        for i in 0..requests + 1000 {
+            let t = Instant::now();
+            cluster
+                .node
+                .request(protocol::ECHO, payload.clone(), WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+            if i >= 1000 {
+                samples.push(t.elapsed());
+            }
+        }
+        let mut fields = vec![
+            ("name", "reign_reqrep".to_string()),
+            ("payload_b", "64".into()),
+        ];
+        fields.extend(latency_fields(&mut samples));
+        line(&fields);
+        eprintln!(
+            "request/reply: p50 {:.1} µs, p99 {:.1} µs",
+            percentile(&samples, 0.5),
+            percentile(&samples, 0.99)
+        );
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+pub fn pubsub(subscribers: u32, messages: u64) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(1).await?;
+        let control = cluster.node.lookup(&protocol::control_name(1)).ok_or("no node 1")?;
+        let topic = "bench.fanout";
+        control
+            .send(AddSubscribers {
+                topic: topic.into(),
+                count: subscribers,
+            })
+            .map_err(|e| e.to_string())?;
+        // The stats reply comes after the subscriptions' interest (same
+        // connection, control frames first): once it is here, so is that.
+        cluster.stats(1).await?;
+        let started = Instant::now();
+        let node = cluster.node.clone();
+        tokio::task::spawn_blocking(move || -> Result {
+            let mut seq = 0;
+            while seq < messages {
+                match node.publish(topic, &Event { seq }) {
+                    Ok(()) => seq += 1,
+                    Err(e) => return Err(e.to_string()),
+                }
+                // Publications over a full queue are dropped (and counted):
+                // pace the publisher by the receiver's progress instead.
+                if seq % 50_000 == 0 {
+                    std::thread::sleep(Duration::from_micros(1));
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let expected = messages * u64::from(subscribers);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let delivered = loop {
+            let report = cluster.stats(1).await?;
+            let dropped = cluster.node.stats().dropped_events;
+            if report.publications + dropped * u64::from(subscribers) >= expected || Instant::now() > deadline {
+                break report.publications;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        let secs = started.elapsed().as_secs_f64();
+        let dropped = cluster.node.stats().dropped_events;
+        line(&[
+            ("name", format!("reign_pubsub_{subscribers}")),
+            ("subscribers", subscribers.to_string()),
+            ("payload_b", "16".into()),
+            ("msgs_per_s", rate(messages as f64, secs)),
+            ("deliveries_per_s", rate(delivered as f64, secs)),
+            ("dropped", dropped.to_string()),
+            ("secs", format!("{secs:.2}")),
+        ]);
+        eprintln!(
+            "pub/sub to {subscribers} subscribers: {:.0} publications/s, {:.0} deliveries/s, {dropped} dropped",
+            messages as f64 / secs,
+            delivered as f64 / secs
+        );
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+pub fn tunnel(mib: usize) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(1).await?;
+        let tunnel = cluster
+            .node
+            .tunnel(protocol::SINK, WAIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let chunk = vec![0xa5u8; 1 << 20];
+        let started = Instant::now();
+        for _ in 0..mib {
+            tunnel
+                .send(chunk.clone(), WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tunnel
+            .send(Vec::new(), WAIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let total = tunnel.recv(WAIT).await.map_err(|e| e.to_string())?;
+        let secs = started.elapsed().as_secs_f64();
+        let total = u64::from_le_bytes(total[..8].try_into().map_err(|_| "short total")?);
+        if total != (mib as u64) << 20 {
+            return Err(format!("the sink counted {total} bytes"));
+        }
+        line(&[
+            ("name", "reign_tunnel".into()),
+            ("MB_per_s", format!("{:.1}", total as f64 / secs / 1e6)),
+            ("secs", format!("{secs:.2}")),
+        ]);
+        eprintln!("tunnel: {:.0} MB/s", total as f64 / secs / 1e6);
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+pub fn registry(names: usize) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(2).await?;
+        let node = &cluster.node;
+        let (me, inbox) = node.new_mailbox();
+        let last = format!("bench-name-{}", names - 1);
+        for of in [1, 2] {
+            let control = node.lookup(&protocol::control_name(of)).ok_or("no child")?;
+            control
+                .send(WatchName {
+                    name: last.clone(),
+                    reply_to: me.clone(),
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        let mailboxes: Vec<_> = (0..names).map(|_| node.new_mailbox()).collect();
+        let started = Instant::now();
+        for (i, (addr, _)) in mailboxes.iter().enumerate() {
+            node.register(&format!("bench-name-{i}"), addr)
+                .map_err(|e| e.to_string())?;
+        }
+        let registered = started.elapsed();
+        for _ in 0..2 {
+            let seen: NameSeen = inbox
+                .recv_timeout(Duration::from_secs(60))
+                .await
+                .map_err(|e| e.to_string())?
+                .downcast()
+                .map_err(|_| "not a NameSeen")?;
+            debug_assert_eq!(seen.name, last);
+        }
+        let visible = started.elapsed();
+        line(&[
+            ("name", "reign_registry".into()),
+            ("names", names.to_string()),
+            ("register_secs", format!("{:.4}", registered.as_secs_f64())),
+            ("visible_on_b_secs", format!("{:.4}", visible.as_secs_f64())),
+        ]);
+        eprintln!(
+            "registry: {names} names registered in {:.1} ms, visible on two other nodes after {:.1} ms",
+            registered.as_secs_f64() * 1e3,
+            visible.as_secs_f64() * 1e3
+        );
+        drop(mailboxes);
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+// ----- allocations -----------------------------------------------------------
+
+pub fn alloc() -> Result {
+    // Local: send + receive of a u64.
+    let node = reign_proto::Node::local(Incarnation(1));
+    let (addr, mailbox) = node.new_mailbox();
+    for i in 0..10_000u64 {
+        let _ = addr.send(i);
+        let _ = mailbox.try_recv();
+    }
+    let n = 100_000u64;
+    let ((), local) = crate::alloc::count(|| {
+        for i in 0..n {
+            let _ = addr.send(i);
+            let _ = mailbox.try_recv();
+        }
+    });
+    // Remote: two nodes in this process, every thread counted, steady state.
+    let remote = runtime()?.block_on(async {
+        let ca = reign_proto::certgen::ClusterCa::generate().map_err(|e| e.to_string())?;
+        let ports: Vec<String> = (0..2)
+            .map(|_| {
+                TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.to_string())
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<_>>()?;
+        let addrs = vec![(NodeId(0), ports[0].clone()), (NodeId(1), ports[1].clone())];
+        let a = Node::start(
+            &ca.inline_spec(NodeId(0), &addrs)
+                .map_err(|e| e.to_string())?,
+            NodeId(0),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let b = Node::start(
+            &ca.inline_spec(NodeId(1), &addrs)
+                .map_err(|e| e.to_string())?,
+            NodeId(1),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if !a.wait_for_peers(&[NodeId(1)], WAIT).await {
+            return Err("nodes did not connect".into());
+        }
+        let (sink, sink_box) = b.new_mailbox();
+        let to = a.address_of(sink.id());
+        let batch = 100_000u64;
+        let round = |to: Address| {
+            let sender = std::thread::spawn(move || send_all(&to, batch, |i| i));
+            for _ in 0..batch {
+                let _ = sink_box.recv_blocking();
+            }
+            sender.join().map_err(|_| "sender panicked".to_string())?
+        };
+        round(to.clone())?;
+        let (result, allocations) = crate::alloc::count(|| round(to.clone()));
+        result?;
+        a.shutdown().await;
+        b.shutdown().await;
+        Ok::<f64, String>(allocations as f64 / batch as f64)
+    })?;
+    line(&[
+        ("name", "reign_alloc".into()),
+        (
+            "local_allocs_per_msg",
+            format!("{:.3}", local as f64 / n as f64),
+        ),
+        ("remote_allocs_per_msg", format!("{remote:.3}")),
+    ]);
+    eprintln!(
+        "allocations per message: local {:.3}, remote (both nodes, every thread) {remote:.3}",
+        local as f64 / n as f64
+    );
+    Ok(())
+}
