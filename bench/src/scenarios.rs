@@ -277,11 +277,7 @@ pub fn pingpong(round_trips: usize) -> Result {
             ("name", "reign_pingpong".to_string()),
             ("payload_b", "64".into()),
         ];
-        fields.extend(
-            latency_fields(&mut samples)
-                .into_iter()
-                .map(|(k, v)| (k, v)),
-        );
+        fields.extend(latency_fields(&mut samples));
         line(&fields);
         eprintln!(
             "ping-pong: p50 {:.1} µs, p99 {:.1} µs",
