@@ -16,7 +16,7 @@ use async_channel::{Receiver, Sender};
 use reign_proto::{ConnId, Core, Input, Output};
 
 use crate::runtime::Runtime;
-use crate::signal::Stop;
+use crate::signal::{Gate, Stop};
 
 /// Bytes a reader asks the socket for at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -68,6 +68,8 @@ struct ConnTasks {
     pending_writer: Option<Receiver<Vec<u8>>>,
     stop_read: Stop,
     stop_write: Stop,
+    /// Shut while the core wants no more input from this connection.
+    reading: Gate,
 }
 
 impl ConnTasks {
@@ -81,6 +83,7 @@ impl ConnTasks {
             pending_writer: Some(writer),
             stop_read,
             stop_write: Stop::default(),
+            reading: Gate::default(),
         }
     }
 }
@@ -324,6 +327,16 @@ impl<R: Runtime> Driver<R> {
                         self.closing.push((now + CLOSE_GRACE, tasks.stop_write));
                     }
                 }
+                Output::PauseReading { conn } => {
+                    if let Some(tasks) = self.conns.get(&conn) {
+                        tasks.reading.shut();
+                    }
+                }
+                Output::ResumeReading { conn } => {
+                    if let Some(tasks) = self.conns.get(&conn) {
+                        tasks.reading.open();
+                    }
+                }
                 Output::Event(event) => {
                     tracing::debug!(node = self.core.id().0, ?event, "core event");
                 }
@@ -377,6 +390,7 @@ impl<R: Runtime> Driver<R> {
         };
         let stop_read = tasks.stop_read.clone();
         let stop_write = tasks.stop_write.clone();
+        let reading = tasks.reading.clone();
         let events = self.events_tx.clone();
         self.rt.spawn(async move {
             let _guard = read_guard;
@@ -384,6 +398,9 @@ impl<R: Runtime> Driver<R> {
                 // Buffers come back from the driver once read; a new one is
                 // made only while earlier ones are still in flight.
                 let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; READ_CHUNK]);
+                if stop_read.guard(reading.opened()).await.is_none() {
+                    return;
+                }
                 let event = match stop_read.guard(R::read(&mut reader, &mut buf)).await {
                     None => return,
                     Some(Ok(0)) => DriverEvent::Closed { conn, error: None },

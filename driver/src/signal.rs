@@ -82,3 +82,51 @@ pub(crate) async fn race<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, 
     })
     .await
 }
+
+/// Open or shut; a reader waits at a shut gate (reads pause while the
+/// core's receive budget for the peer is spent).
+#[derive(Clone, Default)]
+pub(crate) struct Gate {
+    inner: Arc<GateInner>,
+}
+
+#[derive(Default)]
+struct GateInner {
+    shut: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Gate {
+    pub(crate) fn shut(&self) {
+        self.inner.shut.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn open(&self) {
+        self.inner.shut.store(false, Ordering::Release);
+        let waker = self
+            .inner
+            .waker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Completes once the gate is open.
+    pub(crate) async fn opened(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.inner.shut.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            *self.inner.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            if self.inner.shut.load(Ordering::Acquire) {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}

@@ -33,6 +33,9 @@ use crate::types::{self, TypeTag};
 /// ```
 pub struct Message {
     body: Body,
+    /// A message from another node holds a share of that node's receive
+    /// budget until it is received and dropped (see `net::RecvBudget`).
+    charge: Option<crate::net::Charge>,
 }
 
 enum Body {
@@ -53,13 +56,21 @@ impl Message {
     pub(crate) fn local<T: Any + Send>(value: T) -> Message {
         Message {
             body: Body::Local(Box::new(value)),
+            charge: None,
         }
+    }
+
+    /// Charges the message to its peer's receive budget.
+    pub(crate) fn charged(mut self, charge: Option<crate::net::Charge>) -> Message {
+        self.charge = charge;
+        self
     }
 
     /// Wraps a payload received from the wire.
     pub(crate) fn remote(tag: TypeTag, payload: Bytes, node: Weak<NodeInner>) -> Message {
         Message {
             body: Body::Remote { tag, payload, node },
+            charge: None,
         }
     }
 
@@ -83,24 +94,19 @@ impl Message {
 
     /// Like [`downcast`](Message::downcast), with the reason on failure.
     pub fn try_downcast<T: Any + DeserializeOwned>(self) -> Result<T, DowncastError> {
-        match self.body {
+        let Message { body, charge } = self;
+        let back = |body, reason| DowncastError {
+            message: Message { body, charge },
+            reason,
+        };
+        match body {
             Body::Local(value) => match value.downcast::<T>() {
                 Ok(value) => Ok(*value),
-                Err(value) => Err(DowncastError {
-                    message: Message {
-                        body: Body::Local(value),
-                    },
-                    reason: None,
-                }),
+                Err(value) => Err(back(Body::Local(value), None)),
             },
             Body::Remote { tag, payload, node } => {
                 if types::tag_of(TypeId::of::<T>()) != Some(tag) {
-                    return Err(DowncastError {
-                        message: Message {
-                            body: Body::Remote { tag, payload, node },
-                        },
-                        reason: None,
-                    });
+                    return Err(back(Body::Remote { tag, payload, node }, None));
                 }
                 match crate::address::with_decode_context(&node, || payload::decode::<T>(&payload))
                 {
@@ -111,12 +117,7 @@ impl Message {
                             error = %err,
                             "a message from another node does not decode as its declared type"
                         );
-                        Err(DowncastError {
-                            message: Message {
-                                body: Body::Remote { tag, payload, node },
-                            },
-                            reason: Some(err),
-                        })
+                        Err(back(Body::Remote { tag, payload, node }, Some(err)))
                     }
                 }
             }
@@ -127,11 +128,13 @@ impl Message {
     /// and offered tunnels are such values); gives the message back if it
     /// holds something else or came encoded.
     pub fn take<T: Any>(self) -> Result<T, Message> {
-        match self.body {
+        let Message { body, charge } = self;
+        match body {
             Body::Local(value) => value.downcast::<T>().map(|v| *v).map_err(|value| Message {
                 body: Body::Local(value),
+                charge,
             }),
-            body => Err(Message { body }),
+            body => Err(Message { body, charge }),
         }
     }
 

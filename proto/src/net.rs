@@ -10,7 +10,7 @@
 //! up pings, control traffic or small messages to other mailboxes.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -85,8 +85,12 @@ pub(crate) struct OutboxState {
     /// Whether a connection to the peer is up; sends to a down peer are
     /// dropped (at most once).
     pub(crate) connected: bool,
-    /// Finished small frames, in send order.
-    pub(crate) small: Vec<u8>,
+    /// Finished small frames, in send order, in chunks of about
+    /// [`SMALL_CHUNK`] bytes, so the core can take a transmit's worth at a
+    /// time without copying what stays behind.
+    pub(crate) small: VecDeque<Vec<u8>>,
+    /// Emptied chunks, for reuse.
+    pub(crate) spare_chunks: Vec<Vec<u8>>,
     /// Large messages (and anything queued behind them to the same mailbox).
     pub(crate) lanes: VecDeque<Lane>,
     /// Bytes in `small`.
@@ -97,7 +101,27 @@ pub(crate) struct OutboxState {
     listed: bool,
 }
 
+/// Bytes of small frames per chunk of the outbound queue.
+pub(crate) const SMALL_CHUNK: usize = 256 * 1024;
+
 impl OutboxState {
+    /// The chunk new small frames go into: the last one if it has room for
+    /// `framed` more bytes, otherwise a fresh one.
+    fn tail(&mut self, framed: usize) -> &mut Vec<u8> {
+        let fits = self
+            .small
+            .back()
+            .is_some_and(|c| c.len() + framed <= SMALL_CHUNK || c.is_empty());
+        if !fits {
+            let chunk = self
+                .spare_chunks
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(SMALL_CHUNK));
+            self.small.push_back(chunk);
+        }
+        self.small.back_mut().expect("just ensured")
+    }
+
     /// Bytes waiting in all.
     pub(crate) fn queued(&self) -> usize {
         self.queued_small + self.queued_bulk
@@ -108,6 +132,7 @@ impl OutboxState {
     pub(crate) fn clear(&mut self) -> usize {
         let dropped = self.queued();
         self.small.clear();
+        self.spare_chunks.clear();
         self.lanes.clear();
         self.queued_small = 0;
         self.queued_bulk = 0;
@@ -153,12 +178,88 @@ pub struct PeerStats {
     pub connects: u64,
     /// Connections to it lost.
     pub disconnects: u64,
+    /// Bytes its messages hold on this node, delivered and not yet received.
+    pub unread_bytes: u64,
 }
 
 pub(crate) struct Outbox {
     pub(crate) peer: NodeId,
     state: Mutex<OutboxState>,
     pub(crate) counters: PeerCounters,
+    /// What the peer's messages hold on this node until they are received.
+    pub(crate) unread: Arc<RecvBudget>,
+}
+
+/// The bytes a peer's messages hold on this node, delivered but not yet
+/// received (and dropped) by the application. Past the limit the core stops
+/// reading from that peer's connection — TCP pushes back to the sender,
+/// whose outbound queue fills and whose sends return `Full` — and reads
+/// again once consumers bring it under half: memory stays bounded and no
+/// message is dropped. A mailbox nobody reads stalls its peer's link.
+#[derive(Debug)]
+pub(crate) struct RecvBudget {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+    paused: AtomicBool,
+    wake: Arc<WakeSignal>,
+}
+
+/// The default [`RecvBudget`] limit per peer.
+pub(crate) const DEFAULT_UNREAD_LIMIT: usize = 16 << 20;
+
+/// Memory a delivered message holds besides its payload (its queue slot,
+/// its share of the receive buffer), charged with it.
+pub(crate) const MESSAGE_COST: usize = 96;
+
+impl RecvBudget {
+    /// Charges `bytes` until the returned charge drops.
+    pub(crate) fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
+        let bytes = bytes + MESSAGE_COST;
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        Charge {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
+    pub(crate) fn over(&self) -> bool {
+        self.used.load(Ordering::Acquire) > self.limit.load(Ordering::Relaxed)
+    }
+
+    fn resume_point(&self) -> usize {
+        self.limit.load(Ordering::Relaxed) / 2
+    }
+
+    pub(crate) fn can_resume(&self) -> bool {
+        self.used.load(Ordering::Acquire) <= self.resume_point()
+    }
+
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
+    /// Bytes charged now.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
+/// A delivered message's share of its peer's [`RecvBudget`].
+#[derive(Debug)]
+pub(crate) struct Charge {
+    budget: Arc<RecvBudget>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        let before = self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        let after = before.saturating_sub(self.bytes);
+        if self.budget.paused.load(Ordering::Acquire) && after <= self.budget.resume_point() {
+            // The driver sleeps on this: wake it to resume reading.
+            self.budget.wake.notify();
+        }
+    }
 }
 
 /// Why a frame was not queued.
@@ -191,6 +292,7 @@ impl Outbox {
             dropped_full: get(&c.dropped_full),
             connects: get(&c.connects),
             disconnects: get(&c.disconnects),
+            unread_bytes: self.unread.used() as u64,
         }
     }
 }
@@ -217,6 +319,7 @@ impl Network {
         bulk_limit: usize,
         max_message_len: usize,
     ) -> Network {
+        let wake = Arc::new(WakeSignal::default());
         Network {
             outboxes: peers
                 .into_iter()
@@ -227,12 +330,18 @@ impl Network {
                             peer,
                             state: Mutex::new(OutboxState::default()),
                             counters: PeerCounters::default(),
+                            unread: Arc::new(RecvBudget {
+                                used: AtomicUsize::new(0),
+                                limit: AtomicUsize::new(DEFAULT_UNREAD_LIMIT),
+                                paused: AtomicBool::new(false),
+                                wake: wake.clone(),
+                            }),
                         },
                     )
                 })
                 .collect(),
             ready: Mutex::new(Vec::new()),
-            wake: Arc::new(WakeSignal::default()),
+            wake,
             outbound_limit,
             bulk_limit,
             max_message_len,
@@ -243,6 +352,13 @@ impl Network {
 
     pub(crate) fn outbox(&self, peer: NodeId) -> Option<&Outbox> {
         self.outboxes.get(&peer)
+    }
+
+    /// Sets how many bytes each peer's unread messages may hold.
+    pub(crate) fn set_unread_limit(&self, limit: usize) {
+        for outbox in self.outboxes.values() {
+            outbox.unread.limit.store(limit, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn outboxes(&self) -> impl Iterator<Item = &Outbox> {
@@ -283,8 +399,9 @@ impl Network {
                 if state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
                     return Err(Refused::Full);
                 }
-                frame::put_data_header(&mut state.small, dest, tag, len);
-                state.small.extend_from_slice(payload);
+                let chunk = state.tail(framed);
+                frame::put_data_header(chunk, dest, tag, len);
+                chunk.extend_from_slice(payload);
                 state.queued_small += framed;
             }
             _ => {
@@ -343,9 +460,11 @@ impl Network {
         if bounded && state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
             return Err(Refused::Full);
         }
-        let before = state.small.len();
-        write(&mut state.small);
-        state.queued_small += state.small.len() - before;
+        let chunk = state.tail(framed);
+        let before = chunk.len();
+        write(chunk);
+        let added = chunk.len() - before;
+        state.queued_small += added;
         self.announce(outbox, state);
         Ok(())
     }

@@ -90,17 +90,17 @@ impl Gate {
         request: Request,
         len: usize,
         mailbox_bytes: usize,
-    ) -> Result<Option<Request>, (Request, String)> {
+    ) -> Result<Option<Request>, Box<(Request, String)>> {
         let mut state = self.lock();
         let queued = state.backlog_bytes + mailbox_bytes;
         if queued + len > self.limits.max_queued_bytes {
-            return Err((
+            return Err(Box::new((
                 request,
                 format!(
                     "{queued} bytes wait for the member (limit {})",
                     self.limits.max_queued_bytes
                 ),
-            ));
+            )));
         }
         if state.in_flight < self.limits.max_in_flight {
             state.in_flight += 1;
@@ -697,7 +697,8 @@ impl NodeInner {
                 match gate.admit(request, len, mailbox.queued_bytes()) {
                     Ok(Some(request)) => request,
                     Ok(None) => return Ok(()),
-                    Err((mut refused, why)) => {
+                    Err(refusal) => {
+                        let (mut refused, why) = *refusal;
                         // Answered here, not by the refused request's drop.
                         refused.responder.route = None;
                         refused.responder.gate = None;
@@ -726,6 +727,7 @@ impl NodeInner {
         corr: u64,
         tag: TypeTag,
         payload: Bytes,
+        charge: Option<crate::net::Charge>,
     ) {
         if !types::is_registered_tag(tag) {
             let why = format!(
@@ -736,7 +738,7 @@ impl NodeInner {
             let _ = self.send_reply_frame(peer, corr, ReplyStatus::RemoteError, TypeTag(0), &body);
             return;
         }
-        let message = Message::remote(tag, payload, self.weak());
+        let message = Message::remote(tag, payload, self.weak()).charged(charge);
         let route = Route::Remote {
             node: self.weak(),
             peer,
@@ -850,7 +852,14 @@ impl NodeInner {
 
     /// Delivers a broadcast or publication to the local members or
     /// subscribers, each within its byte limit.
-    pub(crate) fn fan_out(&self, scope: PublishScope, name: &str, tag: TypeTag, payload: &Bytes) {
+    pub(crate) fn fan_out(
+        &self,
+        scope: PublishScope,
+        name: &str,
+        tag: TypeTag,
+        payload: &Bytes,
+        budget: Option<&Arc<crate::net::RecvBudget>>,
+    ) {
         let receivers = {
             let registry = self.registry();
             match scope {
@@ -865,9 +874,10 @@ impl NodeInner {
             let over = self.gate(id).is_some_and(|g| {
                 mailbox.queued_bytes() + payload.len() > g.limits.max_queued_bytes
             });
+            let charge = budget.map(|b| b.charge(payload.len()));
             let delivered = !over
                 && mailbox
-                    .push(Message::remote(tag, payload.clone(), self.weak()))
+                    .push(Message::remote(tag, payload.clone(), self.weak()).charged(charge))
                     .is_ok();
             if !delivered {
                 self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
@@ -883,6 +893,7 @@ impl NodeInner {
         name: &[u8],
         tag: TypeTag,
         payload: Bytes,
+        budget: Option<Arc<crate::net::RecvBudget>>,
     ) {
         let Ok(name) = std::str::from_utf8(name) else {
             tracing::warn!(
@@ -905,7 +916,7 @@ impl NodeInner {
                 .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.fan_out(scope, name, tag, &payload);
+        self.fan_out(scope, name, tag, &payload, budget.as_ref());
     }
 
     /// Broadcasts or publishes: encoded once, fanned out locally, and sent
@@ -928,7 +939,7 @@ impl NodeInner {
             });
         }
         let payload = Bytes::from(payload);
-        self.fan_out(scope, name, tag, &payload);
+        self.fan_out(scope, name, tag, &payload, None);
         let nodes = {
             let registry = self.registry();
             match scope {

@@ -104,6 +104,12 @@ pub struct Tuning {
     /// Bytes each end of a tunnel may have in flight before the other end
     /// grants more credit.
     pub tunnel_window: usize,
+    /// Bytes one peer's messages may hold on this node, delivered but not
+    /// yet received by the application. Past it the node stops reading
+    /// from that peer (TCP pushes back; the sender's queue fills and its
+    /// sends return `Full`) until consumers bring it under half. Nothing is
+    /// dropped; a mailbox nobody reads stalls its peer's link.
+    pub max_unread_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -122,6 +128,7 @@ impl Default for Tuning {
             write_window: 1 << 20,
             max_handshaking: 64,
             tunnel_window: 1 << 20,
+            max_unread_bytes: 16 << 20,
         }
     }
 }

@@ -574,3 +574,63 @@ async fn a_peer_that_pings_but_never_reads_is_disconnected() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
+    capture_logs();
+    let tuning = Tuning {
+        max_unread_bytes: 4 << 20,
+        outbound_queue_bytes: 2 << 20,
+        ..Tuning::fast()
+    };
+    reign_tokio::register_type::<(u64, serde_bytes::ByteBuf)>().unwrap();
+    let cluster = TestCluster::with_tuning(2, tuning.clone());
+    let nodes = start_all(&cluster, 2).await;
+    let (addr, mailbox) = nodes[1].new_mailbox();
+    let remote = nodes[0].address_of(addr.id());
+    let payload = serde_bytes::ByteBuf::from(vec![3u8; 1000]);
+    // Send until the pushback reaches the sender: its queue fills.
+    let mut sent = 0u64;
+    let mut full = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while full < 50 && Instant::now() < deadline {
+        match remote.send((sent, payload.clone())) {
+            Ok(()) => sent += 1,
+            Err(SendError::Full) => {
+                full += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        full >= 50,
+        "the sender never felt the pushback ({sent} sent)"
+    );
+    // The receiver holds no more than its budget (plus what was in flight).
+    let unread = nodes[1]
+        .peer_stats()
+        .into_iter()
+        .find(|s| s.node == NodeId(0))
+        .unwrap()
+        .unread_bytes;
+    assert!(
+        unread as usize <= tuning.max_unread_bytes + (2 << 20),
+        "{unread} bytes unread"
+    );
+    assert!(nodes[0].is_connected(NodeId(1)));
+    // Reading resumes the flow; every message arrives, in order.
+    for i in 0..sent {
+        let (n, _): (u64, serde_bytes::ByteBuf) = mailbox
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .downcast()
+            .unwrap();
+        assert_eq!(n, i);
+    }
+    assert_eq!(nodes[1].stats().dropped_full, 0);
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

@@ -62,9 +62,9 @@ pub(crate) struct Conn {
     /// Frames the core itself generated (hello, pings, control), sent
     /// before any user data.
     pub(crate) control_out: Vec<u8>,
-    /// An empty buffer swapped with the outbox's small-frame buffer, so
-    /// draining it never allocates.
-    pub(crate) spare: Vec<u8>,
+    /// Small-frame chunks taken from the outbox and written, to hand back
+    /// to it for reuse at the next drain.
+    pub(crate) spare_chunks: Vec<Vec<u8>>,
     pub(crate) reassembly: BTreeMap<MailboxId, Reassembly>,
     pub(crate) reassembly_bytes: usize,
     /// Plaintext bytes received, for the peer's counters.
@@ -162,7 +162,7 @@ impl Conn {
             ping_nonce: 0,
             in_flight: 0,
             control_out: Vec::new(),
-            spare: Vec::new(),
+            spare_chunks: Vec::new(),
             reassembly: BTreeMap::new(),
             reassembly_bytes: 0,
             plaintext_in: 0,

@@ -141,6 +141,19 @@ pub enum Output {
         /// The connection.
         conn: ConnId,
     },
+    /// Stop reading from the connection's socket: the peer's messages
+    /// already hold [`Tuning::max_unread_bytes`] on this node, unreceived.
+    /// TCP then pushes back on the peer. Bytes already read may still be
+    /// passed in.
+    PauseReading {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Read from the connection's socket again.
+    ResumeReading {
+        /// The connection.
+        conn: ConnId,
+    },
     /// Something the application may want to know.
     Event(Event),
 }
@@ -228,6 +241,10 @@ pub struct Core {
     buffers: Vec<Vec<u8>>,
     /// User messages received in the current input, counted once per input.
     messages_in: u64,
+    /// The receive budget of the peer whose input is being handled.
+    budget: Option<(NodeId, Arc<crate::net::RecvBudget>)>,
+    /// Connections not being read until their peer's budget frees up.
+    paused: BTreeSet<ConnId>,
     /// Reused for each run of deliveries to one mailbox.
     run: Vec<Message>,
     shutting_down: bool,
@@ -250,6 +267,7 @@ impl Core {
         );
         network.tunnel_window = tuning.tunnel_window;
         network.max_frame_len = tuning.max_frame_len;
+        network.set_unread_limit(tuning.max_unread_bytes);
         let node = Node::networked(me, config.incarnation, network);
         let peers = spec
             .nodes
@@ -294,6 +312,8 @@ impl Core {
             deliveries: Vec::new(),
             buffers: Vec::new(),
             messages_in: 0,
+            budget: None,
+            paused: BTreeSet::new(),
             run: Vec::new(),
             shutting_down: false,
         })
@@ -602,6 +622,7 @@ impl Core {
         self.flush_deliveries();
         self.conns.insert(id, conn);
         self.dirty.insert(id);
+        self.pause_if_over(id);
         if let Some(reason) = failure {
             self.fail_conn(now, id, reason);
         }
@@ -672,10 +693,12 @@ impl Core {
                 corr,
                 tag,
                 payload,
-            } => self
-                .node
-                .inner
-                .on_request_frame(peer, dest, corr, tag, payload),
+            } => {
+                let charge = self.charge(peer, payload.len());
+                self.node
+                    .inner
+                    .on_request_frame(peer, dest, corr, tag, payload, charge)
+            }
             Frame::Reply {
                 corr,
                 status,
@@ -690,10 +713,13 @@ impl Core {
                 tag,
                 name,
                 payload,
-            } => self
-                .node
-                .inner
-                .on_publish_frame(peer, scope, &name, tag, payload),
+            } => {
+                self.charge(peer, 0);
+                let budget = self.budget.as_ref().map(|(_, b)| b.clone());
+                self.node
+                    .inner
+                    .on_publish_frame(peer, scope, &name, tag, payload, budget)
+            }
             Frame::Tunnel {
                 id,
                 from_opener,
@@ -779,10 +805,69 @@ impl Core {
                 }
             },
         };
+        let weak = node.weak();
+        let charge = self.charge(peer, payload.len());
         self.deliveries
-            .push((mailbox, Message::remote(tag, payload, node.weak())));
+            .push((mailbox, Message::remote(tag, payload, weak).charged(charge)));
         if self.deliveries.len() >= DELIVERY_BATCH {
             self.flush_deliveries();
+        }
+    }
+
+    /// The receive budget of `peer`, charged `bytes` for a new message.
+    fn charge(&mut self, peer: NodeId, bytes: usize) -> Option<crate::net::Charge> {
+        if self.budget.as_ref().is_none_or(|(p, _)| *p != peer) {
+            let budget = self.node.inner.network().outbox(peer)?.unread.clone();
+            self.budget = Some((peer, budget));
+        }
+        self.budget.as_ref().map(|(_, b)| b.charge(bytes))
+    }
+
+    /// Stops reading from `id` while its peer's unread messages are over
+    /// budget.
+    fn pause_if_over(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let Some(peer) = conn.peer() else {
+            return;
+        };
+        let Some(outbox) = self.node.inner.network().outbox(peer) else {
+            return;
+        };
+        if outbox.unread.over() && self.paused.insert(id) {
+            outbox.unread.set_paused(true);
+            tracing::debug!(
+                node = self.me.0,
+                peer = peer.0,
+                unread = outbox.unread.used(),
+                "pausing reads"
+            );
+            self.outputs.push_back(Output::PauseReading { conn: id });
+        }
+    }
+
+    /// Resumes reading from paused connections whose budget freed up.
+    fn resume_if_under(&mut self) {
+        let paused: Vec<ConnId> = self.paused.iter().copied().collect();
+        for id in paused {
+            let budget = self
+                .conns
+                .get(&id)
+                .and_then(Conn::peer)
+                .and_then(|peer| self.node.inner.network().outbox(peer))
+                .map(|o| o.unread.clone());
+            match budget {
+                Some(budget) if !budget.can_resume() => {}
+                Some(budget) => {
+                    budget.set_paused(false);
+                    self.paused.remove(&id);
+                    self.outputs.push_back(Output::ResumeReading { conn: id });
+                }
+                None => {
+                    self.paused.remove(&id);
+                }
+            }
         }
     }
 
@@ -900,43 +985,6 @@ impl Core {
         Ok(())
     }
 
-    /// Closes the link to a peer that does not read (the driver holds a
-    /// whole write window it cannot write) while frames pile up behind it
-    /// past twice the outbound bound: pongs and answers to the peer's own
-    /// messages, tunnel frames under credit the peer granted. Without this,
-    /// a peer that sends but never reads grows them without bound.
-    fn close_if_slow(&mut self, now: Instant, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let Some(peer) = conn.peer() else {
-            return;
-        };
-        if conn.in_flight < self.tuning.write_window {
-            return;
-        }
-        let queued = self
-            .node
-            .inner
-            .network()
-            .outbox(peer)
-            .map_or(0, |o| o.lock().queued_small);
-        let backlog = conn.control_out.len() + queued;
-        let limit = self.tuning.outbound_queue_bytes.saturating_mul(2);
-        if backlog <= limit {
-            return;
-        }
-        conn.control_out.clear();
-        conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
-            "too slow: frames pile up unread",
-        )));
-        self.fail_conn(
-            now,
-            id,
-            format!("the peer reads too slowly: {backlog} bytes wait for it, over {limit}"),
-        );
-    }
-
     /// Closes a connection for a protocol or TLS failure, sending what is
     /// queued (a goodbye or an alert) first.
     fn fail_conn(&mut self, now: Instant, id: ConnId, reason: String) {
@@ -971,6 +1019,14 @@ impl Core {
             return;
         };
         self.dirty.remove(&id);
+        if self.paused.remove(&id) {
+            if let Some(outbox) = conn
+                .peer()
+                .and_then(|p| self.node.inner.network().outbox(p))
+            {
+                outbox.unread.set_paused(false);
+            }
+        }
         if tell_driver {
             self.outputs.push_back(Output::Close { conn: id });
         }
@@ -1166,6 +1222,9 @@ impl Core {
     // ----- sending ---------------------------------------------------------
 
     fn flush(&mut self, now: Instant) {
+        if !self.paused.is_empty() {
+            self.resume_if_under();
+        }
         let network = self.node.network();
         network.take_ready(&mut self.ready_scratch);
         for peer in self.ready_scratch.drain(..) {
@@ -1194,7 +1253,6 @@ impl Core {
         let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
         for id in dirty {
             self.flush_conn(now, id);
-            self.close_if_slow(now, id);
         }
     }
 
@@ -1287,14 +1345,25 @@ fn drain_outbox(conn: &mut Conn, outbox: &crate::net::Outbox) -> Drained {
     let mut budget = TRANSMIT_BUDGET;
     let mut written = 0;
     let mut pieces: Vec<(Vec<u8>, Bytes)> = Vec::new();
+    let mut chunks = std::mem::take(&mut conn.spare_chunks);
     let more;
     {
         let mut state = outbox.lock();
-        if !state.small.is_empty() {
-            std::mem::swap(&mut state.small, &mut conn.spare);
-            let n = conn.spare.len();
-            state.queued_small -= n;
-            budget = budget.saturating_sub(n);
+        // Chunks written last time go back for the senders to reuse.
+        for mut chunk in chunks.drain(..) {
+            if state.spare_chunks.len() < 4 {
+                chunk.clear();
+                state.spare_chunks.push(chunk);
+            }
+        }
+        // Small frames first, a whole chunk at a time, up to the budget.
+        while budget > 0 {
+            let Some(chunk) = state.small.pop_front() else {
+                break;
+            };
+            state.queued_small -= chunk.len();
+            budget = budget.saturating_sub(chunk.len());
+            chunks.push(chunk);
         }
         while budget > 0 && !state.lanes.is_empty() {
             let mut lane = state.lanes.pop_front().expect("not empty");
@@ -1333,13 +1402,11 @@ fn drain_outbox(conn: &mut Conn, outbox: &crate::net::Outbox) -> Drained {
             Network::unlist(&mut state);
         }
     }
-    if !conn.spare.is_empty() {
-        let small = std::mem::take(&mut conn.spare);
-        conn.write_plaintext(&small);
-        written += small.len();
-        conn.spare = small;
-        conn.spare.clear();
+    for chunk in &chunks {
+        conn.write_plaintext(chunk);
+        written += chunk.len();
     }
+    conn.spare_chunks = chunks;
     for (header, chunk) in pieces {
         conn.write_plaintext(&header);
         conn.write_plaintext(&chunk);

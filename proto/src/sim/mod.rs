@@ -509,6 +509,9 @@ impl Sim {
                     self.schedule(other, Delivery::Closed, delay);
                 }
             }
+            // The simulated network has no socket buffers to fill: reading
+            // on regardless only lets the budget overshoot in simulation.
+            Output::PauseReading { .. } | Output::ResumeReading { .. } => {}
             Output::Event(event) => self.trace.push(TraceEvent::Core {
                 at: self.now - self.start,
                 node: id,
