@@ -68,23 +68,39 @@ fn send_all<T: std::any::Any + Send + serde::Serialize>(
     Ok(())
 }
 
+/// Every scenario once, each in a fresh process so that its peak RSS is
+/// its own.
 pub fn all() -> Result {
-    local(5_000_000)?;
+    let mut runs: Vec<Vec<String>> = vec![vec!["local".into()]];
     for size in [64, 1024, 65536] {
-        oneway(size, None)?;
+        runs.push(vec!["oneway".into(), "--size".into(), size.to_string()]);
     }
-    pingpong(20_000)?;
-    tcp_pingpong(20_000)?;
-    reqrep(20_000)?;
-    for subscribers in [1, 10, 100] {
-        pubsub(
-            subscribers,
-            2_000_000 / u64::from(subscribers).max(4) + 10_000,
-        )?;
+    runs.push(vec!["pingpong".into()]);
+    runs.push(vec!["tcp-pingpong".into()]);
+    runs.push(vec!["reqrep".into()]);
+    for (subscribers, messages) in [(1u64, 1_000_000u64), (10, 200_000), (100, 20_000)] {
+        runs.push(vec![
+            "pubsub".into(),
+            "--subscribers".into(),
+            subscribers.to_string(),
+            "--messages".into(),
+            messages.to_string(),
+        ]);
     }
-    tunnel(512)?;
-    registry(10_000)?;
-    alloc()
+    runs.push(vec!["tunnel".into()]);
+    runs.push(vec!["registry".into()]);
+    runs.push(vec!["alloc".into()]);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    for args in runs {
+        let status = std::process::Command::new(&exe)
+            .args(&args)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("{} failed: {status}", args.join(" ")));
+        }
+    }
+    Ok(())
 }
 
 // ----- local -----------------------------------------------------------------

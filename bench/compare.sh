@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs reign's benchmarks and the Erlang distribution and NATS anchors
+# interleaved (ours, Erlang, NATS, ours, …) for ROUNDS rounds, then prints a
+# table of medians with ratios. Installs what it needs: the anchors install
+# erlang-base and nats-server with apt-get and build their NATS client.
+#
+#   bench/compare.sh [ROUNDS]          (default 5)
+#   REIGN_ANCHORS=/path/to/anchors bench/compare.sh 3
+#   SKIP_ANCHORS=1 bench/compare.sh 1  (ours only)
+#
+# Everything binds 127.0.0.1 only and stops the processes it started.
+set -euo pipefail
+ROUNDS="${1:-5}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ANCHORS_SRC="${REIGN_ANCHORS:-$ROOT/../shared/anchors}"
+WORK="$(mktemp -d /tmp/reign-compare.XXXXXX)"
+RESULTS="$WORK/results.txt"
+LOG="$WORK/log.txt"
+: > "$RESULTS"
+
+if [ -z "${SKIP_ANCHORS:-}" ]; then
+  # The anchors build their NATS client next to their script: work on a copy
+  # (the shared folder may be read-only).
+  cp -r "$ANCHORS_SRC" "$WORK/anchors"
+  chmod -R u+w "$WORK/anchors"
+  if ! command -v erl >/dev/null 2>&1 || ! command -v nats-server >/dev/null 2>&1; then
+    apt-get update >>"$LOG" 2>&1
+  fi
+fi
+
+echo "building reign-bench (release)…" >&2
+cargo build --release -p reign-bench --manifest-path "$ROOT/Cargo.toml" >>"$LOG" 2>&1
+BENCH="$ROOT/target/release/reign-bench"
+
+for round in $(seq "$ROUNDS"); do
+  echo "== round $round of $ROUNDS: reign" >&2
+  "$BENCH" all 2>>"$LOG" | sed "s/^/round=$round /" >>"$RESULTS"
+  if [ -z "${SKIP_ANCHORS:-}" ]; then
+    echo "== round $round of $ROUNDS: Erlang distribution" >&2
+    # Per-run lines go to stderr as "run=1 name=…": keep those (raw values).
+    "$WORK/anchors/erlang_bench.sh" all 1 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
+    echo "== round $round of $ROUNDS: NATS" >&2
+    "$WORK/anchors/nats_bench.sh" all 1 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
+  fi
+done
+
+echo >&2
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)" >&2
+echo "results: $RESULTS (log: $LOG)" >&2
+python3 "$ROOT/bench/table.py" "$RESULTS"
