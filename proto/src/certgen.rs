@@ -1,7 +1,9 @@
 //! Cluster certificates: a CA and one certificate per node (rcgen, ring).
 //!
 //! Used by `reign init`, by tests and by the simulator. Nodes only ever need
-//! the CA certificate, never its key.
+//! the CA certificate, never its key. Keys are Ed25519: fast to make and to
+//! use, and their signatures have a fixed size, so handshakes are the same
+//! length every time (the simulator replays runs byte for byte).
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -53,7 +55,7 @@ impl ClusterCa {
 
     /// A new CA with a fresh key and the given common name.
     pub fn generate_named(name: &str) -> Result<ClusterCa, rcgen::Error> {
-        let key = KeyPair::generate()?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         let params = ca_params(name);
         let cert = params.self_signed(&key)?;
         let key_pem = key.serialize_pem();
@@ -88,7 +90,7 @@ impl ClusterCa {
     /// A certificate and key for `node`, naming it as `node-<id>.reign`,
     /// usable as both TLS client and server.
     pub fn node_cert(&self, node: NodeId) -> Result<CertAndKey, rcgen::Error> {
-        let key = KeyPair::generate()?;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
         let mut params = CertificateParams::new(vec![node_dns_name(node)])?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, format!("reign node {}", node.0));

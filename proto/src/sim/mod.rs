@@ -21,6 +21,9 @@
 //! assert_eq!(mailbox.try_recv().unwrap().unwrap().downcast::<u64>().unwrap(), 7);
 //! ```
 
+pub mod scale;
+pub mod scenario;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
@@ -164,6 +167,10 @@ pub struct Sim {
     blocked: BTreeSet<(NodeId, NodeId)>,
     trace: Vec<TraceEvent>,
     addresses: BTreeMap<String, NodeId>,
+    /// Nodes with input since they were last polled.
+    dirty: BTreeSet<NodeId>,
+    /// Each running node's next timeout, as of its last poll.
+    timeouts: BTreeMap<NodeId, Instant>,
 }
 
 impl Sim {
@@ -187,6 +194,8 @@ impl Sim {
             blocked: BTreeSet::new(),
             trace: Vec::new(),
             addresses: addresses.iter().map(|(id, a)| (a.clone(), *id)).collect(),
+            dirty: BTreeSet::new(),
+            timeouts: BTreeMap::new(),
             config,
         };
         for (id, _) in &addresses {
@@ -229,6 +238,7 @@ impl Sim {
             time_provider: Arc::new(FixedTime),
         };
         node.core = Some(Core::new(config, now).expect("start a core"));
+        self.dirty.insert(id);
     }
 
     /// The node handle of a running node.
@@ -297,6 +307,8 @@ impl Sim {
         if let Some(node) = self.nodes.get_mut(&id) {
             node.core = None;
         }
+        self.timeouts.remove(&id);
+        self.dirty.remove(&id);
         let ends: Vec<End> = self
             .links
             .keys()
@@ -392,6 +404,7 @@ impl Sim {
     pub fn step_clock(&mut self, by: Duration) {
         self.fault(format!("clock step {by:?}"));
         self.now += by;
+        self.dirty.extend(self.running());
     }
 
     fn schedule(&mut self, to: End, what: Delivery, delay: Duration) {
@@ -424,21 +437,40 @@ impl Sim {
     /// Carries out every output of every running node until all are quiet.
     fn pump(&mut self) {
         loop {
-            let mut any = false;
-            let ids: Vec<NodeId> = self.running();
-            for id in ids {
-                while let Some(out) = self
-                    .nodes
-                    .get_mut(&id)
-                    .and_then(|n| n.core.as_mut())
-                    .and_then(|c| c.poll_output(self.now))
-                {
-                    any = true;
-                    self.carry_out(id, out);
+            // Nodes with input, and nodes whose user code queued work.
+            for (&id, node) in &self.nodes {
+                if node.core.as_ref().is_some_and(|c| c.wake_signal().take()) {
+                    self.dirty.insert(id);
                 }
             }
-            if !any {
+            let Some(id) = self.dirty.pop_first() else {
                 return;
+            };
+            while let Some(out) = self
+                .nodes
+                .get_mut(&id)
+                .and_then(|n| n.core.as_mut())
+                .and_then(|c| c.poll_output(self.now))
+            {
+                self.carry_out(id, out);
+            }
+            self.note_timeout(id);
+        }
+    }
+
+    /// Remembers when `id` next needs a timeout.
+    fn note_timeout(&mut self, id: NodeId) {
+        match self
+            .nodes
+            .get(&id)
+            .and_then(|n| n.core.as_ref())
+            .and_then(Core::poll_timeout)
+        {
+            Some(t) => {
+                self.timeouts.insert(id, t);
+            }
+            None => {
+                self.timeouts.remove(&id);
             }
         }
     }
@@ -464,6 +496,7 @@ impl Sim {
                             .get_mut(&t)
                             .and_then(|n| n.core.as_mut())
                             .map(|c| c.accept(now, &format!("sim node {}", id.0)));
+                        self.dirty.insert(t);
                         match accepted {
                             Some(Ok(remote)) => {
                                 self.links.insert((id, conn), (t, remote));
@@ -528,15 +561,12 @@ impl Sim {
 
     /// Runs the simulation until the virtual instant `until`.
     pub fn run_until(&mut self, until: Instant) {
+        // User code may have touched any node since the last run.
+        self.dirty.extend(self.running());
         loop {
             self.pump();
             let next_delivery = self.queue.peek().map(|Reverse(s)| s.at);
-            let next_timer = self
-                .nodes
-                .values()
-                .filter_map(|n| n.core.as_ref())
-                .filter_map(Core::poll_timeout)
-                .min();
+            let next_timer = self.timeouts.values().min().copied();
             let next = [next_delivery, next_timer].into_iter().flatten().min();
             let Some(next) = next.filter(|&t| t <= until) else {
                 self.now = self.now.max(until);
@@ -549,12 +579,18 @@ impl Sim {
                 self.deliver(item);
             } else {
                 let now = self.now;
-                for node in self.nodes.values_mut() {
-                    if let Some(core) = node.core.as_mut() {
-                        if core.poll_timeout().is_some_and(|t| t <= now) {
-                            core.handle_input(now, Input::Timeout);
-                        }
+                let due: Vec<NodeId> = self
+                    .timeouts
+                    .iter()
+                    .filter(|(_, &t)| t <= now)
+                    .map(|(&id, _)| id)
+                    .collect();
+                for id in due {
+                    self.timeouts.remove(&id);
+                    if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
+                        core.handle_input(now, Input::Timeout);
                     }
+                    self.dirty.insert(id);
                 }
             }
         }
@@ -572,6 +608,7 @@ impl Sim {
         let Some(core) = node.core.as_mut() else {
             return;
         };
+        self.dirty.insert(id);
         match item.what {
             Delivery::Connected => core.handle_input(now, Input::Connected { conn }),
             Delivery::ConnectFailed => core.handle_input(
