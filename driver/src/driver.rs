@@ -1,28 +1,34 @@
 //! The driver task: owns the core, moves ciphertext between sockets and the
 //! core, and sleeps until the core's next timeout. One per node.
 //!
-//! Sockets get two small tasks each (reader and writer) so that a slow peer
-//! never blocks the driver: readers push what they read into one bounded
-//! channel (backpressure reaches TCP when the driver falls behind), writers
-//! take transmits from their own queue and report how much they wrote, which
-//! the core uses to cap ciphertext in flight per connection.
+//! The driver polls every connection's socket itself, in one task: a read
+//! goes straight from the socket into the core, and a transmit straight from
+//! the core into the socket, with no task or channel in between (each hop
+//! would cost a wake-up per message on the latency path). A socket that
+//! cannot take more keeps its unwritten transmits; the core caps ciphertext
+//! in flight per connection, so that queue stays small. Only dialling and
+//! accepting run in tasks of their own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::task::Poll;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
-use reign_proto::{ConnId, Core, Input, Output};
+use futures_lite::StreamExt;
+use reign_proto::{ConnId, Core, Input, Output, WakeSignal};
 
 use crate::runtime::Runtime;
-use crate::signal::{Gate, Stop};
+use crate::signal::Stop;
 
-/// Bytes a reader asks the socket for at once.
+/// Bytes asked of a socket at once.
 const READ_CHUNK: usize = 64 * 1024;
-/// Read chunks that may wait for the driver: bounds memory per node.
+/// Reads taken from one socket before the others get their turn.
+const READS_PER_TURN: usize = 4;
+/// Events (new sockets) that may wait for the driver.
 pub(crate) const EVENT_BACKLOG: usize = 64;
-/// How long a closed connection's writer may keep flushing.
+/// How long a closing connection may keep flushing what it has.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) enum DriverEvent<R: Runtime> {
@@ -40,74 +46,50 @@ pub(crate) enum DriverEvent<R: Runtime> {
         conn: ConnId,
         error: String,
     },
-    Received {
-        conn: ConnId,
-        /// A read buffer, of which the first `len` bytes arrived; it goes
-        /// back to the connection's reader afterwards.
-        buffer: Vec<u8>,
-        len: usize,
-    },
-    Written {
-        conn: ConnId,
-        /// The transmitted buffer, handed back to the core for reuse.
-        buffer: Vec<u8>,
-    },
-    Closed {
-        conn: ConnId,
-        error: Option<String>,
-    },
     Shutdown,
 }
 
-struct ConnTasks {
-    transmits: Sender<Vec<u8>>,
-    /// Read buffers going back to the reader, so reads never allocate.
-    spare_reads: Sender<Vec<u8>>,
-    pending_spares: Option<Receiver<Vec<u8>>>,
-    /// The writer's queue until the socket exists.
-    pending_writer: Option<Receiver<Vec<u8>>>,
-    stop_read: Stop,
-    stop_write: Stop,
-    /// Shut while the core wants no more input from this connection.
-    reading: Gate,
+/// An open socket and what the driver holds for it.
+struct Link<R: Runtime> {
+    reader: R::Reader,
+    writer: R::Writer,
+    /// Transmits not yet fully written; `written` bytes of the first are.
+    outgoing: VecDeque<Vec<u8>>,
+    written: usize,
+    read_buf: Vec<u8>,
+    /// The core wants no input from this connection for now.
+    paused: bool,
+    /// The core closed the connection: flush, shut the write side, forget.
+    closing: Option<Instant>,
 }
 
-impl ConnTasks {
-    fn new(stop_read: Stop) -> ConnTasks {
-        let (transmits, writer) = async_channel::unbounded();
-        let (spare_reads, spares) = async_channel::bounded(EVENT_BACKLOG + 2);
-        ConnTasks {
-            transmits,
-            spare_reads,
-            pending_spares: Some(spares),
-            pending_writer: Some(writer),
-            stop_read,
-            stop_write: Stop::default(),
-            reading: Gate::default(),
-        }
-    }
+enum Slot<R: Runtime> {
+    /// A dial in flight; stopping it cancels the dial.
+    Dialing(Stop),
+    Open(Box<Link<R>>),
 }
 
 pub(crate) struct Driver<R: Runtime> {
     pub(crate) rt: R,
     pub(crate) core: Core,
-    pub(crate) events: Receiver<DriverEvent<R>>,
-    pub(crate) events_tx: Sender<DriverEvent<R>>,
+    events: Pin<Box<Receiver<DriverEvent<R>>>>,
+    events_tx: Sender<DriverEvent<R>>,
     /// Every task holds a clone; all dropped means all tasks are gone.
-    pub(crate) task_guard: Option<Sender<()>>,
-    pub(crate) tasks_done: Receiver<()>,
+    task_guard: Option<Sender<()>>,
+    tasks_done: Pin<Box<Receiver<()>>>,
     pub(crate) stop_accept: Stop,
-    conns: BTreeMap<ConnId, ConnTasks>,
-    /// Writers of closed connections, stopped if still flushing at the deadline.
-    closing: Vec<(Instant, Stop)>,
+    conns: BTreeMap<ConnId, Slot<R>>,
     shutdown_deadline: Option<Instant>,
+    tasks_finished: bool,
 }
 
+/// What woke the driver.
 enum Wake<R: Runtime> {
+    /// A socket made progress (or failed): pump the core again.
+    Io,
     Event(DriverEvent<R>),
     Signal,
     Timer,
-    TasksDone,
 }
 
 impl<R: Runtime> Driver<R> {
@@ -123,14 +105,14 @@ impl<R: Runtime> Driver<R> {
         Driver {
             rt,
             core,
-            events,
+            events: Box::pin(events),
             events_tx,
             task_guard: Some(task_guard),
-            tasks_done,
+            tasks_done: Box::pin(tasks_done),
             stop_accept,
             conns: BTreeMap::new(),
-            closing: Vec::new(),
             shutdown_deadline: None,
+            tasks_finished: false,
         }
     }
 
@@ -142,80 +124,131 @@ impl<R: Runtime> Driver<R> {
                 self.handle(now, event);
             }
             self.pump(now);
-            let deadline = self.next_deadline();
-            let sleep = deadline.map(|d| self.rt.sleep_until(d));
+            if self.finished() {
+                break;
+            }
+            let sleep = self.next_deadline().map(|d| self.rt.sleep_until(d));
             let mut sleep = std::pin::pin!(sleep);
-            let recv = self.events.recv();
-            let mut recv = std::pin::pin!(recv);
-            let done = self.tasks_done.recv();
-            let mut done = std::pin::pin!(done);
-            let shutting_down = self.task_guard.is_none();
-            let woke: Wake<R> = std::future::poll_fn(|cx| {
-                if shutting_down {
-                    if let Poll::Ready(Err(_)) = done.as_mut().poll(cx) {
-                        return Poll::Ready(Wake::TasksDone);
-                    }
-                }
-                if let Poll::Ready(Ok(event)) = recv.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Event(event));
-                }
-                if wake.poll_wait(cx).is_ready() {
-                    return Poll::Ready(Wake::Signal);
-                }
-                if let Some(sleep) = sleep.as_mut().as_pin_mut() {
-                    if sleep.poll(cx).is_ready() {
-                        return Poll::Ready(Wake::Timer);
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
+            let woke =
+                std::future::poll_fn(|cx| self.poll_once(cx, &wake, sleep.as_mut().as_pin_mut()))
+                    .await;
             let now = Instant::now();
             match woke {
+                Wake::Io | Wake::Signal => {}
                 Wake::Event(event) => self.handle(now, event),
-                Wake::Signal => {}
                 Wake::Timer => self.on_timer(now),
-                Wake::TasksDone => break,
             }
         }
         tracing::debug!(node = self.core.id().0, "driver finished");
     }
 
+    fn finished(&self) -> bool {
+        self.task_guard.is_none() && self.conns.is_empty() && self.tasks_finished
+    }
+
+    fn poll_once(
+        &mut self,
+        cx: &mut Context<'_>,
+        wake: &WakeSignal,
+        sleep: Option<Pin<&mut (impl Future<Output = ()> + Send + 'static)>>,
+    ) -> Poll<Wake<R>> {
+        let now = Instant::now();
+        if self.poll_sockets(cx, now) {
+            return Poll::Ready(Wake::Io);
+        }
+        if let Poll::Ready(Some(event)) = self.events.as_mut().poll_next(cx) {
+            return Poll::Ready(Wake::Event(event));
+        }
+        if wake.poll_wait(cx).is_ready() {
+            return Poll::Ready(Wake::Signal);
+        }
+        if self.task_guard.is_none() && !self.tasks_finished {
+            if let Poll::Ready(None) = self.tasks_done.as_mut().poll_next(cx) {
+                self.tasks_finished = true;
+                return Poll::Ready(Wake::Io);
+            }
+        }
+        if let Some(sleep) = sleep {
+            if sleep.poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Writes and reads every open socket as far as it goes without
+    /// waiting; whether anything happened.
+    fn poll_sockets(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut progress = false;
+        let mut gone = Vec::new();
+        for (&id, slot) in self.conns.iter_mut() {
+            let Slot::Open(link) = slot else {
+                continue;
+            };
+            match poll_link::<R>(&mut self.core, id, link, cx, now) {
+                LinkState::Idle => {}
+                LinkState::Progress => progress = true,
+                LinkState::Done => {
+                    gone.push(id);
+                    progress = true;
+                }
+            }
+        }
+        for id in gone {
+            self.conns.remove(&id);
+        }
+        progress
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
-        [
-            self.core.poll_timeout(),
-            self.closing.iter().map(|(t, _)| *t).min(),
-            self.shutdown_deadline,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let closing = self
+            .conns
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Open(link) => link.closing,
+                Slot::Dialing(_) => None,
+            })
+            .min();
+        [self.core.poll_timeout(), closing, self.shutdown_deadline]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn on_timer(&mut self, now: Instant) {
         if self.core.poll_timeout().is_some_and(|t| t <= now) {
             self.core.handle_input(now, Input::Timeout);
         }
-        self.closing.retain(|(deadline, stop)| {
-            if *deadline <= now {
-                stop.stop();
-                false
-            } else {
-                true
-            }
+        // A peer that does not read cannot hold a closing socket forever.
+        self.conns.retain(|_, slot| match slot {
+            Slot::Open(link) => link.closing.is_none_or(|deadline| deadline > now),
+            Slot::Dialing(_) => true,
         });
         if self.shutdown_deadline.is_some_and(|t| t <= now) {
-            // Grace is over: stop whatever still runs.
-            for tasks in self.conns.values() {
-                tasks.stop_read.stop();
-                tasks.stop_write.stop();
+            // Grace is over: drop whatever still runs.
+            for slot in self.conns.values() {
+                if let Slot::Dialing(stop) = slot {
+                    stop.stop();
+                }
             }
             self.conns.clear();
-            for (_, stop) in self.closing.drain(..) {
-                stop.stop();
-            }
             self.shutdown_deadline = None;
         }
+    }
+
+    fn open(&mut self, conn: ConnId, reader: R::Reader, writer: R::Writer) {
+        self.conns.insert(
+            conn,
+            Slot::Open(Box::new(Link {
+                reader,
+                writer,
+                outgoing: VecDeque::new(),
+                written: 0,
+                read_buf: vec![0u8; READ_CHUNK],
+                paused: false,
+                closing: None,
+            })),
+        );
     }
 
     fn handle(&mut self, now: Instant, event: DriverEvent<R>) {
@@ -225,13 +258,9 @@ impl<R: Runtime> Driver<R> {
                 writer,
                 label,
             } => match self.core.accept(now, &label) {
-                Ok(conn) => {
-                    self.conns.insert(conn, ConnTasks::new(Stop::default()));
-                    self.start_io(conn, reader, writer);
-                }
+                Ok(conn) => self.open(conn, reader, writer),
                 Err(e) => {
                     tracing::warn!(node = self.core.id().0, from = label, error = %e, "connection refused");
-                    drop((reader, writer));
                 }
             },
             DriverEvent::Connected {
@@ -239,8 +268,8 @@ impl<R: Runtime> Driver<R> {
                 reader,
                 writer,
             } => {
-                if self.conns.contains_key(&conn) {
-                    self.start_io(conn, reader, writer);
+                if matches!(self.conns.get(&conn), Some(Slot::Dialing(_))) {
+                    self.open(conn, reader, writer);
                     self.core.handle_input(now, Input::Connected { conn });
                 }
             }
@@ -251,36 +280,6 @@ impl<R: Runtime> Driver<R> {
                     Input::ConnectFailed {
                         conn,
                         error: &error,
-                    },
-                );
-            }
-            DriverEvent::Received { conn, buffer, len } => {
-                self.core.handle_input(
-                    now,
-                    Input::Received {
-                        conn,
-                        bytes: &buffer[..len],
-                    },
-                );
-                if let Some(tasks) = self.conns.get(&conn) {
-                    let _ = tasks.spare_reads.try_send(buffer);
-                }
-            }
-            DriverEvent::Written { conn, buffer } => {
-                let bytes = buffer.len();
-                self.core.handle_input(now, Input::Written { conn, bytes });
-                self.core.recycle(buffer);
-            }
-            DriverEvent::Closed { conn, error } => {
-                if let Some(tasks) = self.conns.remove(&conn) {
-                    tasks.stop_read.stop();
-                    tasks.stop_write.stop();
-                }
-                self.core.handle_input(
-                    now,
-                    Input::Closed {
-                        conn,
-                        error: error.as_deref(),
                     },
                 );
             }
@@ -300,41 +299,28 @@ impl<R: Runtime> Driver<R> {
     fn pump(&mut self, now: Instant) {
         while let Some(output) = self.core.poll_output(now) {
             match output {
-                Output::Transmit { conn, data } => {
-                    if let Some(tasks) = self.conns.get(&conn) {
-                        let _ = tasks.transmits.try_send(data);
+                Output::Transmit { conn, data } => match self.conns.get_mut(&conn) {
+                    Some(Slot::Open(link)) => link.outgoing.push_back(data),
+                    _ => self.core.recycle(data),
+                },
+                Output::Connect { conn, address, .. } => self.dial(conn, address),
+                Output::Close { conn } => match self.conns.get_mut(&conn) {
+                    // Flush what is queued (a goodbye, an alert), then close.
+                    Some(Slot::Open(link)) => link.closing = Some(now + CLOSE_GRACE),
+                    Some(Slot::Dialing(stop)) => {
+                        stop.stop();
+                        self.conns.remove(&conn);
                     }
-                }
-                Output::Connect {
-                    conn,
-                    node,
-                    address,
-                    local_address,
-                } => {
-                    if local_address.is_some() {
-                        tracing::debug!(
-                            node = node.0,
-                            "local_address is not supported; dialling from any address"
-                        );
-                    }
-                    self.dial(conn, address);
-                }
-                Output::Close { conn } => {
-                    if let Some(tasks) = self.conns.remove(&conn) {
-                        // Dropping the queue's sender lets the writer flush
-                        // what is queued (a goodbye, an alert) and close.
-                        tasks.stop_read.stop();
-                        self.closing.push((now + CLOSE_GRACE, tasks.stop_write));
-                    }
-                }
+                    None => {}
+                },
                 Output::PauseReading { conn } => {
-                    if let Some(tasks) = self.conns.get(&conn) {
-                        tasks.reading.shut();
+                    if let Some(Slot::Open(link)) = self.conns.get_mut(&conn) {
+                        link.paused = true;
                     }
                 }
                 Output::ResumeReading { conn } => {
-                    if let Some(tasks) = self.conns.get(&conn) {
-                        tasks.reading.open();
+                    if let Some(Slot::Open(link)) = self.conns.get_mut(&conn) {
+                        link.paused = false;
                     }
                 }
                 Output::Event(event) => {
@@ -344,16 +330,12 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    fn guard(&self) -> Option<Sender<()>> {
-        self.task_guard.clone()
-    }
-
     fn dial(&mut self, conn: ConnId, address: String) {
-        let Some(guard) = self.guard() else {
+        let Some(guard) = self.task_guard.clone() else {
             return;
         };
         let stop = Stop::default();
-        self.conns.insert(conn, ConnTasks::new(stop.clone()));
+        self.conns.insert(conn, Slot::Dialing(stop.clone()));
         let rt = self.rt.clone();
         let events = self.events_tx.clone();
         self.rt.spawn(async move {
@@ -373,76 +355,116 @@ impl<R: Runtime> Driver<R> {
             let _ = events.send(event).await;
         });
     }
+}
 
-    fn start_io(&mut self, conn: ConnId, mut reader: R::Reader, mut writer: R::Writer) {
-        let Some(tasks) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        let (Some(transmits), Some(spares)) =
-            (tasks.pending_writer.take(), tasks.pending_spares.take())
-        else {
-            return;
-        };
-        let (Some(read_guard), Some(write_guard)) =
-            (self.task_guard.clone(), self.task_guard.clone())
-        else {
-            return;
-        };
-        let stop_read = tasks.stop_read.clone();
-        let stop_write = tasks.stop_write.clone();
-        let reading = tasks.reading.clone();
-        let events = self.events_tx.clone();
-        self.rt.spawn(async move {
-            let _guard = read_guard;
-            loop {
-                // Buffers come back from the driver once read; a new one is
-                // made only while earlier ones are still in flight.
-                let mut buf = spares.try_recv().unwrap_or_else(|_| vec![0u8; READ_CHUNK]);
-                if stop_read.guard(reading.opened()).await.is_none() {
-                    return;
+enum LinkState {
+    Idle,
+    Progress,
+    /// The socket is finished with (closed by either side, or failed).
+    Done,
+}
+
+/// Writes what the socket takes, then reads what it has.
+fn poll_link<R: Runtime>(
+    core: &mut Core,
+    id: ConnId,
+    link: &mut Link<R>,
+    cx: &mut Context<'_>,
+    now: Instant,
+) -> LinkState {
+    let mut progress = false;
+    while let Some(front) = link.outgoing.front() {
+        match R::poll_write(&mut link.writer, cx, &front[link.written..]) {
+            Poll::Pending => break,
+            Poll::Ready(Ok(n)) if n > 0 => {
+                link.written += n;
+                if link.written == front.len() {
+                    let buffer = link.outgoing.pop_front().expect("front exists");
+                    link.written = 0;
+                    core.handle_input(
+                        now,
+                        Input::Written {
+                            conn: id,
+                            bytes: buffer.len(),
+                        },
+                    );
+                    core.recycle(buffer);
                 }
-                let event = match stop_read.guard(R::read(&mut reader, &mut buf)).await {
-                    None => return,
-                    Some(Ok(0)) => DriverEvent::Closed { conn, error: None },
-                    Some(Ok(len)) => DriverEvent::Received {
-                        conn,
-                        buffer: buf,
-                        len,
-                    },
-                    Some(Err(e)) => DriverEvent::Closed {
-                        conn,
-                        error: Some(e.to_string()),
-                    },
+                progress = true;
+            }
+            Poll::Ready(result) => {
+                let error = match result {
+                    Err(e) => e.to_string(),
+                    Ok(_) => "the socket accepts no more bytes".into(),
                 };
-                let last = matches!(event, DriverEvent::Closed { .. });
-                if stop_read.guard(events.send(event)).await.is_none() || last {
-                    return;
+                if link.closing.is_none() {
+                    core.handle_input(
+                        now,
+                        Input::Closed {
+                            conn: id,
+                            error: Some(&error),
+                        },
+                    );
+                }
+                return LinkState::Done;
+            }
+        }
+    }
+    if link.closing.is_some() {
+        if !link.outgoing.is_empty() {
+            return if progress {
+                LinkState::Progress
+            } else {
+                LinkState::Idle
+            };
+        }
+        // Everything is written: shut the write side and forget the socket.
+        return match R::poll_close(&mut link.writer, cx) {
+            Poll::Pending => LinkState::Idle,
+            Poll::Ready(_) => LinkState::Done,
+        };
+    }
+    if !link.paused {
+        for _ in 0..READS_PER_TURN {
+            match R::poll_read(&mut link.reader, cx, &mut link.read_buf) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(0)) => {
+                    core.handle_input(
+                        now,
+                        Input::Closed {
+                            conn: id,
+                            error: None,
+                        },
+                    );
+                    return LinkState::Done;
+                }
+                Poll::Ready(Ok(n)) => {
+                    core.handle_input(
+                        now,
+                        Input::Received {
+                            conn: id,
+                            bytes: &link.read_buf[..n],
+                        },
+                    );
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    let error = e.to_string();
+                    core.handle_input(
+                        now,
+                        Input::Closed {
+                            conn: id,
+                            error: Some(&error),
+                        },
+                    );
+                    return LinkState::Done;
                 }
             }
-        });
-        let events = self.events_tx.clone();
-        self.rt.spawn(async move {
-            let _guard = write_guard;
-            while let Ok(data) = transmits.recv().await {
-                match stop_write.guard(R::write_all(&mut writer, &data)).await {
-                    None => return,
-                    Some(Ok(())) => {
-                        let _ = events
-                            .send(DriverEvent::Written { conn, buffer: data })
-                            .await;
-                    }
-                    Some(Err(e)) => {
-                        let _ = events
-                            .send(DriverEvent::Closed {
-                                conn,
-                                error: Some(e.to_string()),
-                            })
-                            .await;
-                        return;
-                    }
-                }
-            }
-            let _ = stop_write.guard(R::close(&mut writer)).await;
-        });
+        }
+    }
+    if progress {
+        LinkState::Progress
+    } else {
+        LinkState::Idle
     }
 }

@@ -489,16 +489,36 @@ macro_rules! futures_io_runtime {
                 Ok((stream.clone(), stream))
             }
 
-            async fn read(reader: &mut $stream, buf: &mut [u8]) -> std::io::Result<usize> {
-                $crate::__private::futures_lite::AsyncReadExt::read(reader, buf).await
+            fn poll_read(
+                reader: &mut $stream,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                $crate::__private::futures_lite::AsyncRead::poll_read(
+                    std::pin::Pin::new(reader),
+                    cx,
+                    buf,
+                )
             }
 
-            async fn write_all(writer: &mut $stream, buf: &[u8]) -> std::io::Result<()> {
-                $crate::__private::futures_lite::AsyncWriteExt::write_all(writer, buf).await
+            fn poll_write(
+                writer: &mut $stream,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                $crate::__private::futures_lite::AsyncWrite::poll_write(
+                    std::pin::Pin::new(writer),
+                    cx,
+                    buf,
+                )
             }
 
-            async fn close(writer: &mut $stream) -> std::io::Result<()> {
-                writer.shutdown(std::net::Shutdown::Write)
+            fn poll_close(
+                writer: &mut $stream,
+                _cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                // Only the write direction: the stream's clone still reads.
+                std::task::Poll::Ready(writer.shutdown(std::net::Shutdown::Write))
             }
         }
     };

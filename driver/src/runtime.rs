@@ -47,18 +47,25 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         address: &str,
     ) -> impl Future<Output = io::Result<(Self::Reader, Self::Writer)>> + Send;
 
-    /// Reads some bytes; `Ok(0)` at end of stream.
-    fn read(
+    /// Reads some bytes into `buf`; `Ok(0)` at end of stream. Registers
+    /// `cx`'s waker when nothing is there yet.
+    fn poll_read(
         reader: &mut Self::Reader,
+        cx: &mut std::task::Context<'_>,
         buf: &mut [u8],
-    ) -> impl Future<Output = io::Result<usize>> + Send;
+    ) -> std::task::Poll<io::Result<usize>>;
 
-    /// Writes all of `buf`.
-    fn write_all(
+    /// Writes some of `buf`, returning how much. Registers `cx`'s waker
+    /// when the socket cannot take more yet.
+    fn poll_write(
         writer: &mut Self::Writer,
+        cx: &mut std::task::Context<'_>,
         buf: &[u8],
-    ) -> impl Future<Output = io::Result<()>> + Send;
+    ) -> std::task::Poll<io::Result<usize>>;
 
     /// Flushes and shuts the write direction down.
-    fn close(writer: &mut Self::Writer) -> impl Future<Output = io::Result<()>> + Send;
+    fn poll_close(
+        writer: &mut Self::Writer,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>>;
 }

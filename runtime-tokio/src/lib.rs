@@ -24,7 +24,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -78,15 +81,28 @@ impl Runtime for Tokio {
         Ok(split(TcpStream::connect(address).await?))
     }
 
-    async fn read(reader: &mut OwnedReadHalf, buf: &mut [u8]) -> io::Result<usize> {
-        reader.read(buf).await
+    fn poll_read(
+        reader: &mut OwnedReadHalf,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut buf = ReadBuf::new(buf);
+        match Pin::new(reader).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
-    async fn write_all(writer: &mut OwnedWriteHalf, buf: &[u8]) -> io::Result<()> {
-        writer.write_all(buf).await
+    fn poll_write(
+        writer: &mut OwnedWriteHalf,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(writer).poll_write(cx, buf)
     }
 
-    async fn close(writer: &mut OwnedWriteHalf) -> io::Result<()> {
-        writer.shutdown().await
+    fn poll_close(writer: &mut OwnedWriteHalf, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(writer).poll_shutdown(cx)
     }
 }
