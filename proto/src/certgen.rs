@@ -30,8 +30,22 @@ pub struct ClusterCa {
     key_pem: String,
 }
 
+/// A random 16-byte serial number whose DER encoding is always the same
+/// length (top bit clear, first byte non-zero), so certificates, and with
+/// them handshakes, have a fixed size.
+fn serial() -> rcgen::SerialNumber {
+    use ring::rand::SecureRandom;
+    let mut bytes = vec![0u8; 16];
+    // The system RNG does not fail on supported platforms; a fixed serial
+    // would still be valid if it did.
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    bytes[0] = (bytes[0] & 0x3f) | 0x40;
+    rcgen::SerialNumber::from(bytes)
+}
+
 fn ca_params(name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
+    params.serial_number = Some(serial());
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
@@ -96,6 +110,7 @@ impl ClusterCa {
         dn.push(DnType::CommonName, format!("reign node {}", node.0));
         params.distinguished_name = dn;
         params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(serial());
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,

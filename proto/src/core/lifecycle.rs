@@ -1,0 +1,310 @@
+//! Connections coming and going: the handshake's end, failures, peers
+//! going down, redials and timers.
+
+use super::*;
+
+impl Core {
+    pub(super) fn establish(
+        &mut self,
+        now: Instant,
+        conn: &mut Conn,
+        hello: Hello,
+    ) -> Result<(), String> {
+        let peer_id = hello.node;
+        let dialer_of = |c: &Conn| if c.dialed.is_some() { self.me } else { peer_id };
+        let preferred_dialer = self.me.min(peer_id);
+        let existing = self.peers.get(&peer_id).and_then(|p| p.up);
+        if let Some(old_id) = existing {
+            let old_preferred = self
+                .conns
+                .get(&old_id)
+                .is_some_and(|old| dialer_of(old) == preferred_dialer);
+            let new_preferred = dialer_of(conn) == preferred_dialer;
+            if old_preferred && !new_preferred {
+                tracing::info!(
+                    node = self.me.0,
+                    peer = peer_id.0,
+                    "closing a duplicate connection"
+                );
+                conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
+                    "duplicate connection",
+                )));
+                return Err(DUPLICATE.into());
+            }
+            self.drop_conn(now, old_id, "replaced by a newer connection".into(), true);
+        }
+        conn.phase = Phase::Up { peer: peer_id };
+        conn.next_ping = now + self.tuning.ping_interval;
+        conn.ping_outstanding = false;
+        conn.ping_failures = 0;
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return Err(format!("node {} is not a peer", peer_id.0));
+        };
+        peer.up = Some(conn.id);
+        if peer.dialing == Some(conn.id) {
+            peer.dialing = None;
+        }
+        peer.retry_at = None;
+        peer.backoff.reset();
+        let node = &self.node.inner;
+        if let Some(outbox) = node.network().outbox(peer_id) {
+            outbox.lock().connected = true;
+            outbox.counters.connects.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::warn!(
+            node = self.me.0,
+            peer = peer_id.0,
+            conn = %conn.id,
+            peer_incarnation = hello.incarnation.0,
+            "connection established"
+        );
+        for frame in node.peer_up(peer_id, hello.incarnation) {
+            frame.encode(&mut conn.control_out);
+        }
+        self.outputs.push_back(Output::Event(Event::PeerUp {
+            node: peer_id,
+            incarnation: hello.incarnation,
+        }));
+        Ok(())
+    }
+
+    /// Closes a connection for a protocol or TLS failure, sending what is
+    /// queued (a goodbye or an alert) first.
+    pub(super) fn fail_conn(&mut self, now: Instant, id: ConnId, reason: String) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            let orderly = reason.starts_with(GOODBYE) || reason == DUPLICATE;
+            if orderly {
+                // Logged as a lost connection by `peer_down`, at warn level.
+            } else if c.peer().is_some() {
+                tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason, "closing connection");
+            } else if !reason.starts_with("handshake failed") {
+                tracing::error!(
+                    node = self.me.0,
+                    conn = %id,
+                    from = %c.label,
+                    reason,
+                    "connection refused during handshake"
+                );
+            }
+            c.flush_control();
+            let buf = self.buffers.pop().unwrap_or_default();
+            match c.take_ciphertext(buf) {
+                Ok(data) => self.outputs.push_back(Output::Transmit { conn: id, data }),
+                Err(buf) => self.buffers.push(buf),
+            }
+        }
+        self.drop_conn(now, id, reason, true);
+    }
+
+    /// Forgets a connection; if it was a peer's link, the peer goes down.
+    pub(super) fn drop_conn(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        reason: String,
+        tell_driver: bool,
+    ) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        self.dirty.remove(&id);
+        if self.paused.remove(&id) {
+            if let Some(outbox) = conn
+                .peer()
+                .and_then(|p| self.node.inner.network().outbox(p))
+            {
+                outbox.unread.set_paused(false);
+            }
+        }
+        if tell_driver {
+            self.outputs.push_back(Output::Close { conn: id });
+        }
+        if let Some(peer_id) = conn.peer() {
+            self.peer_down(now, peer_id, reason);
+        } else if let Some(peer_id) = conn.dialed {
+            if let Some(peer) = self.peers.get_mut(&peer_id) {
+                if peer.dialing == Some(id) {
+                    peer.dialing = None;
+                    self.schedule_redial(now, peer_id);
+                }
+            }
+        }
+    }
+
+    pub(super) fn peer_down(&mut self, now: Instant, peer_id: NodeId, reason: String) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        peer.up = None;
+        let node = &self.node.inner;
+        if let Some(outbox) = node.network().outbox(peer_id) {
+            let dropped = {
+                let mut state = outbox.lock();
+                state.connected = false;
+                state.clear()
+            };
+            outbox.counters.disconnects.fetch_add(1, Ordering::Relaxed);
+            if dropped > 0 {
+                outbox
+                    .counters
+                    .dropped_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.active.remove(&peer_id);
+        if self.shutting_down {
+            tracing::info!(
+                node = self.me.0,
+                peer = peer_id.0,
+                "connection closed for shutdown"
+            );
+        } else {
+            tracing::warn!(
+                node = self.me.0,
+                peer = peer_id.0,
+                reason,
+                "connection lost"
+            );
+        }
+        node.peer_down(peer_id);
+        self.outputs.push_back(Output::Event(Event::PeerDown {
+            node: peer_id,
+            reason,
+        }));
+        self.schedule_redial(now, peer_id);
+    }
+
+    pub(super) fn schedule_redial(&mut self, now: Instant, peer_id: NodeId) {
+        if self.shutting_down {
+            return;
+        }
+        if let Some(peer) = self.peers.get_mut(&peer_id) {
+            if peer.we_dial && peer.up.is_none() && peer.dialing.is_none() {
+                let delay = peer.backoff.next_delay(&mut self.rng);
+                peer.retry_at = Some(now + delay);
+                tracing::debug!(
+                    node = self.me.0,
+                    peer = peer_id.0,
+                    ?delay,
+                    "redial scheduled"
+                );
+            }
+        }
+    }
+
+    pub(super) fn dial(&mut self, now: Instant, peer_id: NodeId) {
+        let id = self.new_conn_id();
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        peer.retry_at = None;
+        let mut tls = match self.tls.client(peer_id) {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::error!(node = self.me.0, peer = peer_id.0, error = %e, "cannot make a TLS session");
+                let delay = peer.backoff.next_delay(&mut self.rng);
+                peer.retry_at = Some(now + delay);
+                return;
+            }
+        };
+        tls.set_buffer_limit(None);
+        peer.dialing = Some(id);
+        let address = peer.descriptor.address.clone();
+        let local_address = Some(peer.descriptor.local_address.clone()).filter(|a| !a.is_empty());
+        let handshake = Handshake::new(
+            Role::Dialer { target: peer_id },
+            self.me,
+            self.incarnation,
+            self.tls.cluster_id,
+        );
+        let conn = Conn::new(
+            id,
+            address.clone(),
+            rustls::Connection::from(tls).into(),
+            handshake,
+            self.tuning.max_frame_len,
+            Some(peer_id),
+            now,
+        );
+        self.conns.insert(id, conn);
+        tracing::debug!(node = self.me.0, peer = peer_id.0, %id, address, "dialling");
+        self.outputs.push_back(Output::Connect {
+            conn: id,
+            node: peer_id,
+            address,
+            local_address,
+        });
+    }
+
+    pub(super) fn run_timers(&mut self, now: Instant) {
+        self.node.inner.expire_requests(now);
+        let mut failures = Vec::new();
+        for (&id, conn) in self.conns.iter_mut() {
+            match conn.phase {
+                Phase::Dialing | Phase::Handshaking => {
+                    if now >= conn.opened_at + self.tuning.handshake_timeout {
+                        failures.push((
+                            id,
+                            format!(
+                                "handshake not finished within {:?}",
+                                self.tuning.handshake_timeout
+                            ),
+                        ));
+                    }
+                }
+                Phase::Up { .. } => {
+                    if now >= conn.last_recv + self.tuning.read_deadline {
+                        failures.push((
+                            id,
+                            format!("nothing received for {:?}", self.tuning.read_deadline),
+                        ));
+                        continue;
+                    }
+                    if now >= conn.next_ping {
+                        if conn.ping_outstanding && now > conn.last_recv + self.tuning.ping_interval
+                        {
+                            conn.ping_failures += 1;
+                        } else {
+                            conn.ping_failures = 0;
+                        }
+                        if conn.ping_failures >= self.tuning.max_ping_failures {
+                            failures.push((
+                                id,
+                                format!("{} pings in a row went unanswered", conn.ping_failures),
+                            ));
+                            continue;
+                        }
+                        conn.ping_nonce = conn.ping_nonce.wrapping_add(1);
+                        conn.ping_outstanding = true;
+                        let nonce = conn.ping_nonce;
+                        conn.queue_frame(&Frame::Ping(nonce));
+                        conn.next_ping = now + self.tuning.ping_interval;
+                        self.dirty.insert(id);
+                    }
+                }
+            }
+        }
+        for (id, reason) in failures {
+            if let Some(c) = self.conns.get(&id) {
+                if c.peer().is_none() {
+                    tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason, "handshake timed out");
+                }
+            }
+            self.drop_conn(now, id, reason, true);
+        }
+        if self.shutting_down {
+            return;
+        }
+        let due: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.retry_at.is_some_and(|t| t <= now) && p.up.is_none() && p.dialing.is_none()
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for peer in due {
+            self.dial(now, peer);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Sending: draining outbound queues into TLS, within each connection's
+//! write window, small frames first and large messages in fragments.
+
+use super::*;
+
+impl Core {
+    pub(super) fn flush(&mut self, now: Instant) {
+        if !self.paused.is_empty() {
+            self.resume_if_under();
+        }
+        let network = self.node.network();
+        network.take_ready(&mut self.ready_scratch);
+        for peer in self.ready_scratch.drain(..) {
+            self.active.insert(peer);
+        }
+        for frame_peer in self.node.inner.take_control_outbox() {
+            let (peer, frame) = frame_peer;
+            if let Some(conn_id) = self.peers.get(&peer).and_then(|p| p.up) {
+                if let Some(conn) = self.conns.get_mut(&conn_id) {
+                    frame.encode(&mut conn.control_out);
+                    self.dirty.insert(conn_id);
+                }
+            }
+        }
+        let active: Vec<NodeId> = self.active.iter().copied().collect();
+        for peer in active {
+            match self.peers.get(&peer).and_then(|p| p.up) {
+                Some(conn) => {
+                    self.dirty.insert(conn);
+                }
+                None => {
+                    self.active.remove(&peer);
+                }
+            }
+        }
+        let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
+        for id in dirty {
+            self.flush_conn(now, id);
+        }
+    }
+
+    pub(super) fn flush_conn(&mut self, now: Instant, id: ConnId) {
+        let window = self.tuning.write_window;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.phase == Phase::Dialing {
+            return;
+        }
+        if conn.in_flight >= window {
+            // The driver has not written what it has; it reports Written and
+            // the peer becomes active again.
+            if conn.control_out.len() > MAX_CONTROL_BACKLOG {
+                // A peer that keeps asking (pings, syncs) but never reads
+                // would grow this without end: it loses its connection.
+                let reason = format!(
+                    "the peer does not read: {} bytes of replies are waiting",
+                    conn.control_out.len()
+                );
+                self.fail_conn(now, id, reason);
+                return;
+            }
+            if conn.peer().is_none() {
+                self.dirty.insert(id);
+            }
+            return;
+        }
+        if conn.tls.is_handshaking() {
+            let buf = self.buffers.pop().unwrap_or_default();
+            match conn.take_ciphertext(buf) {
+                Ok(data) => {
+                    conn.in_flight += data.len();
+                    self.outputs.push_back(Output::Transmit { conn: id, data });
+                }
+                Err(buf) => self.buffers.push(buf),
+            }
+            return;
+        }
+        send_opening_once(conn);
+        conn.flush_control();
+        if let Some(peer) = conn.peer() {
+            let outbox = self.node.inner.network().outbox(peer);
+            if let Some(outbox) = outbox {
+                let drained = drain_outbox(conn, outbox);
+                if drained.more {
+                    self.active.insert(peer);
+                } else {
+                    self.active.remove(&peer);
+                }
+                outbox
+                    .counters
+                    .bytes_out
+                    .fetch_add(drained.bytes as u64, Ordering::Relaxed);
+            }
+        }
+        let buf = self.buffers.pop().unwrap_or_default();
+        match conn.take_ciphertext(buf) {
+            Ok(data) => {
+                conn.in_flight += data.len();
+                self.outputs.push_back(Output::Transmit { conn: id, data });
+            }
+            Err(buf) => self.buffers.push(buf),
+        }
+    }
+}
+
+/// Sends the dialer's hello once TLS is up (called from the flush path).
+fn send_opening_once(conn: &mut Conn) {
+    if conn.phase == Phase::Handshaking && !conn.tls.is_handshaking() && !conn.handshake.is_done() {
+        if let Some(hello) = conn.handshake.opening() {
+            if !conn.hello_sent {
+                conn.queue_frame(&Frame::Hello(hello.to_frame_body()));
+                conn.hello_sent = true;
+            }
+        }
+    }
+}
+
+struct Drained {
+    bytes: usize,
+    more: bool,
+}
+
+/// Moves queued user frames from a peer's outbox into the TLS session: all
+/// small frames, then fragments of large messages round-robin by mailbox,
+/// up to the transmit budget.
+fn drain_outbox(conn: &mut Conn, outbox: &crate::net::Outbox) -> Drained {
+    let mut budget = TRANSMIT_BUDGET;
+    let mut written = 0;
+    let mut pieces: Vec<(Vec<u8>, Bytes)> = Vec::new();
+    let mut chunks = std::mem::take(&mut conn.spare_chunks);
+    let more;
+    {
+        let mut state = outbox.lock();
+        // Chunks written last time go back for the senders to reuse.
+        for mut chunk in chunks.drain(..) {
+            if state.spare_chunks.len() < 4 {
+                chunk.clear();
+                state.spare_chunks.push(chunk);
+            }
+        }
+        // Small frames first, a whole chunk at a time, up to the budget.
+        while budget > 0 {
+            let Some(chunk) = state.small.pop_front() else {
+                break;
+            };
+            state.queued_small -= chunk.len();
+            budget = budget.saturating_sub(chunk.len());
+            chunks.push(chunk);
+        }
+        while budget > 0 && !state.lanes.is_empty() {
+            let mut lane = state.lanes.pop_front().expect("not empty");
+            let item = lane.items.front_mut().expect("lanes are never empty");
+            let total = item.payload.len();
+            let start = item.sent;
+            let end = (start + FRAGMENT_LEN).min(total);
+            let chunk = item.payload.slice(start..end);
+            let mut header = Vec::with_capacity(frame::DATA_HEADER_LEN + 8);
+            if start == 0 && end == total {
+                frame::put_data_header(&mut header, lane.dest, item.tag, total);
+            } else if start == 0 {
+                frame::put_fragment_start_header(
+                    &mut header,
+                    lane.dest,
+                    item.tag,
+                    total as u64,
+                    chunk.len(),
+                );
+            } else {
+                frame::put_fragment_cont_header(&mut header, lane.dest, chunk.len());
+            }
+            item.sent = end;
+            budget = budget.saturating_sub(chunk.len() + header.len());
+            if end == total {
+                lane.items.pop_front();
+                state.queued_bulk -= total + frame::DATA_HEADER_LEN;
+            }
+            pieces.push((header, chunk));
+            if !lane.items.is_empty() {
+                state.lanes.push_back(lane);
+            }
+        }
+        more = state.queued() > 0;
+        if !more {
+            Network::unlist(&mut state);
+        }
+    }
+    for chunk in &chunks {
+        conn.write_plaintext(chunk);
+        written += chunk.len();
+    }
+    conn.spare_chunks = chunks;
+    for (header, chunk) in pieces {
+        conn.write_plaintext(&header);
+        conn.write_plaintext(&chunk);
+        written += header.len() + chunk.len();
+    }
+    Drained {
+        bytes: written,
+        more,
+    }
+}
