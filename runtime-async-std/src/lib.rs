@@ -20,6 +20,20 @@
 //!     assert_eq!(msg.downcast::<String>().unwrap(), "hello");
 //! });
 //! ```
+//!
+//! A node of a cluster starts from a cluster spec (`reign init` writes one):
+//!
+//! ```no_run
+//! use reign_async_std::{ClusterSpec, Node, NodeId};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     async_std::task::block_on(async {
+//!         let node = Node::start(&ClusterSpec::load("cluster.json")?, NodeId(2)).await?;
+//!         node.shutdown().await;
+//!         Ok(())
+//!     })
+//! }
+//! ```
 
 pub use reign_driver::api::*;
 pub use reign_driver::Runtime;
@@ -36,7 +50,10 @@ reign_driver::futures_io_runtime!(
     stream: async_std::net::TcpStream,
     // Dropping the handle detaches the task.
     spawn: |future| drop(async_std::task::spawn(future)),
-    sleep_until: |deadline| {
-        async_std::task::sleep(deadline.saturating_duration_since(std::time::Instant::now()))
+    // async-std keeps async-io's `Timer` private: sleep for what is left,
+    // measured when first polled.
+    sleep_until: |deadline| async move {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        async_std::task::sleep(left).await;
     },
 );

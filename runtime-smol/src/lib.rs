@@ -18,6 +18,20 @@
 //!     assert_eq!(msg.downcast::<String>().unwrap(), "hello");
 //! });
 //! ```
+//!
+//! A node of a cluster starts from a cluster spec (`reign init` writes one):
+//!
+//! ```no_run
+//! use reign_smol::{ClusterSpec, Node, NodeId};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     smol::block_on(async {
+//!         let node = Node::start(&ClusterSpec::load("cluster.json")?, NodeId(1)).await?;
+//!         node.shutdown().await;
+//!         Ok(())
+//!     })
+//! }
+//! ```
 
 pub use reign_driver::api::*;
 pub use reign_driver::Runtime;

@@ -85,10 +85,10 @@ async fn addresses_round_trip<R: Runtime + Default>() {
     back.send(String::from("home")).unwrap();
     let msg = recv_timeout(&R::default(), &home_box, WAIT).await.unwrap();
     assert_eq!(msg.downcast::<String>().unwrap(), "home");
-    // A remote close notification too.
+    // A remote close notification too. No pause: the watch may reach the
+    // other node before or after the close, and both must notify.
     let (watcher, watcher_box) = a.new_mailbox();
     a.address_of(echo.id()).on_close_notify(&watcher);
-    R::default().sleep(Duration::from_millis(50)).await;
     echo_box.close();
     let note = recv_timeout(&R::default(), &watcher_box, WAIT)
         .await
@@ -106,12 +106,18 @@ async fn peer_loss_and_reconnection<R: Runtime + Default>() {
     let (a, b) = pair::<R>(&cluster).await;
     b.shutdown().await;
     assert!(a.wait_for_disconnect(NodeId(1), WAIT).await);
+    // The same spec again: a new incarnation of node 1.
     let b = start::<R>(&cluster, 1).await;
     assert!(a.wait_for_peers(&[NodeId(1)], WAIT).await);
-    let (addr, mailbox) = b.new_mailbox();
-    a.address_of(addr.id()).send(5u8).unwrap();
-    let got = recv_timeout(&R::default(), &mailbox, WAIT).await.unwrap();
+    assert!(b.wait_for_peers(&[NodeId(0)], WAIT).await);
+    let (to_b, b_box) = b.new_mailbox();
+    let (to_a, a_box) = a.new_mailbox();
+    a.address_of(to_b.id()).send(5u8).unwrap();
+    b.address_of(to_a.id()).send(6u8).unwrap();
+    let got = recv_timeout(&R::default(), &b_box, WAIT).await.unwrap();
     assert_eq!(got.downcast::<u8>().unwrap(), 5);
+    let got = recv_timeout(&R::default(), &a_box, WAIT).await.unwrap();
+    assert_eq!(got.downcast::<u8>().unwrap(), 6);
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -120,11 +126,21 @@ async fn shutdown_leaves_nothing_behind<R: Runtime + Default>() {
     let cluster = TestCluster::new(2);
     let (a, b) = pair::<R>(&cluster).await;
     let (addr, mailbox) = a.new_mailbox();
+    // A watcher on the peer hears of the mailbox when its node goes away.
+    let (watcher, watcher_box) = b.new_mailbox();
+    b.address_of(addr.id()).on_close_notify(&watcher);
     let port = a.local_addr().unwrap();
     a.shutdown().await;
     assert!(mailbox.is_closed());
     assert_eq!(addr.send(1u8), Err(SendError::Closed));
     assert!(b.wait_for_disconnect(NodeId(0), WAIT).await);
+    let note = recv_timeout(&R::default(), &watcher_box, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        note.downcast::<MailboxClosed>().unwrap(),
+        MailboxClosed(addr.id())
+    );
     // Every task ended and dropped its socket: the port binds again.
     assert!(
         std::net::TcpListener::bind(port).is_ok(),

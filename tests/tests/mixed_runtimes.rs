@@ -81,7 +81,7 @@ fn tokio_async_std_and_smol_nodes_form_one_cluster() {
             }
         }
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // No pause: a watch that reaches its node after the close notifies too.
     let targets: Vec<Address> = boxes.iter().map(|(a, _)| a.clone()).collect();
     drop(boxes);
     for (watcher_node, (_, watcher_box)) in nodes.iter().zip(&watchers) {
@@ -103,12 +103,47 @@ fn tokio_async_std_and_smol_nodes_form_one_cluster() {
         assert_eq!(notes, want, "watchers on node {}", watcher_node.id().0);
     }
 
-    // A node going away is noticed by the others, whatever their runtime.
+    // A node going away is noticed by the others, whatever their runtime:
+    // each node shuts down in turn, and every remaining node sees the
+    // disconnect and a MailboxClosed for each of its mailboxes it watched.
+    let lasting: Vec<(Address, Mailbox)> = nodes.iter().map(|n| n.new_mailbox()).collect();
+    for (watcher_node, (watcher, _)) in nodes.iter().zip(&watchers) {
+        for (target, _) in &lasting {
+            if target.id().node != watcher_node.id() {
+                watcher_node
+                    .address_of(target.id())
+                    .on_close_notify(watcher);
+            }
+        }
+    }
+    let expect_gone = |watcher_node: &Node, watcher_box: &Mailbox, gone: &Address| {
+        let note: MailboxClosed = watcher_box
+            .recv_blocking_timeout(WAIT)
+            .unwrap()
+            .downcast()
+            .unwrap();
+        assert_eq!(
+            note,
+            MailboxClosed(gone.id()),
+            "watcher on node {}",
+            watcher_node.id().0
+        );
+    };
+
     smol::block_on(n2.shutdown());
     assert!(tokio_rt.block_on(n0.wait_for_disconnect(NodeId(2), WAIT)));
     assert!(async_std::task::block_on(
         n1.wait_for_disconnect(NodeId(2), WAIT)
     ));
-    tokio_rt.block_on(n0.shutdown());
+    for i in [0, 1] {
+        expect_gone(nodes[i], &watchers[i].1, &lasting[2].0);
+    }
+
     async_std::task::block_on(n1.shutdown());
+    assert!(tokio_rt.block_on(n0.wait_for_disconnect(NodeId(1), WAIT)));
+    expect_gone(nodes[0], &watchers[0].1, &lasting[1].0);
+
+    // One note per watch, no duplicates.
+    assert_eq!(watchers[0].1.message_count(), 0);
+    tokio_rt.block_on(n0.shutdown());
 }
