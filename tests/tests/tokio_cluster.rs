@@ -589,6 +589,8 @@ async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
     let (addr, mailbox) = nodes[1].new_mailbox();
     let remote = nodes[0].address_of(addr.id());
     let payload = serde_bytes::ByteBuf::from(vec![3u8; 1000]);
+    let (status_addr, status) = nodes[1].new_mailbox();
+    nodes[1].subscribe_connection_status(&status_addr);
     // Send until the pushback reaches the sender: its queue fills.
     let mut sent = 0u64;
     let mut full = 0;
@@ -618,7 +620,16 @@ async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
         unread as usize <= tuning.max_unread_bytes + (2 << 20),
         "{unread} bytes unread"
     );
+    // A paused reader cannot see its peer's pongs; that must not count as
+    // missed pings on either side, however long the application dawdles.
+    let silence = tuning.ping_interval * (tuning.max_ping_failures + 3);
+    tokio::time::sleep(silence.max(tuning.read_deadline + Duration::from_millis(500))).await;
     assert!(nodes[0].is_connected(NodeId(1)));
+    assert!(nodes[1].is_connected(NodeId(0)));
+    assert!(
+        matches!(status.try_recv(), Ok(None)),
+        "a paused connection was declared down"
+    );
     // Reading resumes the flow; every message arrives, in order.
     for i in 0..sent {
         let (n, _): (u64, serde_bytes::ByteBuf) = mailbox

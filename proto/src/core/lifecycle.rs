@@ -253,6 +253,13 @@ impl Core {
                     }
                 }
                 Phase::Up { .. } => {
+                    // While this node has paused reading (its own mailboxes are
+                    // behind), the peer's pongs sit unread in the socket: the
+                    // silence is ours, not the peer's, so it proves nothing.
+                    if self.paused.contains(&id) {
+                        conn.last_recv = now;
+                        conn.ping_failures = 0;
+                    }
                     if now >= conn.last_recv + self.tuning.read_deadline {
                         failures.push((
                             id,
