@@ -107,6 +107,17 @@ impl TlsContext {
             error: e.to_string(),
         };
         let material = &spec.material;
+        // rustls asserts (panics) when it writes an empty ALPN name or one
+        // over 255 bytes into a ClientHello: refuse them here instead.
+        if let Some(bad) = spec
+            .protocols
+            .iter()
+            .find(|p| p.is_empty() || p.len() > 255)
+        {
+            return Err(SpecError::Tls {
+                error: format!("protocol name {bad:?} is not 1 to 255 bytes long"),
+            });
+        }
         let alpn: Vec<Vec<u8>> = spec
             .protocols
             .iter()

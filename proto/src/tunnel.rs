@@ -612,17 +612,23 @@ impl NodeInner {
         let Some(outbox) = self.network().outbox(key.peer) else {
             return Err(SendError::Closed);
         };
+        // Tunnel frames skip the outbound bound: credit windows bound them.
+        // Refusals answer the peer's own opens, so they are bounded instead:
+        // a peer that floods opens and reads nothing cannot grow the queue.
+        let bounded = matches!(op, TunnelOp::Reject { .. });
         let frame = Frame::Tunnel {
             id: key.id,
             from_opener: key.opened_here,
             op,
         };
-        // Tunnel frames skip the outbound bound: credit windows bound them.
         match self
             .network()
-            .push_frame(outbox, 0, false, |out| frame.encode(out))
+            .push_frame(outbox, 0, bounded, |out| frame.encode(out))
         {
             Ok(()) => Ok(()),
+            // A refusal that finds the queue full is dropped, and leaves the
+            // tunnel table alone (the id may be another, open tunnel's).
+            Err(Refused::Full) if bounded => Err(SendError::Full),
             Err(Refused::Unreachable | Refused::Full) => {
                 let end = self.tunnels().remove(&key);
                 if let Some(end) = end {

@@ -1,0 +1,47 @@
+//! The seed corpus is what `reign_fuzz::seeds` says, and its structured
+//! inputs parse back to the values they were written from.
+//!
+//! `REIGN_FUZZ_WRITE_SEEDS=1 cargo test --manifest-path fuzz/Cargo.toml
+//! --test seeds` (with `RUSTFLAGS="--cfg fuzzing"`) rewrites the files.
+
+use std::path::Path;
+
+use arbitrary::{Arbitrary, Unstructured};
+use reign_fuzz::unarb::Unarbitrary;
+use reign_fuzz::{HandshakeInput, NodeInput};
+
+#[test]
+fn structured_seeds_parse_back() {
+    let (handshakes, nodes) = reign_fuzz::seeds::structured();
+    for input in handshakes {
+        let bytes = input.to_input();
+        let back = HandshakeInput::arbitrary_take_rest(Unstructured::new(&bytes)).unwrap();
+        assert_eq!(back, input);
+    }
+    for input in nodes {
+        let bytes = input.to_input();
+        let back = NodeInput::arbitrary_take_rest(Unstructured::new(&bytes)).unwrap();
+        assert_eq!(back, input);
+    }
+}
+
+#[test]
+fn corpus_holds_the_seeds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let write = std::env::var_os("REIGN_FUZZ_WRITE_SEEDS").is_some_and(|v| v == "1");
+    let mut stale = Vec::new();
+    for seed in reign_fuzz::seeds::all() {
+        let path = root.join(seed.target).join(&seed.file);
+        if write {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &seed.data).unwrap();
+        } else if std::fs::read(&path).ok().as_deref() != Some(&seed.data[..]) {
+            stale.push(path.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "seed files missing or stale (rewrite them with REIGN_FUZZ_WRITE_SEEDS=1):\n  {}",
+        stale.join("\n  ")
+    );
+}
