@@ -34,6 +34,7 @@ BENCH="$ROOT/target/release/reign-bench"
 
 for round in $(seq "$ROUNDS"); do
   echo "== round $round of $ROUNDS: reign" >&2
+  echo "# round=$round load=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"
   "$BENCH" all 2>>"$LOG" | sed "s/^/round=$round /" >>"$RESULTS"
   if [ -z "${SKIP_ANCHORS:-}" ]; then
     echo "== round $round of $ROUNDS: Erlang distribution" >&2
@@ -47,4 +48,10 @@ done
 echo >&2
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r)" >&2
 echo "results: $RESULTS (log: $LOG)" >&2
-python3 "$ROOT/bench/table.py" "$RESULTS"
+SUMMARIZE="$ANCHORS_SRC/summarize.py"
+if [ -f "$SUMMARIZE" ]; then
+  python3 "$SUMMARIZE" --group <"$RESULTS" >"$WORK/summary.txt"
+  python3 "$ROOT/bench/table.py" "$RESULTS" "$WORK/summary.txt" | tee "$WORK/table.md"
+else
+  python3 "$ROOT/bench/table.py" "$RESULTS" | tee "$WORK/table.md"
+fi

@@ -72,7 +72,7 @@ fn send_all<T: std::any::Any + Send + serde::Serialize>(
 /// its own.
 pub fn all() -> Result {
     let mut runs: Vec<Vec<String>> = vec![vec!["local".into()]];
-    for size in [64, 1024, 65536] {
+    for size in [64, 1024, 4096, 65536] {
         runs.push(vec!["oneway".into(), "--size".into(), size.to_string()]);
     }
     runs.push(vec!["pingpong".into()]);
@@ -227,7 +227,7 @@ pub fn oneway(size: usize, messages: Option<u64>) -> Result {
             return Err(format!("lost or repeated messages: {state:?}"));
         }
         line(&[
-            ("name", "reign_oneway".into()),
+            ("name", format!("reign_oneway_{size}")),
             ("payload_b", size.to_string()),
             ("msgs_per_s", rate(count as f64, secs)),
             (

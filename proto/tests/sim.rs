@@ -11,16 +11,15 @@ use reign_proto::sim::scenario::{Op, Scenario};
 use reign_proto::sim::{Sim, SimConfig, TraceEvent};
 use reign_proto::NodeId;
 
-fn run_seed(seed: u64) {
+/// Runs one random schedule; a broken invariant fails with its seed.
+fn run_seed(seed: u64) -> (u64, u64) {
     let nodes = 3 + (seed % 3) as u16;
     let scenario = Scenario::random(seed, nodes, 80);
     match scenario.run() {
-        Ok(report) => {
-            assert!(
-                report.sent == 0 || report.delivered > 0,
-                "seed {seed}: nothing delivered"
-            );
-        }
+        // A single schedule may legitimately deliver nothing (every send
+        // went to a crashed or cut-off node); the caller checks that the
+        // seeds together are not vacuous.
+        Ok(report) => (report.sent, report.delivered),
         Err(violation) => panic!("{violation}"),
     }
 }
@@ -43,7 +42,9 @@ fn the_same_seed_replays_event_for_event() {
 #[test]
 fn random_fault_schedules_keep_every_invariant() {
     if let Ok(seed) = std::env::var("SIM_SEED") {
-        run_seed(seed.parse().expect("SIM_SEED is a number"));
+        let seed = seed.parse().expect("SIM_SEED is a number");
+        let (sent, delivered) = run_seed(seed);
+        eprintln!("seed {seed}: {delivered} of {sent} numbered messages delivered");
         return;
     }
     let count: u64 = std::env::var("SIM_SEEDS")
@@ -54,9 +55,18 @@ fn random_fault_schedules_keep_every_invariant() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1);
+    let (mut sent, mut delivered) = (0, 0);
     for seed in base..base + count {
-        run_seed(seed);
+        let (s, d) = run_seed(seed);
+        sent += s;
+        delivered += d;
     }
+    eprintln!("{count} seeds from {base}: {delivered} of {sent} numbered messages delivered");
+    assert!(
+        sent == 0 || delivered * 4 >= sent,
+        "seeds {base}..{}: only {delivered} of {sent} messages delivered; the schedules are mostly vacuous",
+        base + count
+    );
 }
 
 #[test]
