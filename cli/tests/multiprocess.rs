@@ -122,6 +122,26 @@ async fn wait_for_names(node: &Node, names: &[&str]) {
     }
 }
 
+/// Waits until every `(node, name)` pair holds: that child node sees that
+/// name in its own registry (children connect to each other on their own
+/// schedule, after node 0 already sees them).
+async fn wait_for_names_on(node: &Node, pairs: &[(u16, &str)]) {
+    let (me, inbox) = node.new_mailbox();
+    for &(of, name) in pairs {
+        node.lookup(&protocol::control_name(of))
+            .expect("control mailbox registered")
+            .send(protocol::WatchName {
+                name: name.into(),
+                reply_to: me.clone(),
+            })
+            .unwrap();
+    }
+    for _ in pairs {
+        let seen = inbox.recv_timeout(WAIT).await.expect("a NameSeen");
+        assert!(seen.is::<protocol::NameSeen>(), "not a NameSeen");
+    }
+}
+
 /// Waits until `check` holds for a fresh report of node `of`.
 async fn report_until(
     node: &Node,
@@ -318,6 +338,8 @@ async fn sustained_mixed_load_loses_nothing_and_memory_stays_flat() {
         .unwrap();
     assert!(n0.wait_for_peers(&[NodeId(1), NodeId(2)], WAIT).await);
     wait_for_names(&n0, &["node-1", "node-2"]).await;
+    // Nodes 1 and 2 load each other by name: they must see each other too.
+    wait_for_names_on(&n0, &[(1, "node-2"), (2, "node-1")]).await;
     let to = [n0.lookup("node-1").unwrap(), n0.lookup("node-2").unwrap()];
 
     let started = Instant::now();
