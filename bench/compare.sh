@@ -35,7 +35,7 @@ BENCH="$ROOT/target/release/reign-bench"
 for round in $(seq "$ROUNDS"); do
   echo "== round $round of $ROUNDS: reign" >&2
   echo "# round=$round load=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"
-  "$BENCH" all 2>>"$LOG" | sed "s/^/round=$round /" >>"$RESULTS"
+  "$BENCH" all 2>>"$LOG" | sed "s/^/round=$round /" >>"$RESULTS" || echo "round=$round name=reign_all error=some_scenario_failed" >>"$RESULTS"
   if [ -z "${SKIP_ANCHORS:-}" ]; then
     echo "== round $round of $ROUNDS: Erlang distribution" >&2
     # Per-run lines go to stderr as "run=1 name=…": keep those (raw values).

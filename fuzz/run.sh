@@ -6,6 +6,10 @@
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #
+# FUZZ_SEED=N gives libFuzzer a fixed seed (CI uses one), so a run can be
+# repeated; without it libFuzzer picks one and prints it in the log.
+# Exit status: 0 clean, 1 a target failed, 2 the fuzzer could not be built.
+#
 # Sanitizer: SANITIZER=none (the default) builds on stable Rust with no
 # sanitizer; the targets' own checks (bounds, round trips, invariants) and
 # Rust's panics still apply. SANITIZER=address is cargo fuzz's default,
@@ -39,7 +43,7 @@ max_len() {
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --locked || { echo "cargo-fuzz did not install"; exit 2; }
 fi
 
 sanitizer=${SANITIZER:-none}
@@ -62,7 +66,12 @@ for target in "${targets[@]}"; do
     log="logs/$target.log"
     echo "== $target: ${seconds}s, sanitizer $sanitizer"
     set +e
+    seed_args=()
+    if [ -n "${FUZZ_SEED:-}" ]; then
+        seed_args+=(-seed="$FUZZ_SEED")
+    fi
     cargo fuzz run "${build_args[@]}" "$target" "work/$target" "corpus/$target" -- \
+        "${seed_args[@]}" \
         -max_total_time="$seconds" \
         -max_len="$(max_len "$target")" \
         -rss_limit_mb=2048 \

@@ -88,11 +88,19 @@ impl Cluster {
             .node
             .lookup(&protocol::control_name(of))
             .ok_or("a child is not registered")?;
-        let reply = self
-            .node
-            .request(&target, StatsQuery, WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Right after a flood the queue to the child may still be full: a
+        // request that cannot be queued yet is retried, not a failure.
+        let deadline = std::time::Instant::now() + WAIT;
+        let reply = loop {
+            match self.node.request(&target, StatsQuery, WAIT).await {
+                Err(reign_proto::RequestError::Send(reign_proto::SendError::Full))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+                other => break other.map_err(|e| e.to_string())?,
+            }
+        };
         reply
             .downcast()
             .map_err(|_| "a stats reply of the wrong type".into())

@@ -91,16 +91,23 @@ pub fn all() -> Result {
     runs.push(vec!["registry".into()]);
     runs.push(vec!["alloc".into()]);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // One failed scenario must not cost the others their figures.
+    let mut failed = Vec::new();
     for args in runs {
         let status = std::process::Command::new(&exe)
             .args(&args)
             .status()
             .map_err(|e| e.to_string())?;
         if !status.success() {
-            return Err(format!("{} failed: {status}", args.join(" ")));
+            println!("name=reign_{} error={status}", args[0].replace('-', "_"));
+            failed.push(format!("{} ({status})", args.join(" ")));
         }
     }
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed.join(", ")))
+    }
 }
 
 // ----- local -----------------------------------------------------------------

@@ -124,7 +124,7 @@ impl Default for Tuning {
             max_frame_len: crate::codec::DEFAULT_MAX_FRAME_LEN,
             max_message_len: 128 << 20,
             outbound_queue_bytes: 16 << 20,
-            outbound_bulk_bytes: 64 << 20,
+            outbound_bulk_bytes: 16 << 20,
             write_window: 1 << 20,
             max_handshaking: 64,
             tunnel_window: 1 << 20,
