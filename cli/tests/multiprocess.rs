@@ -595,3 +595,40 @@ fn the_chat_example_talks_and_notices_the_other_side_leaving() {
     assert!(a.wait().unwrap().success());
     assert!(b.wait().unwrap().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_node_id_is_refused_and_the_first_keeps_serving() {
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::with_tuning(2, fast());
+    let mut first = Proc::spawn(dir.path(), &cluster.spec(NodeId(1)), 1);
+    let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
+    wait_for_names(&n0, &["node-1"]).await;
+    let control = n0.lookup(&protocol::control_name(1)).unwrap();
+
+    // Node 1's address is the live node's: the impostor cannot listen there
+    // and exits with an error that says why.
+    let mut second = Proc::spawn(dir.path(), &cluster.spec(NodeId(1)), 1);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Ok(Some(status)) = second.child.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the second node 1 kept running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(!status.success());
+    let log = second.log();
+    assert!(log.contains("cannot listen on"), "unclear refusal: {log}");
+
+    // The first is still node 1 for the cluster: the same mailbox (so the
+    // same incarnation) holds its name, and it answers.
+    assert!(n0.is_connected(NodeId(1)));
+    assert_eq!(n0.lookup(&protocol::control_name(1)), Some(control));
+    assert_eq!(stats(&n0, 1).await.node, 1);
+    assert!(first.terminate().success());
+    n0.shutdown().await;
+}
