@@ -56,14 +56,24 @@ impl Proc {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
+        match self.exit_within(WAIT) {
+            Some(status) => status,
+            None => {
                 self.kill9();
                 panic!("node did not exit after SIGTERM");
+            }
+        }
+    }
+
+    /// The exit status, if the process ends within `timeout`.
+    fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -612,14 +622,9 @@ async fn a_second_process_with_a_live_node_id_is_refused_and_the_first_keeps_ser
     // Node 1's address is the live node's: the impostor cannot listen there
     // and exits with an error that says why.
     let mut second = Proc::spawn(dir.path(), &cluster.spec(NodeId(1)), 1);
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Ok(Some(status)) = second.child.try_wait() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the second node 1 kept running");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let status = second
+        .exit_within(WAIT)
+        .expect("the second node 1 kept running");
     assert!(!status.success());
     let log = second.log();
     assert!(log.contains("cannot listen on"), "unclear refusal: {log}");
