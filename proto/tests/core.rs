@@ -433,3 +433,31 @@ fn close_notifications_reach_local_watchers_of_remote_nodes_unreachable() {
         MailboxClosed(far)
     );
 }
+
+#[test]
+fn an_empty_or_overlong_protocol_name_is_a_typed_spec_error() {
+    let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
+    let addrs = vec![
+        (NodeId(0), "127.0.0.1:1".to_string()),
+        (NodeId(1), "127.0.0.1:2".to_string()),
+    ];
+    for bad in [String::new(), "x".repeat(256)] {
+        let mut spec: ClusterSpec = ca.inline_spec(NodeId(1), &addrs).unwrap();
+        spec.permitted_protocols = vec!["reign".into(), bad.clone()];
+        let config = CoreConfig {
+            spec: spec
+                .resolve(NodeId(1), rustls::pki_types::UnixTime::now())
+                .unwrap(),
+            incarnation: Incarnation(1),
+            seed: 1,
+            time_provider: reign_proto::tls::system_time(),
+        };
+        match Core::new(config, Instant::now()) {
+            Err(reign_proto::SpecError::Tls { error }) => {
+                assert!(error.contains("1 to 255 bytes"), "{error}")
+            }
+            Err(other) => panic!("{} bytes: another error: {other}", bad.len()),
+            Ok(_) => panic!("a {}-byte protocol name was accepted", bad.len()),
+        }
+    }
+}
