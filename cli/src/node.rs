@@ -1,38 +1,89 @@
 //! `reign node`: one node of a cluster as an OS process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reign_proto::{ClusterSpec, NodeId};
+use reign_proto::{ClusterSpec, NodeDescriptor, NodeId};
 use reign_tokio::Node;
 
 /// Which node to run.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
-    /// The cluster spec (JSON, Go reign's field names).
-    #[arg(long)]
-    pub spec: PathBuf,
+    /// The cluster spec (JSON, Go reign's field names). Re-read on SIGHUP.
+    #[arg(long, required_unless_present = "dev")]
+    pub spec: Option<PathBuf>,
     /// This node's id in the spec.
-    #[arg(long)]
-    pub id: u16,
+    #[arg(long, required_unless_present = "dev")]
+    pub id: Option<u16>,
+    /// A running node to join through, as `ID@HOST:PORT` (repeatable): it
+    /// is added to the spec's nodes, and the rest of the cluster is learned
+    /// from it. The id is needed because it is the seed's TLS identity.
+    #[arg(long, value_name = "ID@HOST:PORT")]
+    pub join: Vec<String>,
+    /// Development mode: no spec, no certificates. Nodes started with the
+    /// same directory form a cluster on loopback (insecure; see the log).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["spec", "id", "join"])]
+    pub dev: Option<PathBuf>,
     /// Log counters this often (seconds; 0 = never).
     #[arg(long, default_value_t = 0)]
     pub stats_every: u64,
 }
 
+/// Parses `ID@HOST:PORT`.
+pub fn parse_seed(text: &str) -> Result<NodeDescriptor, String> {
+    let (id, address) = text
+        .split_once('@')
+        .ok_or_else(|| format!("--join {text:?}: expected ID@HOST:PORT"))?;
+    let id = id
+        .parse::<u16>()
+        .map_err(|e| format!("--join {text:?}: bad node id: {e}"))?;
+    Ok(NodeDescriptor {
+        id,
+        address: address.to_owned(),
+        listen_address: String::new(),
+        local_address: String::new(),
+    })
+}
+
+/// The spec at `path` with the `--join` seeds added (a seed the file
+/// already lists keeps the file's entry).
+fn load_spec(path: &Path, seeds: &[NodeDescriptor]) -> Result<ClusterSpec, String> {
+    let mut spec = ClusterSpec::load(path).map_err(|e| e.to_string())?;
+    for seed in seeds {
+        if !spec.nodes.iter().any(|n| n.id == seed.id) {
+            spec.nodes.push(seed.clone());
+        }
+    }
+    spec.validate_nodes().map_err(|e| e.to_string())?;
+    Ok(spec)
+}
+
 /// Runs the node until SIGINT or SIGTERM, then shuts it down cleanly.
+/// SIGHUP re-reads the spec; an invalid one is logged and ignored.
 pub fn run(args: NodeArgs) -> Result<(), String> {
-    let spec = ClusterSpec::load(&args.spec).map_err(|e| e.to_string())?;
+    let seeds = args
+        .join
+        .iter()
+        .map(|s| parse_seed(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = match &args.spec {
+        Some(path) => Some(load_spec(path, &seeds)?),
+        None => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start tokio: {e}"))?;
     rt.block_on(async move {
-        let node = Node::start(&spec, NodeId(args.id))
-            .await
-            .map_err(|e| e.to_string())?;
+        let node = match (&args.dev, &spec, args.id) {
+            (Some(dir), _, _) => Node::start_dev(dir).await,
+            (None, Some(spec), Some(id)) => Node::start(spec, NodeId(id)).await,
+            _ => return Err("--spec and --id are required without --dev".to_owned()),
+        }
+        .map_err(|e| e.to_string())?;
+        let id = node.id().0;
         crate::service::start(&node)?;
-        tracing::info!(node = args.id, "serving echo, broadcast, news and sink");
+        tracing::info!(node = id, "serving echo, broadcast, news and sink");
         let stats = {
             let node = node.clone();
             let every = args.stats_every;
@@ -52,12 +103,63 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
                 }
             })
         };
-        wait_for_signal().await;
-        tracing::info!(node = args.id, "signal received; shutting down");
+        let reloads = {
+            let node = node.clone();
+            let path = args.spec.clone();
+            tokio::spawn(async move {
+                let Some(path) = path else { return };
+                reload_on_hangup(&node, &path, &seeds).await;
+            })
+        };
+        tokio::select! {
+            _ = wait_for_signal() => {
+                tracing::info!(node = id, "signal received; shutting down");
+            }
+            _ = node.stopped() => {}
+        }
         stats.abort();
+        reloads.abort();
         node.shutdown().await;
-        Ok(())
+        match node.failure() {
+            Some(failure) => Err(failure),
+            None => Ok(()),
+        }
     })
+}
+
+/// Re-reads the spec on every SIGHUP and applies it.
+async fn reload_on_hangup(node: &Node, path: &Path, seeds: &[NodeDescriptor]) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot catch SIGHUP; spec reloads are off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!(spec = %path.display(), "SIGHUP: re-reading the cluster spec");
+            let spec = match load_spec(path, seeds) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::warn!(spec = %path.display(), error = e, "invalid spec; keeping the old one");
+                    continue;
+                }
+            };
+            match node.reload(&spec).await {
+                Ok(changes) => tracing::info!(
+                    added = ?changes.added,
+                    removed = ?changes.removed,
+                    readdressed = ?changes.readdressed,
+                    "spec reloaded"
+                ),
+                Err(e) => tracing::warn!(error = %e, "spec reload refused; keeping the old one"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (node, path, seeds);
+    }
 }
 
 async fn wait_for_signal() {

@@ -17,7 +17,11 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use futures_lite::StreamExt;
-use reign_proto::{ConnId, Core, Input, Output, WakeSignal};
+use std::sync::{Arc, Mutex};
+
+use reign_proto::{
+    ConnId, Core, Event, Input, Output, ReloadError, Reloaded, ResolvedSpec, WakeSignal,
+};
 
 use crate::runtime::Runtime;
 use crate::signal::Stop;
@@ -47,7 +51,16 @@ pub(crate) enum DriverEvent<R: Runtime> {
         error: String,
     },
     Shutdown,
+    /// Apply a new spec; the outcome goes back on `reply`.
+    Reload {
+        spec: Box<ResolvedSpec>,
+        reply: Sender<Result<Reloaded, ReloadError>>,
+    },
 }
+
+/// Why a node stopped by itself, shared with the [`Reign`](crate::Reign)
+/// handles.
+pub(crate) type Failure = Arc<Mutex<Option<String>>>;
 
 /// An open socket and what the driver holds for it.
 struct Link<R: Runtime> {
@@ -81,6 +94,8 @@ pub(crate) struct Driver<R: Runtime> {
     conns: BTreeMap<ConnId, Slot<R>>,
     shutdown_deadline: Option<Instant>,
     tasks_finished: bool,
+    /// Set when the node must stop by itself (another process holds its id).
+    failure: Failure,
 }
 
 /// What woke the driver.
@@ -101,6 +116,7 @@ impl<R: Runtime> Driver<R> {
         task_guard: Sender<()>,
         tasks_done: Receiver<()>,
         stop_accept: Stop,
+        failure: Failure,
     ) -> Driver<R> {
         Driver {
             rt,
@@ -113,6 +129,7 @@ impl<R: Runtime> Driver<R> {
             conns: BTreeMap::new(),
             shutdown_deadline: None,
             tasks_finished: false,
+            failure,
         }
     }
 
@@ -124,6 +141,9 @@ impl<R: Runtime> Driver<R> {
                 self.handle(now, event);
             }
             self.pump(now);
+            if self.task_guard.is_some() && self.failure().is_some() {
+                self.shut_down(now);
+            }
             if self.finished() {
                 break;
             }
@@ -140,6 +160,13 @@ impl<R: Runtime> Driver<R> {
             }
         }
         tracing::debug!(node = self.core.id().0, "driver finished");
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn finished(&self) -> bool {
@@ -283,15 +310,24 @@ impl<R: Runtime> Driver<R> {
                     },
                 );
             }
-            DriverEvent::Shutdown => {
-                if self.task_guard.is_some() {
-                    self.core.shutdown(now);
-                    self.stop_accept.stop();
-                    self.pump(now);
-                    self.task_guard = None;
-                    self.shutdown_deadline = Some(now + CLOSE_GRACE);
+            DriverEvent::Shutdown => self.shut_down(now),
+            DriverEvent::Reload { spec, reply } => {
+                let outcome = self.core.reload(now, *spec);
+                if let Err(e) = &outcome {
+                    tracing::warn!(node = self.core.id().0, error = %e, "spec reload refused; keeping the old spec");
                 }
+                let _ = reply.try_send(outcome);
             }
+        }
+    }
+
+    fn shut_down(&mut self, now: Instant) {
+        if self.task_guard.is_some() {
+            self.core.shutdown(now);
+            self.stop_accept.stop();
+            self.pump(now);
+            self.task_guard = None;
+            self.shutdown_deadline = Some(now + CLOSE_GRACE);
         }
     }
 
@@ -322,6 +358,16 @@ impl<R: Runtime> Driver<R> {
                     if let Some(Slot::Open(link)) = self.conns.get_mut(&conn) {
                         link.paused = false;
                     }
+                }
+                Output::Event(Event::IdentityConflict { by, reason }) => {
+                    tracing::error!(
+                        node = self.core.id().0,
+                        by = by.0,
+                        reason,
+                        "another process with this node id is live; stopping this one"
+                    );
+                    let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                    failure.get_or_insert(format!("node {} refused this process: {reason}", by.0));
                 }
                 Output::Event(event) => {
                     tracing::debug!(node = self.core.id().0, ?event, "core event");

@@ -6,6 +6,7 @@
 //! accept loop, clean shutdown, and the user-facing [`Reign`] node. An
 //! adapter supplies only a [`Runtime`]: spawn, sockets and a timer.
 
+mod dev;
 mod driver;
 mod runtime;
 mod signal;
@@ -16,8 +17,8 @@ pub mod api {
     pub use reign_proto::{
         register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus,
         Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId, Message,
-        MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError, Request,
-        RequestError, Responder, SendError, Target, Tuning, TunnelError,
+        MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError, ReloadError,
+        Reloaded, Request, RequestError, Responder, SendError, Target, Tuning, TunnelError,
     };
 
     pub use crate::StartError;
@@ -30,10 +31,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reign_proto::{
     ClusterSpec, ConnectionStatus, Core, CoreConfig, Incarnation, IncomingTunnel, Mailbox, Message,
-    Node, NodeId, RecvError, RequestError, SpecError, Target, TunnelError,
+    Node, NodeId, RecvError, ReloadError, Reloaded, RequestError, SpecError, Target, TunnelError,
 };
 
-use driver::{Driver, DriverEvent, EVENT_BACKLOG};
+use driver::{Driver, DriverEvent, Failure, EVENT_BACKLOG};
 pub use runtime::Runtime;
 use signal::{race, Either, Stop};
 
@@ -42,6 +43,13 @@ use signal::{race, Either, Stop};
 pub enum StartError {
     /// The cluster spec is invalid for this node.
     Spec(SpecError),
+    /// Development mode could not set up its directory.
+    Dev {
+        /// The dev directory.
+        dir: std::path::PathBuf,
+        /// What failed.
+        error: std::io::Error,
+    },
     /// The listener could not bind.
     Bind {
         /// The address from the spec.
@@ -56,6 +64,9 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Spec(e) => write!(f, "{e}"),
             StartError::Bind { address, error } => write!(f, "cannot listen on {address}: {error}"),
+            StartError::Dev { dir, error } => {
+                write!(f, "dev directory {}: {error}", dir.display())
+            }
         }
     }
 }
@@ -72,6 +83,9 @@ struct Running<R: Runtime> {
     commands: async_channel::Sender<DriverEvent<R>>,
     finished: async_channel::Receiver<()>,
     local_addr: SocketAddr,
+    failure: Failure,
+    /// A dev node's claim on its id, given up at shutdown.
+    dev_claim: std::sync::Mutex<Option<dev::Claim>>,
 }
 
 /// A running reign node on runtime `R`. Each adapter names it `Node`.
@@ -109,6 +123,82 @@ impl<R: Runtime + Default> Reign<R> {
     /// spawns the driver, which dials the peers this node is responsible for.
     pub async fn start(spec: &ClusterSpec, id: NodeId) -> Result<Reign<R>, StartError> {
         Reign::start_on(R::default(), spec, id).await
+    }
+
+    /// Starts a development node with no configuration: nodes started with
+    /// the same `dir` on this machine form a cluster on loopback. The first
+    /// makes a throw-away CA in `dir`; each takes the lowest free node id,
+    /// listens on a free loopback port, records it in `dir` and connects to
+    /// the others recorded there (re-read twice a second, so later nodes
+    /// are found too). A clean shutdown gives the id back.
+    ///
+    /// **Insecure for production**: whoever can read `dir` holds the CA key
+    /// and can join. The node logs this loudly.
+    ///
+    /// ```no_run
+    /// # async fn demo<R: reign_driver::Runtime + Default>() {
+    /// let node = reign_driver::Reign::<R>::start_dev("/tmp/my-dev-cluster").await.unwrap();
+    /// println!("I am {}", node.id());
+    /// # }
+    /// ```
+    pub async fn start_dev(dir: impl AsRef<std::path::Path>) -> Result<Reign<R>, StartError> {
+        let dir = dir.as_ref().to_path_buf();
+        let dev_error = |error| StartError::Dev {
+            dir: dir.clone(),
+            error,
+        };
+        tracing::warn!(
+            dir = %dir.display(),
+            "DEVELOPMENT MODE: a throw-away CA whose key sits in this directory; anyone \
+             who can read it can join the cluster. Never use --dev / start_dev in production."
+        );
+        let ca = dev::load_or_make_ca(&dir).map_err(dev_error)?;
+        // Hold a free port while claiming an id, so that a node starting at
+        // the same time sees this claim as live.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").map_err(dev_error)?;
+        let address = port.local_addr().map_err(dev_error)?.to_string();
+        let claim = dev::claim_id(&dir, &address).map_err(dev_error)?;
+        let id = claim.id;
+        let members = dev::members(&dir);
+        let mut spec = match dev::spec(&ca, id, &address, &members) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = std::fs::remove_file(&claim.file);
+                return Err(dev_error(e));
+            }
+        };
+        drop(port);
+        let node = match Reign::start_on(R::default(), &spec, id).await {
+            Ok(node) => node,
+            Err(e) => {
+                let _ = std::fs::remove_file(&claim.file);
+                return Err(e);
+            }
+        };
+        tracing::warn!(node = id.0, %address, dir = %dir.display(), "development node started (insecure: see above)");
+        if let Some(running) = &node.running {
+            *running.dev_claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim);
+        }
+        let watcher = node.clone();
+        node.rt.spawn(async move {
+            let mut known = members;
+            loop {
+                watcher.rt.sleep(dev::RESCAN).await;
+                if watcher.node.is_shut_down() {
+                    return;
+                }
+                let now = dev::members(&dir);
+                if now == known {
+                    continue;
+                }
+                spec.nodes = dev::spec_nodes(id, &address, &now);
+                if let Err(e) = watcher.reload(&spec).await {
+                    tracing::warn!(node = id.0, error = %e, "dev directory reload failed");
+                }
+                known = now;
+            }
+        });
+        Ok(node)
     }
 }
 
@@ -167,6 +257,7 @@ impl<R: Runtime> Reign<R> {
             }
         });
 
+        let failure = Failure::default();
         let driver = Driver::new(
             rt.clone(),
             core,
@@ -175,6 +266,7 @@ impl<R: Runtime> Reign<R> {
             guard,
             tasks_done,
             stop_accept,
+            failure.clone(),
         );
         rt.spawn(async move {
             driver.run().await;
@@ -188,6 +280,8 @@ impl<R: Runtime> Reign<R> {
                 commands: events_tx,
                 finished,
                 local_addr,
+                failure,
+                dev_claim: std::sync::Mutex::new(None),
             })),
         })
     }
@@ -210,8 +304,68 @@ impl<R: Runtime> Reign<R> {
             Some(running) => {
                 let _ = running.commands.send(DriverEvent::Shutdown).await;
                 let _ = running.finished.recv().await;
+                let claim = running
+                    .dev_claim
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                if let Some(claim) = claim {
+                    let _ = std::fs::remove_file(&claim.file);
+                }
             }
             None => self.node.close_all_mailboxes(),
+        }
+    }
+
+    /// Re-reads membership from `spec` while the node runs (what `reign
+    /// node` does on SIGHUP): nodes it adds are connected, nodes it no
+    /// longer lists are told goodbye and refused from then on, and changed
+    /// addresses are used for the next dial. An invalid spec, or one for
+    /// another node or cluster CA, is refused with the reason and the node
+    /// keeps its old view; tuning and TLS material keep their values from
+    /// the start.
+    ///
+    /// ```no_run
+    /// # async fn demo(node: reign_driver::Reign<impl reign_driver::Runtime>) {
+    /// let spec = reign_proto::ClusterSpec::load("cluster.json").unwrap();
+    /// match node.reload(&spec).await {
+    ///     Ok(changes) => println!("added {:?}, removed {:?}", changes.added, changes.removed),
+    ///     Err(e) => eprintln!("kept the old spec: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn reload(&self, spec: &ClusterSpec) -> Result<Reloaded, ReloadError> {
+        let Some(running) = &self.running else {
+            return Err(ReloadError::ShuttingDown);
+        };
+        let resolved = spec.resolve(self.node.id(), rustls::pki_types::UnixTime::now())?;
+        let (reply, outcome) = async_channel::bounded(1);
+        let command = DriverEvent::Reload {
+            spec: Box::new(resolved),
+            reply,
+        };
+        if running.commands.send(command).await.is_err() {
+            return Err(ReloadError::ShuttingDown);
+        }
+        outcome
+            .recv()
+            .await
+            .unwrap_or(Err(ReloadError::ShuttingDown))
+    }
+
+    /// Why the node stopped by itself, if it did: another process with its
+    /// id was live in the cluster (see `Event::IdentityConflict`).
+    pub fn failure(&self) -> Option<String> {
+        let running = self.running.as_ref()?;
+        let failure = running.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.clone()
+    }
+
+    /// Waits until the node has stopped (after [`shutdown`](Reign::shutdown)
+    /// or by itself, see [`failure`](Reign::failure)).
+    pub async fn stopped(&self) {
+        if let Some(running) = &self.running {
+            let _ = running.finished.recv().await;
         }
     }
 

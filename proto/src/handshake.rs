@@ -55,7 +55,8 @@ pub enum HandshakeError {
         /// The node claimed.
         claimed: NodeId,
     },
-    /// The peer claims to be a node that is not in the cluster spec, or this node.
+    /// The peer claims to be a node this node does not admit (removed from
+    /// its spec, or not in it while joins are off), or this node itself.
     UnknownNode {
         /// The node claimed.
         claimed: NodeId,
@@ -89,7 +90,7 @@ impl fmt::Display for HandshakeError {
             HandshakeError::UnknownNode { claimed } => {
                 write!(
                     f,
-                    "peer claims to be node {}, which is not a peer in the cluster spec",
+                    "peer claims to be node {}, which this node does not admit (removed from its spec, or not in it with joins off)",
                     claimed.0
                 )
             }

@@ -9,9 +9,9 @@
 //! leave in fragments, round-robin with everything else, so they never hold
 //! up pings, control traffic or small messages to other mailboxes.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -184,6 +184,8 @@ pub struct PeerStats {
 
 pub(crate) struct Outbox {
     pub(crate) peer: NodeId,
+    /// Whether the peer is a member now (see [`Network::remove_peer`]).
+    member: AtomicBool,
     state: Mutex<OutboxState>,
     pub(crate) counters: PeerCounters,
     /// What the peer's messages hold on this node until they are received.
@@ -297,9 +299,22 @@ impl Outbox {
     }
 }
 
-/// Every peer's outbox, fixed when the node starts from its spec.
+/// Node ids per page of the [`Network`]'s outbox table: the high byte of
+/// an id picks the page, the low byte the slot.
+const PAGE: usize = 256;
+
+type Page = Box<[OnceLock<Box<Outbox>>]>;
+
+/// Every peer's outbox.
+///
+/// Senders find a peer's outbox on every remote send, from any thread, so
+/// the lookup takes no lock: outboxes live in a two-level table of
+/// write-once slots indexed by node id. Membership can grow while the node
+/// runs (joins, spec reloads); an outbox, once made, stays for the life of
+/// the node, and a peer that leaves is marked as no longer a member (sends
+/// to it are dropped as unreachable, as to any disconnected peer).
 pub(crate) struct Network {
-    outboxes: BTreeMap<NodeId, Outbox>,
+    pages: Box<[OnceLock<Page>]>,
     /// Peers whose outbox went from empty to non-empty since the core last looked.
     ready: Mutex<Vec<NodeId>>,
     pub(crate) wake: Arc<WakeSignal>,
@@ -310,6 +325,8 @@ pub(crate) struct Network {
     pub(crate) tunnel_window: usize,
     /// The largest frame a peer accepts.
     pub(crate) max_frame_len: usize,
+    /// Bytes each peer's unread messages may hold (new outboxes start here).
+    unread_limit: AtomicUsize,
 }
 
 impl Network {
@@ -319,50 +336,86 @@ impl Network {
         bulk_limit: usize,
         max_message_len: usize,
     ) -> Network {
-        let wake = Arc::new(WakeSignal::default());
-        Network {
-            outboxes: peers
-                .into_iter()
-                .map(|peer| {
-                    (
-                        peer,
-                        Outbox {
-                            peer,
-                            state: Mutex::new(OutboxState::default()),
-                            counters: PeerCounters::default(),
-                            unread: Arc::new(RecvBudget {
-                                used: AtomicUsize::new(0),
-                                limit: AtomicUsize::new(DEFAULT_UNREAD_LIMIT),
-                                paused: AtomicBool::new(false),
-                                wake: wake.clone(),
-                            }),
-                        },
-                    )
-                })
-                .collect(),
+        let network = Network {
+            pages: (0..PAGE).map(|_| OnceLock::new()).collect(),
             ready: Mutex::new(Vec::new()),
-            wake,
+            wake: Arc::new(WakeSignal::default()),
             outbound_limit,
             bulk_limit,
             max_message_len,
             tunnel_window: 1 << 20,
             max_frame_len: crate::codec::DEFAULT_MAX_FRAME_LEN,
+            unread_limit: AtomicUsize::new(DEFAULT_UNREAD_LIMIT),
+        };
+        for peer in peers {
+            network.add_peer(peer);
         }
+        network
     }
 
+    fn slot(&self, peer: NodeId) -> Option<&OnceLock<Box<Outbox>>> {
+        let [high, low] = peer.0.to_be_bytes();
+        self.pages[usize::from(high)].get()?.get(usize::from(low))
+    }
+
+    /// The outbox of a current member, if `peer` is one.
     pub(crate) fn outbox(&self, peer: NodeId) -> Option<&Outbox> {
-        self.outboxes.get(&peer)
+        self.slot(peer)?
+            .get()
+            .map(|b| &**b)
+            .filter(|o| o.member.load(Ordering::Acquire))
+    }
+
+    /// Makes `peer` a member with an outbox (its old one, if it was a
+    /// member before: counters carry on).
+    pub(crate) fn add_peer(&self, peer: NodeId) {
+        let [high, low] = peer.0.to_be_bytes();
+        let page = self.pages[usize::from(high)]
+            .get_or_init(|| (0..PAGE).map(|_| OnceLock::new()).collect());
+        let outbox = page[usize::from(low)].get_or_init(|| {
+            Box::new(Outbox {
+                peer,
+                member: AtomicBool::new(true),
+                state: Mutex::new(OutboxState::default()),
+                counters: PeerCounters::default(),
+                unread: Arc::new(RecvBudget {
+                    used: AtomicUsize::new(0),
+                    limit: AtomicUsize::new(self.unread_limit.load(Ordering::Relaxed)),
+                    paused: AtomicBool::new(false),
+                    wake: self.wake.clone(),
+                }),
+            })
+        });
+        outbox.member.store(true, Ordering::Release);
+    }
+
+    /// `peer` is no longer a member: its outbox is emptied and disappears
+    /// from [`outbox`](Network::outbox) and [`outboxes`](Network::outboxes).
+    pub(crate) fn remove_peer(&self, peer: NodeId) {
+        if let Some(outbox) = self.slot(peer).and_then(|s| s.get()) {
+            outbox.member.store(false, Ordering::Release);
+            let mut state = outbox.lock();
+            state.connected = false;
+            state.clear();
+        }
     }
 
     /// Sets how many bytes each peer's unread messages may hold.
     pub(crate) fn set_unread_limit(&self, limit: usize) {
-        for outbox in self.outboxes.values() {
+        self.unread_limit.store(limit, Ordering::Relaxed);
+        for outbox in self.outboxes() {
             outbox.unread.limit.store(limit, Ordering::Relaxed);
         }
     }
 
+    /// Every current member's outbox, in node id order.
     pub(crate) fn outboxes(&self) -> impl Iterator<Item = &Outbox> {
-        self.outboxes.values()
+        self.pages
+            .iter()
+            .filter_map(|page| page.get())
+            .flat_map(|page| page.iter().filter_map(|slot| slot.get()))
+            .map(|b| &**b)
+            .filter(|o| o.member.load(Ordering::Acquire))
     }
 
     /// Takes the list of peers with fresh output.

@@ -838,9 +838,15 @@ impl Node {
         lock(&self.inner.registry).local_claims()
     }
 
-    /// Counters and queue depth of every peer in the spec.
+    /// Counters and queue depth of every member.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.inner.net.outboxes().map(|o| o.stats()).collect()
+    }
+
+    /// The other nodes this node counts as cluster members (from its spec,
+    /// from a reload, or learned from peers), in id order, connected or not.
+    pub fn cluster_members(&self) -> Vec<NodeId> {
+        self.inner.net.outboxes().map(|o| o.peer).collect()
     }
 
     /// Whether a connection to `peer` is up.

@@ -110,6 +110,18 @@ pub struct Tuning {
     /// sends return `Full`) until consumers bring it under half. Nothing is
     /// dropped; a mailbox nobody reads stalls its peer's link.
     pub max_unread_bytes: usize,
+    /// Whether nodes missing from this node's spec may join by connecting
+    /// (they still need a certificate signed by the cluster CA that names
+    /// their id). Off: only the nodes in the spec are accepted.
+    pub accept_joins: bool,
+    /// How often this node tells one random peer which members it knows,
+    /// so that views that drifted apart (partitions, lost joins) converge.
+    #[serde(with = "millis")]
+    pub gossip_interval: Duration,
+    /// A member learned by gossip (not in the spec) that has been
+    /// unreachable this long is forgotten. Members in the spec never are.
+    #[serde(with = "millis")]
+    pub forget_after: Duration,
 }
 
 impl Default for Tuning {
@@ -129,6 +141,9 @@ impl Default for Tuning {
             max_handshaking: 64,
             tunnel_window: 1 << 20,
             max_unread_bytes: 16 << 20,
+            accept_joins: true,
+            gossip_interval: Duration::from_secs(10),
+            forget_after: Duration::from_secs(120),
         }
     }
 }
@@ -144,6 +159,8 @@ impl Tuning {
             handshake_timeout: Duration::from_secs(2),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
+            gossip_interval: Duration::from_millis(500),
+            forget_after: Duration::from_secs(5),
             ..Tuning::default()
         }
     }
@@ -360,7 +377,7 @@ impl ResolvedSpec {
     }
 }
 
-fn valid_host_port(s: &str) -> bool {
+pub(crate) fn valid_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
         None => false,

@@ -46,6 +46,8 @@ impl Core {
         }
         peer.retry_at = None;
         peer.backoff.reset();
+        peer.incarnation = Some(hello.incarnation);
+        peer.down_since = None;
         let node = &self.node.inner;
         if let Some(outbox) = node.network().outbox(peer_id) {
             outbox.lock().connected = true;
@@ -61,6 +63,7 @@ impl Core {
         for frame in node.peer_up(peer_id, hello.incarnation) {
             frame.encode(&mut conn.control_out);
         }
+        conn.queue_frame(&self.members_frame());
         self.outputs.push_back(Output::Event(Event::PeerUp {
             node: peer_id,
             incarnation: hello.incarnation,
@@ -108,6 +111,7 @@ impl Core {
             return;
         };
         self.dirty.remove(&id);
+        self.probes.retain(|_, p| p.conn != id);
         if self.paused.remove(&id) {
             if let Some(outbox) = conn
                 .peer()
@@ -136,6 +140,8 @@ impl Core {
             return;
         };
         peer.up = None;
+        peer.incarnation = None;
+        peer.down_since = Some(now);
         let node = &self.node.inner;
         if let Some(outbox) = node.network().outbox(peer_id) {
             let dropped = {
@@ -172,6 +178,7 @@ impl Core {
             reason,
         }));
         self.schedule_redial(now, peer_id);
+        self.release_probe(now, peer_id);
     }
 
     pub(super) fn schedule_redial(&mut self, now: Instant, peer_id: NodeId) {
@@ -179,7 +186,8 @@ impl Core {
             return;
         }
         if let Some(peer) = self.peers.get_mut(&peer_id) {
-            if peer.we_dial && peer.up.is_none() && peer.dialing.is_none() {
+            let addressed = !peer.descriptor.address.is_empty();
+            if peer.we_dial && addressed && peer.up.is_none() && peer.dialing.is_none() {
                 let delay = peer.backoff.next_delay(&mut self.rng);
                 peer.retry_at = Some(now + delay);
                 tracing::debug!(
@@ -302,6 +310,7 @@ impl Core {
         if self.shutting_down {
             return;
         }
+        self.membership_timers(now);
         let due: Vec<NodeId> = self
             .peers
             .iter()

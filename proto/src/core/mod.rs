@@ -18,6 +18,7 @@
 mod backoff;
 mod conn;
 mod lifecycle;
+mod membership;
 mod receive;
 mod send;
 
@@ -32,10 +33,11 @@ use rustls::time_provider::TimeProvider;
 pub use backoff::Backoff;
 pub use conn::ConnId;
 use conn::{Conn, Phase};
+pub use membership::{ReloadError, Reloaded, ID_IN_USE};
 
 use crate::codec::frame::{self, FrameError};
 use crate::codec::{Frame, FRAGMENT_LEN};
-use crate::handshake::{self, Handshake, Hello, Role, Step};
+use crate::handshake::{self, Handshake, HandshakeError, Hello, Role, Step};
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::message::Message;
 use crate::net::{Network, WakeSignal};
@@ -47,6 +49,8 @@ use crate::types::{self, TypeTag};
 
 /// How closes the peer asked for begin (not protocol errors).
 const GOODBYE: &str = "peer said goodbye";
+/// The goodbye of a node that shuts down.
+const LEAVING: &str = "node shutting down";
 /// The reason a redundant connection closes.
 const DUPLICATE: &str = "duplicate connection";
 
@@ -178,6 +182,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// `by` refused this node because another process with this node's id
+    /// is live in the cluster (it answered a ping after this one arrived).
+    /// This process should stop: two processes with one id would split
+    /// the id's names, mailboxes and traffic between them.
+    IdentityConflict {
+        /// The node that refused.
+        by: NodeId,
+        /// What it said.
+        reason: String,
+    },
 }
 
 /// Why an inbound connection was refused at once.
@@ -215,16 +229,30 @@ struct Peer {
     dialing: Option<ConnId>,
     retry_at: Option<Instant>,
     backoff: Backoff,
+    /// Learned from a peer or by its joining, not from the spec.
+    learned: bool,
+    /// The incarnation on the `up` connection.
+    incarnation: Option<Incarnation>,
+    /// When the peer was last seen going down (or added while down).
+    down_since: Option<Instant>,
 }
 
 /// The node state machine. See the [module docs](self).
 pub struct Core {
     node: Node,
     me: NodeId,
+    /// This node's own entry, as members are told of it.
+    descriptor: NodeDescriptor,
     incarnation: Incarnation,
     tuning: Tuning,
     tls: TlsContext,
     peers: BTreeMap<NodeId, Peer>,
+    /// Ids a spec reload removed: refused until a later spec lists them.
+    removed: BTreeSet<NodeId>,
+    /// Newcomers claiming the id of a live peer, held while it is checked.
+    probes: BTreeMap<NodeId, membership::Probe>,
+    /// When this node next tells a random peer which members it knows.
+    next_gossip: Instant,
     conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
     rng: Rng,
@@ -250,6 +278,8 @@ pub struct Core {
     paused: BTreeSet<ConnId>,
     /// Reused for each run of deliveries to one mailbox.
     run: Vec<Message>,
+    /// Peers that said goodbye for good in the current input.
+    leaving: Vec<NodeId>,
     shutting_down: bool,
 }
 
@@ -286,6 +316,9 @@ impl Core {
                         dialing: None,
                         retry_at: (me < id).then_some(now),
                         backoff: Backoff::new(tuning.backoff_initial, tuning.backoff_max),
+                        learned: false,
+                        incarnation: None,
+                        down_since: Some(now),
                     },
                 )
             })
@@ -298,10 +331,14 @@ impl Core {
         Ok(Core {
             node,
             me,
+            descriptor: spec.me().clone(),
             incarnation: config.incarnation,
             tuning,
             tls,
             peers,
+            removed: BTreeSet::new(),
+            probes: BTreeMap::new(),
+            next_gossip: now + spec.tuning.gossip_interval,
             conns: BTreeMap::new(),
             next_conn: 1,
             rng: Rng::new(config.seed ^ u64::from(me.0)),
@@ -318,6 +355,7 @@ impl Core {
             budget: None,
             paused: BTreeSet::new(),
             run: Vec::new(),
+            leaving: Vec::new(),
             shutting_down: false,
         })
     }
@@ -538,6 +576,10 @@ impl Core {
                     consider(t);
                 }
             }
+            // Gossip needs someone to talk to; forgetting, someone learned.
+            if self.peers.values().any(|p| p.up.is_some() || p.learned) {
+                consider(self.next_gossip);
+            }
         }
         if let Some(t) = self.node.inner.next_request_deadline() {
             consider(t);
@@ -558,9 +600,7 @@ impl Core {
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
                 if c.peer().is_some() {
-                    c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
-                        "node shutting down",
-                    )));
+                    c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(LEAVING)));
                 }
                 c.flush_control();
                 c.tls.send_close_notify();

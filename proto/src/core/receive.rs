@@ -47,6 +47,17 @@ impl Core {
         if let Some(reason) = failure {
             self.fail_conn(now, id, reason);
         }
+        // A member that learned of us from others and now leaves for good
+        // is forgotten, not redialled; spec members may come back.
+        for peer in std::mem::take(&mut self.leaving) {
+            if self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.learned && p.up.is_none())
+            {
+                self.remove_member(now, peer, "left the cluster");
+            }
+        }
     }
 
     /// Handles one frame; `Err` closes the connection with that reason.
@@ -76,6 +87,9 @@ impl Core {
             Frame::Pong(nonce) => {
                 if nonce == conn.ping_nonce {
                     conn.ping_outstanding = false;
+                }
+                if !self.probes.is_empty() {
+                    self.on_probe_pong(now, peer, nonce);
                 }
             }
             Frame::Data { dest, tag, payload } => {
@@ -154,6 +168,9 @@ impl Core {
             Frame::Goodbye(body) => {
                 let reason: String = crate::codec::payload::decode(&body)
                     .unwrap_or_else(|_| "<unreadable reason>".into());
+                if reason == LEAVING {
+                    self.leaving.push(peer);
+                }
                 return Err(format!("{GOODBYE}: {reason}"));
             }
             Frame::Hello(_) => return Err("a hello after the handshake".into()),
@@ -167,22 +184,47 @@ impl Core {
         conn: &mut Conn,
         frame: Frame,
     ) -> Result<(), String> {
-        let peers = &self.peers;
         let tls = &conn.tls;
-        let step = conn.handshake.on_frame(
-            frame,
-            |n| peers.contains_key(&n),
-            |n| conn::cert_names(tls, n),
-        );
+        let step = conn
+            .handshake
+            .on_frame(frame, |n| self.admits(n), |n| conn::cert_names(tls, n));
         match step {
             Ok(Step::Waiting) => Ok(()),
             Ok(Step::Done { peer, reply }) => {
+                let live = self.peers.get(&peer.node).and_then(|p| p.incarnation);
+                if live.is_some_and(|live| live != peer.incarnation) {
+                    return self.hold_for_probe(conn, peer, reply);
+                }
                 if let Some(reply) = reply {
                     conn.queue_frame(&Frame::Hello(reply.to_frame_body()));
+                }
+                if !self.peers.contains_key(&peer.node) {
+                    let descriptor = NodeDescriptor {
+                        id: peer.node.0,
+                        address: String::new(),
+                        listen_address: String::new(),
+                        local_address: String::new(),
+                    };
+                    self.add_member(now, descriptor, true);
                 }
                 self.establish(now, conn, peer)
             }
             Err(e) => {
+                if let HandshakeError::RefusedByPeer(reason) = &e {
+                    if reason.starts_with(ID_IN_USE) {
+                        tracing::error!(
+                            node = self.me.0,
+                            by = ?conn.dialed.map(|n| n.0),
+                            reason,
+                            "another process with this node's id is live in the cluster"
+                        );
+                        self.outputs
+                            .push_back(Output::Event(Event::IdentityConflict {
+                                by: conn.dialed.unwrap_or(self.me),
+                                reason: reason.clone(),
+                            }));
+                    }
+                }
                 tracing::error!(
                     node = self.me.0,
                     conn = %conn.id,
@@ -345,6 +387,10 @@ impl Core {
     ) -> Result<(), String> {
         let _ = (now, conn);
         match crate::control::Control::decode(&body) {
+            Ok(crate::control::Control::Members { nodes }) => {
+                self.on_members(now, peer, nodes);
+                Ok(())
+            }
             Ok(msg) => self.node.inner.handle_control(peer, msg),
             Err(e) => Err(format!("malformed control message: {e}")),
         }

@@ -1,0 +1,437 @@
+//! Who is in the cluster: members from the spec and members learned from
+//! peers, spec reloads, gossip, and refusing a second process that claims
+//! the id of a live node.
+//!
+//! Membership is open to any node holding a certificate from the cluster
+//! CA that names its id ([`Tuning::accept_joins`]): a node whose spec lists
+//! only a few seeds connects to them, and every node tells the peers it
+//! connects to which members it knows ([`Control::Members`]). A node that
+//! learns of a new member tells its other peers once, so news of a join
+//! floods the cluster and stops; a periodic exchange with one random peer
+//! mends views that drifted apart (partitions, lost messages).
+//!
+//! [`Control::Members`]: crate::control::Control::Members
+
+use super::*;
+use crate::control::Control;
+
+/// The reason given to a second process that claims the id of a node that
+/// is live: the live node answered a ping after the newcomer arrived. Part
+/// of the protocol: a refused node recognises it and stops.
+pub const ID_IN_USE: &str = "node id is live in the cluster";
+
+/// Entries one `Members` message may add at most; the rest are ignored
+/// (node ids are 16 bits, but a peer must not make this node allocate for
+/// 65,536 members by saying so).
+const MAX_MEMBERS: usize = 4096;
+
+/// A connection whose hello claims the id of a peer that is up under
+/// another incarnation, held until the live connection proves itself
+/// (refuse the newcomer) or goes down (accept it).
+pub(super) struct Probe {
+    /// The newcomer's connection, handshake finished but not answered.
+    pub(super) conn: ConnId,
+    /// The ping sent on the live connection.
+    pub(super) nonce: u64,
+    /// The newcomer's hello, and our answer to send if it is accepted.
+    pub(super) hello: Hello,
+    pub(super) reply: Option<Hello>,
+}
+
+/// What a [`Core::reload`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Members added by the new spec.
+    pub added: Vec<NodeId>,
+    /// Members the new spec no longer lists, now disconnected and refused.
+    pub removed: Vec<NodeId>,
+    /// Members whose address changed.
+    pub readdressed: Vec<NodeId>,
+}
+
+/// Why a [`Core::reload`] was refused (the old membership stays).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The new spec is for another node.
+    OtherNode {
+        /// This node.
+        ours: NodeId,
+        /// The node the new spec was resolved for.
+        theirs: NodeId,
+    },
+    /// The new spec trusts another cluster CA; restart the node to change it.
+    OtherCluster,
+    /// The new spec does not resolve.
+    Spec(SpecError),
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::OtherNode { ours, theirs } => write!(
+                f,
+                "the new spec was resolved for node {}, this is node {}",
+                theirs.0, ours.0
+            ),
+            ReloadError::OtherCluster => write!(
+                f,
+                "the new spec names another cluster CA; restart the node to change it"
+            ),
+            ReloadError::Spec(e) => write!(f, "{e}"),
+            ReloadError::ShuttingDown => write!(f, "the node is shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+impl From<SpecError> for ReloadError {
+    fn from(e: SpecError) -> ReloadError {
+        ReloadError::Spec(e)
+    }
+}
+
+impl Core {
+    /// The cluster's members as this node knows them, itself included, in
+    /// id order: the spec's nodes and those learned from peers (minus any
+    /// forgotten or removed).
+    pub fn members(&self) -> Vec<NodeDescriptor> {
+        let mut members: Vec<NodeDescriptor> =
+            self.peers.values().map(|p| p.descriptor.clone()).collect();
+        members.push(self.descriptor.clone());
+        members.sort_by_key(|d| d.id);
+        members
+    }
+
+    /// Applies a new spec to the running node: members it adds are dialled
+    /// (or awaited), members it drops are told goodbye, disconnected and
+    /// refused from then on, and changed addresses are dialled at once if
+    /// the member is down. Tuning, TLS material and this node's own address
+    /// keep their values from the start. A spec for another node or another
+    /// cluster CA is refused and nothing changes.
+    pub fn reload(&mut self, now: Instant, spec: ResolvedSpec) -> Result<Reloaded, ReloadError> {
+        if self.shutting_down {
+            return Err(ReloadError::ShuttingDown);
+        }
+        if spec.node_id != self.me {
+            return Err(ReloadError::OtherNode {
+                ours: self.me,
+                theirs: spec.node_id,
+            });
+        }
+        if crate::tls::cluster_id(&spec.material.cluster_cert) != self.tls.cluster_id {
+            return Err(ReloadError::OtherCluster);
+        }
+        let mut changes = Reloaded::default();
+        let dropped: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| !p.learned && !spec.nodes.contains_key(id))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in dropped {
+            self.remove_member(now, id, "removed from the cluster spec");
+            self.removed.insert(id);
+            changes.removed.push(id);
+        }
+        for (&id, descriptor) in &spec.nodes {
+            if id == self.me {
+                continue;
+            }
+            self.removed.remove(&id);
+            match self.peers.get_mut(&id) {
+                Some(peer) => {
+                    peer.learned = false;
+                    if peer.descriptor != *descriptor {
+                        peer.descriptor = descriptor.clone();
+                        changes.readdressed.push(id);
+                        if peer.up.is_none() && peer.dialing.is_none() && peer.we_dial {
+                            peer.backoff.reset();
+                            peer.retry_at = Some(now);
+                        }
+                    }
+                }
+                None => {
+                    self.add_member(now, descriptor.clone(), false);
+                    changes.added.push(id);
+                }
+            }
+        }
+        tracing::warn!(
+            node = self.me.0,
+            added = ?changes.added,
+            removed = ?changes.removed,
+            readdressed = ?changes.readdressed,
+            "cluster spec reloaded"
+        );
+        Ok(changes)
+    }
+
+    /// Makes `descriptor`'s node a member and, if this node is the one to
+    /// dial it, dials it now.
+    pub(super) fn add_member(&mut self, now: Instant, descriptor: NodeDescriptor, learned: bool) {
+        let id = NodeId(descriptor.id);
+        self.node.inner.network().add_peer(id);
+        let we_dial = self.me < id;
+        tracing::info!(
+            node = self.me.0,
+            member = id.0,
+            address = descriptor.address,
+            learned,
+            "member added"
+        );
+        self.peers.insert(
+            id,
+            Peer {
+                we_dial,
+                up: None,
+                dialing: None,
+                retry_at: (we_dial && !descriptor.address.is_empty()).then_some(now),
+                backoff: Backoff::new(self.tuning.backoff_initial, self.tuning.backoff_max),
+                descriptor,
+                learned,
+                incarnation: None,
+                down_since: Some(now),
+            },
+        );
+    }
+
+    /// Drops a member: says goodbye on its connection, closes it (its
+    /// mailboxes' watchers are told, as for any lost peer) and forgets it.
+    pub(super) fn remove_member(&mut self, now: Instant, id: NodeId, reason: &str) {
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer() == Some(id) || c.dialed == Some(id))
+            .map(|(&cid, _)| cid)
+            .collect();
+        for cid in conns {
+            if let Some(c) = self.conns.get_mut(&cid) {
+                c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(reason)));
+            }
+            self.fail_conn(now, cid, format!("{GOODBYE}: {reason}"));
+        }
+        if self.peers.remove(&id).is_some() {
+            tracing::warn!(node = self.me.0, member = id.0, reason, "member removed");
+        }
+        self.active.remove(&id);
+        self.node.inner.network().remove_peer(id);
+    }
+
+    /// Whether a node claiming `id` in its hello may become a peer.
+    pub(super) fn admits(&self, id: NodeId) -> bool {
+        id != self.me
+            && !self.removed.contains(&id)
+            && (self.peers.contains_key(&id)
+                || (self.tuning.accept_joins && self.peers.len() < MAX_MEMBERS))
+    }
+
+    /// The `Members` message this node sends: itself and its live peers.
+    pub(super) fn members_frame(&self) -> Frame {
+        let mut nodes = vec![(self.me.0, self.descriptor.address.clone())];
+        nodes.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.up.is_some() && !p.descriptor.address.is_empty())
+                .map(|(id, p)| (id.0, p.descriptor.address.clone())),
+        );
+        Frame::Control(Control::Members { nodes }.encode())
+    }
+
+    /// Members a peer told us about.
+    pub(super) fn on_members(&mut self, now: Instant, from: NodeId, nodes: Vec<(u16, String)>) {
+        let mut news = Vec::new();
+        for (id, address) in nodes.into_iter().take(MAX_MEMBERS) {
+            let room = self.tuning.accept_joins && self.peers.len() < MAX_MEMBERS;
+            let id = NodeId(id);
+            if id == self.me || self.removed.contains(&id) {
+                continue;
+            }
+            if !crate::spec::valid_host_port(&address) {
+                tracing::warn!(
+                    node = self.me.0,
+                    peer = from.0,
+                    member = id.0,
+                    address,
+                    "ignoring a member with a malformed address"
+                );
+                continue;
+            }
+            match self.peers.get_mut(&id) {
+                Some(peer) => {
+                    // The spec's address wins; a learned member's own word
+                    // on its address wins over hearsay.
+                    let update = peer.learned
+                        && peer.descriptor.address != address
+                        && (id == from || peer.descriptor.address.is_empty());
+                    if update {
+                        peer.descriptor.address = address.clone();
+                        if peer.up.is_none() && peer.dialing.is_none() && peer.we_dial {
+                            peer.retry_at = Some(now);
+                        }
+                        news.push((id.0, address));
+                    }
+                }
+                None if room => {
+                    let descriptor = NodeDescriptor {
+                        id: id.0,
+                        address: address.clone(),
+                        listen_address: String::new(),
+                        local_address: String::new(),
+                    };
+                    self.add_member(now, descriptor, true);
+                    news.push((id.0, address));
+                }
+                None => {}
+            }
+        }
+        if news.is_empty() {
+            return;
+        }
+        // Tell everyone else once; they do the same, so the news floods the
+        // cluster and stops when nobody learns anything new.
+        let frame = Frame::Control(Control::Members { nodes: news }.encode());
+        let targets: Vec<ConnId> = self
+            .peers
+            .iter()
+            .filter(|(&id, _)| id != from)
+            .filter_map(|(_, p)| p.up)
+            .collect();
+        for cid in targets {
+            if let Some(c) = self.conns.get_mut(&cid) {
+                c.queue_frame(&frame);
+                self.dirty.insert(cid);
+            }
+        }
+    }
+
+    /// Periodic upkeep: tell one random peer what we know, and forget
+    /// learned members that have been unreachable for too long.
+    pub(super) fn membership_timers(&mut self, now: Instant) {
+        if now < self.next_gossip {
+            return;
+        }
+        self.next_gossip = now + self.tuning.gossip_interval;
+        let up: Vec<ConnId> = self.peers.values().filter_map(|p| p.up).collect();
+        if !up.is_empty() {
+            let pick = up[(self.rng.next_u64() % up.len() as u64) as usize];
+            let frame = self.members_frame();
+            if let Some(c) = self.conns.get_mut(&pick) {
+                c.queue_frame(&frame);
+                self.dirty.insert(pick);
+            }
+        }
+        let stale: Vec<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.learned
+                    && p.up.is_none()
+                    && p.down_since.is_some_and(|t| {
+                        now.saturating_duration_since(t) >= self.tuning.forget_after
+                    })
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stale {
+            self.remove_member(now, id, "unreachable for too long");
+        }
+    }
+
+    /// A hello claims `hello.node`, which is up under another incarnation.
+    /// Holds the newcomer and pings the live connection: a pong proves the
+    /// live process is there (the newcomer is refused with [`ID_IN_USE`]);
+    /// the live connection failing first lets the newcomer in (a restarted
+    /// node whose old connection had not been noticed gone yet).
+    /// Returns `Err` to refuse the newcomer at once.
+    pub(super) fn hold_for_probe(
+        &mut self,
+        conn: &mut Conn,
+        hello: Hello,
+        reply: Option<Hello>,
+    ) -> Result<(), String> {
+        let peer_id = hello.node;
+        if self.probes.contains_key(&peer_id) {
+            conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
+                "another connection claiming this node id is being checked",
+            )));
+            return Err(format!(
+                "handshake failed: a second newcomer claims node {}",
+                peer_id.0
+            ));
+        }
+        let Some(live) = self.peers.get(&peer_id).and_then(|p| p.up) else {
+            return Err("no live connection to probe".into());
+        };
+        let Some(live_conn) = self.conns.get_mut(&live) else {
+            return Err("no live connection to probe".into());
+        };
+        live_conn.ping_nonce = live_conn.ping_nonce.wrapping_add(1);
+        let nonce = live_conn.ping_nonce;
+        live_conn.ping_outstanding = true;
+        live_conn.queue_frame(&Frame::Ping(nonce));
+        self.dirty.insert(live);
+        tracing::warn!(
+            node = self.me.0,
+            peer = peer_id.0,
+            from = %conn.label,
+            live_incarnation = self.peers[&peer_id].incarnation.map(|i| i.0),
+            claimed_incarnation = hello.incarnation.0,
+            "a new process claims the id of a connected node; checking whether the old one is alive"
+        );
+        self.probes.insert(
+            peer_id,
+            Probe {
+                conn: conn.id,
+                nonce,
+                hello,
+                reply,
+            },
+        );
+        Ok(())
+    }
+
+    /// A pong arrived on `peer`'s live connection.
+    pub(super) fn on_probe_pong(&mut self, now: Instant, peer: NodeId, nonce: u64) {
+        if self.probes.get(&peer).is_none_or(|p| p.nonce != nonce) {
+            return;
+        }
+        let probe = self.probes.remove(&peer).expect("checked");
+        let reason = format!(
+            "{ID_IN_USE}: node {} answered from its live connection",
+            peer.0
+        );
+        tracing::error!(
+            node = self.me.0,
+            peer = peer.0,
+            claimed_incarnation = probe.hello.incarnation.0,
+            "refusing a second process with the id of a live node"
+        );
+        if let Some(c) = self.conns.get_mut(&probe.conn) {
+            c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(&reason)));
+            self.fail_conn(now, probe.conn, format!("handshake failed: {reason}"));
+        }
+    }
+
+    /// `peer`'s live connection went down: a held newcomer is accepted.
+    pub(super) fn release_probe(&mut self, now: Instant, peer: NodeId) {
+        let Some(probe) = self.probes.remove(&peer) else {
+            return;
+        };
+        let Some(mut conn) = self.conns.remove(&probe.conn) else {
+            return;
+        };
+        if let Some(reply) = probe.reply {
+            conn.queue_frame(&Frame::Hello(reply.to_frame_body()));
+        }
+        let result = self.establish(now, &mut conn, probe.hello);
+        let id = conn.id;
+        self.conns.insert(id, conn);
+        self.dirty.insert(id);
+        if let Err(reason) = result {
+            self.fail_conn(now, id, reason);
+        }
+    }
+}
