@@ -45,7 +45,7 @@ pub mod tunnel;
 pub mod types;
 
 pub use address::Address;
-pub use core::{ConnId, Core, CoreConfig, Event, Input, Output, ReloadError, Reloaded};
+pub use core::{ConnId, Core, CoreConfig, Event, Input, Output, ReloadError, Reloaded, ID_IN_USE};
 pub use error::{DecodeError, RecvError, SendError};
 pub use id::{Incarnation, MailboxId, NodeId};
 pub use mailbox::{Capacity, Mailbox};

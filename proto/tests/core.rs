@@ -369,12 +369,29 @@ fn a_stalled_handshake_is_closed_at_its_deadline() {
     let tuning = Tuning::fast();
     let (mut core, now) = lone_core(tuning.clone());
     let conn = core.accept(now, "slow loris").unwrap();
-    assert!(drain(&mut core, now).is_empty(), "node 1 dials nobody");
+    assert!(
+        drain(&mut core, now).is_empty(),
+        "node 1 gives node 0 (the lower id) time to dial first"
+    );
+    let dial_at = core.poll_timeout().unwrap();
+    assert_eq!(dial_at, now + tuning.backoff_initial * 4);
+    core.handle_input(dial_at, Input::Timeout);
+    let outputs = drain(&mut core, dial_at);
+    assert!(
+        matches!(
+            outputs.as_slice(),
+            [Output::Connect {
+                node: NodeId(0),
+                ..
+            }]
+        ),
+        "{outputs:?}"
+    );
     let deadline = core.poll_timeout().unwrap();
     assert_eq!(deadline, now + tuning.handshake_timeout);
     core.handle_input(deadline, Input::Timeout);
     assert_eq!(drain(&mut core, deadline), vec![Output::Close { conn }]);
-    assert_eq!(core.connection_count(), 0);
+    assert_eq!(core.connection_count(), 1, "only the dial is left");
 }
 
 #[test]

@@ -4,6 +4,21 @@
 use super::*;
 
 impl Core {
+    /// How long the node with the higher id waits before dialling, giving
+    /// the lower id (which dials first) time to connect.
+    pub(super) fn dial_grace(tuning: &Tuning) -> std::time::Duration {
+        tuning.backoff_initial * 4
+    }
+
+    /// When to dial a peer that became dialable now.
+    pub(super) fn first_dial(&self, now: Instant, dials_first: bool) -> Instant {
+        if dials_first {
+            now
+        } else {
+            now + Core::dial_grace(&self.tuning)
+        }
+    }
+
     pub(super) fn establish(
         &mut self,
         now: Instant,
@@ -187,8 +202,11 @@ impl Core {
         }
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             let addressed = !peer.descriptor.address.is_empty();
-            if peer.we_dial && addressed && peer.up.is_none() && peer.dialing.is_none() {
-                let delay = peer.backoff.next_delay(&mut self.rng);
+            if addressed && peer.up.is_none() && peer.dialing.is_none() {
+                let mut delay = peer.backoff.next_delay(&mut self.rng);
+                if !peer.dials_first {
+                    delay += Core::dial_grace(&self.tuning);
+                }
                 peer.retry_at = Some(now + delay);
                 tracing::debug!(
                     node = self.me.0,

@@ -147,9 +147,13 @@ impl Core {
                     if peer.descriptor != *descriptor {
                         peer.descriptor = descriptor.clone();
                         changes.readdressed.push(id);
-                        if peer.up.is_none() && peer.dialing.is_none() && peer.we_dial {
+                        if peer.up.is_none() && peer.dialing.is_none() {
                             peer.backoff.reset();
-                            peer.retry_at = Some(now);
+                            let first = peer.dials_first;
+                            let at = self.first_dial(now, first);
+                            if let Some(peer) = self.peers.get_mut(&id) {
+                                peer.retry_at = Some(at);
+                            }
                         }
                     }
                 }
@@ -174,7 +178,8 @@ impl Core {
     pub(super) fn add_member(&mut self, now: Instant, descriptor: NodeDescriptor, learned: bool) {
         let id = NodeId(descriptor.id);
         self.node.inner.network().add_peer(id);
-        let we_dial = self.me < id;
+        let dials_first = self.me < id;
+        let first_dial = self.first_dial(now, dials_first);
         tracing::info!(
             node = self.me.0,
             member = id.0,
@@ -185,10 +190,10 @@ impl Core {
         self.peers.insert(
             id,
             Peer {
-                we_dial,
+                dials_first,
                 up: None,
                 dialing: None,
-                retry_at: (we_dial && !descriptor.address.is_empty()).then_some(now),
+                retry_at: (!descriptor.address.is_empty()).then_some(first_dial),
                 backoff: Backoff::new(self.tuning.backoff_initial, self.tuning.backoff_max),
                 descriptor,
                 learned,
@@ -268,8 +273,12 @@ impl Core {
                         && (id == from || peer.descriptor.address.is_empty());
                     if update {
                         peer.descriptor.address = address.clone();
-                        if peer.up.is_none() && peer.dialing.is_none() && peer.we_dial {
-                            peer.retry_at = Some(now);
+                        if peer.up.is_none() && peer.dialing.is_none() {
+                            let first = peer.dials_first;
+                            let at = self.first_dial(now, first);
+                            if let Some(peer) = self.peers.get_mut(&id) {
+                                peer.retry_at = Some(at);
+                            }
                         }
                         news.push((id.0, address));
                     }

@@ -224,7 +224,11 @@ impl std::error::Error for AcceptError {}
 
 struct Peer {
     descriptor: NodeDescriptor,
-    we_dial: bool,
+    /// Whether this node dials first (it has the lower id). The other side
+    /// dials too, [`Core::dial_grace`] later, so that a node the peer does
+    /// not know of yet (a newcomer joining through a seed) still connects;
+    /// a simultaneous pair resolves to one connection.
+    dials_first: bool,
     up: Option<ConnId>,
     dialing: Option<ConnId>,
     retry_at: Option<Instant>,
@@ -311,10 +315,14 @@ impl Core {
                     id,
                     Peer {
                         descriptor: descriptor.clone(),
-                        we_dial: me < id,
+                        dials_first: me < id,
                         up: None,
                         dialing: None,
-                        retry_at: (me < id).then_some(now),
+                        retry_at: Some(if me < id {
+                            now
+                        } else {
+                            now + Core::dial_grace(&tuning)
+                        }),
                         backoff: Backoff::new(tuning.backoff_initial, tuning.backoff_max),
                         learned: false,
                         incarnation: None,

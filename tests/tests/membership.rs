@@ -1,0 +1,271 @@
+//! Dynamic membership over real TCP and mutual TLS (tokio adapter): joining
+//! through a seed, graceful leave, replacement with a new incarnation, a
+//! second process claiming a live node id, and spec reloads.
+
+use std::time::{Duration, Instant};
+
+use reign_proto::{SpecError, ID_IN_USE};
+use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Node `id`'s spec listing only itself and `seeds`.
+fn seeded(cluster: &TestCluster, id: u16, seeds: &[u16]) -> ClusterSpec {
+    let mut spec = cluster.spec(NodeId(id));
+    spec.nodes.retain(|n| n.id == id || seeds.contains(&n.id));
+    spec
+}
+
+fn ids(range: impl IntoIterator<Item = u16>, except: u16) -> Vec<NodeId> {
+    range
+        .into_iter()
+        .filter(|&i| i != except)
+        .map(NodeId)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_join_through_one_seed_and_find_each_others_names() {
+    capture_logs();
+    let cluster = TestCluster::new(5);
+    let mut nodes = vec![Node::start(&seeded(&cluster, 0, &[]), NodeId(0))
+        .await
+        .unwrap()];
+    let started = Instant::now();
+    for i in 1..5 {
+        nodes.push(
+            Node::start(&seeded(&cluster, i, &[0]), NodeId(i))
+                .await
+                .unwrap(),
+        );
+    }
+    for node in &nodes {
+        let others = ids(0..5, node.id().0);
+        assert!(
+            node.wait_for_peers(&others, WAIT).await,
+            "{} connected to {:?} only",
+            node.id(),
+            others
+                .iter()
+                .filter(|&&p| node.is_connected(p))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(node.cluster_members(), others);
+    }
+    println!(
+        "five nodes fully connected {:?} after the first join",
+        started.elapsed()
+    );
+
+    let (addr, mailbox) = nodes[4].new_mailbox();
+    nodes[4].register("four", &addr).unwrap();
+    tokio::time::timeout(WAIT, nodes[4].sync()).await.unwrap();
+    let found = nodes[1]
+        .lookup("four")
+        .expect("node 4's name is visible on node 1");
+    found.send("hello from node 1".to_owned()).unwrap();
+    let msg = mailbox.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(msg.downcast::<String>().unwrap(), "hello from node 1");
+
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_is_dropped_at_once_and_its_replacement_is_a_new_incarnation() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let n0 = Node::start(&seeded(&cluster, 0, &[]), NodeId(0))
+        .await
+        .unwrap();
+    let n1 = Node::start(&seeded(&cluster, 1, &[0]), NodeId(1))
+        .await
+        .unwrap();
+    let n2 = Node::start(&seeded(&cluster, 2, &[0]), NodeId(2))
+        .await
+        .unwrap();
+    for node in [&n0, &n1, &n2] {
+        assert!(node.wait_for_peers(&ids(0..3, node.id().0), WAIT).await);
+    }
+    let (old_addr, _old_mailbox) = n2.new_mailbox();
+    n2.register("two", &old_addr).unwrap();
+    tokio::time::timeout(WAIT, n2.sync()).await.unwrap();
+    let old_seen = n1.lookup("two").unwrap();
+    let (watcher, watcher_box) = n1.new_mailbox();
+    old_seen.on_close_notify(&watcher);
+    tokio::time::timeout(WAIT, n1.sync()).await.unwrap();
+
+    // Graceful leave: the goodbye, not down-detection, takes node 2 off.
+    let left = Instant::now();
+    n2.shutdown().await;
+    for node in [&n0, &n1] {
+        assert!(node.wait_for_disconnect(NodeId(2), WAIT).await);
+    }
+    let seen_after = left.elapsed();
+    println!("both peers saw node 2 leave {seen_after:?} after its shutdown began");
+    assert!(logged(&["peer said goodbye: node shutting down", "peer=2"]));
+    assert!(!logged(&["pings in a row went unanswered", "peer=2"]));
+    assert!(!logged(&["nothing received for", "peer=2"]));
+    assert!(watcher_box
+        .recv_timeout(WAIT)
+        .await
+        .unwrap()
+        .is::<reign_tokio::MailboxClosed>());
+    // Node 2 was learned (it is in neither spec): it is forgotten, not redialled.
+    assert!(eventually(WAIT, || !n0
+        .cluster_members()
+        .contains(&NodeId(2))
+        && !n1.cluster_members().contains(&NodeId(2))));
+
+    // The replacement: same id, new incarnation, joins again.
+    let n2b = Node::start(&seeded(&cluster, 2, &[0]), NodeId(2))
+        .await
+        .unwrap();
+    for node in [&n0, &n1, &n2b] {
+        assert!(node.wait_for_peers(&ids(0..3, node.id().0), WAIT).await);
+    }
+    let (new_addr, new_mailbox) = n2b.new_mailbox();
+    n2b.register("two", &new_addr).unwrap();
+    tokio::time::timeout(WAIT, n2b.sync()).await.unwrap();
+    let new_seen = n1.lookup("two").unwrap();
+    assert_ne!(new_seen.id().incarnation, old_seen.id().incarnation);
+    old_seen.send("to the old incarnation".to_owned()).unwrap();
+    new_seen.send("to the new one".to_owned()).unwrap();
+    let msg = new_mailbox.recv_timeout(WAIT).await.unwrap();
+    assert_eq!(msg.downcast::<String>().unwrap(), "to the new one");
+    assert!(new_mailbox
+        .recv_timeout(Duration::from_millis(200))
+        .await
+        .is_err());
+
+    for node in [&n0, &n1, &n2b] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_a_live_id_is_refused_and_stops_and_the_first_keeps_serving() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let n0 = Node::start(&seeded(&cluster, 0, &[]), NodeId(0))
+        .await
+        .unwrap();
+    let n1 = Node::start(&seeded(&cluster, 1, &[0]), NodeId(1))
+        .await
+        .unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
+    let (addr, mailbox) = n1.new_mailbox();
+    n1.register("one", &addr).unwrap();
+    tokio::time::timeout(WAIT, n1.sync()).await.unwrap();
+
+    // Same id, its own listening port (node 2's), node 0 as seed.
+    let mut impostor_spec = seeded(&cluster, 1, &[0]);
+    impostor_spec
+        .nodes
+        .iter_mut()
+        .find(|n| n.id == 1)
+        .unwrap()
+        .address = cluster.address(NodeId(2)).to_owned();
+    let impostor = Node::start(&impostor_spec, NodeId(1)).await.unwrap();
+    tokio::time::timeout(WAIT, impostor.stopped())
+        .await
+        .expect("the second process stops by itself");
+    let failure = impostor.failure().expect("it says why it stopped");
+    assert!(failure.contains(ID_IN_USE), "{failure}");
+    assert!(logged(&[
+        "refusing a second process with the id of a live node"
+    ]));
+
+    // The first is untouched: same connection, same names, still served.
+    assert!(n0.is_connected(NodeId(1)));
+    let found = n0.lookup("one").unwrap();
+    assert_eq!(found.id(), addr.id());
+    found.send(7u64).unwrap();
+    assert_eq!(
+        mailbox
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .downcast::<u64>()
+            .unwrap(),
+        7
+    );
+
+    for node in [&n0, &n1] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_a_node_and_removes_another_and_a_bad_one_changes_nothing() {
+    capture_logs();
+    let cluster = TestCluster::with_tuning(
+        4,
+        reign_tokio::Tuning {
+            accept_joins: false,
+            ..reign_tokio::Tuning::fast()
+        },
+    );
+    let only = |spec: &mut ClusterSpec, keep: &[u16]| spec.nodes.retain(|n| keep.contains(&n.id));
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let mut spec = cluster.spec(NodeId(i));
+        only(&mut spec, &[0, 1, 2]);
+        nodes.push(Node::start(&spec, NodeId(i)).await.unwrap());
+    }
+    let n3 = Node::start(&cluster.spec(NodeId(3)), NodeId(3))
+        .await
+        .unwrap();
+    for node in &nodes {
+        assert!(node.wait_for_peers(&ids(0..3, node.id().0), WAIT).await);
+    }
+    // Joins are off: node 3 is in nobody's spec, so it is refused.
+    assert!(eventually(WAIT, || logged(&["not in it with joins off"])));
+    assert!(!n3.is_connected(NodeId(0)));
+
+    // Nodes 0 and 1 now run {0, 1, 3}: node 3 in, node 2 out.
+    for node in &nodes[..2] {
+        let mut spec = cluster.spec(node.id());
+        only(&mut spec, &[0, 1, 3]);
+        let changes = node.reload(&spec).await.unwrap();
+        assert_eq!(changes.added, [NodeId(3)]);
+        assert_eq!(changes.removed, [NodeId(2)]);
+    }
+    for node in &nodes[..2] {
+        assert!(node.wait_for_peers(&[NodeId(3)], WAIT).await);
+        assert!(node.wait_for_disconnect(NodeId(2), WAIT).await);
+        assert_eq!(node.cluster_members(), ids([0, 1, 3], node.id().0));
+    }
+    assert!(logged(&["removed from the cluster spec"]));
+    // Node 2 keeps dialling (its spec is unchanged) and is refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!nodes[0].is_connected(NodeId(2)) && !nodes[1].is_connected(NodeId(2)));
+
+    // Bad reloads: refused with the reason, the old view kept.
+    let node = &nodes[0];
+    let mut duplicate = cluster.spec(NodeId(0));
+    duplicate.nodes.push(duplicate.nodes[0].clone());
+    assert!(matches!(
+        node.reload(&duplicate).await,
+        Err(ReloadError::Spec(SpecError::DuplicateId { id: 0 }))
+    ));
+    let mut without_me = cluster.spec(NodeId(0));
+    only(&mut without_me, &[1, 3]);
+    assert!(matches!(
+        node.reload(&without_me).await,
+        Err(ReloadError::Spec(SpecError::NodeNotInSpec { id: 0 }))
+    ));
+    let other_ca = TestCluster::new(4);
+    assert_eq!(
+        node.reload(&other_ca.spec(NodeId(0))).await,
+        Err(ReloadError::OtherCluster)
+    );
+    assert_eq!(node.cluster_members(), [NodeId(1), NodeId(3)]);
+    assert!(node.is_connected(NodeId(1)) && node.is_connected(NodeId(3)));
+
+    for node in nodes.iter().chain([&n3]) {
+        node.shutdown().await;
+    }
+}
