@@ -137,6 +137,8 @@ pub struct NodeReport {
     pub rss_kb: u64,
     /// Peak resident memory of the process, in KiB (0 where unknown).
     pub peak_rss_kb: u64,
+    /// The peers the node is connected to, by id.
+    pub connected: Vec<u16>,
 }
 
 /// The reply of an echo member.

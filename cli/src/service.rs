@@ -40,9 +40,15 @@ fn count(book: &mut CountBook, from: u16, seq: u64) {
 }
 
 impl Counters {
-    fn report(&self, node: u16, counted: &CountBook) -> NodeReport {
+    fn report(&self, node: &Node, counted: &CountBook) -> NodeReport {
         NodeReport {
-            node,
+            node: node.id().0,
+            connected: node
+                .peer_stats()
+                .iter()
+                .filter(|p| p.connected)
+                .map(|p| p.node.0)
+                .collect(),
             echo_requests: self.echo_requests.load(Ordering::Relaxed),
             broadcasts: self.broadcasts.load(Ordering::Relaxed),
             publications: self.publications.load(Ordering::Relaxed),
@@ -206,7 +212,7 @@ fn handle_control(
         if let Ok(request) = msg.take::<Request>() {
             let (query, responder) = request.into_parts();
             let _ = if query.is::<StatsQuery>() {
-                responder.reply(counters.report(id, book))
+                responder.reply(counters.report(node, book))
             } else {
                 responder.reply_error("unknown request")
             };

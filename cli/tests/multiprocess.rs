@@ -29,15 +29,20 @@ impl Proc {
     fn spawn(dir: &Path, spec: &ClusterSpec, id: u16) -> Proc {
         let spec_path = dir.join(format!("spec_{id}.json"));
         std::fs::write(&spec_path, spec.to_json()).unwrap();
-        let log = dir.join(format!(
-            "node_{id}_{}.log",
-            Instant::now().elapsed().as_nanos()
-        ));
-        let log = unique(log);
+        let spec_arg = spec_path.to_string_lossy().into_owned();
+        Proc::spawn_args(
+            dir,
+            &format!("node_{id}"),
+            &["--spec", &spec_arg, "--id", &id.to_string()],
+        )
+    }
+
+    /// `reign node` with these arguments, logging to `<name>.log` in `dir`.
+    fn spawn_args(dir: &Path, name: &str, args: &[&str]) -> Proc {
+        let log = unique(dir.join(format!("{name}.log")));
         let child = Command::new(env!("CARGO_BIN_EXE_reign"))
-            .args(["node", "--spec"])
-            .arg(&spec_path)
-            .args(["--id", &id.to_string()])
+            .arg("node")
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -53,9 +58,7 @@ impl Proc {
     }
 
     fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        self.signal("TERM");
         match self.exit_within(WAIT) {
             Some(status) => status,
             None => {
@@ -81,6 +84,25 @@ impl Proc {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status();
+    }
+
+    /// Waits until the log contains `text`.
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {text:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -629,6 +651,37 @@ async fn a_second_process_with_a_live_node_id_is_refused_and_the_first_keeps_ser
     let log = second.log();
     assert!(log.contains("cannot listen on"), "unclear refusal: {log}");
 
+    // With an address of its own, joining through node 0: node 0 checks
+    // that the live node 1 answers, refuses the newcomer, and the newcomer
+    // exits saying why.
+    let mut own = cluster.spec(NodeId(1));
+    own.nodes.retain(|n| n.id == 1);
+    own.nodes[0].address = format!("127.0.0.1:{}", reign_tests::free_ports(1)[0]);
+    let own_path = dir.path().join("impostor.json");
+    std::fs::write(&own_path, own.to_json()).unwrap();
+    let seed = format!("0@{}", cluster.address(NodeId(0)));
+    let mut third = Proc::spawn_args(
+        dir.path(),
+        "impostor",
+        &[
+            "--spec",
+            &own_path.to_string_lossy(),
+            "--id",
+            "1",
+            "--join",
+            &seed,
+        ],
+    );
+    let status = third
+        .exit_within(WAIT)
+        .expect("the joining node 1 kept running");
+    assert!(!status.success());
+    let log = third.log();
+    assert!(
+        log.contains(reign_proto::ID_IN_USE),
+        "unclear refusal: {log}"
+    );
+
     // The first is still node 1 for the cluster: the same mailbox (so the
     // same incarnation) holds its name, and it answers.
     assert!(n0.is_connected(NodeId(1)));
@@ -636,4 +689,107 @@ async fn a_second_process_with_a_live_node_id_is_refused_and_the_first_keeps_ser
     assert_eq!(stats(&n0, 1).await.node, 1);
     assert!(first.terminate().success());
     n0.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_spec_and_an_invalid_one_is_ignored() {
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::with_tuning(
+        3,
+        Tuning {
+            accept_joins: false,
+            ..fast()
+        },
+    );
+    let only = |id: u16, keep: &[u16]| {
+        let mut spec = cluster.spec(NodeId(id));
+        spec.nodes.retain(|n| keep.contains(&n.id));
+        spec
+    };
+    let mut child = Proc::spawn(dir.path(), &only(1, &[0, 1]), 1);
+    let spec_path = dir.path().join("spec_1.json");
+    let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    let n2 = Node::start(&cluster.spec(NodeId(2)), NodeId(2))
+        .await
+        .unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1), NodeId(2)], WAIT).await);
+    wait_for_names(&n0, &["node-1"]).await;
+    // Node 1's spec lacks node 2 and joins are off: node 2 is refused.
+    child.wait_for_log("not in it with joins off");
+    assert!(!n2.is_connected(NodeId(1)));
+
+    // SIGHUP with node 2 added: node 1 connects to it.
+    std::fs::write(&spec_path, only(1, &[0, 1, 2]).to_json()).unwrap();
+    child.signal("HUP");
+    assert!(n2.wait_for_peers(&[NodeId(1)], WAIT).await);
+    child.wait_for_log("added=[NodeId(2)]");
+
+    // SIGHUP with a broken file: logged, the old spec kept.
+    std::fs::write(&spec_path, "{ \"nodes\": [ oops").unwrap();
+    child.signal("HUP");
+    child.wait_for_log("invalid spec; keeping the old one");
+    let report = stats(&n0, 1).await;
+    assert_eq!(report.connected, [0, 2], "{report:?}");
+
+    // SIGHUP with node 0 removed: node 1 says goodbye to it.
+    std::fs::write(&spec_path, only(1, &[1, 2]).to_json()).unwrap();
+    child.signal("HUP");
+    assert!(n0.wait_for_disconnect(NodeId(1), WAIT).await);
+    child.wait_for_log("removed from the cluster spec");
+    assert!(n2.is_connected(NodeId(1)));
+    assert!(child.terminate().success());
+    n0.shutdown().await;
+    n2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_dev_nodes_form_a_cluster_with_no_configuration() {
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let dev = dir.path().join("dev");
+    let dev_arg = dev.to_string_lossy().into_owned();
+    let mut children: Vec<Proc> = (0..3)
+        .map(|i| Proc::spawn_args(dir.path(), &format!("dev_{i}"), &["--dev", &dev_arg]))
+        .collect();
+    // This test process joins as a fourth dev node to look at the others.
+    let me = Node::start_dev(&dev).await.unwrap();
+    let others: Vec<NodeId> = (0..4).map(NodeId).filter(|&n| n != me.id()).collect();
+    assert!(
+        me.wait_for_peers(&others, WAIT).await,
+        "connected to {:?} of {others:?}",
+        others
+            .iter()
+            .filter(|&&n| me.is_connected(n))
+            .collect::<Vec<_>>()
+    );
+    for &other in &others {
+        let all_but: Vec<u16> = (0..4).filter(|&n| n != other.0).collect();
+        let report = report_until(&me, other.0, |r| r.connected == all_but).await;
+        assert_eq!(report.node, other.0);
+    }
+    for child in &children {
+        child.wait_for_log("DEVELOPMENT MODE");
+    }
+    // A clean exit gives the id back: its file goes, and the others drop it.
+    let leaving = others[0];
+    let index = children
+        .iter()
+        .position(|c| {
+            c.log()
+                .contains(&format!("see above) node={} ", leaving.0))
+        })
+        .expect("a child with that id");
+    assert!(children[index].terminate().success());
+    assert!(me.wait_for_disconnect(leaving, WAIT).await);
+    assert!(!dev
+        .join("nodes")
+        .join(format!("{}.addr", leaving.0))
+        .exists());
+    for child in children.iter_mut() {
+        let _ = child.terminate();
+    }
+    me.shutdown().await;
 }

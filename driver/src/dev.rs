@@ -18,6 +18,9 @@ use reign_proto::{ClusterSpec, NodeDescriptor, NodeId, Tuning};
 /// How often a dev node re-reads the directory for members.
 pub(crate) const RESCAN: Duration = Duration::from_millis(500);
 
+/// A claim younger than this is never taken over.
+const FRESH_CLAIM: Duration = Duration::from_secs(10);
+
 /// The CA certificate and key, one PEM file, shared by the directory's nodes.
 const CA_FILE: &str = "dev-ca.pem";
 /// One file per node, `<id>.addr`, holding its address.
@@ -101,8 +104,17 @@ pub(crate) fn claim_id(dir: &Path, address: &str) -> io::Result<Claim> {
     Err(io::Error::other("every node id is taken"))
 }
 
-/// Whether the node recorded in `file` accepts connections.
+/// Whether the node recorded in `file` may still be live: it accepts
+/// connections, or its claim is too fresh to judge (it may be between
+/// claiming the id and listening).
 fn answers(file: &Path) -> bool {
+    let fresh = fs::metadata(file)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default() < FRESH_CLAIM)
+        .unwrap_or(true);
+    if fresh {
+        return true;
+    }
     let Ok(text) = fs::read_to_string(file) else {
         // Being written right now by its node.
         return true;
