@@ -765,6 +765,8 @@ async fn three_dev_nodes_form_a_cluster_with_no_configuration() {
             .filter(|&&n| me.is_connected(n))
             .collect::<Vec<_>>()
     );
+    let names: Vec<String> = others.iter().map(|n| protocol::control_name(n.0)).collect();
+    wait_for_names(&me, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
     for &other in &others {
         let all_but: Vec<u16> = (0..4).filter(|&n| n != other.0).collect();
         let report = report_until(&me, other.0, |r| r.connected == all_but).await;
@@ -777,10 +779,7 @@ async fn three_dev_nodes_form_a_cluster_with_no_configuration() {
     let leaving = others[0];
     let index = children
         .iter()
-        .position(|c| {
-            c.log()
-                .contains(&format!("see above) node={} ", leaving.0))
-        })
+        .position(|c| c.log().contains(&format!("see above) node={} ", leaving.0)))
         .expect("a child with that id");
     assert!(children[index].terminate().success());
     assert!(me.wait_for_disconnect(leaving, WAIT).await);
@@ -792,4 +791,44 @@ async fn three_dev_nodes_form_a_cluster_with_no_configuration() {
         let _ = child.terminate();
     }
     me.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_join_through_one_seed_with_join_and_see_each_others_names() {
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::with_tuning(5, fast());
+    let mut seed_spec = cluster.spec(NodeId(0));
+    seed_spec.nodes.retain(|n| n.id == 0);
+    let n0 = Node::start(&seed_spec, NodeId(0)).await.unwrap();
+    let seed = format!("0@{}", cluster.address(NodeId(0)));
+    let mut children: Vec<Proc> = (1..5u16)
+        .map(|id| {
+            // Each spec lists the node alone; `--join` names the seed.
+            let mut spec = cluster.spec(NodeId(id));
+            spec.nodes.retain(|n| n.id == id);
+            let path = dir.path().join(format!("alone_{id}.json"));
+            std::fs::write(&path, spec.to_json()).unwrap();
+            let path = path.to_string_lossy().into_owned();
+            let id = id.to_string();
+            Proc::spawn_args(
+                dir.path(),
+                &format!("joiner_{id}"),
+                &["--spec", &path, "--id", &id, "--join", &seed],
+            )
+        })
+        .collect();
+    let all: Vec<NodeId> = (1..5).map(NodeId).collect();
+    assert!(n0.wait_for_peers(&all, WAIT).await);
+    wait_for_names(&n0, &["node-1", "node-2", "node-3", "node-4"]).await;
+    for id in 1..5u16 {
+        let all_but: Vec<u16> = (0..5).filter(|&n| n != id).collect();
+        report_until(&n0, id, |r| r.connected == all_but).await;
+    }
+    // Node 4's name, as node 1 sees it.
+    wait_for_names_on(&n0, &[(1, "node-4")]).await;
+    for child in children.iter_mut() {
+        assert!(child.terminate().success());
+    }
+    n0.shutdown().await;
 }
