@@ -90,6 +90,10 @@ pub enum Control {
     Members {
         /// The members.
         nodes: Vec<(u16, String)>,
+        /// Asks the receiver to answer with its own list if it knows live
+        /// members this one lacks (the periodic exchange is push-pull, so
+        /// one round mends a view in either direction).
+        answer: bool,
     },
 }
 

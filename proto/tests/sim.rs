@@ -192,6 +192,75 @@ fn a_scripted_scenario_with_every_fault() {
 }
 
 #[test]
+fn joins_leaves_and_replacements_under_partitions_converge_to_one_membership_view() {
+    let n = NodeId;
+    let ms = Duration::from_millis;
+    let send = |from: u16, to: u16| Op::Send {
+        from: n(from),
+        to: n(to),
+        count: 10,
+    };
+    // Every spec lists node 0 and the node itself: nodes 1..5 join through
+    // node 0 and learn each other from it.
+    let steps = vec![
+        (ms(600), send(1, 4)),
+        (
+            ms(610),
+            Op::Register {
+                node: n(4),
+                name: "four".into(),
+            },
+        ),
+        (ms(700), Op::Partition(n(1), n(2))),
+        (ms(720), Op::Leave(n(3))),
+        (
+            ms(800),
+            Op::Watch {
+                watcher: n(1),
+                target: n(4),
+            },
+        ),
+        (ms(900), Op::Crash(n(0))),
+        (ms(1000), send(2, 4)),
+        (ms(1500), Op::Restart(n(3))),
+        (ms(2000), Op::Leave(n(4))),
+        (ms(2100), Op::Partition(n(0), n(3))),
+        (ms(2600), Op::Restart(n(0))),
+        (ms(3000), Op::Restart(n(4))),
+        (ms(3100), Op::Heal),
+        (ms(3200), send(3, 1)),
+        (
+            ms(3300),
+            Op::Lookup {
+                node: n(1),
+                name: "four".into(),
+            },
+        ),
+    ];
+    let scenario = Scenario {
+        config: SimConfig {
+            nodes: 5,
+            seed: 1105,
+            seeds: vec![n(0)],
+            ..SimConfig::default()
+        },
+        steps,
+        settle: Duration::from_secs(8),
+    };
+    // Quiescence checks one membership view and full connectivity.
+    let report = scenario.run().unwrap_or_else(|v| panic!("{v}"));
+    assert!(report.delivered >= 10, "{report:?}");
+    assert!(report.notifications >= 1, "node 4's leave was not noticed");
+    let up = |at: u16, peer: u16| {
+        report.trace.iter().any(|e| {
+            matches!(e, TraceEvent::Core { node, event: reign_proto::Event::PeerUp { node: p, .. }, .. }
+                if *node == n(at) && *p == n(peer))
+        })
+    };
+    assert!(up(1, 4) && up(2, 3), "non-seed nodes never met");
+}
+
+#[test]
 fn sixty_four_nodes_converge_after_a_full_partition_heals() {
     let report = reign_proto::sim::scale::partition_heal(64, 64);
     eprintln!("{report:?}");

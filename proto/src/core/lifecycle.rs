@@ -78,7 +78,7 @@ impl Core {
         for frame in node.peer_up(peer_id, hello.incarnation) {
             frame.encode(&mut conn.control_out);
         }
-        conn.queue_frame(&self.members_frame());
+        conn.queue_frame(&self.members_frame(false));
         self.outputs.push_back(Output::Event(Event::PeerUp {
             node: peer_id,
             incarnation: hello.incarnation,

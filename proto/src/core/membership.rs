@@ -234,7 +234,7 @@ impl Core {
     }
 
     /// The `Members` message this node sends: itself and its live peers.
-    pub(super) fn members_frame(&self) -> Frame {
+    pub(super) fn members_frame(&self, answer: bool) -> Frame {
         let mut nodes = vec![(self.me.0, self.descriptor.address.clone())];
         nodes.extend(
             self.peers
@@ -242,11 +242,28 @@ impl Core {
                 .filter(|(_, p)| p.up.is_some() && !p.descriptor.address.is_empty())
                 .map(|(id, p)| (id.0, p.descriptor.address.clone())),
         );
-        Frame::Control(Control::Members { nodes }.encode())
+        Frame::Control(Control::Members { nodes, answer }.encode())
     }
 
-    /// Members a peer told us about.
-    pub(super) fn on_members(&mut self, now: Instant, from: NodeId, nodes: Vec<(u16, String)>) {
+    /// Members a peer told us about, on `conn`.
+    pub(super) fn on_members(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        conn: &mut Conn,
+        nodes: Vec<(u16, String)>,
+        answer: bool,
+    ) {
+        if answer {
+            let listed: BTreeSet<u16> = nodes.iter().map(|(id, _)| *id).collect();
+            let lacking = self
+                .peers
+                .iter()
+                .any(|(id, p)| p.up.is_some() && *id != from && !listed.contains(&id.0));
+            if lacking {
+                conn.queue_frame(&self.members_frame(false));
+            }
+        }
         let mut news = Vec::new();
         for (id, address) in nodes.into_iter().take(MAX_MEMBERS) {
             let room = self.tuning.accept_joins && self.peers.len() < MAX_MEMBERS;
@@ -301,7 +318,13 @@ impl Core {
         }
         // Tell everyone else once; they do the same, so the news floods the
         // cluster and stops when nobody learns anything new.
-        let frame = Frame::Control(Control::Members { nodes: news }.encode());
+        let frame = Frame::Control(
+            Control::Members {
+                nodes: news,
+                answer: false,
+            }
+            .encode(),
+        );
         let targets: Vec<ConnId> = self
             .peers
             .iter()
@@ -326,7 +349,7 @@ impl Core {
         let up: Vec<ConnId> = self.peers.values().filter_map(|p| p.up).collect();
         if !up.is_empty() {
             let pick = up[(self.rng.next_u64() % up.len() as u64) as usize];
-            let frame = self.members_frame();
+            let frame = self.members_frame(true);
             if let Some(c) = self.conns.get_mut(&pick) {
                 c.queue_frame(&frame);
                 self.dirty.insert(pick);

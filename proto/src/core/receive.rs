@@ -385,10 +385,9 @@ impl Core {
         conn: &mut Conn,
         body: Bytes,
     ) -> Result<(), String> {
-        let _ = (now, conn);
         match crate::control::Control::decode(&body) {
-            Ok(crate::control::Control::Members { nodes }) => {
-                self.on_members(now, peer, nodes);
+            Ok(crate::control::Control::Members { nodes, answer }) => {
+                self.on_members(now, peer, conn, nodes, answer);
                 Ok(())
             }
             Ok(msg) => self.node.inner.handle_control(peer, msg),

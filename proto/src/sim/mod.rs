@@ -55,6 +55,10 @@ pub struct SimConfig {
     pub bandwidth: u64,
     /// Protocol timers and limits of every node.
     pub tuning: Tuning,
+    /// Empty: every node's spec lists the whole cluster. Otherwise each
+    /// node's spec lists only itself and these seeds, and the rest of the
+    /// cluster is learned by joining through them.
+    pub seeds: Vec<NodeId>,
 }
 
 impl Default for SimConfig {
@@ -66,6 +70,7 @@ impl Default for SimConfig {
             jitter: Duration::from_micros(100),
             bandwidth: 1_000_000_000,
             tuning: Tuning::fast(),
+            seeds: Vec::new(),
         }
     }
 }
@@ -199,8 +204,15 @@ impl Sim {
             config,
         };
         for (id, _) in &addresses {
+            let listed: Vec<(NodeId, String)> = addresses
+                .iter()
+                .filter(|(n, _)| {
+                    sim.config.seeds.is_empty() || n == id || sim.config.seeds.contains(n)
+                })
+                .cloned()
+                .collect();
             let mut spec = ca
-                .inline_spec(*id, &addresses)
+                .inline_spec(*id, &listed)
                 .expect("issue a node certificate");
             spec.tuning = sim.config.tuning.clone();
             sim.nodes.insert(
@@ -280,6 +292,18 @@ impl Sim {
     /// Everything that happened so far.
     pub fn trace(&self) -> &[TraceEvent] {
         &self.trace
+    }
+
+    /// Whether every running node counts exactly the running nodes (and
+    /// itself) as members: one membership view across the cluster.
+    pub fn one_membership_view(&self) -> bool {
+        let running = self.running();
+        running.iter().all(|&a| {
+            self.core(a).is_some_and(|c| {
+                let members: Vec<NodeId> = c.members().iter().map(|d| NodeId(d.id)).collect();
+                members == running
+            })
+        })
     }
 
     /// Whether every running node is connected to every other running node.

@@ -151,6 +151,9 @@ pub enum Op {
     },
     /// Kills a node (state lost).
     Crash(NodeId),
+    /// Shuts a node down cleanly (it says goodbye), then removes it; a
+    /// later [`Op::Restart`] replaces it with a new incarnation.
+    Leave(NodeId),
     /// Starts a crashed node again.
     Restart(NodeId),
     /// Blocks both directions between two nodes.
@@ -270,7 +273,8 @@ impl Scenario {
                     to: node(&mut rng),
                     bytes: rng.below(200_000) as u32,
                 },
-                78..=81 => Op::Crash(node(&mut rng)),
+                78..=79 => Op::Crash(node(&mut rng)),
+                80..=81 => Op::Leave(node(&mut rng)),
                 82..=86 => Op::Restart(node(&mut rng)),
                 87..=89 => Op::Partition(node(&mut rng), node(&mut rng)),
                 90..=91 => Op::Block(node(&mut rng), node(&mut rng)),
@@ -280,10 +284,18 @@ impl Scenario {
             };
             out.push((at, op));
         }
+        // Odd seeds run a cluster whose specs list only node 0: every
+        // other node joins through it (and rejoins after every restart).
+        let seeds = if seed % 2 == 1 {
+            vec![NodeId(0)]
+        } else {
+            Vec::new()
+        };
         Scenario {
             config: SimConfig {
                 nodes,
                 seed,
+                seeds,
                 ..SimConfig::default()
             },
             steps: out,
@@ -664,6 +676,16 @@ impl World {
                     self.node_lost(*n);
                 }
             }
+            Op::Leave(n) => {
+                if running.contains(n) {
+                    self.sim.shutdown(*n);
+                    // Let the goodbyes go out before the process is gone.
+                    self.sim.run_for(Duration::from_millis(5));
+                    self.sim.crash(*n);
+                    self.disturb_node(*n);
+                    self.node_lost(*n);
+                }
+            }
             Op::Restart(n) => {
                 if !running.contains(n) {
                     self.sim.restart(*n);
@@ -1004,6 +1026,18 @@ impl World {
     fn quiescent(&mut self) -> Result<(), Violation> {
         if !self.sim.fully_connected() {
             return Err(self.violation("the cluster did not reconnect after healing".into()));
+        }
+        if !self.sim.one_membership_view() {
+            let views: Vec<(u16, Vec<u16>)> = self
+                .sim
+                .running()
+                .into_iter()
+                .filter_map(|id| {
+                    let core = self.sim.core(id)?;
+                    Some((id.0, core.members().iter().map(|d| d.id).collect()))
+                })
+                .collect();
+            return Err(self.violation(format!("the membership views did not converge: {views:?}")));
         }
         // Messages that had to arrive did.
         for ((from, _, target), log) in &self.sent {
