@@ -113,8 +113,7 @@ impl<R: Runtime> Driver<R> {
         core: Core,
         events: Receiver<DriverEvent<R>>,
         events_tx: Sender<DriverEvent<R>>,
-        task_guard: Sender<()>,
-        tasks_done: Receiver<()>,
+        (task_guard, tasks_done): (Sender<()>, Receiver<()>),
         stop_accept: Stop,
         failure: Failure,
     ) -> Driver<R> {

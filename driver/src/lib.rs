@@ -263,8 +263,7 @@ impl<R: Runtime> Reign<R> {
             core,
             events,
             events_tx.clone(),
-            guard,
-            tasks_done,
+            (guard, tasks_done),
             stop_accept,
             failure.clone(),
         );

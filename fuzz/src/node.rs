@@ -605,6 +605,25 @@ pub enum FuzzControl {
     },
     /// Any CBOR body.
     Raw(Vec<u8>),
+    /// Cluster members the peer says are live (the node may add and dial
+    /// them).
+    Members {
+        /// The members.
+        nodes: Vec<FuzzMember>,
+        /// Ask for the node's own list back.
+        answer: bool,
+    },
+}
+
+/// One entry of a `Members` message.
+#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+pub struct FuzzMember {
+    /// The node id.
+    pub id: u16,
+    /// Its port, from 20000.
+    pub port: u8,
+    /// A malformed address instead.
+    pub malformed: bool,
 }
 
 /// A directory change.
@@ -1058,6 +1077,20 @@ impl Harness {
                 target: who(target),
             },
             FuzzControl::Raw(body) => return body.clone().into(),
+            FuzzControl::Members { nodes, answer } => Control::Members {
+                nodes: nodes
+                    .iter()
+                    .map(|m| {
+                        let address = if m.malformed {
+                            format!("no-port-{}", m.port)
+                        } else {
+                            format!("127.0.0.1:{}", 20000 + u16::from(m.port))
+                        };
+                        (m.id, address)
+                    })
+                    .collect(),
+                answer: *answer,
+            },
         };
         control.encode()
     }
@@ -1481,7 +1514,10 @@ impl Harness {
                     }
                 }
                 Output::PauseReading { conn } | Output::ResumeReading { conn } => {
-                    assert!(!self.closed.contains(&conn), "reads paused on closed {conn}");
+                    assert!(
+                        !self.closed.contains(&conn),
+                        "reads paused on closed {conn}"
+                    );
                 }
                 Output::Event(Event::PeerUp { node, .. }) => {
                     assert!(self.up.insert(node), "PeerUp for {node}, which was up");
@@ -2123,9 +2159,15 @@ impl Unarbitrary for FuzzTunnelOp {
     }
 }
 
+impl Unarbitrary for FuzzMember {
+    fn write(&self, w: &mut Writer) {
+        write_fields!(w; &self.id, &self.port, &self.malformed);
+    }
+}
+
 impl Unarbitrary for FuzzControl {
     fn write(&self, w: &mut Writer) {
-        const N: u32 = 8;
+        const N: u32 = 9;
         match self {
             FuzzControl::Snapshot { deltas, last } => {
                 w.variant(0, N);
@@ -2158,6 +2200,10 @@ impl Unarbitrary for FuzzControl {
             FuzzControl::Raw(body) => {
                 w.variant(7, N);
                 body.write(w);
+            }
+            FuzzControl::Members { nodes, answer } => {
+                w.variant(8, N);
+                write_fields!(w; nodes, answer);
             }
         }
     }

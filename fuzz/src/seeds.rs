@@ -13,8 +13,8 @@ use reign_proto::{Incarnation, MailboxId, NodeId, TypeTag};
 
 use crate::handshake::{HandshakeInput, HsFrame};
 use crate::node::{
-    Body, Chunk, Corr, Delta, FuzzControl, FuzzFrame, FuzzTarget, FuzzTunnelOp, FuzzValue, LocalOp,
-    Name, NodeInput, Op, RemoteRef, Tag, TunnelRef, Who,
+    Body, Chunk, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzTarget, FuzzTunnelOp,
+    FuzzValue, LocalOp, Name, NodeInput, Op, RemoteRef, Tag, TunnelRef, Who,
 };
 use crate::payload::{Choice, Nested, NESTED_NAME};
 use crate::unarb::Unarbitrary;
@@ -360,6 +360,22 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                         target: Who::Sender { serial: 1 },
                     }),
                     control(FuzzControl::Watch { target: ours(0) }),
+                    control(FuzzControl::Members {
+                        nodes: vec![
+                            FuzzMember {
+                                id: 7,
+                                port: 7,
+                                malformed: false,
+                            },
+                            FuzzMember {
+                                id: 8,
+                                port: 8,
+                                malformed: true,
+                            },
+                        ],
+                        answer: true,
+                    }),
+                    Op::Timeout { ms: 600 },
                     Op::Local(LocalOp::CloseMailbox { mailbox: 0 }),
                     control(FuzzControl::Delta(Delta::Unclaim {
                         name: known(2),

@@ -334,6 +334,47 @@ fn connection_status_is_reported_to_subscribers() {
     assert_eq!(statuses, [false, true]);
 }
 
+#[test]
+fn a_restarted_node_whose_old_connection_lingers_is_let_in_once_it_times_out() {
+    let mut sim = Sim::new(SimConfig {
+        nodes: 2,
+        seed: 11,
+        ..SimConfig::default()
+    });
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.fully_connected());
+    // Node 1 dies without a close reaching node 0, and starts again at once.
+    sim.power_off(NodeId(1));
+    sim.restart(NodeId(1));
+    sim.run_for(Duration::from_millis(500));
+    let new_up = |sim: &Sim| {
+        sim.trace().iter().any(|e| {
+            matches!(e, TraceEvent::Core { node: NodeId(0), event: Event::PeerUp { node: NodeId(1), incarnation }, .. }
+                if *incarnation == Incarnation(2))
+        })
+    };
+    // Node 0 still holds the old connection: the newcomer waits while the
+    // old one is pinged, and nobody answers.
+    assert!(
+        !new_up(&sim),
+        "the new incarnation replaced a connection not yet known dead"
+    );
+    sim.run_for(Duration::from_secs(4));
+    assert!(
+        new_up(&sim),
+        "the new incarnation was never let in: {:?}",
+        sim.trace()
+    );
+    assert!(sim.fully_connected());
+    assert!(!sim.trace().iter().any(|e| matches!(
+        e,
+        TraceEvent::Core {
+            event: Event::IdentityConflict { .. },
+            ..
+        }
+    )));
+}
+
 // ----- one core by hand ----------------------------------------------------
 
 fn lone_core(tuning: Tuning) -> (Core, Instant) {

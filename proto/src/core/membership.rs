@@ -206,10 +206,13 @@ impl Core {
     /// Drops a member: says goodbye on its connection, closes it (its
     /// mailboxes' watchers are told, as for any lost peer) and forgets it.
     pub(super) fn remove_member(&mut self, now: Instant, id: NodeId, reason: &str) {
+        // A newcomer held under this id goes too (and is not let in when
+        // the live connection closes below).
+        let held = self.probes.remove(&id).map(|p| p.conn);
         let conns: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.peer() == Some(id) || c.dialed == Some(id))
+            .filter(|(&cid, c)| c.peer() == Some(id) || c.dialed == Some(id) || held == Some(cid))
             .map(|(&cid, _)| cid)
             .collect();
         for cid in conns {

@@ -347,6 +347,29 @@ impl Sim {
         }
     }
 
+    /// Kills a node so that nobody notices: its state is lost and its
+    /// connections go silent without closing (a machine that lost power,
+    /// a cable pulled). Peers find out only by their ping deadlines.
+    pub fn power_off(&mut self, id: NodeId) {
+        self.fault(format!("power off {}", id.0));
+        if let Some(node) = self.nodes.get_mut(&id) {
+            node.core = None;
+        }
+        self.timeouts.remove(&id);
+        self.dirty.remove(&id);
+        let ends: Vec<End> = self
+            .links
+            .keys()
+            .filter(|(n, _)| *n == id)
+            .copied()
+            .collect();
+        for end in ends {
+            if let Some(other) = self.links.remove(&end) {
+                self.links.remove(&other);
+            }
+        }
+    }
+
     /// Shuts a node down cleanly (goodbyes, mailboxes closed); its core
     /// stays until [`crash`](Sim::crash) removes it.
     pub fn shutdown(&mut self, id: NodeId) {

@@ -1,5 +1,6 @@
 //! Large clusters in the simulator: how long a registry takes to converge
-//! after a full partition heals, and what it costs.
+//! after a full partition heals, how long a cluster takes to form when every
+//! node knows only one seed, and what it costs.
 
 use std::time::{Duration, Instant};
 
@@ -106,5 +107,45 @@ pub fn partition_heal(nodes: u16, seed: u64) -> ScaleReport {
         converged_after,
         max_node_buffered,
         rss_kb,
+    }
+}
+
+/// What a [`join_through_seed`] run measured.
+#[derive(Clone, Debug)]
+pub struct JoinReport {
+    /// Nodes, all started at once.
+    pub nodes: u16,
+    /// Wall-clock time the whole run took.
+    pub wall: Duration,
+    /// Virtual time until every node was connected to every other and
+    /// counted the same members.
+    pub converged_after: Duration,
+}
+
+/// Starts `nodes` nodes at once whose specs list only node 0 (and
+/// themselves) and measures, in virtual time, how long until they form one
+/// full mesh with one membership view.
+///
+/// # Panics
+/// If that takes over a minute of virtual time.
+pub fn join_through_seed(nodes: u16, seed: u64) -> JoinReport {
+    let wall = Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        nodes,
+        seed,
+        seeds: vec![NodeId(0)],
+        ..SimConfig::default()
+    });
+    while !(sim.fully_connected() && sim.one_membership_view()) {
+        sim.run_for(Duration::from_millis(10));
+        assert!(
+            sim.elapsed() < Duration::from_secs(60),
+            "{nodes} nodes joining through one seed never formed a mesh"
+        );
+    }
+    JoinReport {
+        nodes,
+        wall: wall.elapsed(),
+        converged_after: sim.elapsed(),
     }
 }
