@@ -17,6 +17,20 @@ fn seeded(cluster: &TestCluster, id: u16, seeds: &[u16]) -> ClusterSpec {
     spec
 }
 
+/// Starts nodes `0..n`: node 0 alone, the others with node 0 as seed.
+async fn start_through_seed(cluster: &TestCluster, n: u16) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let seeds: &[u16] = if i == 0 { &[] } else { &[0] };
+        nodes.push(
+            Node::start(&seeded(cluster, i, seeds), NodeId(i))
+                .await
+                .unwrap(),
+        );
+    }
+    nodes
+}
+
 fn ids(range: impl IntoIterator<Item = u16>, except: u16) -> Vec<NodeId> {
     range
         .into_iter()
@@ -29,17 +43,8 @@ fn ids(range: impl IntoIterator<Item = u16>, except: u16) -> Vec<NodeId> {
 async fn four_nodes_join_through_one_seed_and_find_each_others_names() {
     capture_logs();
     let cluster = TestCluster::new(5);
-    let mut nodes = vec![Node::start(&seeded(&cluster, 0, &[]), NodeId(0))
-        .await
-        .unwrap()];
     let started = Instant::now();
-    for i in 1..5 {
-        nodes.push(
-            Node::start(&seeded(&cluster, i, &[0]), NodeId(i))
-                .await
-                .unwrap(),
-        );
-    }
+    let nodes = start_through_seed(&cluster, 5).await;
     for node in &nodes {
         let others = ids(0..5, node.id().0);
         assert!(
@@ -77,15 +82,7 @@ async fn four_nodes_join_through_one_seed_and_find_each_others_names() {
 async fn a_leaving_node_is_dropped_at_once_and_its_replacement_is_a_new_incarnation() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let n0 = Node::start(&seeded(&cluster, 0, &[]), NodeId(0))
-        .await
-        .unwrap();
-    let n1 = Node::start(&seeded(&cluster, 1, &[0]), NodeId(1))
-        .await
-        .unwrap();
-    let n2 = Node::start(&seeded(&cluster, 2, &[0]), NodeId(2))
-        .await
-        .unwrap();
+    let [n0, n1, n2]: [Node; 3] = start_through_seed(&cluster, 3).await.try_into().unwrap();
     for node in [&n0, &n1, &n2] {
         assert!(node.wait_for_peers(&ids(0..3, node.id().0), WAIT).await);
     }
@@ -149,12 +146,7 @@ async fn a_leaving_node_is_dropped_at_once_and_its_replacement_is_a_new_incarnat
 async fn a_second_process_with_a_live_id_is_refused_and_stops_and_the_first_keeps_serving() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let n0 = Node::start(&seeded(&cluster, 0, &[]), NodeId(0))
-        .await
-        .unwrap();
-    let n1 = Node::start(&seeded(&cluster, 1, &[0]), NodeId(1))
-        .await
-        .unwrap();
+    let [n0, n1]: [Node; 2] = start_through_seed(&cluster, 2).await.try_into().unwrap();
     assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
     let (addr, mailbox) = n1.new_mailbox();
     n1.register("one", &addr).unwrap();

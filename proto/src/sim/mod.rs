@@ -328,23 +328,7 @@ impl Sim {
     /// Kills a node: its state is lost, its connections reset.
     pub fn crash(&mut self, id: NodeId) {
         self.fault(format!("crash {}", id.0));
-        if let Some(node) = self.nodes.get_mut(&id) {
-            node.core = None;
-        }
-        self.timeouts.remove(&id);
-        self.dirty.remove(&id);
-        let ends: Vec<End> = self
-            .links
-            .keys()
-            .filter(|(n, _)| *n == id)
-            .copied()
-            .collect();
-        for end in ends {
-            if let Some(other) = self.links.remove(&end) {
-                self.links.remove(&other);
-                self.schedule(other, Delivery::Closed, Duration::ZERO);
-            }
-        }
+        self.kill(id, true);
     }
 
     /// Kills a node so that nobody notices: its state is lost and its
@@ -352,6 +336,10 @@ impl Sim {
     /// a cable pulled). Peers find out only by their ping deadlines.
     pub fn power_off(&mut self, id: NodeId) {
         self.fault(format!("power off {}", id.0));
+        self.kill(id, false);
+    }
+
+    fn kill(&mut self, id: NodeId, reset_links: bool) {
         if let Some(node) = self.nodes.get_mut(&id) {
             node.core = None;
         }
@@ -366,6 +354,9 @@ impl Sim {
         for end in ends {
             if let Some(other) = self.links.remove(&end) {
                 self.links.remove(&other);
+                if reset_links {
+                    self.schedule(other, Delivery::Closed, Duration::ZERO);
+                }
             }
         }
     }
