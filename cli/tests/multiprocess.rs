@@ -827,6 +827,36 @@ async fn four_processes_join_through_one_seed_with_join_and_see_each_others_name
     }
     // Node 4's name, as node 1 sees it.
     wait_for_names_on(&n0, &[(1, "node-4")]).await;
+
+    // kill -9 node 4 and start it again at once: the OS closes its sockets,
+    // so the new incarnation is let in (no identity conflict) and rejoins.
+    let old_control = n0.lookup(&protocol::control_name(4)).unwrap();
+    children[3].kill9();
+    let path = dir
+        .path()
+        .join("alone_4.json")
+        .to_string_lossy()
+        .into_owned();
+    children[3] = Proc::spawn_args(
+        dir.path(),
+        "joiner_4_again",
+        &["--spec", &path, "--id", "4", "--join", &seed],
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now_control = n0.lookup(&protocol::control_name(4));
+        if now_control.is_some_and(|c| c.id().incarnation != old_control.id().incarnation) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 4 never came back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all_but_4: Vec<u16> = (0..4).collect();
+    report_until(&n0, 4, |r| r.connected == all_but_4).await;
+    assert!(
+        children[3].exit_within(Duration::ZERO).is_none(),
+        "the restarted node 4 exited"
+    );
     for child in children.iter_mut() {
         assert!(child.terminate().success());
     }

@@ -322,7 +322,9 @@ impl<R: Runtime> Reign<R> {
     /// addresses are used for the next dial. An invalid spec, or one for
     /// another node or cluster CA, is refused with the reason and the node
     /// keeps its old view; tuning and TLS material keep their values from
-    /// the start.
+    /// the start. Members learned from peers (in none of this node's
+    /// specs) are not removed by being absent; see
+    /// [`Core::reload`](reign_proto::Core::reload).
     ///
     /// ```no_run
     /// # async fn demo(node: reign_driver::Reign<impl reign_driver::Runtime>) {

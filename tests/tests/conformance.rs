@@ -158,6 +158,54 @@ fn tokio_block_on<F: Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// Joining through a seed, a reload that removes a member, and a dev
+/// cluster: the membership API behaves the same on every runtime.
+async fn membership<R: Runtime + Default>() {
+    let cluster = TestCluster::new(3);
+    let seeded = |id: u16| {
+        let mut spec = cluster.spec(NodeId(id));
+        spec.nodes.retain(|n| n.id == id || n.id == 0);
+        spec
+    };
+    let mut nodes = Vec::new();
+    for id in 0..3 {
+        nodes.push(
+            Reign::<R>::start(&seeded(id), NodeId(id))
+                .await
+                .expect("node starts"),
+        );
+    }
+    for node in &nodes {
+        let others: Vec<NodeId> = (0..3).map(NodeId).filter(|&n| n != node.id()).collect();
+        assert!(node.wait_for_peers(&others, WAIT).await, "{}", node.id());
+    }
+    // Node 0 takes the whole cluster into its spec (nodes it had learned
+    // become spec members), then drops node 2: they part, the others stay.
+    let changes = nodes[0]
+        .reload(&cluster.spec(NodeId(0)))
+        .await
+        .expect("reload");
+    assert!(changes.added.is_empty() && changes.removed.is_empty());
+    let mut spec = cluster.spec(NodeId(0));
+    spec.nodes.retain(|n| n.id != 2);
+    let changes = nodes[0].reload(&spec).await.expect("reload");
+    assert_eq!(changes.removed, [NodeId(2)]);
+    assert!(nodes[2].wait_for_disconnect(NodeId(0), WAIT).await);
+    assert!(nodes[0].is_connected(NodeId(1)) && nodes[1].is_connected(NodeId(2)));
+    for node in &nodes {
+        node.shutdown().await;
+    }
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let a = Reign::<R>::start_dev(dir.path()).await.expect("dev node");
+    let b = Reign::<R>::start_dev(dir.path()).await.expect("dev node");
+    assert_ne!(a.id(), b.id());
+    assert!(a.wait_for_peers(&[b.id()], WAIT).await);
+    b.shutdown().await;
+    assert!(a.wait_for_disconnect(b.id(), WAIT).await);
+    a.shutdown().await;
+}
+
 macro_rules! conformance {
     ($module:ident, $runtime:ty, $block_on:path) => {
         mod $module {
@@ -184,6 +232,11 @@ macro_rules! conformance {
             #[test]
             fn shutdown_leaves_nothing_behind() {
                 $block_on(super::shutdown_leaves_nothing_behind::<$runtime>());
+            }
+
+            #[test]
+            fn membership() {
+                $block_on(super::membership::<$runtime>());
             }
         }
     };

@@ -111,6 +111,10 @@ impl Core {
     /// the member is down. Tuning, TLS material and this node's own address
     /// keep their values from the start. A spec for another node or another
     /// cluster CA is refused and nothing changes.
+    ///
+    /// Removal compares with the previous spec: a member learned from peers
+    /// (in no spec of this node) stays; list it once and drop it again to
+    /// part with it.
     pub fn reload(&mut self, now: Instant, spec: ResolvedSpec) -> Result<Reloaded, ReloadError> {
         if self.shutting_down {
             return Err(ReloadError::ShuttingDown);
