@@ -107,8 +107,7 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
             let node = node.clone();
             let path = args.spec.clone();
             tokio::spawn(async move {
-                let Some(path) = path else { return };
-                reload_on_hangup(&node, &path, &seeds).await;
+                reload_on_hangup(&node, path.as_deref(), &seeds).await;
             })
         };
         tokio::select! {
@@ -127,8 +126,10 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
     })
 }
 
-/// Re-reads the spec on every SIGHUP and applies it.
-async fn reload_on_hangup(node: &Node, path: &Path, seeds: &[NodeDescriptor]) {
+/// Re-reads the spec on every SIGHUP and applies it. Without a spec
+/// (`--dev`, which re-reads its directory all the time) SIGHUP is only
+/// logged, rather than ending the process as it would by default.
+async fn reload_on_hangup(node: &Node, path: Option<&Path>, seeds: &[NodeDescriptor]) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -137,6 +138,10 @@ async fn reload_on_hangup(node: &Node, path: &Path, seeds: &[NodeDescriptor]) {
             return;
         };
         while hangups.recv().await.is_some() {
+            let Some(path) = path else {
+                tracing::info!("SIGHUP ignored: a --dev node re-reads its directory by itself");
+                continue;
+            };
             tracing::info!(spec = %path.display(), "SIGHUP: re-reading the cluster spec");
             let spec = match load_spec(path, seeds) {
                 Ok(spec) => spec,

@@ -1,14 +1,15 @@
 //! Development clusters with no configuration: every node started with the
 //! same directory shares a throw-away CA kept there, takes the lowest free
 //! node id, writes its loopback address into the directory, and learns the
-//! others' from it (re-read every [`RESCAN`]).
+//! others' from it (re-read every [`RESCAN`]; a node whose process is gone
+//! drops out, as its lock on its file went with it).
 //!
 //! Not for production: anyone who can read the directory holds the CA key
 //! and can join the cluster. The node says so in its log at start.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,20 +19,32 @@ use reign_proto::{ClusterSpec, NodeDescriptor, NodeId, Tuning};
 /// How often a dev node re-reads the directory for members.
 pub(crate) const RESCAN: Duration = Duration::from_millis(500);
 
-/// A claim younger than this is never taken over.
-const FRESH_CLAIM: Duration = Duration::from_secs(10);
-
 /// The CA certificate and key, one PEM file, shared by the directory's nodes.
 const CA_FILE: &str = "dev-ca.pem";
 /// One file per node, `<id>.addr`, holding its address.
 const NODES_DIR: &str = "nodes";
+/// Locked while a node picks its id.
+const CLAIMS_LOCK: &str = "claims.lock";
 
-/// A node's claim on an id in a dev directory; the file goes when the
-/// node shuts down cleanly.
+/// A node's claim on an id in a dev directory: the file naming its
+/// address, locked for as long as the node runs. The lock is the liveness
+/// test: the OS drops it when the process ends, however it ends.
 #[derive(Debug)]
 pub(crate) struct Claim {
     pub(crate) id: NodeId,
     pub(crate) file: PathBuf,
+    pub(crate) address: String,
+    /// Holds the lock on `file`.
+    _lock: File,
+}
+
+impl Claim {
+    /// Gives the id back (at a clean shutdown).
+    pub(crate) fn release(self) {
+        if fs::read_to_string(&self.file).is_ok_and(|a| a == self.address) {
+            let _ = fs::remove_file(&self.file);
+        }
+    }
 }
 
 /// The directory's CA, made by whichever node comes first.
@@ -73,56 +86,56 @@ fn write_private(path: &Path, contents: &str) -> io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
-/// Takes the lowest id that no live node of the directory holds, recording
-/// `address` for it. An id whose node no longer answers on its address
-/// (killed without cleaning up) is taken over.
+/// Takes the lowest id that no running node of the directory holds,
+/// recording `address` for it. The id of a node that died (its lock gone
+/// with it) is taken over.
 pub(crate) fn claim_id(dir: &Path, address: &str) -> io::Result<Claim> {
     let nodes = dir.join(NODES_DIR);
+    // One claimant at a time, so that "this id is free, take it" is atomic.
+    let guard = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(CLAIMS_LOCK))?;
+    guard.lock()?;
     for id in 0..=u16::MAX {
         let file = nodes.join(format!("{id}.addr"));
-        for _attempt in 0..2 {
-            match OpenOptions::new().write(true).create_new(true).open(&file) {
-                Ok(mut f) => {
-                    f.write_all(address.as_bytes())?;
-                    return Ok(Claim {
-                        id: NodeId(id),
-                        file,
-                    });
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if !answers(&file) {
-                        tracing::warn!(id, file = %file.display(), "taking over the id of a dev node that no longer answers");
-                        let _ = fs::remove_file(&file);
-                        continue;
-                    }
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
+        if held(&file) {
+            continue;
         }
+        if file.exists() {
+            tracing::warn!(id, file = %file.display(), "taking over the id of a dev node that is gone");
+        }
+        // Written and locked under another name, then renamed into place:
+        // readers never see a half-written address, and the lock is on the
+        // file that ends up at `file`.
+        let tmp = nodes.join(format!(".{id}.{}.tmp", std::process::id()));
+        let mut lock = File::create(&tmp)?;
+        lock.write_all(address.as_bytes())?;
+        lock.try_lock().map_err(io::Error::other)?;
+        fs::rename(&tmp, &file)?;
+        return Ok(Claim {
+            id: NodeId(id),
+            file,
+            address: address.to_owned(),
+            _lock: lock,
+        });
     }
     Err(io::Error::other("every node id is taken"))
 }
 
-/// Whether the node recorded in `file` may still be live: it accepts
-/// connections, or its claim is too fresh to judge (it may be between
-/// claiming the id and listening).
-fn answers(file: &Path) -> bool {
-    let fresh = fs::metadata(file)
-        .and_then(|m| m.modified())
-        .map(|t| t.elapsed().unwrap_or_default() < FRESH_CLAIM)
-        .unwrap_or(true);
-    if fresh {
-        return true;
+/// Whether a running node holds the claim in `file`.
+fn held(file: &Path) -> bool {
+    let Ok(f) = File::open(file) else {
+        return false;
+    };
+    match f.try_lock() {
+        Ok(()) => {
+            let _ = f.unlock();
+            false
+        }
+        Err(_) => true,
     }
-    let Ok(text) = fs::read_to_string(file) else {
-        // Being written right now by its node.
-        return true;
-    };
-    let Ok(address) = text.trim().parse::<SocketAddr>() else {
-        return text.trim().is_empty();
-    };
-    TcpStream::connect_timeout(&address, Duration::from_millis(300)).is_ok()
 }
 
 /// Every node recorded in the directory, by id.
@@ -135,6 +148,9 @@ pub(crate) fn members(dir: &Path) -> Vec<(NodeId, String)> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let id = name.strip_suffix(".addr")?.parse::<u16>().ok()?;
+            if !held(&e.path()) {
+                return None;
+            }
             let address = fs::read_to_string(e.path()).ok()?.trim().to_owned();
             address
                 .parse::<SocketAddr>()

@@ -153,8 +153,7 @@ impl<R: Runtime + Default> Reign<R> {
              who can read it can join the cluster. Never use --dev / start_dev in production."
         );
         let ca = dev::load_or_make_ca(&dir).map_err(dev_error)?;
-        // Hold a free port while claiming an id, so that a node starting at
-        // the same time sees this claim as live.
+        // A free loopback port, held until the claim records it.
         let port = std::net::TcpListener::bind("127.0.0.1:0").map_err(dev_error)?;
         let address = port.local_addr().map_err(dev_error)?.to_string();
         let claim = dev::claim_id(&dir, &address).map_err(dev_error)?;
@@ -163,7 +162,7 @@ impl<R: Runtime + Default> Reign<R> {
         let mut spec = match dev::spec(&ca, id, &address, &members) {
             Ok(spec) => spec,
             Err(e) => {
-                let _ = std::fs::remove_file(&claim.file);
+                claim.release();
                 return Err(dev_error(e));
             }
         };
@@ -171,7 +170,7 @@ impl<R: Runtime + Default> Reign<R> {
         let node = match Reign::start_on(R::default(), &spec, id).await {
             Ok(node) => node,
             Err(e) => {
-                let _ = std::fs::remove_file(&claim.file);
+                claim.release();
                 return Err(e);
             }
         };
@@ -309,7 +308,7 @@ impl<R: Runtime> Reign<R> {
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
                 if let Some(claim) = claim {
-                    let _ = std::fs::remove_file(&claim.file);
+                    claim.release();
                 }
             }
             None => self.node.close_all_mailboxes(),

@@ -82,11 +82,11 @@ pub enum Control {
         /// A mailbox of the sending node.
         target: MailboxId,
     },
-    /// Cluster members the sender knows to be live, as `(node id, address
-    /// to dial)`: itself and the peers it is connected to. Sent when a
-    /// connection comes up, when the sender learns of a new member, and now
-    /// and then to a random peer; the receiver adds the members it did not
-    /// know and connects to them.
+    /// Cluster members the sender is connected to, as `(node id, address
+    /// to dial)`, itself included. Sent when a connection comes up, when a
+    /// new member connects to the sender (that member alone), and now and
+    /// then to a random peer; the receiver adds the members it did not know
+    /// and connects to them.
     Members {
         /// The members.
         nodes: Vec<(u16, String)>,

@@ -403,7 +403,14 @@ impl Network {
     /// Sets how many bytes each peer's unread messages may hold.
     pub(crate) fn set_unread_limit(&self, limit: usize) {
         self.unread_limit.store(limit, Ordering::Relaxed);
-        for outbox in self.outboxes() {
+        // Former members too: an outbox comes back as it was when its
+        // member rejoins.
+        let every = self
+            .pages
+            .iter()
+            .filter_map(|page| page.get())
+            .flat_map(|page| page.iter().filter_map(|slot| slot.get()));
+        for outbox in every {
             outbox.unread.limit.store(limit, Ordering::Relaxed);
         }
     }

@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use reign_proto::codec::Frame;
+use reign_proto::control::Control;
 use reign_proto::{SpecError, ID_IN_USE};
+use reign_tests::raw_peer::{ClientAuth, RawPeer};
 use reign_tests::{capture_logs, eventually, logged, TestCluster};
 use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError};
 
@@ -258,6 +261,62 @@ async fn a_reload_adds_a_node_and_removes_another_and_a_bad_one_changes_nothing(
     assert!(node.is_connected(NodeId(1)) && node.is_connected(NodeId(3)));
 
     for node in nodes.iter().chain([&n3]) {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_naming_a_thousand_made_up_members_gets_a_bounded_few_and_they_go_no_further() {
+    capture_logs();
+    let cluster = TestCluster::new(3);
+    let [n0, n2]: [Node; 2] = [
+        Node::start(&seeded(&cluster, 0, &[]), NodeId(0))
+            .await
+            .unwrap(),
+        Node::start(&seeded(&cluster, 2, &[0]), NodeId(2))
+            .await
+            .unwrap(),
+    ];
+    assert!(n0.wait_for_peers(&[NodeId(2)], WAIT).await);
+    // An authenticated node 1 (its certificate is real) that lies.
+    let address = cluster.address(NodeId(0)).to_owned();
+    let ca = cluster.ca.cert_pem().to_owned();
+    let cert = cluster.cert(NodeId(1));
+    let liar = tokio::task::spawn_blocking(move || {
+        let mut peer = RawPeer::connect(&address, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let nodes = (1000..2000u16)
+            .map(|id| (id, format!("127.0.0.1:{}", 40000 + id)))
+            .collect();
+        let members = Control::Members {
+            nodes,
+            answer: true,
+        };
+        peer.send_frame(&Frame::Control(members.encode())).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        peer
+    });
+    assert!(eventually(WAIT, || n0.cluster_members().len() > 2));
+    let liar = liar.await.unwrap();
+    let made_up = n0
+        .cluster_members()
+        .into_iter()
+        .filter(|n| n.0 >= 1000)
+        .count();
+    assert_eq!(made_up, 256, "the per-peer cap on members only heard of");
+    // Hearsay is not passed on: node 2 never hears of them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        n2.cluster_members().iter().all(|n| n.0 < 1000),
+        "{:?}",
+        n2.cluster_members()
+    );
+    drop(liar);
+    for node in [&n0, &n2] {
         node.shutdown().await;
     }
 }

@@ -26,6 +26,9 @@ impl Core {
         hello: Hello,
     ) -> Result<(), String> {
         let peer_id = hello.node;
+        // Settle a held newcomer first, so that replacing the old
+        // connection below does not let it in.
+        self.refuse_probe_for_live(now, peer_id, hello.incarnation);
         let dialer_of = |c: &Conn| if c.dialed.is_some() { self.me } else { peer_id };
         let preferred_dialer = self.me.min(peer_id);
         let existing = self.peers.get(&peer_id).and_then(|p| p.up);
@@ -63,6 +66,7 @@ impl Core {
         peer.backoff.reset();
         peer.incarnation = Some(hello.incarnation);
         peer.down_since = None;
+        peer.hearsay_from = None;
         let node = &self.node.inner;
         if let Some(outbox) = node.network().outbox(peer_id) {
             outbox.lock().connected = true;

@@ -6,8 +6,9 @@
 //! CA that names its id ([`Tuning::accept_joins`]): a node whose spec lists
 //! only a few seeds connects to them, and every node tells the peers it
 //! connects to which members it knows ([`Control::Members`]). A node that
-//! learns of a new member tells its other peers once, so news of a join
-//! floods the cluster and stops; a periodic exchange with one random peer
+//! a new member connects to tells its other peers once, so news of a join
+//! floods the cluster and stops (members only heard of are never passed
+//! on, and each peer may name only so many of them); a periodic exchange with one random peer
 //! mends views that drifted apart (partitions, lost messages).
 //!
 //! [`Control::Members`]: crate::control::Control::Members
@@ -20,10 +21,15 @@ use crate::control::Control;
 /// of the protocol: a refused node recognises it and stops.
 pub const ID_IN_USE: &str = "node id is live in the cluster";
 
-/// Entries one `Members` message may add at most; the rest are ignored
-/// (node ids are 16 bits, but a peer must not make this node allocate for
-/// 65,536 members by saying so).
+/// Members this node admits at most, spec and learned together (node ids
+/// are 16 bits, but nobody should make a node allocate for 65,536
+/// members); also the most entries of one `Members` message looked at.
 const MAX_MEMBERS: usize = 4096;
+
+/// Members one peer may name that have not connected to this node yet:
+/// a peer cannot fill the member table (and make this node dial at will)
+/// with made-up entries.
+const MAX_HEARSAY_PER_PEER: usize = 256;
 
 /// A connection whose hello claims the id of a peer that is up under
 /// another incarnation, held until the live connection proves itself
@@ -110,7 +116,8 @@ impl Core {
     /// refused from then on, and changed addresses are dialled at once if
     /// the member is down. Tuning, TLS material and this node's own address
     /// keep their values from the start. A spec for another node or another
-    /// cluster CA is refused and nothing changes.
+    /// cluster CA is refused and nothing changes. ("At once" for a member
+    /// with a higher id means after the usual dial grace, as at start.)
     ///
     /// Removal compares with the previous spec: a member learned from peers
     /// (in no spec of this node) stays; list it once and drop it again to
@@ -191,6 +198,7 @@ impl Core {
             learned,
             "member added"
         );
+        self.departed.remove(&id);
         self.peers.insert(
             id,
             Peer {
@@ -201,6 +209,7 @@ impl Core {
                 backoff: Backoff::new(self.tuning.backoff_initial, self.tuning.backoff_max),
                 descriptor,
                 learned,
+                hearsay_from: None,
                 incarnation: None,
                 down_since: Some(now),
             },
@@ -272,10 +281,15 @@ impl Core {
             }
         }
         let mut news = Vec::new();
+        let mut hearsay = self
+            .peers
+            .values()
+            .filter(|p| p.hearsay_from == Some(from))
+            .count();
         for (id, address) in nodes.into_iter().take(MAX_MEMBERS) {
-            let room = self.tuning.accept_joins && self.peers.len() < MAX_MEMBERS;
             let id = NodeId(id);
-            if id == self.me || self.removed.contains(&id) {
+            let departed = self.departed.get(&id).is_some_and(|&until| now < until);
+            if id == self.me || self.removed.contains(&id) || departed {
                 continue;
             }
             if !crate::spec::valid_host_port(&address) {
@@ -288,6 +302,7 @@ impl Core {
                 );
                 continue;
             }
+            let room = self.tuning.accept_joins && self.peers.len() < MAX_MEMBERS;
             match self.peers.get_mut(&id) {
                 Some(peer) => {
                     // The spec's address wins; a learned member's own word
@@ -304,27 +319,42 @@ impl Core {
                                 peer.retry_at = Some(at);
                             }
                         }
+                    }
+                    // Pass on only what this node has seen for itself.
+                    let verified = self.peers.get(&id).is_some_and(|p| p.up.is_some());
+                    if update && verified {
                         news.push((id.0, address));
                     }
                 }
-                None if room => {
+                None if room && hearsay < MAX_HEARSAY_PER_PEER => {
                     let descriptor = NodeDescriptor {
                         id: id.0,
-                        address: address.clone(),
+                        address,
                         listen_address: String::new(),
                         local_address: String::new(),
                     };
                     self.add_member(now, descriptor, true);
-                    news.push((id.0, address));
+                    if let Some(peer) = self.peers.get_mut(&id) {
+                        peer.hearsay_from = Some(from);
+                    }
+                    hearsay += 1;
                 }
-                None => {}
+                None => {
+                    tracing::debug!(
+                        node = self.me.0,
+                        peer = from.0,
+                        member = id.0,
+                        "ignoring a member: no room for more learned members"
+                    );
+                }
             }
         }
         if news.is_empty() {
             return;
         }
-        // Tell everyone else once; they do the same, so the news floods the
-        // cluster and stops when nobody learns anything new.
+        // Tell everyone else once; they do the same, so the news of a
+        // member that connected floods the cluster and stops when nobody
+        // learns anything new.
         let frame = Frame::Control(
             Control::Members {
                 nodes: news,
@@ -392,6 +422,12 @@ impl Core {
         reply: Option<Hello>,
     ) -> Result<(), String> {
         let peer_id = hello.node;
+        if reply.is_none() {
+            // We dialled, and meanwhile the node connected to us under
+            // another incarnation: keep that one, drop this dial quietly.
+            conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(DUPLICATE)));
+            return Err(DUPLICATE.into());
+        }
         if self.probes.contains_key(&peer_id) {
             conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
                 "another connection claiming this node id is being checked",
@@ -451,6 +487,20 @@ impl Core {
         if let Some(c) = self.conns.get_mut(&probe.conn) {
             c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(&reason)));
             self.fail_conn(now, probe.conn, format!("handshake failed: {reason}"));
+        }
+    }
+
+    /// `peer`'s live incarnation just completed a fresh handshake (it
+    /// reconnected): that proves it alive as well as a pong would, so a
+    /// newcomer held under its id is refused.
+    pub(super) fn refuse_probe_for_live(&mut self, now: Instant, peer: NodeId, live: Incarnation) {
+        if self
+            .probes
+            .get(&peer)
+            .is_some_and(|p| p.hello.incarnation != live)
+        {
+            let nonce = self.probes[&peer].nonce;
+            self.on_probe_pong(now, peer, nonce);
         }
     }
 

@@ -235,6 +235,10 @@ struct Peer {
     backoff: Backoff,
     /// Learned from a peer or by its joining, not from the spec.
     learned: bool,
+    /// The peer whose `Members` list named this member, while it has not
+    /// connected to this node yet: such hearsay is capped per source and
+    /// never passed on.
+    hearsay_from: Option<NodeId>,
     /// The incarnation on the `up` connection.
     incarnation: Option<Incarnation>,
     /// When the peer was last seen going down (or added while down).
@@ -255,6 +259,10 @@ pub struct Core {
     removed: BTreeSet<NodeId>,
     /// Newcomers claiming the id of a live peer, held while it is checked.
     probes: BTreeMap<NodeId, membership::Probe>,
+    /// Learned members that left (said goodbye), and until when gossip
+    /// naming them is ignored: a peer that has not yet seen the goodbye
+    /// must not bring them back. Cleared when one connects again.
+    departed: BTreeMap<NodeId, Instant>,
     /// When this node next tells a random peer which members it knows.
     next_gossip: Instant,
     conns: BTreeMap<ConnId, Conn>,
@@ -325,6 +333,7 @@ impl Core {
                         }),
                         backoff: Backoff::new(tuning.backoff_initial, tuning.backoff_max),
                         learned: false,
+                        hearsay_from: None,
                         incarnation: None,
                         down_since: Some(now),
                     },
@@ -346,6 +355,7 @@ impl Core {
             peers,
             removed: BTreeSet::new(),
             probes: BTreeMap::new(),
+            departed: BTreeMap::new(),
             next_gossip: now + spec.tuning.gossip_interval,
             conns: BTreeMap::new(),
             next_conn: 1,

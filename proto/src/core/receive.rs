@@ -56,6 +56,7 @@ impl Core {
                 .is_some_and(|p| p.learned && p.up.is_none())
             {
                 self.remove_member(now, peer, "left the cluster");
+                self.departed.insert(peer, now + self.tuning.forget_after);
             }
         }
     }
