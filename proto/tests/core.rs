@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use reign_proto::core::AcceptError;
 use reign_proto::sim::{Sim, SimConfig, TraceEvent};
 use reign_proto::{
-    Address, ClusterSpec, Core, CoreConfig, Event, Incarnation, Input, MailboxClosed, NodeId,
-    Output, Tuning,
+    Address, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input, MailboxClosed,
+    NodeId, Output, Tuning,
 };
 
 fn sim(nodes: u16, seed: u64) -> Sim {
@@ -518,4 +518,227 @@ fn an_empty_or_overlong_protocol_name_is_a_typed_spec_error() {
             Ok(_) => panic!("a {}-byte protocol name was accepted", bad.len()),
         }
     }
+}
+
+// ----- cores wired by hand: two processes with one id ----------------------
+
+/// Cores joined by in-memory wires. Bytes from an end in `muted` are held
+/// back (a link that has gone quiet one way) until [`Wires::unmute`].
+struct Wires {
+    cores: Vec<Core>,
+    /// Each connection end and its other end: (core index, connection).
+    links: Vec<((usize, ConnId), (usize, ConnId))>,
+    muted: Vec<(usize, ConnId)>,
+    held: Vec<((usize, ConnId), Vec<u8>)>,
+    /// Everything but transmits, per core.
+    seen: Vec<Vec<Output>>,
+    now: Instant,
+}
+
+impl Wires {
+    fn peer_of(&self, end: (usize, ConnId)) -> Option<(usize, ConnId)> {
+        self.links.iter().find_map(|&(a, b)| {
+            if a == end {
+                Some(b)
+            } else if b == end {
+                Some(a)
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Moves bytes until every core is quiet. A dial from core `i` is
+    /// answered by the core `route(i)` names.
+    fn pump(&mut self, route: &dyn Fn(usize) -> usize) {
+        loop {
+            let mut moved = false;
+            for i in 0..self.cores.len() {
+                while let Some(out) = self.cores[i].poll_output(self.now) {
+                    moved = true;
+                    match out {
+                        Output::Transmit { conn, data } => {
+                            let now = self.now;
+                            self.cores[i].handle_input(
+                                now,
+                                Input::Written {
+                                    conn,
+                                    bytes: data.len(),
+                                },
+                            );
+                            if self.muted.contains(&(i, conn)) {
+                                self.held.push(((i, conn), data));
+                                continue;
+                            }
+                            if let Some((j, other)) = self.peer_of((i, conn)) {
+                                self.cores[j].handle_input(
+                                    now,
+                                    Input::Received {
+                                        conn: other,
+                                        bytes: &data,
+                                    },
+                                );
+                            }
+                        }
+                        Output::Connect { conn, .. } => {
+                            let j = route(i);
+                            let now = self.now;
+                            let accepted = self.cores[j].accept(now, "wire").unwrap();
+                            self.links.push(((i, conn), (j, accepted)));
+                            self.cores[i].handle_input(now, Input::Connected { conn });
+                        }
+                        other => self.seen[i].push(other),
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Delivers what muted ends held back, in order, and mutes nothing.
+    fn unmute(&mut self) {
+        self.muted.clear();
+        for (end, data) in std::mem::take(&mut self.held) {
+            if let Some((j, other)) = self.peer_of(end) {
+                let now = self.now;
+                self.cores[j].handle_input(
+                    now,
+                    Input::Received {
+                        conn: other,
+                        bytes: &data,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Advances to the earliest timer and fires it everywhere.
+    fn tick(&mut self, route: &dyn Fn(usize) -> usize) {
+        let next = self
+            .cores
+            .iter()
+            .filter_map(|c| c.poll_timeout())
+            .min()
+            .unwrap();
+        self.now = self.now.max(next);
+        for core in &mut self.cores {
+            if core.poll_timeout().is_some_and(|t| t <= self.now) {
+                core.handle_input(self.now, Input::Timeout);
+            }
+        }
+        self.pump(route);
+    }
+
+    fn ran_until(&mut self, route: &dyn Fn(usize) -> usize, mut done: impl FnMut(&Wires) -> bool) {
+        for _ in 0..10_000 {
+            if done(self) {
+                return;
+            }
+            self.tick(route);
+        }
+        panic!("never got there");
+    }
+}
+
+fn core_of(ca: &reign_proto::certgen::ClusterCa, id: u16, incarnation: u64, now: Instant) -> Core {
+    // Node 0 lists itself alone; node 1 lists node 0 as its seed.
+    let mut addrs = vec![(NodeId(0), "127.0.0.1:1".to_string())];
+    if id != 0 {
+        addrs.push((NodeId(id), format!("127.0.0.1:{}", 10 + incarnation)));
+    }
+    let mut spec: ClusterSpec = ca.inline_spec(NodeId(id), &addrs).unwrap();
+    spec.tuning = Tuning::fast();
+    Core::new(
+        CoreConfig {
+            spec: spec
+                .resolve(NodeId(id), rustls::pki_types::UnixTime::now())
+                .unwrap(),
+            incarnation: Incarnation(incarnation),
+            seed: incarnation,
+            time_provider: reign_proto::tls::system_time(),
+        },
+        now,
+    )
+    .unwrap()
+}
+
+/// Node 0 (core 0), node 1 as incarnation 1 (core 1, the live one) and a
+/// second process claiming node 1 as incarnation 2 (core 2). Every dial
+/// goes to node 0. Returns once the live node 1 is up and the second one
+/// is held by node 0.
+fn live_node_and_impostor() -> Wires {
+    let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
+    let now = Instant::now();
+    let mut wires = Wires {
+        cores: vec![core_of(&ca, 0, 1, now), core_of(&ca, 1, 1, now)],
+        links: Vec::new(),
+        muted: Vec::new(),
+        held: Vec::new(),
+        seen: (0..3).map(|_| Vec::new()).collect(),
+        now,
+    };
+    wires.ran_until(&|_| 0, |w| w.cores[0].connected_peers() == [NodeId(1)]);
+    // Node 0's link to the live node 1 goes quiet towards it, so its
+    // liveness ping stays unanswered for now.
+    let live_link = wires.links[0].1;
+    wires.muted.push(live_link);
+    wires.cores.push(core_of(&ca, 1, 2, wires.now));
+    let held = wires.links.len();
+    wires.ran_until(&|_| 0, |w| w.links.len() > held);
+    wires.pump(&|_| 0);
+    assert!(only_the_live_one_is_up(&wires));
+    wires
+}
+
+/// Node 0 still has exactly the live incarnation up, and never saw the
+/// second one come up.
+fn only_the_live_one_is_up(wires: &Wires) -> bool {
+    wires.cores[0].connected_peers() == [NodeId(1)]
+        && !wires.seen[0].iter().any(|o| {
+            matches!(o, Output::Event(Event::PeerUp { incarnation, .. }) if *incarnation == Incarnation(2))
+        })
+}
+
+fn told_conflict(wires: &Wires) -> bool {
+    wires.seen[2].iter().any(|o| {
+        matches!(
+            o,
+            Output::Event(Event::IdentityConflict { by: NodeId(0), .. })
+        )
+    })
+}
+
+#[test]
+fn a_second_process_is_refused_once_the_live_one_answers_the_ping() {
+    let mut wires = live_node_and_impostor();
+    assert!(
+        !told_conflict(&wires),
+        "refused before the live node answered"
+    );
+    wires.unmute();
+    wires.ran_until(&|_| 0, told_conflict);
+    assert!(only_the_live_one_is_up(&wires));
+}
+
+#[test]
+fn a_second_process_is_refused_when_the_live_one_reconnects_while_it_is_held() {
+    let mut wires = live_node_and_impostor();
+    // The live node 1 drops its end and dials again, as itself: replacing
+    // node 0's old link must not let the held second process in.
+    let live_end = wires.links[0].0;
+    let now = wires.now;
+    wires.cores[1].handle_input(
+        now,
+        Input::Closed {
+            conn: live_end.1,
+            error: None,
+        },
+    );
+    wires.held.clear();
+    wires.muted.clear();
+    wires.ran_until(&|_| 0, told_conflict);
+    wires.ran_until(&|_| 0, |w| w.cores[1].connected_peers() == [NodeId(0)]);
+    assert!(only_the_live_one_is_up(&wires));
 }
