@@ -188,3 +188,33 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_and_bad_ones_say_what_is_wrong() {
+        let seed = parse_seed("3@127.0.0.1:29003").unwrap();
+        assert_eq!((seed.id, seed.address.as_str()), (3, "127.0.0.1:29003"));
+        let no_at = parse_seed("127.0.0.1:29003").unwrap_err();
+        assert!(no_at.contains("expected ID@HOST:PORT"), "{no_at}");
+        let bad_id = parse_seed("x@127.0.0.1:1").unwrap_err();
+        assert!(bad_id.contains("bad node id"), "{bad_id}");
+    }
+
+    #[test]
+    fn a_seed_with_a_bad_address_is_refused_with_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.json");
+        std::fs::write(
+            &path,
+            r#"{"nodes": [{"id": 1, "address": "127.0.0.1:29001"}]}"#,
+        )
+        .unwrap();
+        let error = load_spec(&path, &[parse_seed("0@nowhere").unwrap()]).unwrap_err();
+        assert!(error.contains("nowhere"), "{error}");
+        let spec = load_spec(&path, &[parse_seed("0@127.0.0.1:29000").unwrap()]).unwrap();
+        assert_eq!(spec.nodes.len(), 2);
+    }
+}
