@@ -94,8 +94,11 @@ pub(crate) struct Driver<R: Runtime> {
     conns: BTreeMap<ConnId, Slot<R>>,
     shutdown_deadline: Option<Instant>,
     tasks_finished: bool,
-    /// Set when the node must stop by itself (another process holds its id).
+    /// Why the node must stop by itself (another process holds its id),
+    /// shared with the node handles.
     failure: Failure,
+    /// The core reported such a reason: shut down after this pump.
+    must_stop: bool,
 }
 
 /// What woke the driver.
@@ -129,6 +132,7 @@ impl<R: Runtime> Driver<R> {
             shutdown_deadline: None,
             tasks_finished: false,
             failure,
+            must_stop: false,
         }
     }
 
@@ -140,7 +144,7 @@ impl<R: Runtime> Driver<R> {
                 self.handle(now, event);
             }
             self.pump(now);
-            if self.task_guard.is_some() && self.failure().is_some() {
+            if self.must_stop && self.task_guard.is_some() {
                 self.shut_down(now);
             }
             if self.finished() {
@@ -159,13 +163,6 @@ impl<R: Runtime> Driver<R> {
             }
         }
         tracing::debug!(node = self.core.id().0, "driver finished");
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
     }
 
     fn finished(&self) -> bool {
@@ -367,6 +364,7 @@ impl<R: Runtime> Driver<R> {
                     );
                     let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
                     failure.get_or_insert(format!("node {} refused this process: {reason}", by.0));
+                    self.must_stop = true;
                 }
                 Output::Event(event) => {
                     tracing::debug!(node = self.core.id().0, ?event, "core event");

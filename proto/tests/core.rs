@@ -377,28 +377,39 @@ fn a_restarted_node_whose_old_connection_lingers_is_let_in_once_it_times_out() {
 
 // ----- one core by hand ----------------------------------------------------
 
-fn lone_core(tuning: Tuning) -> (Core, Instant) {
-    let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
+/// A core for node `id` of `spec`, started as `incarnation` at `now`.
+fn start_core(
+    spec: &ClusterSpec,
+    id: u16,
+    incarnation: u64,
+    now: Instant,
+) -> Result<Core, reign_proto::SpecError> {
+    let config = CoreConfig {
+        spec: spec
+            .resolve(NodeId(id), rustls::pki_types::UnixTime::now())
+            .unwrap(),
+        incarnation: Incarnation(incarnation),
+        seed: incarnation,
+        time_provider: reign_proto::tls::system_time(),
+    };
+    Core::new(config, now)
+}
+
+/// Node 1's spec of a two-node cluster.
+fn two_node_spec(ca: &reign_proto::certgen::ClusterCa) -> ClusterSpec {
     let addrs = vec![
         (NodeId(0), "127.0.0.1:1".to_string()),
         (NodeId(1), "127.0.0.1:2".to_string()),
     ];
-    let mut spec: ClusterSpec = ca.inline_spec(NodeId(1), &addrs).unwrap();
+    ca.inline_spec(NodeId(1), &addrs).unwrap()
+}
+
+fn lone_core(tuning: Tuning) -> (Core, Instant) {
+    let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
+    let mut spec = two_node_spec(&ca);
     spec.tuning = tuning;
     let now = Instant::now();
-    let core = Core::new(
-        CoreConfig {
-            spec: spec
-                .resolve(NodeId(1), rustls::pki_types::UnixTime::now())
-                .unwrap(),
-            incarnation: Incarnation(1),
-            seed: 1,
-            time_provider: reign_proto::tls::system_time(),
-        },
-        now,
-    )
-    .unwrap();
-    (core, now)
+    (start_core(&spec, 1, 1, now).unwrap(), now)
 }
 
 fn drain(core: &mut Core, now: Instant) -> Vec<Output> {
@@ -495,22 +506,10 @@ fn close_notifications_reach_local_watchers_of_remote_nodes_unreachable() {
 #[test]
 fn an_empty_or_overlong_protocol_name_is_a_typed_spec_error() {
     let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
-    let addrs = vec![
-        (NodeId(0), "127.0.0.1:1".to_string()),
-        (NodeId(1), "127.0.0.1:2".to_string()),
-    ];
     for bad in [String::new(), "x".repeat(256)] {
-        let mut spec: ClusterSpec = ca.inline_spec(NodeId(1), &addrs).unwrap();
+        let mut spec = two_node_spec(&ca);
         spec.permitted_protocols = vec!["reign".into(), bad.clone()];
-        let config = CoreConfig {
-            spec: spec
-                .resolve(NodeId(1), rustls::pki_types::UnixTime::now())
-                .unwrap(),
-            incarnation: Incarnation(1),
-            seed: 1,
-            time_provider: reign_proto::tls::system_time(),
-        };
-        match Core::new(config, Instant::now()) {
+        match start_core(&spec, 1, 1, Instant::now()) {
             Err(reign_proto::SpecError::Tls { error }) => {
                 assert!(error.contains("1 to 255 bytes"), "{error}")
             }
@@ -650,18 +649,7 @@ fn core_of(ca: &reign_proto::certgen::ClusterCa, id: u16, incarnation: u64, now:
     }
     let mut spec: ClusterSpec = ca.inline_spec(NodeId(id), &addrs).unwrap();
     spec.tuning = Tuning::fast();
-    Core::new(
-        CoreConfig {
-            spec: spec
-                .resolve(NodeId(id), rustls::pki_types::UnixTime::now())
-                .unwrap(),
-            incarnation: Incarnation(incarnation),
-            seed: incarnation,
-            time_provider: reign_proto::tls::system_time(),
-        },
-        now,
-    )
-    .unwrap()
+    start_core(&spec, id, incarnation, now).unwrap()
 }
 
 /// Node 0 (core 0), node 1 as incarnation 1 (core 1, the live one) and a

@@ -4,21 +4,6 @@
 use super::*;
 
 impl Core {
-    /// How long the node with the higher id waits before dialling, giving
-    /// the lower id (which dials first) time to connect.
-    pub(super) fn dial_grace(tuning: &Tuning) -> std::time::Duration {
-        tuning.backoff_initial * 4
-    }
-
-    /// When to dial a peer that became dialable now.
-    pub(super) fn first_dial(&self, now: Instant, dials_first: bool) -> Instant {
-        if dials_first {
-            now
-        } else {
-            now + Core::dial_grace(&self.tuning)
-        }
-    }
-
     pub(super) fn establish(
         &mut self,
         now: Instant,
@@ -209,7 +194,7 @@ impl Core {
             if addressed && peer.up.is_none() && peer.dialing.is_none() {
                 let mut delay = peer.backoff.next_delay(&mut self.rng);
                 if !peer.dials_first {
-                    delay += Core::dial_grace(&self.tuning);
+                    delay += dial_grace(&self.tuning);
                 }
                 peer.retry_at = Some(now + delay);
                 tracing::debug!(

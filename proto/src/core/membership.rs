@@ -160,11 +160,7 @@ impl Core {
                         changes.readdressed.push(id);
                         if peer.up.is_none() && peer.dialing.is_none() {
                             peer.backoff.reset();
-                            let first = peer.dials_first;
-                            let at = self.first_dial(now, first);
-                            if let Some(peer) = self.peers.get_mut(&id) {
-                                peer.retry_at = Some(at);
-                            }
+                            peer.retry_at = Some(peer.first_dial(&self.tuning, now));
                         }
                     }
                 }
@@ -184,13 +180,11 @@ impl Core {
         Ok(changes)
     }
 
-    /// Makes `descriptor`'s node a member and, if this node is the one to
-    /// dial it, dials it now.
+    /// Makes `descriptor`'s node a member and schedules its first dial (if
+    /// its address is known).
     pub(super) fn add_member(&mut self, now: Instant, descriptor: NodeDescriptor, learned: bool) {
         let id = NodeId(descriptor.id);
         self.node.inner.network().add_peer(id);
-        let dials_first = self.me < id;
-        let first_dial = self.first_dial(now, dials_first);
         tracing::info!(
             node = self.me.0,
             member = id.0,
@@ -199,21 +193,22 @@ impl Core {
             "member added"
         );
         self.departed.remove(&id);
-        self.peers.insert(
-            id,
-            Peer {
-                dials_first,
-                up: None,
-                dialing: None,
-                retry_at: (!descriptor.address.is_empty()).then_some(first_dial),
-                backoff: Backoff::new(self.tuning.backoff_initial, self.tuning.backoff_max),
-                descriptor,
-                learned,
-                hearsay_from: None,
-                incarnation: None,
-                down_since: Some(now),
-            },
-        );
+        let mut peer = Peer {
+            dials_first: self.me < id,
+            up: None,
+            dialing: None,
+            retry_at: None,
+            backoff: Backoff::new(self.tuning.backoff_initial, self.tuning.backoff_max),
+            descriptor,
+            learned,
+            hearsay_from: None,
+            incarnation: None,
+            down_since: Some(now),
+        };
+        if !peer.descriptor.address.is_empty() {
+            peer.retry_at = Some(peer.first_dial(&self.tuning, now));
+        }
+        self.peers.insert(id, peer);
     }
 
     /// Drops a member: says goodbye on its connection, closes it (its
@@ -313,16 +308,11 @@ impl Core {
                     if update {
                         peer.descriptor.address = address.clone();
                         if peer.up.is_none() && peer.dialing.is_none() {
-                            let first = peer.dials_first;
-                            let at = self.first_dial(now, first);
-                            if let Some(peer) = self.peers.get_mut(&id) {
-                                peer.retry_at = Some(at);
-                            }
+                            peer.retry_at = Some(peer.first_dial(&self.tuning, now));
                         }
                     }
                     // Pass on only what this node has seen for itself.
-                    let verified = self.peers.get(&id).is_some_and(|p| p.up.is_some());
-                    if update && verified {
+                    if update && peer.up.is_some() {
                         news.push((id.0, address));
                     }
                 }

@@ -225,7 +225,7 @@ impl std::error::Error for AcceptError {}
 struct Peer {
     descriptor: NodeDescriptor,
     /// Whether this node dials first (it has the lower id). The other side
-    /// dials too, [`Core::dial_grace`] later, so that a node the peer does
+    /// dials too, [`dial_grace`] later, so that a node the peer does
     /// not know of yet (a newcomer joining through a seed) still connects;
     /// a simultaneous pair resolves to one connection.
     dials_first: bool,
@@ -243,6 +243,24 @@ struct Peer {
     incarnation: Option<Incarnation>,
     /// When the peer was last seen going down (or added while down).
     down_since: Option<Instant>,
+}
+
+impl Peer {
+    /// When to dial this peer once it became dialable at `now`: at once if
+    /// this node dials first, otherwise after [`dial_grace`].
+    fn first_dial(&self, tuning: &Tuning, now: Instant) -> Instant {
+        if self.dials_first {
+            now
+        } else {
+            now + dial_grace(tuning)
+        }
+    }
+}
+
+/// How long the node with the higher id waits before dialling, giving the
+/// lower id (which dials first) time to connect.
+fn dial_grace(tuning: &Tuning) -> std::time::Duration {
+    tuning.backoff_initial * 4
 }
 
 /// The node state machine. See the [module docs](self).
@@ -303,9 +321,8 @@ impl Core {
         let me = spec.node_id;
         let tls = TlsContext::new(&spec, config.time_provider)?;
         let tuning = spec.tuning.clone();
-        let peer_ids: Vec<NodeId> = spec.nodes.keys().copied().filter(|&id| id != me).collect();
         let mut network = Network::new(
-            peer_ids.iter().copied(),
+            [],
             tuning.outbound_queue_bytes,
             tuning.outbound_bulk_bytes,
             tuning.max_message_len,
@@ -314,45 +331,19 @@ impl Core {
         network.max_frame_len = tuning.max_frame_len;
         network.set_unread_limit(tuning.max_unread_bytes);
         let node = Node::networked(me, config.incarnation, network);
-        let peers = spec
-            .nodes
-            .iter()
-            .filter(|(&id, _)| id != me)
-            .map(|(&id, descriptor)| {
-                (
-                    id,
-                    Peer {
-                        descriptor: descriptor.clone(),
-                        dials_first: me < id,
-                        up: None,
-                        dialing: None,
-                        retry_at: Some(if me < id {
-                            now
-                        } else {
-                            now + Core::dial_grace(&tuning)
-                        }),
-                        backoff: Backoff::new(tuning.backoff_initial, tuning.backoff_max),
-                        learned: false,
-                        hearsay_from: None,
-                        incarnation: None,
-                        down_since: Some(now),
-                    },
-                )
-            })
-            .collect();
         tracing::info!(
             node = me.0,
             incarnation = config.incarnation.0,
             "node core started"
         );
-        Ok(Core {
+        let mut core = Core {
             node,
             me,
             descriptor: spec.me().clone(),
             incarnation: config.incarnation,
             tuning,
             tls,
-            peers,
+            peers: BTreeMap::new(),
             removed: BTreeSet::new(),
             probes: BTreeMap::new(),
             departed: BTreeMap::new(),
@@ -375,7 +366,11 @@ impl Core {
             run: Vec::new(),
             leaving: Vec::new(),
             shutting_down: false,
-        })
+        };
+        for descriptor in spec.nodes.values().filter(|d| NodeId(d.id) != me) {
+            core.add_member(now, descriptor.clone(), false);
+        }
+        Ok(core)
     }
 
     /// The node handle, shared with user code.
