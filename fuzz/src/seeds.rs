@@ -605,7 +605,7 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
 }
 
 fn spec_seeds() -> Vec<(&'static str, Vec<u8>)> {
-    let specs: [(&str, &str); 5] = [
+    let specs: [(&str, &str); 8] = [
         (
             "go-reign-fields",
             r#"{"nodes":[{"id":0,"address":"127.0.0.1:29000"},
@@ -633,6 +633,18 @@ fn spec_seeds() -> Vec<(&'static str, Vec<u8>)> {
             r#"{"nodes":[{"id":3,"address":"h:1","listen_address":"nope"}]}"#,
         ),
         ("not-json", r#"{"nodes":[{"id":"zero"}"#),
+        (
+            "typo-tuning",
+            r#"{"nodes":[{"id":0,"address":"h:1"}],"tunning":{"accept_joins":false}}"#,
+        ),
+        (
+            "typo-node-and-key",
+            r#"{"nodes":[{"id":0,"address":"h:1","listen_adress":"h:2"}],"tuning":{"handshake_timout":5}}"#,
+        ),
+        (
+            "cipher-suite",
+            r#"{"nodes":[{"id":0,"address":"h:1"}],"permitted_protocols":["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"]}"#,
+        ),
     ];
     specs
         .iter()

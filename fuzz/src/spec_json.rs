@@ -1,8 +1,10 @@
 //! `spec_json`: arbitrary text as a cluster spec.
 //!
 //! Checks:
-//! - [`ClusterSpec::from_json`] gives a spec or a typed `Json` error, and a
-//!   spec survives `to_json` → `from_json` unchanged;
+//! - [`ClusterSpec::from_json`] gives a spec or a typed `Json` error, or an
+//!   `UnknownField` naming a key that really is unknown (and, if it suggests
+//!   one, a known key), and a spec survives `to_json` → `from_json`
+//!   unchanged;
 //! - `validate_nodes` gives a node table consistent with the spec or a typed
 //!   error, and `resolve` fails with that same error;
 //! - with the PEM fields junk and the paths pointing at nothing, `resolve`
@@ -48,7 +50,45 @@ fn is_material_error(e: &SpecError) -> bool {
             | SpecError::NotSignedByCluster { .. }
             | SpecError::CertificateNamesOtherNode { .. }
             | SpecError::Tls { .. }
+            | SpecError::CipherSuiteAsProtocol { .. }
     )
+}
+
+/// Every key of every spec object, as serialized: an unknown field must be
+/// none of these, and a suggestion must be one.
+fn known_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    let full = reign_proto::spec::ClusterSpec {
+        nodes: vec![reign_proto::spec::NodeDescriptor {
+            id: 0,
+            address: "a:1".into(),
+            listen_address: "a:1".into(),
+            local_address: "a:1".into(),
+        }],
+        node_cert_path: "x".into(),
+        node_key_path: "x".into(),
+        cluster_cert_path: "x".into(),
+        node_cert_pem: "x".into(),
+        node_key_pem: "x".into(),
+        cluster_cert_pem: "x".into(),
+        permitted_protocols: vec!["x".into()],
+        ..Default::default()
+    };
+    fn walk(value: &serde_json::Value, keys: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    keys.push(k.clone());
+                    walk(v, keys);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, keys)),
+            _ => {}
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(&full.to_json()).expect("valid JSON");
+    walk(&value, &mut keys);
+    keys
 }
 
 /// Fuzzes the cluster spec parser and resolver with `data` (lossy UTF-8).
@@ -64,6 +104,22 @@ pub fn spec_json(data: &[u8]) {
         Ok(spec) => spec,
         Err(SpecError::Json { message }) => {
             assert!(!message.is_empty());
+            return;
+        }
+        Err(e @ SpecError::UnknownField { .. }) => {
+            let text = e.to_string();
+            let SpecError::UnknownField {
+                field, suggestion, ..
+            } = e
+            else {
+                unreachable!()
+            };
+            let known = known_keys();
+            assert!(!known.contains(&field), "{field:?} is a known key: {text}");
+            if let Some(s) = suggestion {
+                assert!(known.contains(&s), "suggested {s:?}, not a key");
+                assert!(text.contains(&s));
+            }
             return;
         }
         Err(other) => panic!("from_json failed with a non-JSON error: {other:?}"),

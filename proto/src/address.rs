@@ -88,15 +88,26 @@ impl Address {
 
     /// Sends a message. Never blocks.
     ///
-    /// A local send moves `value` into the mailbox. A remote send encodes it
-    /// here, in the caller's thread, and queues the frame for the node's
-    /// connection to the target's node; `T` must be registered with
-    /// [`register_type`](crate::register_type). Delivery is at most once:
-    /// `Ok` does not promise delivery (a send to a node that is down is
-    /// dropped and counted), an error promises the message was not delivered.
+    /// `T` must be registered with [`register_type`](crate::register_type)
+    /// (or be one of the built-in types: integers, `String`, `bool`, …),
+    /// whether the mailbox is local or remote, so that a program tried on
+    /// one node behaves the same in a cluster; an unregistered type fails
+    /// with [`SendError::Unregistered`] naming it. A local send moves
+    /// `value` into the mailbox. A remote send encodes it here, in the
+    /// caller's thread, and queues the frame for the node's connection to
+    /// the target's node. Delivery is at most once: `Ok` does not promise
+    /// delivery (a send to a node that is down is dropped and counted), an
+    /// error promises the message was not delivered.
     pub fn send<T: Any + Send + Serialize>(&self, value: T) -> Result<(), SendError> {
         match &self.target {
-            Target::Local(mailbox) => mailbox.push(Message::local(value)),
+            Target::Local(mailbox) => {
+                // One thread-local compare when a thread sends one type in a
+                // row (see `types::tag_of`): the local path stays as fast.
+                if crate::types::tag_of(std::any::TypeId::of::<T>()).is_none() {
+                    return Err(SendError::unregistered::<T>());
+                }
+                mailbox.push(Message::local(value))
+            }
             Target::Remote(node) => match node.upgrade() {
                 Some(node) => node.send_remote(self.id, &value),
                 None => Err(SendError::NodeShutdown),
@@ -189,8 +200,16 @@ impl Serialize for Address {
 
 impl<'de> Deserialize<'de> for Address {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Address, D::Error> {
-        let id = MailboxId::deserialize(deserializer)?;
-        Ok(DECODE_NODE.with(
+        MailboxId::deserialize(deserializer).map(Address::bound_here)
+    }
+}
+
+impl Address {
+    /// The address of `id`, bound to the node of the decode context on this
+    /// thread (a received message, or [`Node::bind_scope`](crate::Node::bind_scope)),
+    /// or unbound outside one.
+    fn bound_here(id: MailboxId) -> Address {
+        DECODE_NODE.with(
             |current| match current.borrow().as_ref().and_then(Weak::upgrade) {
                 Some(node) => node.bind(id),
                 None => Address {
@@ -198,7 +217,33 @@ impl<'de> Deserialize<'de> for Address {
                     target: Target::Unbound,
                 },
             },
-        ))
+        )
+    }
+}
+
+/// Parses the text form `<node.incarnation.serial>` that `Display` on the
+/// address's [`id`](Address::id) prints (Go reign's `UnmarshalText`). Like
+/// deserializing, the address binds to the node of the current
+/// [`Node::bind_scope`](crate::Node::bind_scope); outside one it is unbound
+/// (sends fail with [`SendError::Unbound`]), and
+/// [`Node::address_of`](crate::Node::address_of) binds a parsed id.
+///
+/// ```
+/// use reign_proto::{Address, Incarnation, Node};
+///
+/// let node = Node::local(Incarnation(1));
+/// let (addr, mailbox) = node.new_mailbox();
+/// let text = addr.id().to_string();
+/// let again: Address = node.bind_scope(|| text.parse()).unwrap();
+/// again.send(5u32).unwrap();
+/// assert_eq!(mailbox.try_recv().unwrap().unwrap().downcast::<u32>().unwrap(), 5);
+/// assert!("<1.2>".parse::<Address>().is_err());
+/// ```
+impl std::str::FromStr for Address {
+    type Err = crate::id::ParseIdError;
+
+    fn from_str(text: &str) -> Result<Address, Self::Err> {
+        text.parse().map(Address::bound_here)
     }
 }
 

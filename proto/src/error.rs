@@ -14,7 +14,9 @@ pub enum SendError {
     /// the outbound byte budget for the target's node.
     Full,
     /// The message type was not declared with
-    /// [`register_type`](crate::register_type), so it cannot leave this node.
+    /// [`register_type`](crate::register_type). The rule is the same for
+    /// local and remote mailboxes, so a program behaves alike on one node
+    /// and in a cluster.
     Unregistered {
         /// The Rust name of the type.
         type_name: &'static str,
@@ -42,7 +44,8 @@ impl fmt::Display for SendError {
             SendError::Full => write!(f, "a bounded queue to the target is full"),
             SendError::Unregistered { type_name } => write!(
                 f,
-                "type {type_name} is not registered for the wire (call register_type)"
+                "type {type_name} is not registered (call register_type::<{type_name}>() \
+                 or register_type_named once at start)"
             ),
             SendError::Encode(e) => write!(f, "the message failed to serialize: {e}"),
             SendError::TooLarge { len, max } => {
@@ -55,6 +58,15 @@ impl fmt::Display for SendError {
 }
 
 impl std::error::Error for SendError {}
+
+impl SendError {
+    /// The error for a send of the unregistered type `T`.
+    pub(crate) fn unregistered<T: ?Sized>() -> SendError {
+        SendError::Unregistered {
+            type_name: std::any::type_name::<T>(),
+        }
+    }
+}
 
 /// Why a receive returned no message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

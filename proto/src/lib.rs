@@ -47,7 +47,7 @@ pub mod types;
 pub use address::Address;
 pub use core::{ConnId, Core, CoreConfig, Event, Input, Output, ReloadError, Reloaded, ID_IN_USE};
 pub use error::{DecodeError, RecvError, SendError};
-pub use id::{Incarnation, MailboxId, NodeId};
+pub use id::{Incarnation, MailboxId, NodeId, ParseIdError};
 pub use mailbox::{Capacity, Mailbox};
 pub use message::{DowncastError, Message};
 pub use net::{PeerStats, WakeSignal};

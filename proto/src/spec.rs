@@ -35,6 +35,7 @@ use crate::id::NodeId;
 
 /// One node of the cluster (Go reign's `NodeDescriptor`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeDescriptor {
     /// The node's id.
     pub id: u16,
@@ -63,7 +64,7 @@ impl NodeDescriptor {
 /// Timers and limits of the protocol. Every field has a default suited to a
 /// production cluster; tests shorten the timers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Tuning {
     /// How often a connected peer is pinged.
     #[serde(with = "millis")]
@@ -180,7 +181,13 @@ mod millis {
 }
 
 /// The cluster spec, as read from JSON or built in code.
+///
+/// Unknown keys are an error ([`SpecError::UnknownField`]) in the spec and
+/// in each of its objects: a misspelt `tuning` or `listen_address` would
+/// otherwise be ignored and leave the default in force (an open cluster,
+/// say) without a word.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
     /// Every node of the cluster.
     pub nodes: Vec<NodeDescriptor>,
@@ -203,6 +210,10 @@ pub struct ClusterSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster_cert_pem: String,
     /// ALPN protocol names nodes accept; empty means reign's own.
+    ///
+    /// The field keeps Go reign's name, but Go reign listed TLS cipher
+    /// suites here; rustls chooses among its own secure suites, so a
+    /// cipher-suite name is refused with [`SpecError::CipherSuiteAsProtocol`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permitted_protocols: Vec<String>,
     /// Protocol timers and limits.
@@ -290,6 +301,26 @@ pub enum SpecError {
         /// rustls' reason.
         error: String,
     },
+    /// A key that no spec object has: a typo, which would otherwise leave
+    /// the default in force without a word.
+    UnknownField {
+        /// The key as written.
+        field: String,
+        /// The object it was found in: `the spec`, `a node` or `tuning`.
+        within: &'static str,
+        /// Where it is in the text (1-based).
+        line: usize,
+        /// Its column (1-based).
+        column: usize,
+        /// The known key nearest to it, if one is close.
+        suggestion: Option<String>,
+    },
+    /// `permitted_protocols` holds a TLS cipher-suite name, as Go reign's
+    /// spec did; here the field lists ALPN protocol names.
+    CipherSuiteAsProtocol {
+        /// The value as written.
+        value: String,
+    },
 }
 
 impl fmt::Display for SpecError {
@@ -328,6 +359,27 @@ impl fmt::Display for SpecError {
                 "cluster spec: the certificate configured for node {id} does not name node {id}"
             ),
             SpecError::Tls { error } => write!(f, "TLS configuration refused: {error}"),
+            SpecError::UnknownField {
+                field,
+                within,
+                line,
+                column,
+                suggestion,
+            } => {
+                write!(
+                    f,
+                    "cluster spec: unknown field `{field}` in {within} at line {line} column {column}"
+                )?;
+                match suggestion {
+                    Some(known) => write!(f, ", did you mean `{known}`?"),
+                    None => Ok(()),
+                }
+            }
+            SpecError::CipherSuiteAsProtocol { value } => write!(
+                f,
+                "cluster spec: `permitted_protocols` lists ALPN protocol names (such as {DEFAULT_PROTOCOL:?}), \
+                 not TLS cipher suites as in Go reign; remove {value:?} (rustls offers only secure suites)"
+            ),
         }
     }
 }
@@ -385,18 +437,26 @@ pub(crate) fn valid_host_port(s: &str) -> bool {
 }
 
 impl ClusterSpec {
-    /// Parses a spec from JSON text.
+    /// Parses a spec from JSON text. An unknown key is an error naming it
+    /// and the nearest known key.
+    ///
+    /// ```
+    /// use reign_proto::spec::{ClusterSpec, SpecError};
+    ///
+    /// let e = ClusterSpec::from_json(r#"{"nodes": [], "tunning": {}}"#).unwrap_err();
+    /// assert!(matches!(e, SpecError::UnknownField { .. }));
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "cluster spec: unknown field `tunning` in the spec at line 1 column 23, did you mean `tuning`?"
+    /// );
+    /// ```
     pub fn from_json(json: &str) -> Result<ClusterSpec, SpecError> {
-        serde_json::from_str(json).map_err(|e| SpecError::Json {
-            message: e.to_string(),
-        })
+        serde_json::from_str(json).map_err(json_error)
     }
 
     /// Parses a spec from a reader of JSON.
     pub fn from_reader(reader: impl Read) -> Result<ClusterSpec, SpecError> {
-        serde_json::from_reader(reader).map_err(|e| SpecError::Json {
-            message: e.to_string(),
-        })
+        serde_json::from_reader(reader).map_err(json_error)
     }
 
     /// Reads a spec file; relative paths inside resolve against its folder.
@@ -470,6 +530,20 @@ impl ClusterSpec {
         })
     }
 
+    /// Refuses a Go reign style `permitted_protocols` (cipher-suite names).
+    pub fn check_protocols(&self) -> Result<(), SpecError> {
+        match self
+            .permitted_protocols
+            .iter()
+            .find(|p| looks_like_cipher_suite(p))
+        {
+            Some(value) => Err(SpecError::CipherSuiteAsProtocol {
+                value: value.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Resolves the spec for `node`: reads and checks its TLS material.
     /// `now` is the wall time certificates are checked against.
     pub fn resolve(&self, node: NodeId, now: UnixTime) -> Result<ResolvedSpec, SpecError> {
@@ -477,6 +551,7 @@ impl ClusterSpec {
         if !nodes.contains_key(&node) {
             return Err(SpecError::NodeNotInSpec { id: node.0 });
         }
+        self.check_protocols()?;
         let cert_text = self.material_text(
             &self.node_cert_pem,
             &self.node_cert_path,
@@ -536,6 +611,97 @@ impl ClusterSpec {
         })
     }
 }
+
+/// Whether a `permitted_protocols` entry is a TLS cipher-suite name (Go
+/// reign's meaning of the field): `TLS_…` as IANA and Go spell them, or an
+/// OpenSSL-style name such as `ECDHE-RSA-AES128-GCM-SHA256`.
+fn looks_like_cipher_suite(value: &str) -> bool {
+    let upper = value.to_ascii_uppercase();
+    upper.starts_with("TLS_")
+        || upper.starts_with("SSL_")
+        || ((upper.contains("-AES") || upper.contains("-CHACHA20") || upper.contains("-RC4"))
+            && (upper.contains("SHA") || upper.contains("POLY1305")))
+}
+
+/// The keys of each spec object, for naming the object an unknown key was
+/// found in (serde lists the expected keys, in declaration order).
+const OBJECTS: [(&str, &str); 3] = [
+    ("nodes", "the spec"),
+    ("id", "a node"),
+    ("ping_interval", "tuning"),
+];
+
+/// A suggestion is offered only this close (edits) to a known key, and
+/// never further than a third of the key's length, so unrelated keys get
+/// none.
+const MAX_SUGGESTION_DISTANCE: usize = 3;
+
+/// Turns serde_json's error into a [`SpecError`]: an unknown key becomes
+/// [`SpecError::UnknownField`] with the nearest known key.
+fn json_error(e: serde_json::Error) -> SpecError {
+    let text = e.to_string();
+    let message = text
+        .strip_suffix(&format!(" at line {} column {}", e.line(), e.column()))
+        .unwrap_or(&text);
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return SpecError::Json { message: text };
+    };
+    // serde: "unknown field `X`, expected `a` or `b`" / "… expected one of
+    // `a`, `b`, `c`" / "… there are no fields". The key itself may hold a
+    // backtick, so split where the list begins.
+    let Some(split) = rest
+        .find("`, expected ")
+        .or_else(|| rest.find("`, there are no fields"))
+    else {
+        return SpecError::Json { message: text };
+    };
+    let field = rest[..split].to_owned();
+    let expected: Vec<&str> = rest[split + 1..].split('`').skip(1).step_by(2).collect();
+    let within = expected
+        .first()
+        .and_then(|first| OBJECTS.iter().find(|(key, _)| key == first))
+        .map_or("the spec", |(_, object)| *object);
+    let suggestion = expected
+        .iter()
+        .map(|known| (edit_distance(&field, known), *known))
+        .filter(|(d, known)| *d <= MAX_SUGGESTION_DISTANCE && *d <= known.len().div_ceil(3))
+        .min()
+        .map(|(_, known)| known.to_owned());
+    SpecError::UnknownField {
+        field,
+        within,
+        line: e.line(),
+        column: e.column(),
+        suggestion,
+    }
+}
+
+/// Levenshtein distance, by characters; keys are short, so the quadratic
+/// table is a few hundred cells. A key longer than [`MAX_KEY_COMPARED`]
+/// is never near a known one.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().take(MAX_KEY_COMPARED + 1).collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len() > MAX_KEY_COMPARED {
+        return usize::MAX;
+    }
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// Keys longer than this are not compared (no known key is near so long).
+const MAX_KEY_COMPARED: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -634,5 +800,104 @@ mod tests {
             spec(r#"{"nodes":[{"id":0,"address":"h:1"}],"tuning":{"ping_interval":250}}"#).unwrap();
         assert_eq!(s.tuning.ping_interval, Duration::from_millis(250));
         assert_eq!(s.tuning.max_ping_failures, 5);
+    }
+
+    fn unknown(json: &str) -> (String, &'static str, Option<String>, String) {
+        let e = spec(json).expect_err("an unknown field");
+        let text = e.to_string();
+        match e {
+            SpecError::UnknownField {
+                field,
+                within,
+                suggestion,
+                ..
+            } => (field, within, suggestion, text),
+            other => panic!("expected an unknown field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_each_object_is_named_with_the_nearest_known_one() {
+        // The spec itself: the typo that silently left joins open.
+        let (field, within, near, text) = unknown(
+            "{\n  \"nodes\": [{\"id\": 0, \"address\": \"h:1\"}],\n  \"tunning\": {\"accept_joins\": false}\n}",
+        );
+        assert_eq!((field.as_str(), within), ("tunning", "the spec"));
+        assert_eq!(near.as_deref(), Some("tuning"));
+        assert!(text.contains("line 3"), "{text}");
+        assert!(text.ends_with("did you mean `tuning`?"), "{text}");
+        // A node.
+        let (field, within, near, _) =
+            unknown(r#"{"nodes":[{"id":0,"address":"h:1","listen_adress":"h:2"}]}"#);
+        assert_eq!((field.as_str(), within), ("listen_adress", "a node"));
+        assert_eq!(near.as_deref(), Some("listen_address"));
+        // Tuning.
+        let (field, within, near, _) = unknown(r#"{"nodes":[],"tuning":{"handshake_timout":500}}"#);
+        assert_eq!((field.as_str(), within), ("handshake_timout", "tuning"));
+        assert_eq!(near.as_deref(), Some("handshake_timeout"));
+        let (_, _, near, _) = unknown(r#"{"nodes":[],"tuning":{"accept_join":false}}"#);
+        assert_eq!(near.as_deref(), Some("accept_joins"));
+        // Known keys in every object still parse.
+        assert!(spec(r#"{"nodes":[{"id":0,"address":"h:1","listen_address":"h:2"}],"tuning":{"accept_joins":false}}"#).is_ok());
+    }
+
+    #[test]
+    fn a_suggestion_is_offered_only_when_close() {
+        // Three edits from `tuning` on a 6-letter key: over a third of its
+        // length, so no suggestion; two edits: suggested.
+        assert_eq!(unknown(r#"{"tuxxxg":{}}"#).2, None);
+        assert_eq!(unknown(r#"{"tuxing":{}}"#).2.as_deref(), Some("tuning"));
+        assert_eq!(unknown(r#"{"tuxxng":{}}"#).2.as_deref(), Some("tuning"));
+        // Nothing alike at all.
+        let (field, _, near, text) = unknown(r#"{"colour":"blue"}"#);
+        assert_eq!((field.as_str(), near), ("colour", None));
+        assert!(!text.contains("did you mean"), "{text}");
+        // A very long key is named and costs no quadratic work.
+        let long = "k".repeat(10_000);
+        let (field, _, near, _) = unknown(&format!(r#"{{"{long}":1}}"#));
+        assert_eq!((field.len(), near), (10_000, None));
+        // A key holding a backtick is still named whole.
+        assert_eq!(unknown(r#"{"a`, b":1}"#).0, "a`, b");
+    }
+
+    #[test]
+    fn distance_counts_edits() {
+        assert_eq!(edit_distance("tuning", "tuning"), 0);
+        assert_eq!(edit_distance("tunning", "tuning"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn go_reign_cipher_suites_are_refused_with_what_the_field_means() {
+        for value in [
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            "TLS_RSA_WITH_RC4_128_SHA",
+            "tls_aes_128_gcm_sha256",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+        ] {
+            let s = spec(&format!(
+                r#"{{"nodes":[{{"id":0,"address":"h:1"}}],"permitted_protocols":["reign-rs/1",{value:?}]}}"#
+            ))
+            .unwrap();
+            let e = s.resolve(NodeId(0), UnixTime::now()).unwrap_err();
+            assert_eq!(
+                e,
+                SpecError::CipherSuiteAsProtocol {
+                    value: value.to_owned()
+                }
+            );
+            let text = e.to_string();
+            assert!(text.contains("ALPN") && text.contains(value), "{text}");
+        }
+        // ALPN names, including ones with dashes and digits, are fine.
+        for value in ["reign-rs/1", "h2", "my-app-v2", "x"] {
+            let s = spec(&format!(
+                r#"{{"nodes":[{{"id":0,"address":"h:1"}}],"permitted_protocols":[{value:?}]}}"#
+            ))
+            .unwrap();
+            assert_eq!(s.check_protocols(), Ok(()), "{value}");
+        }
     }
 }

@@ -146,6 +146,7 @@ fn recv_match_waits_for_a_match_without_spinning() {
 fn many_senders_on_many_threads_lose_nothing() {
     const THREADS: u64 = 8;
     const PER_THREAD: u64 = 20_000;
+    reign_proto::register_type::<(u64, u64)>().unwrap();
     let node = node();
     let (addr, mailbox) = node.new_mailbox();
     let senders: Vec<_> = (0..THREADS)
@@ -378,4 +379,35 @@ fn remote_sends_check_registration_and_count_unreachable_nodes() {
     ));
     remote.send(1u64).unwrap();
     assert_eq!(node.stats().dropped_unreachable, 1);
+}
+
+/// A local send follows the remote rule: a type must be registered to be
+/// sent at all, so a program tried on `Node::local()` behaves the same in a
+/// cluster (it used to succeed locally and fail remotely).
+#[test]
+fn an_unregistered_type_fails_locally_as_it_would_remotely() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct NotYet(u8);
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    let e = addr.send(NotYet(1)).unwrap_err();
+    assert_eq!(
+        e,
+        SendError::Unregistered {
+            type_name: std::any::type_name::<NotYet>()
+        }
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("NotYet") && text.contains("register_type"),
+        "{text}"
+    );
+    assert_eq!(mailbox.message_count(), 0, "nothing was delivered");
+    reign_proto::register_type_named::<NotYet>("test.NotYet").unwrap();
+    addr.send(NotYet(2)).unwrap();
+    let got = mailbox.try_recv().unwrap().unwrap();
+    assert_eq!(got.downcast::<NotYet>().unwrap(), NotYet(2));
+    // Built-in types need no registration.
+    addr.send(7u64).unwrap();
+    addr.send(String::from("s")).unwrap();
 }
