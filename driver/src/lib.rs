@@ -436,7 +436,9 @@ impl<R: Runtime> Reign<R> {
     }
 
     /// Opens a tunnel to one member of a service group (or an address),
-    /// waiting at most `timeout` for the member to accept.
+    /// waiting at most `timeout` for the member to accept. On a timeout (or
+    /// if this future is dropped) the half-open tunnel is closed: its entry
+    /// goes on both nodes, and a member that accepts afterwards gets an error.
     pub async fn tunnel<'a>(
         &self,
         target: impl Into<Target<'a>>,
@@ -495,9 +497,12 @@ pub struct Tunnel<R: Runtime> {
 }
 
 impl<R: Runtime> Tunnel<R> {
-    /// Sends one message, waiting at most `timeout` for credit. A timeout
-    /// part way through a large message discards that message at the other
-    /// end; the tunnel stays usable.
+    /// Sends one message (any size up to `max_message_len`, whatever the
+    /// credit window), waiting at most `timeout` for credit. A message over
+    /// `max_message_len` fails at once with [`TunnelError::TooLarge`]. A
+    /// timeout (or dropping this future) part way through a message discards
+    /// it at the other end, which gives its credit back; the tunnel stays
+    /// usable.
     pub async fn send(
         &self,
         message: impl Into<bytes::Bytes>,
@@ -509,7 +514,8 @@ impl<R: Runtime> Tunnel<R> {
         }
     }
 
-    /// Receives the next message, waiting at most `timeout`.
+    /// Receives the next message, waiting at most `timeout`. A timeout (or
+    /// dropping this future) loses nothing: the next receive gets the message.
     pub async fn recv(&self, timeout: Duration) -> Result<bytes::Bytes, TunnelError> {
         match race(self.inner.recv(), self.rt.sleep(timeout)).await {
             Either::Left(result) => result,

@@ -3,10 +3,49 @@
 //! multiplexed over the existing node-to-node connection.
 //!
 //! Flow control is credit-based, in bytes: each end grants the other a
-//! window; a sender waits for credit before each chunk, and a receiver
-//! returns credit as the application consumes messages, so a slow reader
-//! throttles the writer and neither end ever buffers more than one window.
-//! Messages larger than a chunk travel in pieces and are put back together.
+//! window (its `tunnel_window`) when the tunnel opens. A sender spends
+//! credit on every piece it sends (a piece is at most
+//! [`FRAGMENT_LEN`](crate::codec::FRAGMENT_LEN) and never more than the
+//! credit it holds, so a window smaller than a piece still moves), and waits
+//! when it has none; `unacknowledged_bytes` never exceeds the window.
+//!
+//! A message may be larger than the window (anything up to
+//! `max_message_len`), so the receiver cannot wait for the application to
+//! take a whole message before returning credit: it would wait for pieces
+//! the sender has no credit to send. The receiver counts the bytes it was
+//! sent and has not credited back (`charged`) and returns credit for every
+//! byte it no longer needs to hold against the window:
+//!
+//! - bytes the application took with `recv`;
+//! - bytes of a partial message discarded because its sender gave up
+//!   (an abort piece), so an abandoned send gives its credit back;
+//! - bytes buffered into the partial message *while no complete message
+//!   waits to be read*: the message is being assembled for a reader that
+//!   is keeping up, and the rest of it needs credit to arrive.
+//!
+//! While complete messages wait unread, nothing more is credited, so a
+//! reader that stops stops the writer. A receiver therefore holds at most
+//! one credited message (≤ `max_message_len`) plus one window of charged
+//! bytes, whatever the peer does. Credit goes back in lumps of at least a
+//! quarter window (fewer, smaller credit frames); a sender out of credit
+//! means the receiver holds a whole window, so a lump is always due once
+//! the reader catches up.
+//!
+//! The receiver checks both bounds on every piece: a peer that sends beyond
+//! the credit it was given, or a message longer than this node's
+//! `max_message_len`, broke the protocol and its tunnel is closed. A sender
+//! refuses a message longer than its own `max_message_len` at once with
+//! [`TunnelError::TooLarge`]. Two nodes should share `max_message_len` (a
+//! cluster's spec gives every node the same tuning); a larger message sent to
+//! a node with a smaller bound closes the tunnel with a protocol error.
+//!
+//! Every operation a caller can abandon gives back what it held: a send
+//! dropped part way sends an abort piece (the receiver discards the partial
+//! message and credits its bytes back); a dropped receive holds nothing; a
+//! dropped open closes the half-open tunnel, which removes its entry on both
+//! nodes (and a member accepting afterwards gets an error).
+//!
+//! Messages larger than a piece travel in pieces and are put back together.
 //! A tunnel costs a few hundred bytes while idle: ten thousand of them
 //! between two nodes are cheap (the fabric reign learns from opened a TCP
 //! connection per tunnel and fell over at about 300).
@@ -43,6 +82,14 @@ pub enum TunnelError {
     Protocol(String),
     /// The tunnel could not be opened (the node is shutting down, …).
     Send(SendError),
+    /// The message is longer than this node's `max_message_len`; nothing
+    /// was sent and the tunnel stays usable.
+    TooLarge {
+        /// The message's length in bytes.
+        len: usize,
+        /// This node's `max_message_len`.
+        max: usize,
+    },
 }
 
 impl fmt::Display for TunnelError {
@@ -55,6 +102,10 @@ impl fmt::Display for TunnelError {
             TunnelError::Unreachable => write!(f, "the other end's node became unreachable"),
             TunnelError::Protocol(e) => write!(f, "tunnel protocol violation: {e}"),
             TunnelError::Send(e) => write!(f, "{e}"),
+            TunnelError::TooLarge { len, max } => write!(
+                f,
+                "a tunnel message of {len} bytes is over the {max} byte maximum"
+            ),
         }
     }
 }
@@ -81,25 +132,69 @@ enum Phase {
     Closed(Option<TunnelError>),
 }
 
+/// The smallest credit window a tunnel uses: a window of 0 (a mistaken
+/// `tunnel_window`) would never let a byte through.
+const MIN_WINDOW: usize = 1;
+
+/// The largest credit window: credit travels as a `u32` on the wire.
+const MAX_WINDOW: usize = u32::MAX as usize;
+
+/// A receiver returns credit in lumps of at least `window / GRANT_DIVISOR`
+/// bytes: one credit frame per quarter window instead of one per message,
+/// while a writer still never waits for a lump the reader already freed
+/// (a writer out of credit means a whole window is charged).
+const GRANT_DIVISOR: usize = 4;
+
 struct State {
     phase: Phase,
     /// Bytes this end may still send.
     credit: usize,
     /// Bytes sent and not yet credited back.
     unacknowledged: usize,
+    /// Complete messages received and not yet taken by the application.
     inbox: VecDeque<Bytes>,
     inbox_bytes: usize,
+    /// The message being received, piece by piece.
     partial: Vec<u8>,
-    /// Bytes the application took and this end has not credited back yet.
-    consumed: usize,
+    /// Bytes received and not yet credited back: the receiver's view of the
+    /// sender's `unacknowledged` (never more than the window).
+    charged: usize,
     send_waker: Option<Waker>,
     recv_waker: Option<Waker>,
+}
+
+impl State {
+    /// Credit to return now (taken off `charged`), or 0. Bytes are held
+    /// against the window while complete messages wait unread; otherwise
+    /// everything charged may go back (see the module header), in a lump
+    /// of at least a quarter window unless `all` (an abandoned message's
+    /// bytes go back at once, so the sender ends with its whole window).
+    fn take_grant(&mut self, window: usize, all: bool) -> usize {
+        if self.phase != Phase::Open {
+            return 0;
+        }
+        let hold = if self.inbox.is_empty() {
+            0
+        } else {
+            self.inbox_bytes + self.partial.len()
+        };
+        let free = self.charged.saturating_sub(hold);
+        if free > 0 && (all || free >= (window / GRANT_DIVISOR).max(1)) {
+            self.charged -= free;
+            free
+        } else {
+            0
+        }
+    }
 }
 
 pub(crate) struct TunnelShared {
     pub(crate) key: TunnelKey,
     node: Weak<NodeInner>,
+    /// The credit window this end grants (and checks the peer against).
     window: usize,
+    /// The longest message this end sends or accepts.
+    max_message_len: usize,
     state: Mutex<State>,
 }
 
@@ -108,12 +203,14 @@ impl TunnelShared {
         key: TunnelKey,
         node: Weak<NodeInner>,
         window: usize,
+        max_message_len: usize,
         credit: usize,
     ) -> TunnelShared {
         TunnelShared {
             key,
             node,
-            window,
+            window: window.clamp(MIN_WINDOW, MAX_WINDOW),
+            max_message_len,
             state: Mutex::new(State {
                 phase: if key.opened_here {
                     Phase::Opening
@@ -125,7 +222,7 @@ impl TunnelShared {
                 inbox: VecDeque::new(),
                 inbox_bytes: 0,
                 partial: Vec::new(),
-                consumed: 0,
+                charged: 0,
                 send_waker: None,
                 recv_waker: None,
             }),
@@ -181,8 +278,10 @@ impl TunnelShared {
         }
     }
 
-    /// Applies an operation from the other end. `Err` is a protocol error.
-    pub(crate) fn on_op(&self, op: TunnelOp) -> Result<(), String> {
+    /// Applies an operation from the other end: `Ok` holds the credit to
+    /// return to it (0 for none), `Err` is a protocol error.
+    pub(crate) fn on_op(&self, op: TunnelOp) -> Result<usize, String> {
+        let abort = matches!(op, TunnelOp::Data { flags, .. } if flags & TUNNEL_ABORT != 0);
         let mut state = self.lock();
         match op {
             TunnelOp::Accept { credit } => {
@@ -202,14 +301,23 @@ impl TunnelShared {
                     return Err("data on a tunnel that is not open".into());
                 }
                 if flags & TUNNEL_ABORT != 0 {
-                    state.partial.clear();
+                    // Its sender gave up: the bytes go, and their credit
+                    // goes back (take_grant below).
+                    state.partial = Vec::new();
                 } else {
-                    if state.inbox_bytes + state.partial.len() + chunk.len() > self.window {
+                    if state.charged + chunk.len() > self.window {
                         return Err(format!(
                             "data beyond the {} byte credit window",
                             self.window
                         ));
                     }
+                    if state.partial.len() + chunk.len() > self.max_message_len {
+                        return Err(format!(
+                            "a message of more than {} bytes",
+                            self.max_message_len
+                        ));
+                    }
+                    state.charged += chunk.len();
                     if flags & TUNNEL_LAST != 0 && state.partial.is_empty() {
                         // A whole message in one piece: no copy.
                         state.inbox_bytes += chunk.len();
@@ -240,8 +348,18 @@ impl TunnelShared {
             }
             TunnelOp::Open { .. } => return Err("a second open for one tunnel".into()),
         }
+        let grant = state.take_grant(self.window, abort);
         Self::wake(&mut state);
-        Ok(())
+        Ok(grant)
+    }
+
+    /// Returns `bytes` of credit to the other end.
+    fn grant(&self, bytes: usize) {
+        if bytes > 0 {
+            let _ = self.send_op(TunnelOp::Credit {
+                bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+            });
+        }
     }
 
     fn closed_error(phase: &Phase) -> Option<TunnelError> {
@@ -262,8 +380,12 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    /// Sends one message (any size; empty is fine). Completes once every
-    /// piece has been handed to the connection, waiting for credit as needed.
+    /// Sends one message (empty is fine, and anything up to this node's
+    /// `max_message_len`, whatever the credit window; longer fails at once
+    /// with [`TunnelError::TooLarge`]). Completes once every piece has been
+    /// handed to the connection, waiting for credit as needed. Dropped part
+    /// way, the other end discards the partial message and gives its credit
+    /// back; the tunnel stays usable.
     pub fn send(&self, message: impl Into<Bytes>) -> TunnelSend<'_> {
         TunnelSend {
             tunnel: &self.shared,
@@ -340,26 +462,37 @@ impl Future for TunnelSend<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        let total = this.message.len();
+        if !this.started && total > this.tunnel.max_message_len {
+            this.done = true;
+            return Poll::Ready(Err(TunnelError::TooLarge {
+                len: total,
+                max: this.tunnel.max_message_len,
+            }));
+        }
         loop {
-            let total = this.message.len();
             if this.started && this.offset >= total {
                 this.done = true;
                 return Poll::Ready(Ok(()));
             }
-            let len = (total - this.offset).min(FRAGMENT_LEN);
-            {
+            let remaining = total - this.offset;
+            let len = {
                 let mut state = this.tunnel.lock();
                 if let Some(e) = TunnelShared::closed_error(&state.phase) {
                     this.done = true;
                     return Poll::Ready(Err(e));
                 }
-                if state.phase != Phase::Open || state.credit < len {
+                if state.phase != Phase::Open || (remaining > 0 && state.credit == 0) {
                     state.send_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
+                // As much as the credit allows: a window smaller than a
+                // piece still moves, in smaller pieces.
+                let len = remaining.min(FRAGMENT_LEN).min(state.credit);
                 state.credit -= len;
                 state.unacknowledged += len;
-            }
+                len
+            };
             let end = this.offset + len;
             let flags = if end >= total { TUNNEL_LAST } else { 0 };
             let chunk = this.message.slice(this.offset..end);
@@ -402,12 +535,7 @@ impl Future for TunnelRecv<'_> {
             match state.inbox.pop_front() {
                 Some(message) => {
                     state.inbox_bytes -= message.len();
-                    state.consumed += message.len();
-                    let grant = if state.consumed >= tunnel.window / 4 {
-                        std::mem::take(&mut state.consumed)
-                    } else {
-                        0
-                    };
+                    let grant = state.take_grant(tunnel.window, false);
                     (message, grant)
                 }
                 None => {
@@ -419,11 +547,7 @@ impl Future for TunnelRecv<'_> {
                 }
             }
         };
-        if grant > 0 {
-            let _ = tunnel.send_op(TunnelOp::Credit {
-                bytes: grant as u32,
-            });
-        }
+        tunnel.grant(grant);
         Poll::Ready(Ok(message))
     }
 }
@@ -656,10 +780,11 @@ impl NodeInner {
         };
         let ends_it = matches!(op, TunnelOp::Close { .. } | TunnelOp::Reject { .. });
         match end.on_op(op) {
-            Ok(()) => {
+            Ok(grant) => {
                 if ends_it {
                     self.forget_tunnel(key);
                 }
+                end.grant(grant);
             }
             Err(e) => {
                 tracing::warn!(node = self.id.0, peer = peer.0, tunnel = id, error = %e, "closing a tunnel");
@@ -695,6 +820,7 @@ impl NodeInner {
             key,
             self.weak(),
             self.network().tunnel_window,
+            self.network().max_message_len,
             credit as usize,
         ));
         {
@@ -746,14 +872,20 @@ impl NodeInner {
                 opened_here: true,
             }
         };
-        let end = Arc::new(TunnelShared::new(key, self.weak(), window, 0));
+        let end = Arc::new(TunnelShared::new(
+            key,
+            self.weak(),
+            window,
+            self.network().max_message_len,
+            0,
+        ));
         self.tunnels().insert(key, end.clone());
         if self
             .send_tunnel_op(
                 key,
                 TunnelOp::Open {
                     dest,
-                    credit: window as u32,
+                    credit: end.window as u32,
                 },
             )
             .is_err()
@@ -782,5 +914,116 @@ impl NodeInner {
         for end in ends {
             end.finish(Some(error.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A receiving end (as if offered by node 1 and accepted) with no node
+    /// behind it: credit it returns is counted from `on_op`'s answers.
+    fn receiver(window: usize, max_message_len: usize) -> TunnelShared {
+        let key = TunnelKey {
+            peer: NodeId(1),
+            id: 1,
+            opened_here: false,
+        };
+        let end = TunnelShared::new(key, Weak::new(), window, max_message_len, window);
+        end.lock().phase = Phase::Open;
+        end
+    }
+
+    fn piece(len: usize, last: bool) -> TunnelOp {
+        TunnelOp::Data {
+            flags: if last { TUNNEL_LAST } else { 0 },
+            chunk: Bytes::from(vec![7u8; len]),
+        }
+    }
+
+    #[test]
+    fn a_message_larger_than_the_window_is_credited_as_it_is_buffered() {
+        let end = receiver(1000, 10_000);
+        // The sender's view: it may have `window` bytes unacknowledged.
+        let mut unacknowledged = 0;
+        for _ in 0..20 {
+            unacknowledged += 450;
+            assert!(unacknowledged <= 1000, "the sender would be out of credit");
+            unacknowledged -= end.on_op(piece(450, false)).unwrap();
+        }
+        unacknowledged += 100;
+        unacknowledged -= end.on_op(piece(100, true)).unwrap();
+        assert!(unacknowledged <= 1000);
+        let state = end.lock();
+        assert_eq!(state.inbox.len(), 1);
+        assert_eq!(state.inbox_bytes, 20 * 450 + 100);
+        assert!(state.partial.is_empty());
+        assert_eq!(state.charged, unacknowledged);
+    }
+
+    #[test]
+    fn credit_is_held_while_a_complete_message_waits_unread() {
+        let end = receiver(1000, 10_000);
+        assert_eq!(end.on_op(piece(600, true)).unwrap(), 0);
+        assert_eq!(end.on_op(piece(400, false)).unwrap(), 0);
+        let err = end.on_op(piece(1, false)).unwrap_err();
+        assert!(err.contains("beyond the 1000 byte credit window"), "{err}");
+    }
+
+    #[test]
+    fn a_partial_message_over_max_message_len_is_a_protocol_error() {
+        let end = receiver(1000, 2000);
+        for _ in 0..4 {
+            end.on_op(piece(500, false)).unwrap();
+        }
+        let err = end.on_op(piece(1, true)).unwrap_err();
+        assert!(err.contains("more than 2000 bytes"), "{err}");
+        // Exactly the maximum is fine.
+        let end = receiver(1000, 2000);
+        for _ in 0..3 {
+            end.on_op(piece(500, false)).unwrap();
+        }
+        end.on_op(piece(500, true)).unwrap();
+        assert_eq!(end.lock().inbox_bytes, 2000);
+    }
+
+    #[test]
+    fn an_abort_gives_the_discarded_bytes_back_at_once() {
+        let end = receiver(1000, 10_000);
+        // Less than a lump: held for now.
+        assert_eq!(end.on_op(piece(100, false)).unwrap(), 0);
+        let abort = TunnelOp::Data {
+            flags: TUNNEL_ABORT,
+            chunk: Bytes::new(),
+        };
+        assert_eq!(end.on_op(abort).unwrap(), 100);
+        let state = end.lock();
+        assert_eq!(state.charged, 0);
+        assert!(state.partial.is_empty());
+        assert_eq!(state.partial.capacity(), 0);
+    }
+
+    #[test]
+    fn a_send_over_max_message_len_fails_at_once_without_credit() {
+        let key = TunnelKey {
+            peer: NodeId(1),
+            id: 1,
+            opened_here: true,
+        };
+        let shared = Arc::new(TunnelShared::new(key, Weak::new(), 1000, 2000, 0));
+        shared.lock().phase = Phase::Open;
+        let tunnel = Tunnel { shared };
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut send = std::pin::pin!(tunnel.send(vec![0u8; 2001]));
+        assert_eq!(
+            send.as_mut().poll(&mut cx),
+            Poll::Ready(Err(TunnelError::TooLarge {
+                len: 2001,
+                max: 2000
+            }))
+        );
+        // Exactly the maximum waits for credit instead.
+        let mut send = std::pin::pin!(tunnel.send(vec![0u8; 2000]));
+        assert!(send.as_mut().poll(&mut cx).is_pending());
     }
 }
