@@ -177,7 +177,9 @@ fn start_loader(node: &Node, counters: &Arc<Counters>) -> std::sync::mpsc::Sende
                         std::thread::sleep(std::time::Duration::from_micros(100))
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "load stopped");
+                        // The count lets a receiver check that everything
+                        // accepted arrived (a shutdown drains it).
+                        tracing::warn!(error = %e, name = %load.target, sent = *seq, "load stopped");
                         break;
                     }
                 }

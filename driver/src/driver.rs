@@ -72,8 +72,11 @@ struct Link<R: Runtime> {
     read_buf: Vec<u8>,
     /// The core wants no input from this connection for now.
     paused: bool,
-    /// The core closed the connection: flush, shut the write side, forget.
+    /// The core closed the connection: flush, shut the write side, read
+    /// until the peer closes too, forget; give up at this time.
     closing: Option<Instant>,
+    /// The write side is shut (after a close): only reading remains.
+    write_shut: bool,
 }
 
 enum Slot<R: Runtime> {
@@ -270,6 +273,7 @@ impl<R: Runtime> Driver<R> {
                 read_buf: vec![0u8; READ_CHUNK],
                 paused: false,
                 closing: None,
+                write_shut: false,
             })),
         );
     }
@@ -317,13 +321,19 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Begins a graceful shutdown: the core drains its outbound queues (up
+    /// to `Tuning::drain_timeout`) while this loop keeps moving bytes, then
+    /// says goodbye and closes everything. Past the drain deadline plus
+    /// [`CLOSE_GRACE`] whatever still runs is dropped, so a peer that stops
+    /// reading cannot hold the shutdown longer.
     fn shut_down(&mut self, now: Instant) {
         if self.task_guard.is_some() {
             self.core.shutdown(now);
             self.stop_accept.stop();
             self.pump(now);
             self.task_guard = None;
-            self.shutdown_deadline = Some(now + CLOSE_GRACE);
+            let drained_by = self.core.drain_deadline().unwrap_or(now).max(now);
+            self.shutdown_deadline = Some(drained_by + CLOSE_GRACE);
         }
     }
 
@@ -454,17 +464,36 @@ fn poll_link<R: Runtime>(
         }
     }
     if link.closing.is_some() {
-        if !link.outgoing.is_empty() {
-            return if progress {
-                LinkState::Progress
-            } else {
-                LinkState::Idle
-            };
+        if !link.write_shut {
+            if !link.outgoing.is_empty() {
+                return if progress {
+                    LinkState::Progress
+                } else {
+                    LinkState::Idle
+                };
+            }
+            // Everything is written: shut the write side.
+            match R::poll_close(&mut link.writer, cx) {
+                Poll::Pending => return LinkState::Idle,
+                Poll::Ready(Err(_)) => return LinkState::Done,
+                Poll::Ready(Ok(())) => link.write_shut = true,
+            }
         }
-        // Everything is written: shut the write side and forget the socket.
-        return match R::poll_close(&mut link.writer, cx) {
-            Poll::Pending => LinkState::Idle,
-            Poll::Ready(_) => LinkState::Done,
+        // Then read (and discard) until the peer closes its side too: a
+        // socket closed with unread input is reset by the kernel, which
+        // throws away what it has not sent yet — the goodbye and the last
+        // messages a shutdown drained. The closing deadline bounds this.
+        for _ in 0..READS_PER_TURN {
+            match R::poll_read(&mut link.reader, cx, &mut link.read_buf) {
+                Poll::Pending => break,
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return LinkState::Done,
+                Poll::Ready(Ok(_)) => progress = true,
+            }
+        }
+        return if progress {
+            LinkState::Progress
+        } else {
+            LinkState::Idle
         };
     }
     if !link.paused {

@@ -294,9 +294,15 @@ impl<R: Runtime> Reign<R> {
         self.running.as_ref().map(|r| r.local_addr)
     }
 
-    /// Closes every connection (with a goodbye) and every mailbox, stops
-    /// every task of this node, and returns once they are all gone.
-    /// Idempotent; other clones of this handle see the node shut down.
+    /// Shuts the node down gracefully and returns once every task is gone.
+    /// New sends fail with [`SendError::NodeShutdown`](reign_proto::SendError::NodeShutdown)
+    /// from the start; what `send` already accepted is delivered first, for
+    /// at most [`Tuning::drain_timeout`](reign_proto::Tuning::drain_timeout)
+    /// (what is left then is dropped, counted in
+    /// `NodeStats::dropped_at_shutdown` and logged); then every connection
+    /// gets a goodbye and closes (each may flush for 2 s more), and every
+    /// mailbox closes. Idempotent; other clones of this handle see the node
+    /// shut down.
     pub async fn shutdown(&self) {
         match &self.running {
             Some(running) => {

@@ -1720,6 +1720,13 @@ pub fn node(data: &[u8]) {
         h.core.shutdown(h.now);
     }
     h.drain();
+    // A graceful shutdown first drains what peers have not taken; at its
+    // deadline everything closes.
+    if let Some(deadline) = h.core.drain_deadline() {
+        h.now = h.now.max(deadline);
+        h.core.handle_input(h.now, Input::Timeout);
+        h.drain();
+    }
     assert_eq!(
         h.core.connection_count(),
         0,

@@ -33,7 +33,9 @@ pub enum SendError {
     /// The address was deserialized with no node to bind to (outside a
     /// message received by a node and outside [`Node::bind_scope`](crate::Node::bind_scope)).
     Unbound,
-    /// The node this address belongs to has shut down.
+    /// The node this address belongs to is shutting down (it may still be
+    /// delivering what it accepted earlier) or has shut down: it accepts no
+    /// new sends.
     NodeShutdown,
 }
 
@@ -52,7 +54,9 @@ impl fmt::Display for SendError {
                 write!(f, "the message is {len} bytes, over the maximum of {max}")
             }
             SendError::Unbound => write!(f, "the address is not bound to a node"),
-            SendError::NodeShutdown => write!(f, "the node has shut down"),
+            SendError::NodeShutdown => {
+                write!(f, "the node is shutting down and accepts no new sends")
+            }
         }
     }
 }

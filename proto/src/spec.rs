@@ -123,6 +123,20 @@ pub struct Tuning {
     /// unreachable this long is forgotten. Members in the spec never are.
     #[serde(with = "millis")]
     pub forget_after: Duration,
+    // Graceful shutdown drain (issue 15, item 3).
+    /// How long a graceful shutdown (`shutdown()`, SIGTERM of `reign node`)
+    /// may spend delivering what `send` already accepted before it says
+    /// goodbye, as NATS's drain: new sends are refused from its start, the
+    /// outbound queues to connected peers are written out, and whatever is
+    /// still queued when this passes is dropped, counted
+    /// (`NodeStats::dropped_at_shutdown`) and logged. 0 = no drain: the
+    /// queues are dropped (and counted) at once. Default 5 s: a healthy
+    /// link empties the largest queue the outbound bounds allow (32 MiB
+    /// per peer) in well under a second, and 5 s leaves a slow link room
+    /// while staying well inside the stop grace of process supervisors
+    /// (systemd 90 s, Kubernetes 30 s).
+    #[serde(with = "millis")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -145,6 +159,8 @@ impl Default for Tuning {
             accept_joins: true,
             gossip_interval: Duration::from_secs(10),
             forget_after: Duration::from_secs(120),
+            // Graceful shutdown drain (issue 15, item 3).
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -162,6 +178,9 @@ impl Tuning {
             backoff_max: Duration::from_millis(500),
             gossip_interval: Duration::from_millis(500),
             forget_after: Duration::from_secs(5),
+            // Graceful shutdown drain (issue 15, item 3): loopback drains
+            // fast; a test with a stalled peer should not wait 5 s.
+            drain_timeout: Duration::from_secs(2),
             ..Tuning::default()
         }
     }

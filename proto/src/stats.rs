@@ -60,4 +60,9 @@ counters! {
     refused_requests,
     /// Broadcasts and publications not delivered to a receiver over its cap.
     dropped_events,
+    // Graceful shutdown drain (issue 15, item 3).
+    /// Messages (sends, requests, replies, publications) accepted for a
+    /// peer but still queued when a graceful shutdown's drain ended (see
+    /// `Tuning::drain_timeout`): never sent, dropped.
+    dropped_at_shutdown,
 }

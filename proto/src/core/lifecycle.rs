@@ -1,7 +1,45 @@
 //! Connections coming and going: the handshake's end, failures, peers
-//! going down, redials and timers.
+//! going down, redials and timers; and counting the messages an outbound
+//! queue held when it is dropped.
 
 use super::*;
+
+use crate::net::OutboxState;
+
+/// The user messages (sends, requests, replies, publications; not tunnel
+/// or control frames) waiting in an outbound queue: what is lost if it is
+/// dropped now. Walks the frame headers of the small chunks (a frame never
+/// spans two) and counts each large message once, even half sent.
+pub(crate) fn queued_messages(state: &OutboxState) -> u64 {
+    use crate::codec::frame::{FrameKind, LEN_PREFIX};
+    let mut count = 0u64;
+    for chunk in &state.small {
+        let mut at = 0;
+        while at + LEN_PREFIX < chunk.len() {
+            let mut len = [0u8; LEN_PREFIX];
+            len.copy_from_slice(&chunk[at..at + LEN_PREFIX]);
+            let kind = chunk[at + LEN_PREFIX];
+            if [
+                FrameKind::Data,
+                FrameKind::Request,
+                FrameKind::Reply,
+                FrameKind::Publish,
+            ]
+            .iter()
+            .any(|&k| k as u8 == kind)
+            {
+                count += 1;
+            }
+            at += LEN_PREFIX + u32::from_le_bytes(len) as usize;
+        }
+    }
+    count
+        + state
+            .lanes
+            .iter()
+            .map(|l| l.items.len() as u64)
+            .sum::<u64>()
+}
 
 impl Core {
     pub(super) fn establish(
@@ -151,18 +189,24 @@ impl Core {
             let dropped = {
                 let mut state = outbox.lock();
                 state.connected = false;
-                state.clear()
+                let dropped = queued_messages(&state);
+                state.clear();
+                dropped
             };
             outbox.counters.disconnects.fetch_add(1, Ordering::Relaxed);
             if dropped > 0 {
+                // Accepted by `send`, never sent: lost with the link.
                 outbox
                     .counters
                     .dropped_unreachable
-                    .fetch_add(1, Ordering::Relaxed);
+                    .fetch_add(dropped, Ordering::Relaxed);
+                node.counters
+                    .dropped_unreachable
+                    .fetch_add(dropped, Ordering::Relaxed);
             }
         }
         self.active.remove(&peer_id);
-        if self.shutting_down {
+        if self.shutting_down && self.drain_until.is_none() {
             tracing::info!(
                 node = self.me.0,
                 peer = peer_id.0,

@@ -310,7 +310,11 @@ pub struct Core {
     run: Vec<Message>,
     /// Peers that said goodbye for good in the current input.
     leaving: Vec<NodeId>,
+    /// [`Core::shutdown`] was called (the node may still be draining).
     shutting_down: bool,
+    /// While a graceful shutdown drains the outbound queues: when it gives
+    /// up and drops what is left (see [`Tuning::drain_timeout`]).
+    drain_until: Option<Instant>,
 }
 
 impl Core {
@@ -366,6 +370,7 @@ impl Core {
             run: Vec::new(),
             leaving: Vec::new(),
             shutting_down: false,
+            drain_until: None,
         };
         for descriptor in spec.nodes.values().filter(|d| NodeId(d.id) != me) {
             core.add_member(now, descriptor.clone(), false);
@@ -554,6 +559,9 @@ impl Core {
             return Some(out);
         }
         self.flush(now);
+        if self.drain_until.is_some() {
+            self.check_drain(now);
+        }
         self.outputs.pop_front()
     }
 
@@ -597,18 +605,127 @@ impl Core {
         if let Some(t) = self.node.inner.next_request_deadline() {
             consider(t);
         }
+        if let Some(t) = self.drain_until {
+            consider(t);
+        }
         earliest
     }
 
-    /// Says goodbye to every peer and closes every connection and mailbox.
-    /// Poll outputs afterwards to send the goodbyes.
+    /// Shuts the node down gracefully. New sends are refused at once
+    /// ([`SendError::NodeShutdown`](crate::SendError::NodeShutdown)); what
+    /// `send` already accepted for connected peers is still written out, for
+    /// at most [`Tuning::drain_timeout`] (the core keeps reading, pinging and
+    /// answering meanwhile, but dials and accepts nothing new). Then every
+    /// peer gets a goodbye and every connection and mailbox closes; what was
+    /// still queued is counted in `NodeStats::dropped_at_shutdown` and
+    /// logged in one line. Keep feeding inputs and polling outputs until the
+    /// connections are closed: [`is_draining`](Core::is_draining) says
+    /// whether the drain still runs, [`poll_timeout`](Core::poll_timeout)
+    /// includes its deadline.
     pub fn shutdown(&mut self, now: Instant) {
         if self.shutting_down {
             return;
         }
         self.shutting_down = true;
-        tracing::info!(node = self.me.0, "node shutting down");
         self.node.inner.begin_shutdown();
+        for peer in self.peers.values_mut() {
+            peer.retry_at = None;
+        }
+        // Connections not up yet carry nothing to drain.
+        let unfinished: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer().is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in unfinished {
+            self.drop_conn(now, id, LEAVING.into(), true);
+        }
+        let queued: usize = self
+            .node
+            .inner
+            .network()
+            .outboxes()
+            .map(|o| o.lock().queued())
+            .sum();
+        let timeout = self.tuning.drain_timeout;
+        if timeout.is_zero() || self.drained() {
+            tracing::info!(
+                node = self.me.0,
+                queued_bytes = queued,
+                "node shutting down"
+            );
+            self.finish_shutdown(now);
+        } else {
+            tracing::info!(
+                node = self.me.0,
+                queued_bytes = queued,
+                drain_timeout = ?timeout,
+                "node shutting down: delivering queued messages first"
+            );
+            self.drain_until = Some(now + timeout);
+        }
+    }
+
+    /// Whether every connected peer has been handed everything queued for
+    /// it: its outbox is empty and the driver wrote all ciphertext.
+    fn drained(&self) -> bool {
+        let network = self.node.inner.network();
+        self.conns.values().all(|c| match c.peer() {
+            Some(peer) => {
+                c.in_flight == 0
+                    && c.control_out.is_empty()
+                    && network.outbox(peer).is_none_or(|o| o.lock().queued() == 0)
+            }
+            None => true,
+        })
+    }
+
+    /// Ends the drain once everything left or its deadline passed.
+    fn check_drain(&mut self, now: Instant) {
+        let Some(deadline) = self.drain_until else {
+            return;
+        };
+        if self.drained() {
+            tracing::debug!(node = self.me.0, "outbound queues drained");
+            self.finish_shutdown(now);
+        } else if now >= deadline {
+            self.finish_shutdown(now);
+        }
+    }
+
+    /// Drops (and counts) what is still queued, says goodbye to every peer
+    /// and closes every connection and mailbox.
+    fn finish_shutdown(&mut self, now: Instant) {
+        self.drain_until = None;
+        let mut dropped = 0u64;
+        let mut peers = 0usize;
+        for outbox in self.node.inner.network().outboxes() {
+            let lost = {
+                let mut state = outbox.lock();
+                let lost = lifecycle::queued_messages(&state);
+                state.clear();
+                lost
+            };
+            if lost > 0 {
+                dropped += lost;
+                peers += 1;
+            }
+        }
+        if dropped > 0 {
+            self.node
+                .inner
+                .counters
+                .dropped_at_shutdown
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::warn!(
+                node = self.me.0,
+                dropped,
+                peers,
+                drain_timeout = ?self.tuning.drain_timeout,
+                "shutdown dropped {dropped} accepted messages that were still queued for {peers} peer(s) when the drain ended"
+            );
+        }
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for id in ids {
             if let Some(c) = self.conns.get_mut(&id) {
@@ -623,12 +740,21 @@ impl Core {
                     Err(buf) => self.buffers.push(buf),
                 }
             }
-            self.drop_conn(now, id, "node shutting down".into(), true);
-        }
-        for peer in self.peers.values_mut() {
-            peer.retry_at = None;
+            self.drop_conn(now, id, LEAVING.into(), true);
         }
         self.node.inner.close_all_mailboxes();
+    }
+
+    /// Whether a graceful shutdown is still delivering queued messages
+    /// (see [`shutdown`](Core::shutdown)).
+    pub fn is_draining(&self) -> bool {
+        self.drain_until.is_some()
+    }
+
+    /// When a draining shutdown gives up on what is still queued, while it
+    /// drains.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.drain_until
     }
 
     /// Whether [`shutdown`](Core::shutdown) was called.
