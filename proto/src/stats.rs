@@ -60,4 +60,13 @@ counters! {
     refused_requests,
     /// Broadcasts and publications not delivered to a receiver over its cap.
     dropped_events,
+    // ----- requests (deadlines, callers giving up)
+    /// Requests discarded on the member's node, unanswered, because their
+    /// deadline passed while they waited for a handler slot (or before they
+    /// arrived): they never reached the member.
+    expired_requests,
+    /// Requests discarded on the member's node, unanswered, because their
+    /// caller gave up (dropped its future, or its node went away) while they
+    /// waited for a handler slot.
+    cancelled_requests,
 }
