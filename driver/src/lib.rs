@@ -18,7 +18,8 @@ pub mod api {
         register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus,
         Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId, Message,
         MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError, ReloadError,
-        Reloaded, Request, RequestError, Responder, SendError, Target, Tuning, TunnelError,
+        Reloaded, Request, RequestError, RequestTables, Responder, SendError, Target, Tuning,
+        TunnelError,
     };
 
     pub use crate::StartError;
@@ -415,7 +416,13 @@ impl<R: Runtime> Reign<R> {
     }
 
     /// Sends a request to one member of a service group (or to an address)
-    /// and waits at most `timeout` for its reply. See
+    /// and waits at most `timeout` (capped at
+    /// [`MAX_REQUEST_TIMEOUT`](reign_proto::services::MAX_REQUEST_TIMEOUT))
+    /// for its reply. The member sees the time remaining
+    /// ([`Request::time_remaining`](reign_proto::Request::time_remaining));
+    /// if the request still waits for a handler slot when it runs out, it is
+    /// discarded there and never runs. Dropping the future (a `select!` that
+    /// took another branch) gives everything back the same way. See
     /// [`Node::request`](reign_proto::Node::request) for the errors.
     pub async fn request<'a, T>(
         &self,
@@ -426,6 +433,9 @@ impl<R: Runtime> Reign<R> {
     where
         T: std::any::Any + Send + serde::Serialize,
     {
+        // The deadline travels with the request; dropping `reply` when the
+        // backstop fires calls the request off wherever it still waits.
+        let timeout = timeout.min(reign_proto::services::MAX_REQUEST_TIMEOUT);
         let deadline = Instant::now() + timeout;
         let reply = self.node.request(target, value, deadline);
         // The core times requests out itself; the runtime's timer is the

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::{Arbitrary, Unstructured};
 use bytes::Bytes;
-use reign_proto::codec::frame::{PublishScope, ReplyStatus, TunnelOp};
+use reign_proto::codec::frame::{PublishScope, ReplyStatus, TunnelOp, MAX_REMAINING_US};
 use reign_proto::codec::{payload, Frame, FrameDecoder};
 use reign_proto::control::Control;
 use reign_proto::system::MailboxClosed;
@@ -949,6 +949,8 @@ impl Harness {
                     dest: who(dest),
                     corr: *corr,
                     tag,
+                    // Already expired, just expiring, a usual timeout and the cap.
+                    remaining_us: [0, 1_000, 5_000_000, MAX_REMAINING_US][(*corr % 4) as usize],
                     payload,
                 }
             }
@@ -966,7 +968,8 @@ impl Harness {
                         ReplyStatus::Refused,
                         ReplyStatus::NoMember,
                         ReplyStatus::Dropped,
-                    ][*status as usize % 5],
+                        ReplyStatus::Cancelled,
+                    ][*status as usize % 6],
                     tag,
                     payload,
                 }

@@ -70,6 +70,7 @@ fn every_frame() -> Vec<Frame> {
             dest: id(1, 4),
             corr: 9,
             tag,
+            remaining_us: 5_000_000,
             payload: payload::to_vec(&1u64).into(),
         },
         Frame::Reply {

@@ -53,7 +53,9 @@ pub use message::{DowncastError, Message};
 pub use net::{PeerStats, WakeSignal};
 pub use node::{Node, SyncFuture};
 pub use registry::{RegistryDump, RegistryError};
-pub use services::{Limits, Request, RequestError, RequestFuture, Responder, Target};
+pub use services::{
+    Limits, Request, RequestError, RequestFuture, RequestTables, Responder, Target,
+};
 pub use spec::{ClusterSpec, NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 pub use stats::NodeStats;
 pub use system::{ConnectionStatus, MailboxClosed, MultipleClaim};

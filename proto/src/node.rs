@@ -192,7 +192,7 @@ impl NodeInner {
         }
         let effects = lock(&self.registry).mailbox_closed(id);
         self.apply(effects);
-        lock(&self.services).gates.remove(&id);
+        self.drop_gate(id);
     }
 
     fn notify_closed(&self, watcher: &Address, target: MailboxId) {
@@ -436,7 +436,7 @@ impl NodeInner {
         lock(&self.control_out).retain(|(p, _)| *p != peer);
         let effects = lock(&self.registry).peer_down(peer);
         self.apply(effects);
-        lock(&self.services).peer_down(peer);
+        self.requests_peer_down(peer);
         self.end_tunnels(Some(peer), TunnelError::Unreachable);
         let lost: Vec<(MailboxId, Vec<Address>)> = {
             let mut links = lock(&self.links);

@@ -9,14 +9,14 @@
 //! failure as a timeout.
 
 use std::any::Any;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -56,74 +56,36 @@ impl Default for Limits {
     }
 }
 
-/// The accounting of one member or subscriber mailbox.
-pub(crate) struct Gate {
-    pub(crate) limits: Limits,
-    state: Mutex<GateState>,
+/// Who asked: the caller's node (`None`: this node) and the correlation id
+/// it chose. Lets the caller's node call off a request it no longer waits for.
+type Caller = (Option<NodeId>, u64);
+
+/// A request waiting in its member's node for a handler slot.
+struct Queued {
+    request: Request,
+    len: usize,
+    deadline: Instant,
+    caller: Caller,
 }
 
-#[derive(Default)]
-struct GateState {
-    /// Requests in the mailbox or being answered.
+/// The accounting of one member or subscriber mailbox, kept in
+/// [`Services`] under the node's services lock.
+pub(crate) struct Gate {
+    pub(crate) limits: Limits,
+    /// Requests in the mailbox or being answered (handler slots in use).
     in_flight: usize,
-    /// Requests waiting for a slot, with their sizes.
-    backlog: std::collections::VecDeque<(Request, usize)>,
+    /// Requests waiting for a slot, in arrival order (keyed by ticket).
+    backlog: BTreeMap<u64, Queued>,
     backlog_bytes: usize,
 }
 
 impl Gate {
-    pub(crate) fn new(limits: Limits) -> Gate {
+    fn new(limits: Limits) -> Gate {
         Gate {
             limits,
-            state: Mutex::new(GateState::default()),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Admits a request: `Ok(Some(request))` to put in the mailbox now,
-    /// `Ok(None)` if it waits in the backlog, `Err` if it is refused.
-    fn admit(
-        &self,
-        request: Request,
-        len: usize,
-        mailbox_bytes: usize,
-    ) -> Result<Option<Request>, Box<(Request, String)>> {
-        let mut state = self.lock();
-        let queued = state.backlog_bytes + mailbox_bytes;
-        if queued + len > self.limits.max_queued_bytes {
-            return Err(Box::new((
-                request,
-                format!(
-                    "{queued} bytes wait for the member (limit {})",
-                    self.limits.max_queued_bytes
-                ),
-            )));
-        }
-        if state.in_flight < self.limits.max_in_flight {
-            state.in_flight += 1;
-            Ok(Some(request))
-        } else {
-            state.backlog_bytes += len;
-            state.backlog.push_back((request, len));
-            Ok(None)
-        }
-    }
-
-    /// An answer went out: the next waiting request, if any, takes the slot.
-    fn release(&self) -> Option<Request> {
-        let mut state = self.lock();
-        match state.backlog.pop_front() {
-            Some((request, len)) => {
-                state.backlog_bytes -= len;
-                Some(request)
-            }
-            None => {
-                state.in_flight = state.in_flight.saturating_sub(1);
-                None
-            }
+            in_flight: 0,
+            backlog: BTreeMap::new(),
+            backlog_bytes: 0,
         }
     }
 }
@@ -132,8 +94,41 @@ impl fmt::Debug for Gate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gate")
             .field("limits", &self.limits)
+            .field("in_flight", &self.in_flight)
+            .field("queued", &self.backlog.len())
             .finish()
     }
+}
+
+/// What became of a request offered to its member.
+enum Admit {
+    /// Goes into the mailbox now (holding a slot if the member has limits).
+    Deliver(Request),
+    /// Waits for a slot.
+    Queued,
+    /// Over the member's byte limit: answered at once.
+    Refused(String),
+    /// Its deadline has passed: discarded unanswered.
+    Expired(Request),
+}
+
+/// The tables of a node's requests, as [`Node::request_tables`] reports
+/// them: all zero on an idle node, whatever callers gave up on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RequestTables {
+    /// Requests this node sent that wait for a reply (the caller's side).
+    pub pending: usize,
+    /// Entries of the pending requests' deadline index.
+    pub pending_deadlines: usize,
+    /// Requests waiting on this node for a handler slot of a local member.
+    pub queued: usize,
+    /// Payload bytes of the queued requests.
+    pub queued_bytes: usize,
+    /// Entries of the queued requests' deadline and caller indexes.
+    pub queue_index: usize,
+    /// Handler slots in use: requests in members' mailboxes or being
+    /// answered.
+    pub in_flight: usize,
 }
 
 /// Why a request failed. Each failure has its own variant.
@@ -249,13 +244,23 @@ struct Pending {
     deadline: Instant,
 }
 
-/// Request bookkeeping of one node.
+/// Request bookkeeping of one node: the caller's side (pending replies and
+/// their deadlines) and the member's side (the gates of local members, the
+/// requests queued there, indexed by deadline and by caller so that a
+/// request nobody waits for any more gives its place back).
 #[derive(Default)]
 pub(crate) struct Services {
     next_corr: u64,
     pending: HashMap<u64, Pending>,
     deadlines: BTreeSet<(Instant, u64)>,
-    pub(crate) gates: HashMap<MailboxId, Arc<Gate>>,
+    gates: HashMap<MailboxId, Gate>,
+    next_ticket: u64,
+    /// Every queued request as (deadline, member, ticket).
+    queue_deadlines: BTreeSet<(Instant, MailboxId, u64)>,
+    /// Every queued request by its caller.
+    queued_by_caller: HashMap<Caller, (MailboxId, u64)>,
+    /// The virtual clock of a simulated node; `None`: the real clock.
+    manual_now: Option<Instant>,
 }
 
 impl Services {
@@ -298,19 +303,22 @@ impl Services {
         true
     }
 
-    /// Forgets a request whose caller stopped waiting.
-    pub(crate) fn forget(&mut self, corr: u64) {
-        if let Some(p) = self.pending.remove(&corr) {
-            self.deadlines.remove(&(p.deadline, corr));
-        }
+    /// Forgets a request whose caller stopped waiting; returns it if it was
+    /// still pending.
+    fn forget(&mut self, corr: u64) -> Option<Pending> {
+        let p = self.pending.remove(&corr)?;
+        self.deadlines.remove(&(p.deadline, corr));
+        Some(p)
     }
 
-    /// The earliest request deadline.
+    /// The earliest deadline of a pending or a queued request.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(t, _)| *t)
+        let pending = self.deadlines.first().map(|(t, _)| *t);
+        let queued = self.queue_deadlines.first().map(|(t, _, _)| *t);
+        pending.into_iter().chain(queued).min()
     }
 
-    /// Fails every request whose deadline has passed with `Timeout`.
+    /// Fails every pending request whose deadline has passed with `Timeout`.
     pub(crate) fn expire(&mut self, now: Instant) {
         while let Some(&(deadline, corr)) = self.deadlines.first() {
             if deadline > now {
@@ -341,6 +349,183 @@ impl Services {
         self.deadlines.clear();
         for (_, p) in self.pending.drain() {
             p.slot.complete(Err(RequestError::Closed));
+        }
+    }
+
+    // ----- the member's side ---------------------------------------------
+
+    /// Sets a member's limits; its slots and queue stay as they are.
+    fn set_gate(&mut self, id: MailboxId, limits: Limits) {
+        self.gates
+            .entry(id)
+            .and_modify(|g| g.limits = limits)
+            .or_insert_with(|| Gate::new(limits));
+    }
+
+    /// The limits of a local member or subscriber.
+    fn limits(&self, id: MailboxId) -> Option<Limits> {
+        self.gates.get(&id).map(|g| g.limits)
+    }
+
+    /// Offers a request to member `id` (see [`Admit`]).
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &mut self,
+        id: MailboxId,
+        mut request: Request,
+        len: usize,
+        mailbox_bytes: usize,
+        caller: Caller,
+        now: Instant,
+    ) -> Admit {
+        let deadline = request.responder.deadline;
+        if deadline <= now {
+            request.responder.disarm();
+            return Admit::Expired(request);
+        }
+        let Some(gate) = self.gates.get_mut(&id) else {
+            // A mailbox addressed directly, not a member: no limits.
+            request.responder.slot = None;
+            return Admit::Deliver(request);
+        };
+        let queued = gate.backlog_bytes + mailbox_bytes;
+        if queued + len > gate.limits.max_queued_bytes {
+            request.responder.disarm();
+            return Admit::Refused(format!(
+                "{queued} bytes wait for the member (limit {})",
+                gate.limits.max_queued_bytes
+            ));
+        }
+        if gate.in_flight < gate.limits.max_in_flight {
+            gate.in_flight += 1;
+            return Admit::Deliver(request);
+        }
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        gate.backlog_bytes += len;
+        gate.backlog.insert(
+            ticket,
+            Queued {
+                request,
+                len,
+                deadline,
+                caller,
+            },
+        );
+        self.queue_deadlines.insert((deadline, id, ticket));
+        self.queued_by_caller.insert(caller, (id, ticket));
+        Admit::Queued
+    }
+
+    /// Drops `caller`'s index entry if it is this queued request's (a peer
+    /// that reuses a correlation id must not unlink another request).
+    fn forget_caller(&mut self, caller: Caller, id: MailboxId, ticket: u64) {
+        if self.queued_by_caller.get(&caller) == Some(&(id, ticket)) {
+            self.queued_by_caller.remove(&caller);
+        }
+    }
+
+    /// Takes one queued request out of its gate and both indexes.
+    fn unqueue(&mut self, id: MailboxId, ticket: u64) -> Option<Queued> {
+        let gate = self.gates.get_mut(&id)?;
+        let queued = gate.backlog.remove(&ticket)?;
+        gate.backlog_bytes -= queued.len;
+        self.queue_deadlines.remove(&(queued.deadline, id, ticket));
+        self.forget_caller(queued.caller, id, ticket);
+        Some(queued)
+    }
+
+    /// A request of member `id` was answered or dropped: the oldest queued
+    /// request whose deadline has not passed takes its slot. Expired ones
+    /// met on the way are pushed onto `expired`, disarmed.
+    fn release(
+        &mut self,
+        id: MailboxId,
+        now: Instant,
+        expired: &mut Vec<Request>,
+    ) -> Option<Request> {
+        loop {
+            let gate = self.gates.get_mut(&id)?;
+            let Some((&ticket, _)) = gate.backlog.first_key_value() else {
+                gate.in_flight = gate.in_flight.saturating_sub(1);
+                return None;
+            };
+            let queued = self.unqueue(id, ticket).expect("the first queued request");
+            let mut request = queued.request;
+            if queued.deadline <= now {
+                request.responder.disarm();
+                expired.push(request);
+            } else {
+                // Takes over the slot: `in_flight` stays.
+                return Some(request);
+            }
+        }
+    }
+
+    /// Takes out every queued request whose deadline has passed, disarmed.
+    fn sweep(&mut self, now: Instant, expired: &mut Vec<Request>) {
+        while let Some(&(deadline, id, ticket)) = self.queue_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            match self.unqueue(id, ticket) {
+                Some(queued) => {
+                    let mut request = queued.request;
+                    request.responder.disarm();
+                    expired.push(request);
+                }
+                None => {
+                    self.queue_deadlines.remove(&(deadline, id, ticket));
+                }
+            }
+        }
+    }
+
+    /// Takes out the queued request of `caller`, if it still waits, disarmed.
+    fn cancel(&mut self, caller: Caller) -> Option<Request> {
+        let (id, ticket) = *self.queued_by_caller.get(&caller)?;
+        let mut request = self.unqueue(id, ticket)?.request;
+        request.responder.disarm();
+        Some(request)
+    }
+
+    /// Takes out every queued request from callers on `peer`, disarmed.
+    fn cancel_from(&mut self, peer: NodeId) -> Vec<Request> {
+        let callers: Vec<Caller> = self
+            .queued_by_caller
+            .keys()
+            .filter(|(node, _)| *node == Some(peer))
+            .copied()
+            .collect();
+        callers.into_iter().filter_map(|c| self.cancel(c)).collect()
+    }
+
+    /// Forgets member `id`'s gate; returns its queued requests, still armed
+    /// to answer their callers when dropped (their slots are gone with it).
+    fn drop_gate(&mut self, id: MailboxId) -> Vec<Request> {
+        let Some(gate) = self.gates.remove(&id) else {
+            return Vec::new();
+        };
+        gate.backlog
+            .into_iter()
+            .map(|(ticket, queued)| {
+                self.queue_deadlines.remove(&(queued.deadline, id, ticket));
+                self.forget_caller(queued.caller, id, ticket);
+                let mut request = queued.request;
+                request.responder.slot = None;
+                request
+            })
+            .collect()
+    }
+
+    fn tables(&self) -> RequestTables {
+        RequestTables {
+            pending: self.pending.len(),
+            pending_deadlines: self.deadlines.len(),
+            queued: self.gates.values().map(|g| g.backlog.len()).sum(),
+            queued_bytes: self.gates.values().map(|g| g.backlog_bytes).sum(),
+            queue_index: self.queue_deadlines.len() + self.queued_by_caller.len(),
+            in_flight: self.gates.values().map(|g| g.in_flight).sum(),
         }
     }
 }
@@ -413,20 +598,24 @@ pub(crate) enum Route {
 ///
 /// Answer with [`reply`](Request::reply) or [`reply_error`](Request::reply_error);
 /// a request dropped without an answer answers
-/// [`RequestError::Abandoned`] by itself.
+/// [`RequestError::Abandoned`] by itself. The caller's deadline comes with
+/// it ([`deadline`](Request::deadline), [`time_remaining`](Request::time_remaining)):
+/// a member can skip work nobody waits for. A request that is still waiting
+/// for a handler slot when its deadline passes never reaches the member
+/// (counted in [`NodeStats::expired_requests`](crate::NodeStats::expired_requests)).
 pub struct Request {
     message: Message,
     responder: Responder,
 }
 
 impl Request {
-    pub(crate) fn new(message: Message, route: Route, gate: Option<Arc<Gate>>) -> Request {
+    pub(crate) fn new(message: Message, route: Route, deadline: Instant) -> Request {
         Request {
             message,
             responder: Responder {
                 route: Some(route),
-                gate,
-                member: None,
+                slot: None,
+                deadline,
             },
         }
     }
@@ -439,6 +628,19 @@ impl Request {
     /// The payload and the means to answer, apart.
     pub fn into_parts(self) -> (Message, Responder) {
         (self.message, self.responder)
+    }
+
+    /// When the caller stops waiting, on this node's clock. For a request
+    /// from another node it is the time remaining that came with the request
+    /// counted from its arrival (clocks need not agree; the transit time is
+    /// not subtracted, so the caller may give up a little earlier).
+    pub fn deadline(&self) -> Instant {
+        self.responder.deadline
+    }
+
+    /// How long the caller still waits; zero once it has given up.
+    pub fn time_remaining(&self) -> Duration {
+        self.responder.time_remaining()
     }
 
     /// Answers with a value.
@@ -456,19 +658,52 @@ impl fmt::Debug for Request {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")
             .field("message", &self.message)
+            .field("deadline", &self.responder.deadline)
             .finish()
     }
+}
+
+/// The handler slot a request holds on its member's gate, given back when
+/// the request is answered or dropped.
+struct Slot {
+    node: Weak<NodeInner>,
+    member: MailboxId,
+    /// The mailbox the next waiting request goes to.
+    mailbox: Weak<crate::mailbox::MailboxShared>,
 }
 
 /// Answers one request, once.
 pub struct Responder {
     route: Option<Route>,
-    gate: Option<Arc<Gate>>,
-    /// The mailbox the next waiting request goes to when this one is done.
-    member: Option<Weak<crate::mailbox::MailboxShared>>,
+    /// Boxed: a request in a mailbox counts its in-memory size against the
+    /// member's byte limit, so it stays small.
+    slot: Option<Box<Slot>>,
+    deadline: Instant,
 }
 
 impl Responder {
+    /// When the caller stops waiting (see [`Request::deadline`]).
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// How long the caller still waits; zero once it has given up.
+    pub fn time_remaining(&self) -> Duration {
+        let node = match &self.route {
+            Some(Route::Local { node, .. }) | Some(Route::Remote { node, .. }) => node.upgrade(),
+            None => None,
+        };
+        let now = node.map_or_else(Instant::now, |n| n.now());
+        self.deadline.saturating_duration_since(now)
+    }
+
+    /// Neither answers nor holds a slot any more: for a request discarded
+    /// before it reached its member.
+    fn disarm(&mut self) {
+        self.route = None;
+        self.slot = None;
+    }
+
     /// Answers with a value.
     pub fn reply<T: Any + Send + Serialize>(mut self, value: T) -> Result<(), SendError> {
         match self.route.take() {
@@ -502,16 +737,21 @@ impl Responder {
     }
 }
 
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder")
+            .field("deadline", &self.deadline)
+            .field("answered", &self.route.is_none())
+            .finish()
+    }
+}
+
 impl Drop for Responder {
     fn drop(&mut self) {
         let _ = self.answer_error(RemoteAnswer::Abandoned);
-        if let (Some(gate), Some(member)) = (self.gate.take(), self.member.take()) {
-            // Hand the slot to the next waiting request. If the mailbox is
-            // gone, that request drops here and answers for itself.
-            if let Some(next) = gate.release() {
-                if let Some(mailbox) = member.upgrade() {
-                    let _ = mailbox.push(Message::local(next));
-                }
+        if let Some(slot) = self.slot.take() {
+            if let Some(node) = slot.node.upgrade() {
+                node.release_slot(slot.member, &slot.mailbox);
             }
         }
     }
@@ -581,6 +821,18 @@ use crate::registry::RegistryError;
 use crate::types::{self, TypeTag};
 use bytes::Bytes;
 
+/// A request's time remaining for the wire: whole microseconds, rounded up
+/// so that a caller still waiting is never sent as one that gave up, and
+/// capped at [`wire::MAX_REMAINING_US`].
+fn remaining_micros(remaining: Duration) -> u64 {
+    let micros = remaining.as_micros() + u128::from(!remaining.subsec_nanos().is_multiple_of(1000));
+    u64::try_from(micros).map_or(wire::MAX_REMAINING_US, |m| m.min(wire::MAX_REMAINING_US))
+}
+
+/// The longest a request can wait: a timeout over it counts as this
+/// ([`MAX_REMAINING_US`](crate::codec::frame::MAX_REMAINING_US), 30 days).
+pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_micros(wire::MAX_REMAINING_US);
+
 fn encode_registered<T: Any + Serialize>(value: &T) -> Result<(TypeTag, Vec<u8>), SendError> {
     let tag = types::tag_of(std::any::TypeId::of::<T>()).ok_or(SendError::Unregistered {
         type_name: std::any::type_name::<T>(),
@@ -595,8 +847,57 @@ impl NodeInner {
         self.services.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// This node's clock: the real one, or a simulated node's virtual one.
+    pub(crate) fn now(&self) -> Instant {
+        self.services().manual_now.unwrap_or_else(Instant::now)
+    }
+
+    /// Puts this node on a virtual clock (the simulator's), now at `now`.
+    #[cfg_attr(not(feature = "sim"), allow(dead_code))]
+    pub(crate) fn set_manual_now(&self, now: Instant) {
+        self.services().manual_now = Some(now);
+    }
+
+    /// Drops requests discarded before they reached their member, counting
+    /// them (outside the services lock: dropping a message may take others).
+    fn discard(&self, requests: Vec<Request>, expired: bool) {
+        if requests.is_empty() {
+            return;
+        }
+        let counter = if expired {
+            &self.counters.expired_requests
+        } else {
+            &self.counters.cancelled_requests
+        };
+        counter.fetch_add(requests.len() as u64, Ordering::Relaxed);
+        drop(requests);
+    }
+
+    /// The caller dropped its [`RequestFuture`]: the pending entry goes, and
+    /// the request itself is called off wherever it still waits for a slot
+    /// (here, or on the member's node with a `Cancelled` frame).
     pub(crate) fn forget_request(&self, corr: u64) {
-        self.services().forget(corr);
+        let now = self.now();
+        let (pending, local) = {
+            let mut services = self.services();
+            let Some(pending) = services.forget(corr) else {
+                return;
+            };
+            let local = match pending.peer {
+                None => services.cancel((None, corr)),
+                Some(_) => None,
+            };
+            (pending, local)
+        };
+        let expired = pending.deadline <= now;
+        if let Some(request) = local {
+            self.discard(vec![request], expired);
+        }
+        if let (Some(peer), false) = (pending.peer, expired) {
+            // Best effort: if the link is full or gone, the member's node
+            // discards the request at its deadline anyway.
+            let _ = self.send_reply_frame(peer, corr, ReplyStatus::Cancelled, TypeTag(0), &[]);
+        }
     }
 
     pub(crate) fn complete_request(
@@ -614,19 +915,63 @@ impl NodeInner {
         self.services().next_deadline()
     }
 
+    /// Times out pending requests and discards queued ones whose deadline
+    /// has passed.
     pub(crate) fn expire_requests(&self, now: Instant) {
-        self.services().expire(now);
+        let mut expired = Vec::new();
+        {
+            let mut services = self.services();
+            services.expire(now);
+            services.sweep(now, &mut expired);
+        }
+        self.discard(expired, true);
+    }
+
+    /// The member's node of requests from `peer` lost it: requests still
+    /// waiting on `peer` fail, and `peer`'s requests queued here go.
+    pub(crate) fn requests_peer_down(&self, peer: NodeId) {
+        let orphans = {
+            let mut services = self.services();
+            services.peer_down(peer);
+            services.cancel_from(peer)
+        };
+        self.discard(orphans, false);
+    }
+
+    /// A member's mailbox closed: its queued requests answer their callers
+    /// (`Abandoned`) and its limits go.
+    pub(crate) fn drop_gate(&self, id: MailboxId) {
+        let orphans = self.services().drop_gate(id);
+        drop(orphans);
+    }
+
+    /// A request of `member` was answered or dropped: the next queued one
+    /// that its caller still waits for takes the slot.
+    fn release_slot(&self, member: MailboxId, mailbox: &Weak<crate::mailbox::MailboxShared>) {
+        let now = self.now();
+        let mut expired = Vec::new();
+        let next = self.services().release(member, now, &mut expired);
+        self.discard(expired, true);
+        let Some(next) = next else {
+            return;
+        };
+        match mailbox.upgrade() {
+            // On failure the request drops and answers for itself
+            // (Abandoned), releasing its slot again.
+            Some(mailbox) if !mailbox.is_closed() => {
+                let _ = mailbox.push(Message::local(next));
+            }
+            _ => {
+                let orphans = self.services().drop_gate(member);
+                drop(next);
+                drop(orphans);
+            }
+        }
     }
 
     /// The limits gate of a local member or subscriber.
     pub(crate) fn set_gate(&self, id: MailboxId, limits: Limits) {
-        self.services()
-            .gates
-            .insert(id, Arc::new(Gate::new(limits)));
-    }
-
-    fn gate(&self, id: MailboxId) -> Option<Arc<Gate>> {
-        self.services().gates.get(&id).cloned()
+        self.services().set_gate(id, limits);
     }
 
     /// Sends a member's answer back to the caller's node.
@@ -678,54 +1023,69 @@ impl NodeInner {
         }
     }
 
-    /// Puts a request in a member's mailbox, within the member's limits.
+    /// Puts a request in a member's mailbox, within the member's limits:
+    /// at once, after a wait for a handler slot, or (its deadline passed
+    /// first) never. `Ok` unless refused before it was taken.
     fn deliver_request(
         &self,
         dest: MailboxId,
         message: Message,
         route: Route,
+        deadline: Instant,
+        caller: Caller,
+        now: Instant,
     ) -> Result<(), (ReplyStatus, String)> {
         let Some(mailbox) = self.local_mailbox(dest) else {
             return Err((ReplyStatus::NoMember, String::new()));
         };
         let len = message.byte_len();
-        let gate = self.gate(dest);
-        let mut request = Request::new(message, route, gate.clone());
-        let request = match gate {
-            Some(gate) => {
-                request.responder.member = Some(Arc::downgrade(&mailbox));
-                match gate.admit(request, len, mailbox.queued_bytes()) {
-                    Ok(Some(request)) => request,
-                    Ok(None) => return Ok(()),
-                    Err(refusal) => {
-                        let (mut refused, why) = *refusal;
-                        // Answered here, not by the refused request's drop.
-                        refused.responder.route = None;
-                        refused.responder.gate = None;
-                        self.counters
-                            .refused_requests
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Err((ReplyStatus::Refused, why));
-                    }
-                }
-            }
-            None => request,
+        let mut request = Request::new(message, route, deadline);
+        request.responder.slot = Some(Box::new(Slot {
+            node: self.weak(),
+            member: dest,
+            mailbox: Arc::downgrade(&mailbox),
+        }));
+        let mut expired = Vec::new();
+        let admitted = {
+            let mut services = self.services();
+            // Nodes without a core (local-only) have no timer: requests
+            // whose time is up go here as well.
+            services.sweep(now, &mut expired);
+            services.admit(dest, request, len, mailbox.queued_bytes(), caller, now)
         };
-        // On failure the request drops and answers for itself (Abandoned),
-        // releasing its slot.
-        match mailbox.push(Message::local(request)) {
-            Ok(()) => Ok(()),
-            Err(_) => Ok(()),
+        self.discard(expired, true);
+        match admitted {
+            Admit::Deliver(request) => {
+                // On failure the request drops and answers for itself
+                // (Abandoned), releasing its slot.
+                let _ = mailbox.push(Message::local(request));
+                Ok(())
+            }
+            Admit::Queued => Ok(()),
+            Admit::Expired(request) => {
+                self.discard(vec![request], true);
+                Ok(())
+            }
+            Admit::Refused(why) => {
+                self.counters
+                    .refused_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                Err((ReplyStatus::Refused, why))
+            }
         }
     }
 
-    /// A request frame from `peer`.
+    /// A request frame from `peer`, received at `now`, its caller waiting
+    /// `remaining_us` more microseconds when it was sent.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn on_request_frame(
         &self,
+        now: Instant,
         peer: NodeId,
         dest: MailboxId,
         corr: u64,
         tag: TypeTag,
+        remaining_us: u64,
         payload: Bytes,
         charge: Option<crate::net::Charge>,
     ) {
@@ -738,13 +1098,17 @@ impl NodeInner {
             let _ = self.send_reply_frame(peer, corr, ReplyStatus::RemoteError, TypeTag(0), &body);
             return;
         }
+        let remaining = Duration::from_micros(remaining_us.min(wire::MAX_REMAINING_US));
+        let deadline = now.checked_add(remaining).unwrap_or(now);
         let message = Message::remote(tag, payload, self.weak()).charged(charge);
         let route = Route::Remote {
             node: self.weak(),
             peer,
             corr,
         };
-        if let Err((status, why)) = self.deliver_request(dest, message, route) {
+        if let Err((status, why)) =
+            self.deliver_request(dest, message, route, deadline, (Some(peer), corr), now)
+        {
             // The dropped Request already answered `Dropped` if it got that far;
             // a refusal before that is answered here.
             let body = if why.is_empty() {
@@ -772,6 +1136,12 @@ impl NodeInner {
             ReplyStatus::Refused => Err(RequestError::Refused(text())),
             ReplyStatus::NoMember => Err(RequestError::NoMember),
             ReplyStatus::Dropped => Err(RequestError::Abandoned),
+            ReplyStatus::Cancelled => {
+                // `corr` is the caller's (`peer`'s): it gave up.
+                let called_off = self.services().cancel((Some(peer), corr));
+                self.discard(called_off.into_iter().collect(), false);
+                return;
+            }
         };
         self.complete_request(corr, Some(peer), result);
     }
@@ -793,6 +1163,10 @@ impl NodeInner {
                 None => return RequestFuture::failed(RequestError::NoMember),
             },
         };
+        let now = self.now();
+        if deadline <= now {
+            return RequestFuture::failed(RequestError::Timeout);
+        }
         let slot = Arc::new(ReplySlot::default());
         let local = dest.node == self.id;
         let corr = self
@@ -810,7 +1184,10 @@ impl NodeInner {
                 node: self.weak(),
                 corr,
             };
-            if let Err((status, why)) = self.deliver_request(dest, Message::local(value), route) {
+            let caller = (None, corr);
+            if let Err((status, why)) =
+                self.deliver_request(dest, Message::local(value), route, deadline, caller, now)
+            {
                 let error = match status {
                     ReplyStatus::Refused => RequestError::Refused(why),
                     _ => RequestError::NoMember,
@@ -829,10 +1206,11 @@ impl NodeInner {
             let Some(outbox) = self.network().outbox(dest.node) else {
                 return Err(SendError::Closed);
             };
-            let framed = payload.len() + 4 + 1 + MailboxId::WIRE_LEN + 16;
+            let framed = payload.len() + wire::LEN_PREFIX + 1 + wire::REQUEST_HEADER_BODY_LEN;
+            let remaining_us = remaining_micros(deadline.saturating_duration_since(now));
             self.network()
                 .push_frame(outbox, framed, true, |out| {
-                    wire::put_request_header(out, dest, corr, tag, payload.len());
+                    wire::put_request_header(out, dest, corr, tag, remaining_us, payload.len());
                     out.extend_from_slice(&payload);
                 })
                 .map_err(|refused| match refused {
@@ -871,8 +1249,8 @@ impl NodeInner {
             let Some(mailbox) = self.local_mailbox(id) else {
                 continue;
             };
-            let over = self.gate(id).is_some_and(|g| {
-                mailbox.queued_bytes() + payload.len() > g.limits.max_queued_bytes
+            let over = self.services().limits(id).is_some_and(|limits| {
+                mailbox.queued_bytes() + payload.len() > limits.max_queued_bytes
             });
             let charge = budget.map(|b| b.charge(payload.len()));
             let delivered = !over
@@ -976,5 +1354,14 @@ impl NodeInner {
                 },
             })
         }
+    }
+}
+
+impl crate::Node {
+    /// The sizes of this node's request tables: replies it waits for,
+    /// requests queued for its members' handler slots, slots in use. All
+    /// zero on an idle node, however its callers gave up.
+    pub fn request_tables(&self) -> RequestTables {
+        self.inner.services().tables()
     }
 }

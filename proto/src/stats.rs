@@ -65,4 +65,13 @@ counters! {
     /// peer but still queued when a graceful shutdown's drain ended (see
     /// `Tuning::drain_timeout`): never sent, dropped.
     dropped_at_shutdown,
+    // ----- requests (deadlines, callers giving up)
+    /// Requests discarded on the member's node, unanswered, because their
+    /// deadline passed while they waited for a handler slot (or before they
+    /// arrived): they never reached the member.
+    expired_requests,
+    /// Requests discarded on the member's node, unanswered, because their
+    /// caller gave up (dropped its future, or its node went away) while they
+    /// waited for a handler slot.
+    cancelled_requests,
 }

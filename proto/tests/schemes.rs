@@ -476,3 +476,263 @@ fn ten_thousand_idle_tunnels_between_two_nodes() {
     assert_eq!(sim.node(NodeId(1)).tunnel_count(), 0);
     drop(servers);
 }
+
+// ----- deadlines and callers that give up (issue 15, items 4 and 5) ---------
+
+/// One handler slot, a member that takes `handler` (virtual time) per
+/// request, `count` requests each with `timeout`, from `caller` to the member
+/// on node 1. Returns how many requests the member ran.
+fn one_slot_member_runs(
+    sim: &mut Sim,
+    caller: NodeId,
+    count: usize,
+    timeout: Duration,
+    handler: Duration,
+) -> usize {
+    let (m, m_box) = sim.node(NodeId(1)).new_mailbox();
+    let limits = Limits {
+        max_in_flight: 1,
+        max_queued_bytes: 1 << 20,
+    };
+    sim.node(NodeId(1))
+        .join_with_limits("one-slot", &m, limits)
+        .unwrap();
+    sync_all(sim);
+    let deadline = sim.now() + timeout;
+    let pending: Vec<_> = (0..count as u64)
+        .map(|i| sim.node(caller).request("one-slot", i, deadline))
+        .collect();
+    let mut ran = 0;
+    // Long enough for every request to be handed out if it were to be.
+    for _ in 0..(count as u32 + 2) {
+        sim.run_for(Duration::from_millis(5));
+        for request in requests(&m_box) {
+            ran += 1;
+            assert!(request.deadline() <= sim.now() + timeout + Duration::from_millis(50));
+            sim.run_for(handler);
+            let _ = request.reply(1u8);
+        }
+    }
+    sim.run_for(timeout + handler);
+    for p in &pending {
+        assert_eq!(err(p.try_result()), Some(RequestError::Timeout));
+    }
+    ran
+}
+
+fn assert_idle(sim: &Sim, ids: &[NodeId]) {
+    for &id in ids {
+        let tables = sim.node(id).request_tables();
+        assert_eq!(
+            tables,
+            reign_proto::RequestTables::default(),
+            "node {id:?} request tables not idle"
+        );
+    }
+}
+
+#[test]
+fn expired_queued_requests_never_reach_a_local_member() {
+    // Iris's case: 1 handler slot, a 25 ms handler, 4 requests with 1 ms
+    // timeouts: the handler runs once.
+    let mut sim = sim(2, 21);
+    let ran = one_slot_member_runs(
+        &mut sim,
+        NodeId(1),
+        4,
+        Duration::from_millis(1),
+        Duration::from_millis(25),
+    );
+    assert_eq!(ran, 1);
+    let stats = sim.node(NodeId(1)).stats();
+    assert_eq!(stats.expired_requests, 3);
+    assert_eq!(stats.late_replies, 1, "the one that ran answered too late");
+    assert_idle(&sim, &[NodeId(1)]);
+}
+
+#[test]
+fn expired_queued_requests_never_reach_a_remote_member() {
+    // Across nodes, with a timeout above the simulated latency.
+    let mut sim = sim(2, 22);
+    let ran = one_slot_member_runs(
+        &mut sim,
+        NodeId(0),
+        4,
+        Duration::from_millis(30),
+        Duration::from_millis(60),
+    );
+    assert_eq!(ran, 1);
+    assert_eq!(sim.node(NodeId(1)).stats().expired_requests, 3);
+    assert_eq!(sim.node(NodeId(0)).stats().late_replies, 1);
+    assert_idle(&sim, &[NodeId(0), NodeId(1)]);
+}
+
+#[test]
+fn the_deadline_travels_as_time_remaining() {
+    // Clocks need not agree: the member's node counts the time the caller
+    // still waited when it sent the request from the request's arrival, so
+    // the 20 ms transit is not taken off.
+    let mut sim = Sim::new(SimConfig {
+        nodes: 2,
+        seed: 23,
+        latency: Duration::from_millis(20),
+        ..SimConfig::default()
+    });
+    reign_proto::register_type::<(u64, u16)>().unwrap();
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.fully_connected());
+    let (m, m_box) = sim.node(NodeId(1)).new_mailbox();
+    sim.node(NodeId(1)).join("far", &m).unwrap();
+    sync_all(&mut sim);
+    let sent = sim.now();
+    let p = sim
+        .node(NodeId(0))
+        .request("far", 2u64, sent + Duration::from_millis(500));
+    sim.run_for(Duration::from_millis(30));
+    let got = requests(&m_box);
+    assert_eq!(got.len(), 1);
+    let arrived_after = got[0].deadline() - sent - Duration::from_millis(500);
+    assert!(
+        arrived_after >= Duration::from_millis(20) && arrived_after <= Duration::from_millis(30),
+        "{arrived_after:?}"
+    );
+    got.into_iter().for_each(|r| r.reply(3u8).unwrap());
+    sim.run_for(Duration::from_millis(50));
+    assert!(p.try_result().unwrap().is_ok());
+    assert_idle(&sim, &[NodeId(0), NodeId(1)]);
+}
+
+/// A member with one slot, occupied by a first request that is held.
+fn busy_member(sim: &mut Sim, caller: NodeId, name: &str) -> (Mailbox, Request) {
+    let (m, m_box) = sim.node(NodeId(1)).new_mailbox();
+    let limits = Limits {
+        max_in_flight: 1,
+        max_queued_bytes: 1 << 20,
+    };
+    sim.node(NodeId(1))
+        .join_with_limits(name, &m, limits)
+        .unwrap();
+    sync_all(sim);
+    let first = sim
+        .node(caller)
+        .request(name, 0u64, sim.now() + Duration::from_secs(5));
+    sim.run_for(Duration::from_millis(10));
+    let mut held = requests(&m_box);
+    assert_eq!(held.len(), 1);
+    drop(first);
+    (m_box, held.pop().unwrap())
+}
+
+#[test]
+fn a_dropped_remote_request_gives_back_its_queue_place_at_once() {
+    let mut sim = sim(2, 24);
+    let (m_box, held) = busy_member(&mut sim, NodeId(0), "drop-remote");
+    let p = sim
+        .node(NodeId(0))
+        .request("drop-remote", 1u64, sim.now() + Duration::from_secs(60));
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(sim.node(NodeId(1)).request_tables().queued, 1);
+    assert_eq!(sim.node(NodeId(0)).request_tables().pending, 1);
+    drop(p);
+    assert_eq!(sim.node(NodeId(0)).request_tables().pending, 0);
+    // Long before the 60 s deadline, the member's node lets go of it.
+    sim.run_for(Duration::from_millis(10));
+    let tables = sim.node(NodeId(1)).request_tables();
+    assert_eq!(
+        (tables.queued, tables.queued_bytes, tables.queue_index),
+        (0, 0, 0)
+    );
+    assert_eq!(sim.node(NodeId(1)).stats().cancelled_requests, 1);
+    // The held request's late answer is dropped quietly and counted; its
+    // slot comes back and nothing else reaches the member.
+    held.reply(1u8).unwrap();
+    sim.run_for(Duration::from_millis(10));
+    assert!(requests(&m_box).is_empty());
+    assert_eq!(sim.node(NodeId(0)).stats().late_replies, 1);
+    assert_idle(&sim, &[NodeId(0), NodeId(1)]);
+}
+
+#[test]
+fn a_dropped_local_request_gives_back_its_queue_place_at_once() {
+    let mut sim = sim(2, 25);
+    let (m_box, held) = busy_member(&mut sim, NodeId(1), "drop-local");
+    let p = sim
+        .node(NodeId(1))
+        .request("drop-local", 1u64, sim.now() + Duration::from_secs(60));
+    let tables = sim.node(NodeId(1)).request_tables();
+    assert_eq!((tables.pending, tables.queued, tables.in_flight), (1, 1, 1));
+    drop(p);
+    let tables = sim.node(NodeId(1)).request_tables();
+    assert_eq!((tables.pending, tables.queued, tables.in_flight), (0, 0, 1));
+    assert_eq!(sim.node(NodeId(1)).stats().cancelled_requests, 1);
+    held.reply(1u8).unwrap();
+    sim.run_for(Duration::from_millis(10));
+    assert!(requests(&m_box).is_empty());
+    assert_eq!(sim.node(NodeId(1)).stats().late_replies, 1);
+    assert_idle(&sim, &[NodeId(1)]);
+}
+
+#[test]
+fn a_timed_out_remote_request_gives_back_everything() {
+    let mut sim = sim(2, 26);
+    let (m_box, held) = busy_member(&mut sim, NodeId(0), "timeout-remote");
+    let p = sim.node(NodeId(0)).request(
+        "timeout-remote",
+        1u64,
+        sim.now() + Duration::from_millis(50),
+    );
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(sim.node(NodeId(1)).request_tables().queued, 1);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(err(p.try_result()), Some(RequestError::Timeout));
+    // Both sides let go at the deadline, without any message between them.
+    assert_eq!(sim.node(NodeId(0)).request_tables().pending, 0);
+    let tables = sim.node(NodeId(1)).request_tables();
+    assert_eq!(
+        (tables.queued, tables.queued_bytes, tables.queue_index),
+        (0, 0, 0)
+    );
+    assert_eq!(sim.node(NodeId(1)).stats().expired_requests, 1);
+    drop(p);
+    drop(held);
+    sim.run_for(Duration::from_millis(10));
+    assert!(requests(&m_box).is_empty());
+    assert_idle(&sim, &[NodeId(0), NodeId(1)]);
+}
+
+#[test]
+fn a_callers_node_going_away_frees_its_queued_requests() {
+    let mut sim = sim(3, 27);
+    let (m_box, held) = busy_member(&mut sim, NodeId(2), "crash");
+    let _p = sim
+        .node(NodeId(2))
+        .request("crash", 1u64, sim.now() + Duration::from_secs(60));
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(sim.node(NodeId(1)).request_tables().queued, 1);
+    sim.crash(NodeId(2));
+    sim.run_for(Duration::from_secs(10));
+    let tables = sim.node(NodeId(1)).request_tables();
+    assert_eq!((tables.queued, tables.queue_index), (0, 0));
+    assert_eq!(sim.node(NodeId(1)).stats().cancelled_requests, 1);
+    drop(held);
+    sim.run_for(Duration::from_millis(10));
+    assert!(requests(&m_box).is_empty());
+    assert_idle(&sim, &[NodeId(0), NodeId(1)]);
+}
+
+#[test]
+fn a_closed_members_queued_requests_are_answered_and_its_gate_goes() {
+    let mut sim = sim(2, 28);
+    let (m_box, held) = busy_member(&mut sim, NodeId(0), "closing");
+    let p = sim
+        .node(NodeId(0))
+        .request("closing", 1u64, sim.now() + Duration::from_secs(60));
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(sim.node(NodeId(1)).request_tables().queued, 1);
+    drop(m_box);
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(err(p.try_result()), Some(RequestError::Abandoned));
+    drop(held);
+    sim.run_for(Duration::from_millis(10));
+    assert_idle(&sim, &[NodeId(0), NodeId(1)]);
+}

@@ -199,17 +199,23 @@ mod tests {
                 .prop_map(|(dest, chunk)| Frame::FragmentCont { dest, chunk }),
             arb_bytes(300).prop_map(Frame::Control),
             arb_bytes(64).prop_map(Frame::Goodbye),
-            (arb_id(), any::<u64>(), any::<u64>(), arb_bytes(300)).prop_map(
-                |(dest, corr, tag, payload)| {
+            (
+                arb_id(),
+                any::<u64>(),
+                any::<u64>(),
+                0..=crate::codec::frame::MAX_REMAINING_US,
+                arb_bytes(300)
+            )
+                .prop_map(|(dest, corr, tag, remaining_us, payload)| {
                     Frame::Request {
                         dest,
                         corr,
                         tag: TypeTag(tag),
+                        remaining_us,
                         payload,
                     }
-                }
-            ),
-            (any::<u64>(), 0u8..5, any::<u64>(), arb_bytes(300)).prop_map(
+                }),
+            (any::<u64>(), 0u8..6, any::<u64>(), arb_bytes(300)).prop_map(
                 |(corr, status, tag, payload)| {
                     let status = [
                         ReplyStatus::Ok,
@@ -217,6 +223,7 @@ mod tests {
                         ReplyStatus::Refused,
                         ReplyStatus::NoMember,
                         ReplyStatus::Dropped,
+                        ReplyStatus::Cancelled,
                     ][status as usize];
                     Frame::Reply {
                         corr,

@@ -16,6 +16,14 @@ pub const LEN_PREFIX: usize = 4;
 /// Bytes before a data frame's payload: prefix, kind, destination, tag.
 pub const DATA_HEADER_LEN: usize = LEN_PREFIX + 1 + MailboxId::WIRE_LEN + 8;
 
+/// The largest time remaining a request frame may carry, in microseconds
+/// (30 days). A request's deadline travels as the time left when it was sent,
+/// not as an instant, because the two nodes' clocks need not agree; the cap
+/// keeps `now + remaining` far from overflowing an `Instant` on the member's
+/// node, and a caller that waits longer than this has its request treated
+/// as one that waits 30 days. A frame over it is malformed.
+pub const MAX_REMAINING_US: u64 = 30 * 24 * 3600 * 1_000_000;
+
 /// The kind byte of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -61,6 +69,10 @@ pub enum ReplyStatus {
     NoMember = 3,
     /// The member dropped the request without replying.
     Dropped = 4,
+    /// The other way, from the caller's node to the member's: the caller
+    /// gave up (dropped its future before the deadline), so the request is
+    /// discarded if it still waits for a handler. Nothing answers it.
+    Cancelled = 5,
 }
 
 impl ReplyStatus {
@@ -71,6 +83,7 @@ impl ReplyStatus {
             2 => ReplyStatus::Refused,
             3 => ReplyStatus::NoMember,
             4 => ReplyStatus::Dropped,
+            5 => ReplyStatus::Cancelled,
             _ => return None,
         })
     }
@@ -198,10 +211,15 @@ pub enum Frame {
         corr: u64,
         /// The registered type of the payload.
         tag: TypeTag,
+        /// Microseconds the caller still waits, when the frame was written
+        /// (at most [`MAX_REMAINING_US`]): the member's node discards the
+        /// request if it is still queued that long after it arrived.
+        remaining_us: u64,
         /// The encoded request.
         payload: Bytes,
     },
-    /// A reply.
+    /// A reply (or, with [`ReplyStatus::Cancelled`], the caller's node
+    /// calling a request off).
     Reply {
         /// The request's correlation id.
         corr: u64,
@@ -308,22 +326,29 @@ pub fn put_data_header(out: &mut Vec<u8>, dest: MailboxId, tag: TypeTag, payload
     out.extend_from_slice(&header);
 }
 
+/// Bytes of a request frame's header after the length prefix and kind:
+/// destination, correlation id, tag and time remaining.
+pub const REQUEST_HEADER_BODY_LEN: usize = MailboxId::WIRE_LEN + 24;
+
 /// Writes the header of a request frame; `payload_len` payload bytes follow.
+/// `remaining_us` is capped at [`MAX_REMAINING_US`].
 pub fn put_request_header(
     out: &mut Vec<u8>,
     dest: MailboxId,
     corr: u64,
     tag: TypeTag,
+    remaining_us: u64,
     payload_len: usize,
 ) {
     put_prefix(
         out,
         FrameKind::Request,
-        MailboxId::WIRE_LEN + 16 + payload_len,
+        REQUEST_HEADER_BODY_LEN + payload_len,
     );
     dest.write_to(out);
     out.extend_from_slice(&corr.to_le_bytes());
     out.extend_from_slice(&tag.0.to_le_bytes());
+    out.extend_from_slice(&remaining_us.min(MAX_REMAINING_US).to_le_bytes());
 }
 
 /// Writes the header of a reply frame; `payload_len` payload bytes follow.
@@ -455,9 +480,10 @@ impl Frame {
                 dest,
                 corr,
                 tag,
+                remaining_us,
                 payload,
             } => {
-                put_request_header(out, *dest, *corr, *tag, payload.len());
+                put_request_header(out, *dest, *corr, *tag, *remaining_us, payload.len());
                 out.extend_from_slice(payload);
             }
             Frame::Reply {
@@ -579,11 +605,19 @@ impl Frame {
                 let dest = MailboxId::read_from(&body).ok_or_else(truncated)?;
                 let corr = u64_at(ID).ok_or_else(truncated)?;
                 let tag = TypeTag(u64_at(ID + 8).ok_or_else(truncated)?);
+                let remaining_us = u64_at(ID + 16).ok_or_else(truncated)?;
+                if remaining_us > MAX_REMAINING_US {
+                    return Err(FrameError::BadField {
+                        kind,
+                        field: "remaining_us",
+                    });
+                }
                 Frame::Request {
                     dest,
                     corr,
                     tag,
-                    payload: body.slice(ID + 16..),
+                    remaining_us,
+                    payload: body.slice(REQUEST_HEADER_BODY_LEN..),
                 }
             }
             FrameKind::Reply => {
@@ -686,5 +720,103 @@ impl Frame {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::{Incarnation, NodeId};
+
+    const DEST: MailboxId = MailboxId {
+        node: NodeId(3),
+        incarnation: Incarnation(7),
+        serial: 9,
+    };
+
+    fn request(remaining_us: u64) -> Frame {
+        Frame::Request {
+            dest: DEST,
+            corr: 42,
+            tag: TypeTag(5),
+            remaining_us,
+            payload: Bytes::from_static(b"payload"),
+        }
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Frame, FrameError> {
+        Frame::parse(Bytes::copy_from_slice(&bytes[LEN_PREFIX..]))
+    }
+
+    #[test]
+    fn the_time_remaining_round_trips_up_to_its_cap() {
+        for remaining in [0, 1, 999, MAX_REMAINING_US - 1, MAX_REMAINING_US] {
+            let frame = request(remaining);
+            assert_eq!(parse(&frame.to_vec()), Ok(frame));
+        }
+    }
+
+    #[test]
+    fn a_time_remaining_over_the_cap_is_malformed_and_never_written() {
+        // Read: one past the cap is a typed error, as is the largest value.
+        for remaining in [MAX_REMAINING_US + 1, u64::MAX] {
+            let mut bytes = request(0).to_vec();
+            let at = LEN_PREFIX + 1 + REQUEST_HEADER_BODY_LEN - 8;
+            bytes[at..at + 8].copy_from_slice(&remaining.to_le_bytes());
+            assert_eq!(
+                parse(&bytes),
+                Err(FrameError::BadField {
+                    kind: FrameKind::Request,
+                    field: "remaining_us",
+                })
+            );
+        }
+        // Written: capped, so a node never sends what a peer refuses.
+        let mut out = Vec::new();
+        put_request_header(&mut out, DEST, 1, TypeTag(1), u64::MAX, 0);
+        assert_eq!(
+            parse(&out),
+            Ok(Frame::Request {
+                dest: DEST,
+                corr: 1,
+                tag: TypeTag(1),
+                remaining_us: MAX_REMAINING_US,
+                payload: Bytes::new(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_request_header_cut_anywhere_is_truncated() {
+        let bytes = request(5).to_vec();
+        for cut in 1..1 + REQUEST_HEADER_BODY_LEN {
+            assert!(
+                matches!(
+                    Frame::parse(Bytes::copy_from_slice(&bytes[LEN_PREFIX..LEN_PREFIX + cut])),
+                    Err(FrameError::Truncated { .. })
+                ),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cancelled_status_round_trips_and_the_next_is_malformed() {
+        let frame = Frame::Reply {
+            corr: 8,
+            status: ReplyStatus::Cancelled,
+            tag: TypeTag(0),
+            payload: Bytes::new(),
+        };
+        let mut bytes = frame.to_vec();
+        assert_eq!(parse(&bytes), Ok(frame));
+        bytes[LEN_PREFIX + 1 + 8] = ReplyStatus::Cancelled as u8 + 1;
+        assert_eq!(
+            parse(&bytes),
+            Err(FrameError::BadField {
+                kind: FrameKind::Reply,
+                field: "status",
+            })
+        );
     }
 }

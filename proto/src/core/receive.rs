@@ -133,12 +133,20 @@ impl Core {
                 dest,
                 corr,
                 tag,
+                remaining_us,
                 payload,
             } => {
                 let charge = self.charge(peer, payload.len());
-                self.node
-                    .inner
-                    .on_request_frame(peer, dest, corr, tag, payload, charge)
+                self.node.inner.on_request_frame(
+                    now,
+                    peer,
+                    dest,
+                    corr,
+                    tag,
+                    remaining_us,
+                    payload,
+                    charge,
+                )
             }
             Frame::Reply {
                 corr,

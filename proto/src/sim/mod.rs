@@ -156,6 +156,8 @@ struct SimNode {
 pub struct Sim {
     start: Instant,
     now: Instant,
+    /// The instant the nodes' virtual clocks last showed.
+    clock_shown: Option<Instant>,
     config: SimConfig,
     rng: Rng,
     nodes: BTreeMap<NodeId, SimNode>,
@@ -189,6 +191,7 @@ impl Sim {
         let mut sim = Sim {
             start,
             now: start,
+            clock_shown: None,
             rng: Rng::new(config.seed),
             nodes: BTreeMap::new(),
             links: BTreeMap::new(),
@@ -249,7 +252,9 @@ impl Sim {
             seed,
             time_provider: Arc::new(FixedTime),
         };
-        node.core = Some(Core::new(config, now).expect("start a core"));
+        let core = Core::new(config, now).expect("start a core");
+        core.node().inner.set_manual_now(now);
+        node.core = Some(core);
         self.dirty.insert(id);
     }
 
@@ -474,6 +479,15 @@ impl Sim {
 
     /// Carries out every output of every running node until all are quiet.
     fn pump(&mut self) {
+        if self.clock_shown != Some(self.now) {
+            // Services read the virtual clock (deadlines of queued requests).
+            for node in self.nodes.values() {
+                if let Some(core) = &node.core {
+                    core.node().inner.set_manual_now(self.now);
+                }
+            }
+            self.clock_shown = Some(self.now);
+        }
         loop {
             // Nodes with input, and nodes whose user code queued work.
             for (&id, node) in &self.nodes {
