@@ -19,7 +19,7 @@ use crate::error::SendError;
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::mailbox::{Capacity, Mailbox, MailboxShared};
 use crate::net::{Network, PeerStats, Refused};
-use crate::registry::{Effect, Registry, RegistryDump, RegistryError};
+use crate::registry::{Effect, PeerError, Registry, RegistryDump, RegistryError, RegistryLimits};
 use crate::services::{Limits, RequestFuture, Services, Target};
 use crate::stats::NodeCounters;
 use crate::system::{ConnectionStatus, MailboxClosed, MultipleClaim};
@@ -210,9 +210,21 @@ impl NodeInner {
                 Effect::Send(peer, control) => self.queue_control(peer, &control),
                 Effect::MultipleClaim { name, claimant } => {
                     self.counters
-                        .multiple_claims
+                        .multiple_claim_notices
                         .fetch_add(1, Ordering::Relaxed);
                     let _ = self.bind(claimant).send(MultipleClaim { name });
+                }
+                Effect::NameConflict { name, claimants } => {
+                    self.counters.name_conflicts.fetch_add(1, Ordering::Relaxed);
+                    let winner = claimants[0];
+                    let others = &claimants[1..];
+                    tracing::warn!(
+                        node = self.id.0,
+                        name = %name.escape_debug(),
+                        winner = %winner,
+                        others = ?others,
+                        "a name is claimed by more than one mailbox: every node resolves it to the lowest id"
+                    );
                 }
                 Effect::SyncDone(seq) => {
                     let mut book = lock(&self.syncs);
@@ -228,6 +240,11 @@ impl NodeInner {
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
+    }
+
+    /// Sets the registry caps (from the node's `Tuning`).
+    pub(crate) fn set_registry_limits(&self, limits: RegistryLimits) {
+        lock(&self.registry).set_limits(limits);
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -405,12 +422,21 @@ impl NodeInner {
                 let result = lock(&self.registry).on_control(peer, registry_message);
                 match result {
                     Ok(effects) => self.apply(effects),
-                    Err(e) => {
+                    Err(PeerError::Rejected(e)) => {
                         // The claim is ignored; the connection carries on.
                         self.counters
                             .rejected_claims
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(node = self.id.0, peer = peer.0, error = %e, "rejected a registry message");
+                    }
+                    Err(PeerError::OverLimit(e)) => {
+                        // Cut off: the core closes the link with this reason
+                        // (its one log line), and `peer_down` drops
+                        // everything the peer held here.
+                        self.counters
+                            .registry_cutoffs
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(format!("cut off for going over a registry cap: {e}"));
                     }
                 }
             }
@@ -629,8 +655,14 @@ impl Node {
     /// Claims `name` for a mailbox of this node, replacing this node's
     /// previous claimant of the name. Other nodes learn of it as soon as the
     /// claim reaches them ([`sync`](Node::sync) waits for that). Only live
-    /// local mailboxes can be registered: anything else is
+    /// local mailboxes can be registered, with names up to `Tuning::max_name_len`
+    /// bytes and at most `Tuning::max_names_per_node` names: anything else is
     /// [`RegistryError::CantRegister`].
+    ///
+    /// If another node claims the name too, every node resolves the conflict
+    /// alike: the claimant with the lowest id (node, incarnation, serial)
+    /// wins every lookup, the others wait their turn; every claimant gets a
+    /// [`MultipleClaim`] and every node logs the conflict once at WARN.
     ///
     /// ```
     /// use reign_proto::{Incarnation, Node};
@@ -666,15 +698,16 @@ impl Node {
         self.inner.apply(effects);
     }
 
-    /// A claimant of `name`: the local one if there is one, otherwise the
-    /// remote claimants in turn (round-robin per name, so load spreads evenly
-    /// and deterministically).
+    /// The claimant of `name`. When several mailboxes (on different nodes)
+    /// claim it, the one with the lowest id (node, incarnation, serial), so
+    /// every node that sees the same claims sends to the same mailbox.
     pub fn lookup(&self, name: &str) -> Option<Address> {
         let id = lock(&self.inner.registry).lookup(name)?;
         Some(self.inner.bind(id))
     }
 
-    /// Every claimant of `name`, local first.
+    /// Every claimant of `name`, the winner (what [`lookup`](Node::lookup)
+    /// returns) first, then by id.
     pub fn lookup_all(&self, name: &str) -> Vec<Address> {
         let ids = lock(&self.inner.registry).lookup_all(name);
         ids.into_iter().map(|id| self.inner.bind(id)).collect()
@@ -813,9 +846,17 @@ impl Node {
         self.inner.tunnel_count()
     }
 
-    /// `MultipleClaim` notifications this node has sent its claimants.
-    pub fn multiple_claim_count(&self) -> u64 {
+    /// Names claimed more than once right now, as this node sees the
+    /// cluster (Go reign's `MultipleClaimCount`: it rises as conflicting
+    /// claims appear and falls as they are dropped).
+    pub fn multiple_claim_count(&self) -> usize {
         lock(&self.inner.registry).multiple_claim_count()
+    }
+
+    /// `MultipleClaim` notices this node has sent its own claimants so far
+    /// (only grows; also `stats().multiple_claim_notices`).
+    pub fn multiple_claim_notices(&self) -> u64 {
+        lock(&self.inner.registry).multiple_claim_notices()
     }
 
     /// This node's view of the registry (reign's `NamesDebugger`).

@@ -10,11 +10,31 @@
 //! returns [`Effect`]s for the node to carry out, which is what lets the
 //! property tests run many registries against each other by hand.
 //!
-//! Conflicts: when a name has claimants on more than one node, each node
-//! tells its *own* claimant with [`MultipleClaim`](crate::MultipleClaim),
-//! once per conflict, however the conflict appeared (a local claim, a remote
-//! claim, a snapshot after a partition healed). Every claimant's own node
-//! sees the conflict, so every claimant is told.
+//! Limits: what one node may hold in the directory is capped
+//! ([`RegistryLimits`], from the `Tuning` fields `max_name_len`,
+//! `max_names_per_node`, `max_group_members_per_node` and
+//! `max_topics_per_node`). The caps apply alike to this node's own entries
+//! (a local call over a cap is refused with
+//! [`RegistryError::CantRegister`]) and to each peer's: a peer that goes over
+//! one gets [`PeerError::OverLimit`], and the node cuts it off, which drops
+//! everything it held here. So a peer, hostile or mistaken, can make this
+//! node hold at most one node's worth of entries per connection.
+//!
+//! Conflicts: a name claimed by more than one mailbox (each on its own node)
+//! is resolved the same way on every node, with no messages exchanged: the
+//! claimant with the lowest [`MailboxId`] (node, then incarnation, then
+//! serial) wins, and [`lookup`](Registry::lookup) returns the winner on every
+//! node that sees the same claims. The other claims stay recorded but
+//! shadowed: when the winner goes, the next lowest takes over. However a
+//! conflict is found (a local claim, a remote claim, a snapshot after a
+//! partition healed), every node that sees it reports it once with
+//! [`Effect::NameConflict`] (the node logs one WARN and counts it), and each
+//! node tells its *own* claimant with [`MultipleClaim`](crate::MultipleClaim)
+//! when it becomes party to the conflict, and again if it loses a win it
+//! held. Every claimant's own node sees the conflict, so every claimant is
+//! told, losers included; a loser that does not want to wait its turn
+//! unregisters. [`multiple_claim_count`](Registry::multiple_claim_count) is
+//! Go reign's: the names claimed more than once right now.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -23,8 +43,51 @@ use serde::Serialize;
 use crate::control::Control;
 use crate::id::{MailboxId, NodeId};
 
-/// Longest name that may be registered, in bytes.
-pub const MAX_NAME_LEN: usize = 4096;
+/// Longest name that may be registered with the default limits, in bytes
+/// (the default of `Tuning::max_name_len`).
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Caps on the directory entries of one node: this node's own, and each
+/// peer's as held here. See the `Tuning` fields of the same names, which
+/// every node of a cluster should share (a node whose own caps are larger
+/// than a peer's can be cut off by that peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegistryLimits {
+    /// Longest name, service group or topic, in bytes.
+    pub max_name_len: usize,
+    /// Names one node may claim.
+    pub max_names_per_node: usize,
+    /// Service group memberships (group, member) one node may hold.
+    pub max_group_members_per_node: usize,
+    /// Topics one node may be interested in.
+    pub max_topics_per_node: usize,
+}
+
+impl RegistryLimits {
+    /// The limits a node with this tuning applies.
+    pub fn from_tuning(tuning: &crate::spec::Tuning) -> RegistryLimits {
+        RegistryLimits {
+            max_name_len: tuning.max_name_len,
+            max_names_per_node: tuning.max_names_per_node,
+            max_group_members_per_node: tuning.max_group_members_per_node,
+            max_topics_per_node: tuning.max_topics_per_node,
+        }
+    }
+}
+
+impl Default for RegistryLimits {
+    fn default() -> RegistryLimits {
+        RegistryLimits::from_tuning(&crate::spec::Tuning::default())
+    }
+}
+
+/// How many entries one peer holds in this node's directory.
+#[derive(Clone, Copy, Debug, Default)]
+struct Load {
+    names: usize,
+    group_members: usize,
+    topics: usize,
+}
 
 /// Snapshot chunks stay under this many bytes of names.
 const SNAPSHOT_CHUNK_BYTES: usize = 128 * 1024;
@@ -40,6 +103,15 @@ pub enum Effect {
         name: String,
         /// This node's claimant.
         claimant: MailboxId,
+    },
+    /// This node has just seen `name` become claimed by more than one
+    /// mailbox (once per conflict: reported again only after the name has
+    /// had a single claimant in between). The node logs it and counts it.
+    NameConflict {
+        /// The contested name.
+        name: String,
+        /// Every claimant, the winner (lowest id) first.
+        claimants: Vec<MailboxId>,
     },
     /// Every peer has acknowledged the sync with this sequence number.
     SyncDone(u64),
@@ -82,6 +154,35 @@ impl std::fmt::Display for RegistryError {
 
 impl std::error::Error for RegistryError {}
 
+/// Why a registry message from a peer was not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerError {
+    /// The message broke the protocol (for instance it claimed a mailbox of
+    /// another node): it is ignored, the link carries on.
+    Rejected(String),
+    /// The peer went over one of its [`RegistryLimits`]: the node must cut
+    /// it off (which drops everything the peer held here).
+    OverLimit(String),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Rejected(e) | PeerError::OverLimit(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+/// What this node has done about one contested name.
+#[derive(Clone, Copy, Debug, Default)]
+struct Conflict {
+    /// The local claimant last told with `MultipleClaim`, and whether it
+    /// was the winner then (a winner that later loses is told again).
+    told: Option<(MailboxId, bool)>,
+}
+
 /// One node's view of the cluster's names.
 #[derive(Debug)]
 pub struct Registry {
@@ -90,19 +191,25 @@ pub struct Registry {
     local_by_id: HashMap<MailboxId, BTreeSet<String>>,
     remote: BTreeMap<String, BTreeMap<NodeId, MailboxId>>,
     connected: BTreeSet<NodeId>,
-    /// Names whose current conflict the local claimant has been told about.
-    conflicted: BTreeSet<String>,
-    round_robin: HashMap<String, usize>,
+    /// Names claimed more than once in this view, and what the local
+    /// claimant was told.
+    conflicts: BTreeMap<String, Conflict>,
     groups: BTreeMap<String, BTreeSet<MailboxId>>,
+    /// Memberships in `groups` (pairs), against the cap.
+    local_members: usize,
     member_of: HashMap<MailboxId, BTreeSet<String>>,
     remote_groups: BTreeMap<String, BTreeMap<NodeId, BTreeSet<MailboxId>>>,
     group_turns: HashMap<String, usize>,
     topics: BTreeMap<String, BTreeSet<MailboxId>>,
     subscribed_to: HashMap<MailboxId, BTreeSet<String>>,
     topic_interest: BTreeMap<String, BTreeSet<NodeId>>,
-    multiple_claims: u64,
+    /// `MultipleClaim` notices handed out.
+    multiple_claim_notices: u64,
     next_sync: u64,
     pending_syncs: BTreeMap<u64, BTreeSet<NodeId>>,
+    limits: RegistryLimits,
+    /// What each connected peer holds here, against the caps.
+    loads: HashMap<NodeId, Load>,
 }
 
 /// A JSON-friendly dump of a registry view (reign's `NamesDebugger`).
@@ -118,34 +225,54 @@ pub struct RegistryDump {
     pub address_count: usize,
     /// Claims held by each node, as this node sees them.
     pub claims_per_node: BTreeMap<u16, usize>,
-    /// `MultipleClaim` notifications sent by this node.
-    pub multiple_claims: u64,
+    /// Names claimed more than once right now (Go reign's
+    /// `MultipleClaimCount`).
+    pub multiple_claims: usize,
+    /// `MultipleClaim` notices this node has sent its claimants.
+    pub multiple_claim_notices: u64,
     /// Syncs waiting for acknowledgements.
     pub pending_syncs: usize,
 }
 
 impl Registry {
-    /// An empty registry for node `me`.
+    /// An empty registry for node `me`, with the default limits.
     pub fn new(me: NodeId) -> Registry {
+        Registry::with_limits(me, RegistryLimits::default())
+    }
+
+    /// An empty registry for node `me` with these limits.
+    pub fn with_limits(me: NodeId, limits: RegistryLimits) -> Registry {
         Registry {
             me,
             local: BTreeMap::new(),
             local_by_id: HashMap::new(),
             remote: BTreeMap::new(),
             connected: BTreeSet::new(),
-            conflicted: BTreeSet::new(),
-            round_robin: HashMap::new(),
+            conflicts: BTreeMap::new(),
             groups: BTreeMap::new(),
+            local_members: 0,
             member_of: HashMap::new(),
             remote_groups: BTreeMap::new(),
             group_turns: HashMap::new(),
             topics: BTreeMap::new(),
             subscribed_to: HashMap::new(),
             topic_interest: BTreeMap::new(),
-            multiple_claims: 0,
+            multiple_claim_notices: 0,
             next_sync: 1,
             pending_syncs: BTreeMap::new(),
+            limits,
+            loads: HashMap::new(),
         }
+    }
+
+    /// Changes the limits. Entries already held over a lowered cap stay.
+    pub fn set_limits(&mut self, limits: RegistryLimits) {
+        self.limits = limits;
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> RegistryLimits {
+        self.limits
     }
 
     fn broadcast(&self, control: Control, effects: &mut Vec<Effect>) {
@@ -154,24 +281,54 @@ impl Registry {
         }
     }
 
-    /// Re-evaluates the conflict state of `name`, telling the local claimant
-    /// when a conflict begins.
+    /// Every claimant of `name` in this view, the winner (lowest id) first.
+    fn claimants(&self, name: &str) -> Vec<MailboxId> {
+        let mut all: Vec<MailboxId> = self.local.get(name).copied().into_iter().collect();
+        if let Some(claims) = self.remote.get(name) {
+            all.extend(claims.values().copied());
+        }
+        all.sort_unstable();
+        all
+    }
+
+    /// Re-evaluates the conflict state of `name` after any change to its
+    /// claims: reports a conflict when it begins, and tells the local
+    /// claimant when it becomes party to one or loses a win it held.
     fn check_conflict(&mut self, name: &str, effects: &mut Vec<Effect>) {
+        let claimants = self.claimants(name);
+        if claimants.len() < 2 {
+            self.conflicts.remove(name);
+            return;
+        }
+        let winner = claimants[0];
         let local = self.local.get(name).copied();
-        let remote_claims = self.remote.get(name).is_some_and(|m| !m.is_empty());
-        match local {
-            Some(claimant) if remote_claims => {
-                if self.conflicted.insert(name.to_owned()) {
-                    self.multiple_claims += 1;
-                    effects.push(Effect::MultipleClaim {
-                        name: name.to_owned(),
-                        claimant,
-                    });
-                }
+        let conflict = match self.conflicts.get_mut(name) {
+            Some(conflict) => conflict,
+            None => {
+                effects.push(Effect::NameConflict {
+                    name: name.to_owned(),
+                    claimants,
+                });
+                self.conflicts.entry(name.to_owned()).or_default()
             }
-            _ => {
-                self.conflicted.remove(name);
-            }
+        };
+        let Some(claimant) = local else {
+            // A local claimant that comes back is a new party.
+            conflict.told = None;
+            return;
+        };
+        let wins = claimant == winner;
+        let tell = match conflict.told {
+            None => true,
+            Some((told, was_winner)) => told != claimant || (was_winner && !wins),
+        };
+        conflict.told = Some((claimant, wins));
+        if tell {
+            self.multiple_claim_notices += 1;
+            effects.push(Effect::MultipleClaim {
+                name: name.to_owned(),
+                claimant,
+            });
         }
     }
 
@@ -183,9 +340,14 @@ impl Registry {
                 reason: "the mailbox belongs to another node",
             });
         }
-        if name.len() > MAX_NAME_LEN {
+        if name.len() > self.limits.max_name_len {
             return Err(RegistryError::CantRegister {
-                reason: "the name is longer than 4096 bytes",
+                reason: "the name is longer than max_name_len",
+            });
+        }
+        if !self.local.contains_key(name) && self.local.len() >= self.limits.max_names_per_node {
+            return Err(RegistryError::CantRegister {
+                reason: "this node already claims max_names_per_node names",
             });
         }
         let mut effects = Vec::new();
@@ -199,8 +361,6 @@ impl Registry {
                     self.local_by_id.remove(&old);
                 }
             }
-            // A new claimant is a new party to any conflict.
-            self.conflicted.remove(name);
         }
         self.local_by_id
             .entry(id)
@@ -274,7 +434,17 @@ impl Registry {
     pub fn join(&mut self, group: &str, id: MailboxId) -> Result<Vec<Effect>, RegistryError> {
         self.check_local(group, id)?;
         let mut effects = Vec::new();
+        let already = self.groups.get(group).is_some_and(|m| m.contains(&id));
+        if already {
+            return Ok(effects);
+        }
+        if self.local_members >= self.limits.max_group_members_per_node {
+            return Err(RegistryError::CantRegister {
+                reason: "this node already holds max_group_members_per_node group memberships",
+            });
+        }
         if self.groups.entry(group.to_owned()).or_default().insert(id) {
+            self.local_members += 1;
             self.member_of
                 .entry(id)
                 .or_default()
@@ -298,6 +468,7 @@ impl Registry {
                 group: group.to_owned(),
             });
         }
+        self.local_members -= 1;
         if self.groups.get(group).is_some_and(BTreeSet::is_empty) {
             self.groups.remove(group);
         }
@@ -323,6 +494,12 @@ impl Registry {
     pub fn subscribe(&mut self, topic: &str, id: MailboxId) -> Result<Vec<Effect>, RegistryError> {
         self.check_local(topic, id)?;
         let mut effects = Vec::new();
+        if !self.topics.contains_key(topic) && self.topics.len() >= self.limits.max_topics_per_node
+        {
+            return Err(RegistryError::CantRegister {
+                reason: "this node is already interested in max_topics_per_node topics",
+            });
+        }
         let subscribers = self.topics.entry(topic.to_owned()).or_default();
         let first = subscribers.is_empty();
         if subscribers.insert(id) {
@@ -381,9 +558,9 @@ impl Registry {
                 reason: "the mailbox belongs to another node",
             });
         }
-        if name.len() > MAX_NAME_LEN {
+        if name.len() > self.limits.max_name_len {
             return Err(RegistryError::CantRegister {
-                reason: "the name is longer than 4096 bytes",
+                reason: "the name is longer than max_name_len",
             });
         }
         Ok(())
@@ -528,6 +705,7 @@ impl Registry {
     }
 
     fn forget_claims_of(&mut self, peer: NodeId, effects: &mut Vec<Effect>) {
+        self.loads.remove(&peer);
         let mut touched = Vec::new();
         self.remote.retain(|name, claims| {
             if claims.remove(&peer).is_some() {
@@ -548,27 +726,107 @@ impl Registry {
         });
     }
 
-    fn remote_claim(&mut self, peer: NodeId, name: String, id: MailboxId) -> Result<(), String> {
-        if id.node != peer {
-            return Err(format!(
-                "node {} claimed {name:?} for {id:?}, a mailbox of another node",
-                peer.0
-            ));
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(format!(
-                "node {} claimed a name of {} bytes",
+    /// Refuses a name, group or topic from `peer` longer than the cap.
+    fn check_len(&self, peer: NodeId, what: &str, name: &str) -> Result<(), PeerError> {
+        if name.len() > self.limits.max_name_len {
+            return Err(PeerError::OverLimit(format!(
+                "node {} sent a {what} of {} bytes, over max_name_len ({})",
                 peer.0,
-                name.len()
-            ));
+                name.len(),
+                self.limits.max_name_len
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses `id` unless it is a mailbox of `peer` itself.
+    fn check_owner(peer: NodeId, id: MailboxId, what: String) -> Result<(), PeerError> {
+        if id.node != peer {
+            return Err(PeerError::Rejected(format!(
+                "node {} {what} {id:?}, a mailbox of another node",
+                peer.0
+            )));
+        }
+        Ok(())
+    }
+
+    fn remote_claim(&mut self, peer: NodeId, name: String, id: MailboxId) -> Result<(), PeerError> {
+        Registry::check_owner(peer, id, format!("claimed {name:?} for"))?;
+        self.check_len(peer, "name", &name)?;
+        let max = self.limits.max_names_per_node;
+        let load = self.loads.entry(peer).or_default();
+        let claims = self.remote.get(&name);
+        if !claims.is_some_and(|c| c.contains_key(&peer)) {
+            if load.names >= max {
+                return Err(PeerError::OverLimit(format!(
+                    "node {} claimed more than max_names_per_node ({max}) names",
+                    peer.0
+                )));
+            }
+            load.names += 1;
         }
         self.remote.entry(name).or_default().insert(peer, id);
         Ok(())
     }
 
-    /// Applies a registry control message from a connected peer. `Err`
-    /// means the peer broke the protocol (the claim is ignored).
-    pub fn on_control(&mut self, peer: NodeId, control: Control) -> Result<Vec<Effect>, String> {
+    fn remote_join(&mut self, peer: NodeId, group: String, id: MailboxId) -> Result<(), PeerError> {
+        Registry::check_owner(peer, id, format!("added to service {group:?}"))?;
+        self.check_len(peer, "service group", &group)?;
+        let max = self.limits.max_group_members_per_node;
+        let load = self.loads.entry(peer).or_default();
+        let known = self
+            .remote_groups
+            .get(&group)
+            .and_then(|m| m.get(&peer))
+            .is_some_and(|ids| ids.contains(&id));
+        if known {
+            return Ok(());
+        }
+        if load.group_members >= max {
+            return Err(PeerError::OverLimit(format!(
+                "node {} held more than max_group_members_per_node ({max}) group memberships",
+                peer.0
+            )));
+        }
+        load.group_members += 1;
+        self.remote_groups
+            .entry(group)
+            .or_default()
+            .entry(peer)
+            .or_default()
+            .insert(id);
+        Ok(())
+    }
+
+    fn remote_interest(&mut self, peer: NodeId, topic: String) -> Result<(), PeerError> {
+        self.check_len(peer, "topic", &topic)?;
+        let max = self.limits.max_topics_per_node;
+        let load = self.loads.entry(peer).or_default();
+        if self
+            .topic_interest
+            .get(&topic)
+            .is_some_and(|n| n.contains(&peer))
+        {
+            return Ok(());
+        }
+        if load.topics >= max {
+            return Err(PeerError::OverLimit(format!(
+                "node {} was interested in more than max_topics_per_node ({max}) topics",
+                peer.0
+            )));
+        }
+        load.topics += 1;
+        self.topic_interest.entry(topic).or_default().insert(peer);
+        Ok(())
+    }
+
+    /// Applies a registry control message from a connected peer.
+    /// [`PeerError::Rejected`] means the peer broke the protocol (that
+    /// message is ignored); [`PeerError::OverLimit`] means the peer went
+    /// over a cap: the caller must cut it off and call
+    /// [`peer_down`](Registry::peer_down). Within a snapshot, the deltas
+    /// before an over-limit one are applied (and go with the peer).
+    pub fn on_control(&mut self, peer: NodeId, control: Control) -> Result<Vec<Effect>, PeerError> {
         let mut effects = Vec::new();
         match control {
             Control::Snapshot { deltas, .. } => {
@@ -578,10 +836,11 @@ impl Registry {
                         Control::Claim { .. } | Control::Join { .. } | Control::Interest { .. } => {
                             self.on_control(peer, delta)
                         }
-                        other => Err(format!("{other:?} inside a snapshot")),
+                        other => Err(PeerError::Rejected(format!("{other:?} inside a snapshot"))),
                     };
                     match result {
                         Ok(more) => effects.extend(more),
+                        Err(e @ PeerError::OverLimit(_)) => return Err(e),
                         Err(e) => {
                             first_error.get_or_insert(e);
                         }
@@ -591,24 +850,15 @@ impl Registry {
                     return Err(e);
                 }
             }
-            Control::Join { group, id } => {
-                if id.node != peer {
-                    return Err(format!(
-                        "node {} added {id:?}, a mailbox of another node, to service {group:?}",
-                        peer.0
-                    ));
-                }
-                self.remote_groups
-                    .entry(group)
-                    .or_default()
-                    .entry(peer)
-                    .or_default()
-                    .insert(id);
-            }
+            Control::Join { group, id } => self.remote_join(peer, group, id)?,
             Control::Leave { group, id } => {
                 if let Some(members) = self.remote_groups.get_mut(&group) {
                     if let Some(of_peer) = members.get_mut(&peer) {
-                        of_peer.remove(&id);
+                        if of_peer.remove(&id) {
+                            if let Some(load) = self.loads.get_mut(&peer) {
+                                load.group_members -= 1;
+                            }
+                        }
                         if of_peer.is_empty() {
                             members.remove(&peer);
                         }
@@ -620,9 +870,13 @@ impl Registry {
             }
             Control::Interest { topic, interested } => {
                 if interested {
-                    self.topic_interest.entry(topic).or_default().insert(peer);
+                    self.remote_interest(peer, topic)?;
                 } else if let Some(nodes) = self.topic_interest.get_mut(&topic) {
-                    nodes.remove(&peer);
+                    if nodes.remove(&peer) {
+                        if let Some(load) = self.loads.get_mut(&peer) {
+                            load.topics -= 1;
+                        }
+                    }
                     if nodes.is_empty() {
                         self.topic_interest.remove(&topic);
                     }
@@ -637,6 +891,9 @@ impl Registry {
                 if let Some(claims) = self.remote.get_mut(&name) {
                     if claims.get(&peer) == Some(&id) {
                         claims.remove(&peer);
+                        if let Some(load) = self.loads.get_mut(&peer) {
+                            load.names -= 1;
+                        }
                         if claims.is_empty() {
                             self.remote.remove(&name);
                         }
@@ -656,7 +913,11 @@ impl Registry {
                     }
                 }
             }
-            other => return Err(format!("not a registry message: {other:?}")),
+            other => {
+                return Err(PeerError::Rejected(format!(
+                    "not a registry message: {other:?}"
+                )))
+            }
         }
         Ok(effects)
     }
@@ -678,26 +939,24 @@ impl Registry {
         (seq, effects)
     }
 
-    /// The claimant to use for `name`: the local one if any, otherwise the
-    /// remote claimants in turn (round-robin per name, deterministic).
-    pub fn lookup(&mut self, name: &str) -> Option<MailboxId> {
-        if let Some(id) = self.local.get(name) {
-            return Some(*id);
+    /// The claimant to use for `name`: the only one, or when several
+    /// claim it the winner, the lowest [`MailboxId`]. Every node that sees
+    /// the same claims picks the same one.
+    pub fn lookup(&self, name: &str) -> Option<MailboxId> {
+        let local = self.local.get(name).copied();
+        let remote = self
+            .remote
+            .get(name)
+            .and_then(|claims| claims.values().min().copied());
+        match (local, remote) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
-        let claims = self.remote.get(name)?;
-        let turn = self.round_robin.entry(name.to_owned()).or_insert(0);
-        let id = claims.values().nth(*turn % claims.len()).copied();
-        *turn = turn.wrapping_add(1);
-        id
     }
 
-    /// Every claimant of `name`, local first.
+    /// Every claimant of `name`, the winner first, then by id.
     pub fn lookup_all(&self, name: &str) -> Vec<MailboxId> {
-        let mut all: Vec<MailboxId> = self.local.get(name).copied().into_iter().collect();
-        if let Some(claims) = self.remote.get(name) {
-            all.extend(claims.values().copied());
-        }
-        all
+        self.claimants(name)
     }
 
     /// Whether each name has at least one claimant.
@@ -752,9 +1011,22 @@ impl Registry {
         view
     }
 
-    /// `MultipleClaim` notifications sent so far.
-    pub fn multiple_claim_count(&self) -> u64 {
-        self.multiple_claims
+    /// Names claimed more than once right now, in this node's view (Go
+    /// reign's `MultipleClaimCount`: it falls as conflicts end).
+    pub fn multiple_claim_count(&self) -> usize {
+        self.conflicts.len()
+    }
+
+    /// `MultipleClaim` notices handed to this node's claimants so far.
+    pub fn multiple_claim_notices(&self) -> u64 {
+        self.multiple_claim_notices
+    }
+
+    /// How many names, group memberships and topics `peer` holds here.
+    pub fn peer_load(&self, peer: NodeId) -> (usize, usize, usize) {
+        self.loads
+            .get(&peer)
+            .map_or((0, 0, 0), |l| (l.names, l.group_members, l.topics))
     }
 
     /// Syncs waiting for acknowledgements.
@@ -782,7 +1054,8 @@ impl Registry {
                 .map(|(name, ids)| (name, ids.iter().map(|id| format!("{id:?}")).collect()))
                 .collect(),
             claims_per_node,
-            multiple_claims: self.multiple_claims,
+            multiple_claims: self.conflicts.len(),
+            multiple_claim_notices: self.multiple_claim_notices,
             pending_syncs: self.pending_syncs.len(),
         }
     }
@@ -859,10 +1132,16 @@ mod tests {
             .unwrap();
         assert_eq!(
             effects,
-            vec![Effect::MultipleClaim {
-                name: "svc".into(),
-                claimant: id(0, 1)
-            }]
+            vec![
+                Effect::NameConflict {
+                    name: "svc".into(),
+                    claimants: vec![id(0, 1), id(1, 1)]
+                },
+                Effect::MultipleClaim {
+                    name: "svc".into(),
+                    claimant: id(0, 1)
+                }
+            ]
         );
         // The same conflict again: no second notification.
         let effects = r
@@ -875,9 +1154,11 @@ mod tests {
             )
             .unwrap();
         assert!(effects.is_empty());
+        assert_eq!(r.multiple_claim_notices(), 1);
         assert_eq!(r.multiple_claim_count(), 1);
         // The conflict ends and begins again (a partition heals): told again.
         r.peer_down(NodeId(1));
+        assert_eq!(r.multiple_claim_count(), 0);
         r.peer_up(NodeId(1));
         let effects = r
             .on_control(
@@ -891,12 +1172,52 @@ mod tests {
                 },
             )
             .unwrap();
-        assert_eq!(effects.len(), 1);
-        assert_eq!(r.multiple_claim_count(), 2);
+        assert_eq!(effects.len(), 2);
+        assert_eq!(r.multiple_claim_notices(), 2);
     }
 
     #[test]
-    fn lookups_prefer_local_then_round_robin() {
+    fn a_winner_that_loses_is_told_again_and_lookups_follow_the_lowest_id() {
+        let mut r = Registry::new(NodeId(1));
+        r.peer_up(NodeId(0));
+        r.peer_up(NodeId(2));
+        r.register("svc", id(1, 5)).unwrap();
+        let claim = |node, serial| Control::Claim {
+            name: "svc".into(),
+            id: id(node, serial),
+        };
+        // Node 2 claims: node 1's claimant wins, and is told once.
+        let effects = r.on_control(NodeId(2), claim(2, 1)).unwrap();
+        assert_eq!(effects.len(), 2, "{effects:?}");
+        assert_eq!(r.lookup("svc"), Some(id(1, 5)));
+        // Node 0 claims: node 1's claimant loses its win and is told again,
+        // but the conflict is not reported twice.
+        let effects = r.on_control(NodeId(0), claim(0, 9)).unwrap();
+        assert_eq!(
+            effects,
+            vec![Effect::MultipleClaim {
+                name: "svc".into(),
+                claimant: id(1, 5)
+            }]
+        );
+        assert_eq!(r.lookup("svc"), Some(id(0, 9)));
+        assert_eq!(r.lookup_all("svc"), vec![id(0, 9), id(1, 5), id(2, 1)]);
+        // The winner goes: the next lowest takes over.
+        r.on_control(
+            NodeId(0),
+            Control::Unclaim {
+                name: "svc".into(),
+                id: id(0, 9),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.lookup("svc"), Some(id(1, 5)));
+        assert_eq!(r.multiple_claim_count(), 1);
+        assert_eq!(r.multiple_claim_notices(), 2);
+    }
+
+    #[test]
+    fn lookups_agree_on_the_lowest_claimant() {
         let mut r = Registry::new(NodeId(0));
         for n in 1..=2 {
             r.peer_up(NodeId(n));
@@ -910,11 +1231,134 @@ mod tests {
             .unwrap();
         }
         let picks: Vec<_> = (0..4).map(|_| r.lookup("svc").unwrap().node.0).collect();
-        assert_eq!(picks, [1, 2, 1, 2]);
+        assert_eq!(picks, [1, 1, 1, 1]);
         r.register("svc", id(0, 9)).unwrap();
         assert_eq!(r.lookup("svc"), Some(id(0, 9)));
         assert_eq!(r.lookup_all("svc").len(), 3);
         assert_eq!(r.seen_names(&["svc", "nope"]), vec![true, false]);
+    }
+
+    fn small() -> RegistryLimits {
+        RegistryLimits {
+            max_name_len: 8,
+            max_names_per_node: 3,
+            max_group_members_per_node: 3,
+            max_topics_per_node: 3,
+        }
+    }
+
+    #[test]
+    fn a_peer_over_a_cap_is_over_limit_just_past_it() {
+        let mut r = Registry::with_limits(NodeId(0), small());
+        r.peer_up(NodeId(1));
+        let over = |r: &mut Registry, c: Control| {
+            matches!(r.on_control(NodeId(1), c), Err(PeerError::OverLimit(_)))
+        };
+        // Name length: 7 and 8 bytes pass, 9 does not.
+        for (len, ok) in [(7, true), (8, true), (9, false)] {
+            let name = "n".repeat(len);
+            let claim = Control::Claim {
+                name: name.clone(),
+                id: id(1, 1),
+            };
+            assert_eq!(over(&mut r, claim), !ok, "claim of {len} bytes");
+            let join = Control::Join {
+                group: name.clone(),
+                id: id(1, 1),
+            };
+            assert_eq!(over(&mut r, join), !ok, "group of {len} bytes");
+            let interest = Control::Interest {
+                topic: name,
+                interested: true,
+            };
+            assert_eq!(over(&mut r, interest), !ok, "topic of {len} bytes");
+        }
+        assert_eq!(r.peer_load(NodeId(1)), (2, 2, 2));
+        // At the cap (3), repeating a held entry is fine; one more is over.
+        let claim = |n: &str| Control::Claim {
+            name: n.into(),
+            id: id(1, 2),
+        };
+        assert!(r.on_control(NodeId(1), claim("c")).is_ok());
+        assert!(r.on_control(NodeId(1), claim("c")).is_ok());
+        assert!(over(&mut r, claim("d")));
+        let join = |g: &str, serial| Control::Join {
+            group: g.into(),
+            id: id(1, serial),
+        };
+        assert!(r.on_control(NodeId(1), join("g", 7)).is_ok());
+        assert!(r.on_control(NodeId(1), join("g", 7)).is_ok());
+        assert!(over(&mut r, join("g", 8)));
+        let interest = |t: &str| Control::Interest {
+            topic: t.into(),
+            interested: true,
+        };
+        assert!(r.on_control(NodeId(1), interest("t")).is_ok());
+        assert!(r.on_control(NodeId(1), interest("t")).is_ok());
+        assert!(over(&mut r, interest("u")));
+        assert_eq!(r.peer_load(NodeId(1)), (3, 3, 3));
+        // Dropping entries makes room again.
+        r.on_control(
+            NodeId(1),
+            Control::Unclaim {
+                name: "c".into(),
+                id: id(1, 2),
+            },
+        )
+        .unwrap();
+        r.on_control(
+            NodeId(1),
+            Control::Leave {
+                group: "g".into(),
+                id: id(1, 7),
+            },
+        )
+        .unwrap();
+        r.on_control(
+            NodeId(1),
+            Control::Interest {
+                topic: "t".into(),
+                interested: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.peer_load(NodeId(1)), (2, 2, 2));
+        assert!(r.on_control(NodeId(1), claim("d")).is_ok());
+        // Losing the peer drops what it held.
+        r.peer_down(NodeId(1));
+        assert_eq!(r.peer_load(NodeId(1)), (0, 0, 0));
+        assert!(r.view().is_empty() && r.group_view().is_empty() && r.topic_view().is_empty());
+        // A snapshot over the cap stops at the first delta past it.
+        r.peer_up(NodeId(1));
+        let deltas = (0..5).map(|i| claim(&format!("s{i}"))).collect();
+        assert!(over(&mut r, Control::Snapshot { deltas, last: true }));
+        assert_eq!(r.peer_load(NodeId(1)).0, 3);
+    }
+
+    #[test]
+    fn local_entries_obey_the_same_caps() {
+        let mut r = Registry::with_limits(NodeId(0), small());
+        assert!(r.register("12345678", id(0, 1)).is_ok());
+        assert!(r.register("123456789", id(0, 1)).is_err());
+        assert!(r.register("b", id(0, 1)).is_ok());
+        assert!(r.register("c", id(0, 1)).is_ok());
+        assert!(
+            r.register("c", id(0, 2)).is_ok(),
+            "a replacement is no new name"
+        );
+        assert!(r.register("d", id(0, 1)).is_err());
+        for serial in 1..=3 {
+            assert!(r.join("g", id(0, serial)).is_ok());
+        }
+        assert!(r.join("g", id(0, 3)).is_ok(), "already a member");
+        assert!(r.join("h", id(0, 1)).is_err());
+        r.leave("g", id(0, 1)).unwrap();
+        assert!(r.join("h", id(0, 1)).is_ok());
+        for topic in ["t", "u", "v"] {
+            assert!(r.subscribe(topic, id(0, 1)).is_ok());
+        }
+        assert!(r.subscribe("v", id(0, 2)).is_ok(), "not a new topic");
+        assert!(r.subscribe("w", id(0, 1)).is_err());
     }
 
     #[test]

@@ -137,6 +137,27 @@ pub struct Tuning {
     /// (systemd 90 s, Kubernetes 30 s).
     #[serde(with = "millis")]
     pub drain_timeout: Duration,
+    // registry caps (issue 15, item 7)
+    /// Longest registered name, service group or topic, in bytes. A peer
+    /// that sends a longer one is cut off. 1 KiB: names are identifiers
+    /// (Erlang caps atoms at 255 characters), and with the per-node caps
+    /// below it bounds what one peer can make this node hold to about
+    /// 40 MB even when every entry is as long as allowed.
+    pub max_name_len: usize,
+    /// Names one node may claim: this node's own claims past it are
+    /// refused, a peer that claims more is cut off. 8,192: far more
+    /// singletons than an application registers, and at most ~10 MB held
+    /// for one peer.
+    pub max_names_per_node: usize,
+    /// Service group memberships (a group and one member) one node may
+    /// hold: local joins past it are refused, a peer that holds more is cut
+    /// off. 8,192: a large worker pool per node, ~12 MB at most per peer.
+    pub max_group_members_per_node: usize,
+    /// Topics one node may have subscribers to: local subscriptions to a
+    /// new topic past it are refused, a peer interested in more is cut off.
+    /// 8,192, ~9 MB at most per peer. Every node of a cluster should share
+    /// these four caps: a node allowed more than its peers can be cut off.
+    pub max_topics_per_node: usize,
 }
 
 impl Default for Tuning {
@@ -161,6 +182,11 @@ impl Default for Tuning {
             forget_after: Duration::from_secs(120),
             // Graceful shutdown drain (issue 15, item 3).
             drain_timeout: Duration::from_secs(5),
+            // registry caps (issue 15, item 7)
+            max_name_len: crate::registry::MAX_NAME_LEN,
+            max_names_per_node: 8192,
+            max_group_members_per_node: 8192,
+            max_topics_per_node: 8192,
         }
     }
 }

@@ -49,8 +49,9 @@ counters! {
     dropped_unknown_type,
     /// `MailboxClosed` notifications delivered to watchers on this node.
     close_notifications_sent,
-    /// `MultipleClaim` notifications sent to this node's claimants.
-    multiple_claims,
+    /// `MultipleClaim` notices sent to this node's claimants (for the names
+    /// claimed more than once right now, see `Node::multiple_claim_count`).
+    multiple_claim_notices,
     /// Registry messages from peers that were refused (claims for mailboxes
     /// of another node).
     rejected_claims,
@@ -74,4 +75,13 @@ counters! {
     /// caller gave up (dropped its future, or its node went away) while they
     /// waited for a handler slot.
     cancelled_requests,
+    // registry (issue 15, items 7 and 8)
+    /// Names this node has seen become claimed by more than one mailbox
+    /// (each logged once at WARN; counted again if the conflict ends and
+    /// begins anew).
+    name_conflicts,
+    /// Peers cut off for going over a registry cap (`max_name_len`,
+    /// `max_names_per_node`, `max_group_members_per_node`,
+    /// `max_topics_per_node`).
+    registry_cutoffs,
 }

@@ -335,6 +335,8 @@ impl Core {
         network.max_frame_len = tuning.max_frame_len;
         network.set_unread_limit(tuning.max_unread_bytes);
         let node = Node::networked(me, config.incarnation, network);
+        node.inner
+            .set_registry_limits(crate::registry::RegistryLimits::from_tuning(&tuning));
         tracing::info!(
             node = me.0,
             incarnation = config.incarnation.0,
