@@ -287,7 +287,8 @@ impl<R: Runtime> Driver<R> {
             } => match self.core.accept(now, &label) {
                 Ok(conn) => self.open(conn, reader, writer),
                 Err(e) => {
-                    tracing::warn!(node = self.core.id().0, from = label, error = %e, "connection refused");
+                    // The core logged it (DEBUG) and counts it in its summary.
+                    tracing::debug!(node = self.core.id().0, from = label, error = %e, "connection refused");
                 }
             },
             DriverEvent::Connected {

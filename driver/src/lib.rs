@@ -6,6 +6,7 @@
 //! accept loop, clean shutdown, and the user-facing [`Reign`] node. An
 //! adapter supplies only a [`Runtime`]: spawn, sockets and a timer.
 
+mod accept;
 mod dev;
 mod driver;
 mod runtime;
@@ -235,12 +236,15 @@ impl<R: Runtime> Reign<R> {
         let accept_events = events_tx.clone();
         let accept_guard = guard.clone();
         let accept_stop = stop_accept.clone();
+        let accept_rt = rt.clone();
         rt.spawn(async move {
             let _guard = accept_guard;
+            let mut backoff = accept::AcceptBackoff::new(id.0);
             loop {
                 match accept_stop.guard(R::accept(&listener)).await {
                     None => return,
                     Some(Ok((reader, writer, label))) => {
+                        backoff.succeeded(Instant::now());
                         let event = DriverEvent::Accepted {
                             reader,
                             writer,
@@ -251,7 +255,10 @@ impl<R: Runtime> Reign<R> {
                         }
                     }
                     Some(Err(e)) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        let pause = backoff.failed(Instant::now(), &e);
+                        if accept_stop.guard(accept_rt.sleep(pause)).await.is_none() {
+                            return;
+                        }
                     }
                 }
             }

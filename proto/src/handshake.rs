@@ -50,6 +50,16 @@ pub enum HandshakeError {
         /// The node the peer says it is.
         claimed: NodeId,
     },
+    /// The dialer (`claimant`) meant to reach node `target`, but reached
+    /// this node (`this_node`): a stale or mistaken address.
+    MisdirectedDial {
+        /// The node the dialer meant to reach.
+        target: NodeId,
+        /// The node that answered (this one).
+        this_node: NodeId,
+        /// The node the dialer says it is.
+        claimant: NodeId,
+    },
     /// The peer's certificate does not name the node it claims to be.
     CertificateMismatch {
         /// The node claimed.
@@ -82,6 +92,15 @@ impl fmt::Display for HandshakeError {
                     expected.0, claimed.0
                 )
             }
+            HandshakeError::MisdirectedDial {
+                target,
+                this_node,
+                claimant,
+            } => write!(
+                f,
+                "wrong node: node {} dialled node {}, but reached node {}",
+                claimant.0, target.0, this_node.0
+            ),
             HandshakeError::CertificateMismatch { claimed } => write!(
                 f,
                 "peer claims to be node {} but its certificate names another node",
@@ -237,9 +256,10 @@ impl Handshake {
             return Err(HandshakeError::WrongCluster);
         }
         if hello.target != self.me {
-            return Err(HandshakeError::WrongNode {
-                expected: hello.target,
-                claimed: self.me,
+            return Err(HandshakeError::MisdirectedDial {
+                target: hello.target,
+                this_node: self.me,
+                claimant: hello.node,
             });
         }
         if let Role::Dialer { target } = self.role {
@@ -353,10 +373,20 @@ mod tests {
 
         let mut h = good.clone();
         h.target = NodeId(3);
-        assert!(matches!(
-            feed(&mut acceptor(), &h),
-            Err(HandshakeError::WrongNode { .. })
-        ));
+        let e = feed(&mut acceptor(), &h).unwrap_err();
+        assert_eq!(
+            e,
+            HandshakeError::MisdirectedDial {
+                target: NodeId(3),
+                this_node: NodeId(2),
+                claimant: NodeId(1)
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "wrong node: node 1 dialled node 3, but reached node 2",
+            "the claimant is named, not the acceptor itself"
+        );
 
         let mut h = good.clone();
         h.node = NodeId(50);

@@ -28,6 +28,7 @@ pub mod core;
 pub mod error;
 pub mod handshake;
 pub mod id;
+pub mod log_summary;
 pub mod mailbox;
 pub mod message;
 pub(crate) mod net;

@@ -327,6 +327,8 @@ pub(crate) struct Network {
     pub(crate) max_frame_len: usize,
     /// Bytes each peer's unread messages may hold (new outboxes start here).
     unread_limit: AtomicUsize,
+    /// Tunnel offers refused, per cause (summarised by the core's timer).
+    pub(crate) tunnels_refused: crate::log_summary::LogSummary,
 }
 
 impl Network {
@@ -346,6 +348,7 @@ impl Network {
             tunnel_window: 1 << 20,
             max_frame_len: crate::codec::DEFAULT_MAX_FRAME_LEN,
             unread_limit: AtomicUsize::new(DEFAULT_UNREAD_LIMIT),
+            tunnels_refused: crate::log_summary::LogSummary::new(crate::core::TUNNELS_REFUSED),
         };
         for peer in peers {
             network.add_peer(peer);

@@ -158,6 +158,20 @@ pub struct Tuning {
     /// 8,192, ~9 MB at most per peer. Every node of a cluster should share
     /// these four caps: a node allowed more than its peers can be cut off.
     pub max_topics_per_node: usize,
+    // --- outside input (issue 15 item 9: the handshake pool against slow-loris) ---
+    /// Inbound connections from one source address (IP, port ignored) that
+    /// may be handshaking at once; more from that address are refused while
+    /// connections from other addresses are still taken. Kept well under
+    /// [`max_handshaking`](Tuning::max_handshaking) so that one address,
+    /// however many sockets it opens, can never fill the pool.
+    pub max_handshaking_per_address: usize,
+    /// An inbound connection that has sent nothing (not even the first byte
+    /// of its TLS ClientHello) this long after it was accepted is closed: a
+    /// real dialer writes its ClientHello as soon as it connects, so a silent
+    /// socket only holds a handshake slot. The whole handshake still has
+    /// [`handshake_timeout`](Tuning::handshake_timeout).
+    #[serde(with = "millis")]
+    pub first_bytes_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -187,6 +201,12 @@ impl Default for Tuning {
             max_names_per_node: 8192,
             max_group_members_per_node: 8192,
             max_topics_per_node: 8192,
+            // outside input (issue 15 item 9): a quarter of the pool per
+            // address (four addresses are needed to fill it; a NAT with a
+            // few nodes behind it still handshakes them all at once), and
+            // a second for the first bytes, which a dialer writes at once.
+            max_handshaking_per_address: 16,
+            first_bytes_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -207,6 +227,10 @@ impl Tuning {
             // Graceful shutdown drain (issue 15, item 3): loopback drains
             // fast; a test with a stalled peer should not wait 5 s.
             drain_timeout: Duration::from_secs(2),
+            // outside input (issue 15 item 9): as long as the (short) test
+            // handshake timeout, so a loaded test machine slow to write a
+            // ClientHello is not cut off; tests of the deadline set it.
+            first_bytes_timeout: Duration::from_secs(2),
             ..Tuning::default()
         }
     }
@@ -431,6 +455,20 @@ impl fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
+/// A PEM error in words, after where the PEM came from (the pem crate's
+/// own message prints an END marker as a list of byte values).
+fn pem_error(source: String, e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as Pem;
+    match e {
+        Pem::MissingSectionEnd { .. } => {
+            format!("{source}: truncated (a PEM section has no END line)")
+        }
+        Pem::IllegalSectionStart { .. } => format!("{source}: a malformed BEGIN line"),
+        Pem::NoItemsFound => format!("{source}: no PEM section of the expected kind"),
+        other => format!("{source}: {other}"),
+    }
+}
+
 /// The TLS material of one node, parsed and checked.
 #[derive(Debug)]
 pub struct NodeMaterial {
@@ -549,6 +587,21 @@ impl ClusterSpec {
         Ok(nodes)
     }
 
+    /// Where TLS material came from, for errors: the file path, or the
+    /// inline PEM field.
+    fn material_source(&self, pem: &str, path: &str, node: u16) -> String {
+        if !pem.is_empty() {
+            return "the inline PEM".into();
+        }
+        let mut path = PathBuf::from(path.replace("%d", &node.to_string()));
+        if path.is_relative() {
+            if let Some(base) = &self.base_dir {
+                path = base.join(path);
+            }
+        }
+        path.display().to_string()
+    }
+
     fn material_text(
         &self,
         pem: &str,
@@ -619,7 +672,10 @@ impl ClusterSpec {
             .collect::<Result<_, _>>()
             .map_err(|e| SpecError::BadPem {
                 field: "node_cert",
-                error: e.to_string(),
+                error: pem_error(
+                    self.material_source(&self.node_cert_pem, &self.node_cert_path, node.0),
+                    &e,
+                ),
             })?;
         if cert_chain.is_empty() {
             return Err(SpecError::BadPem {
@@ -629,12 +685,18 @@ impl ClusterSpec {
         }
         let key = PrivateKeyDer::from_pem_slice(&key_text).map_err(|e| SpecError::BadPem {
             field: "node_key",
-            error: e.to_string(),
+            error: pem_error(
+                self.material_source(&self.node_key_pem, &self.node_key_path, node.0),
+                &e,
+            ),
         })?;
         let cluster_cert =
             CertificateDer::from_pem_slice(&ca_text).map_err(|e| SpecError::BadPem {
                 field: "cluster_cert",
-                error: e.to_string(),
+                error: pem_error(
+                    self.material_source(&self.cluster_cert_pem, &self.cluster_cert_path, node.0),
+                    &e,
+                ),
             })?;
         let material = NodeMaterial {
             cert_chain,

@@ -832,11 +832,14 @@ impl NodeInner {
             }
             if table.offered_by.get(&key.peer).copied().unwrap_or(0) >= MAX_TUNNELS_PER_PEER {
                 drop(table);
-                tracing::warn!(
+                tracing::debug!(
                     node = self.id.0,
                     peer = key.peer.0,
                     "refusing a tunnel: too many open"
                 );
+                self.network()
+                    .tunnels_refused
+                    .record("with too many open from their node");
                 reject("too many tunnels open from your node");
                 return;
             }

@@ -75,6 +75,7 @@ impl Core {
             self.drop_conn(now, old_id, "replaced by a newer connection".into(), true);
         }
         conn.phase = Phase::Up { peer: peer_id };
+        self.inbound.remove(&conn.id);
         conn.next_ping = now + self.tuning.ping_interval;
         conn.ping_outstanding = false;
         conn.ping_failures = 0;
@@ -116,19 +117,27 @@ impl Core {
     /// Closes a connection for a protocol or TLS failure, sending what is
     /// queued (a goodbye or an alert) first.
     pub(super) fn fail_conn(&mut self, now: Instant, id: ConnId, reason: String) {
+        let refusal = self.refusal.take();
+        let orderly = reason.starts_with(GOODBYE) || reason == DUPLICATE;
+        if self.is_inbound_handshake(id) && !orderly {
+            // Outside input: DEBUG and the summary, never a line each.
+            let cause = refusal.unwrap_or_else(|| outside::cause_of(&reason));
+            self.note_refusal(id, cause, &reason);
+        }
         if let Some(c) = self.conns.get_mut(&id) {
-            let orderly = reason.starts_with(GOODBYE) || reason == DUPLICATE;
-            if orderly {
-                // Logged as a lost connection by `peer_down`, at warn level.
+            if orderly || (c.dialed.is_none() && c.peer().is_none()) {
+                // Logged as a lost connection by `peer_down`, at warn level,
+                // or (inbound, not authenticated) counted above.
             } else if c.peer().is_some() {
                 tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason, "closing connection");
             } else if !reason.starts_with("handshake failed") {
                 tracing::error!(
                     node = self.me.0,
                     conn = %id,
-                    from = %c.label,
+                    to = %c.label,
+                    peer = c.dialed.map(|n| n.0),
                     reason,
-                    "connection refused during handshake"
+                    "dialled connection failed during the handshake"
                 );
             }
             c.flush_control();
@@ -153,6 +162,7 @@ impl Core {
             return;
         };
         self.dirty.remove(&id);
+        self.inbound.remove(&id);
         self.probes.retain(|_, p| p.conn != id);
         if self.paused.remove(&id) {
             if let Some(outbox) = conn
@@ -309,6 +319,16 @@ impl Core {
                                 self.tuning.handshake_timeout
                             ),
                         ));
+                    } else if now >= conn.opened_at + self.tuning.first_bytes_timeout
+                        && self.inbound.get(&id).is_some_and(|i| !i.heard)
+                    {
+                        failures.push((
+                            id,
+                            format!(
+                                "nothing received within {:?} of accepting",
+                                self.tuning.first_bytes_timeout
+                            ),
+                        ));
                     }
                 }
                 Phase::Up { .. } => {
@@ -351,9 +371,23 @@ impl Core {
             }
         }
         for (id, reason) in failures {
-            if let Some(c) = self.conns.get(&id) {
+            if let Some(inbound) = self.inbound.get(&id) {
+                let cause = if inbound.heard {
+                    outside::SLOW
+                } else {
+                    outside::SILENT
+                };
+                self.note_refusal(id, cause, &reason);
+            } else if let Some(c) = self.conns.get(&id) {
                 if c.peer().is_none() {
-                    tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason, "handshake timed out");
+                    tracing::error!(
+                        node = self.me.0,
+                        conn = %id,
+                        peer = c.dialed.map(|n| n.0),
+                        to = %c.label,
+                        reason,
+                        "handshake with a dialled peer timed out"
+                    );
                 }
             }
             self.drop_conn(now, id, reason, true);

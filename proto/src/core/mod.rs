@@ -19,6 +19,7 @@ mod backoff;
 mod conn;
 mod lifecycle;
 mod membership;
+mod outside;
 mod receive;
 mod send;
 
@@ -34,6 +35,7 @@ pub use backoff::Backoff;
 pub use conn::ConnId;
 use conn::{Conn, Phase};
 pub use membership::{ReloadError, Reloaded, ID_IN_USE};
+pub(crate) use outside::TUNNELS_REFUSED;
 
 use crate::codec::frame::{self, FrameError};
 use crate::codec::{Frame, FRAGMENT_LEN};
@@ -202,6 +204,14 @@ pub enum AcceptError {
         /// The limit.
         limit: usize,
     },
+    /// Too many connections from this connection's source address are
+    /// handshaking already ([`Tuning::max_handshaking_per_address`]).
+    TooManyFromAddress {
+        /// The source address (IP) as the core keyed it.
+        address: String,
+        /// The limit.
+        limit: usize,
+    },
     /// The node is shutting down.
     ShuttingDown,
     /// rustls could not make a session.
@@ -213,6 +223,12 @@ impl std::fmt::Display for AcceptError {
         match self {
             AcceptError::TooManyHandshakes { limit } => {
                 write!(f, "{limit} connections are handshaking already")
+            }
+            AcceptError::TooManyFromAddress { address, limit } => {
+                write!(
+                    f,
+                    "{limit} connections from {address} are handshaking already"
+                )
             }
             AcceptError::ShuttingDown => write!(f, "the node is shutting down"),
             AcceptError::Tls(e) => write!(f, "TLS session refused: {e}"),
@@ -315,6 +331,16 @@ pub struct Core {
     /// While a graceful shutdown drains the outbound queues: when it gives
     /// up and drops what is left (see [`Tuning::drain_timeout`]).
     drain_until: Option<Instant>,
+    /// Inbound connections still handshaking, with their source address
+    /// (the handshake pool; see [`outside`]).
+    inbound: BTreeMap<ConnId, outside::Inbound>,
+    /// Inbound connections refused before authentication, per cause.
+    refused: crate::log_summary::LogSummary,
+    /// Messages from peers dropped on arrival, per cause.
+    dropped: crate::log_summary::LogSummary,
+    /// Why the pre-auth connection being failed now was refused, set where
+    /// the typed error is known and taken by [`fail_conn`](Core::fail_conn).
+    refusal: Option<&'static str>,
 }
 
 impl Core {
@@ -373,6 +399,10 @@ impl Core {
             leaving: Vec::new(),
             shutting_down: false,
             drain_until: None,
+            inbound: BTreeMap::new(),
+            refused: crate::log_summary::LogSummary::new(outside::REFUSED),
+            dropped: crate::log_summary::LogSummary::new(outside::DROPPED),
+            refusal: None,
         };
         for descriptor in spec.nodes.values().filter(|d| NodeId(d.id) != me) {
             core.add_member(now, descriptor.clone(), false);
@@ -427,22 +457,8 @@ impl Core {
         if self.shutting_down {
             return Err(AcceptError::ShuttingDown);
         }
-        let handshaking = self
-            .conns
-            .values()
-            .filter(|c| c.dialed.is_none() && c.peer().is_none())
-            .count();
-        if handshaking >= self.tuning.max_handshaking {
-            tracing::warn!(
-                node = self.me.0,
-                from = label,
-                limit = self.tuning.max_handshaking,
-                "refusing connection: too many handshakes in progress"
-            );
-            return Err(AcceptError::TooManyHandshakes {
-                limit: self.tuning.max_handshaking,
-            });
-        }
+        let source = outside::source_of(label);
+        self.admit_handshake(now, label, &source)?;
         let mut tls = self
             .tls
             .server()
@@ -466,6 +482,13 @@ impl Core {
         );
         tracing::debug!(node = self.me.0, %id, from = label, "accepted connection");
         self.conns.insert(id, conn);
+        self.inbound.insert(
+            id,
+            outside::Inbound {
+                source,
+                heard: false,
+            },
+        );
         Ok(id)
     }
 
@@ -542,6 +565,9 @@ impl Core {
                 }
             }
             Input::Closed { conn, error } => {
+                if self.is_inbound_handshake(conn) {
+                    self.note_refusal(conn, outside::CLOSED, error.unwrap_or("end of stream"));
+                }
                 if self.conns.contains_key(&conn) {
                     let reason = match error {
                         Some(e) => format!("connection error: {e}"),
@@ -552,6 +578,7 @@ impl Core {
             }
             Input::Timeout => self.run_timers(now),
         }
+        self.tick_summaries(now);
     }
 
     /// The next thing for the driver to do, if any. Call until `None` after
@@ -589,7 +616,10 @@ impl Core {
                     consider(conn.last_recv + self.tuning.read_deadline);
                 }
                 Phase::Dialing | Phase::Handshaking => {
-                    consider(conn.opened_at + self.tuning.handshake_timeout)
+                    consider(conn.opened_at + self.tuning.handshake_timeout);
+                    if self.inbound.get(&conn.id).is_some_and(|i| !i.heard) {
+                        consider(conn.opened_at + self.tuning.first_bytes_timeout);
+                    }
                 }
             }
         }
@@ -608,6 +638,9 @@ impl Core {
             consider(t);
         }
         if let Some(t) = self.drain_until {
+            consider(t);
+        }
+        for t in self.summaries_due() {
             consider(t);
         }
         earliest

@@ -4,6 +4,9 @@ use super::*;
 
 impl Core {
     pub(super) fn on_received(&mut self, now: Instant, id: ConnId, bytes: &[u8]) {
+        if !self.inbound.is_empty() {
+            self.heard_from(id);
+        }
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
@@ -37,7 +40,10 @@ impl Core {
             }
         }
         let failure = match (result, failure) {
-            (Err(tls_error), _) => Some(format!("TLS error: {tls_error}")),
+            (Err(tls_error), _) => {
+                self.refusal = Some(outside::tls_cause(&tls_error));
+                Some(format!("TLS error: {tls_error}"))
+            }
             (Ok(()), f) => f,
         };
         self.flush_deliveries();
@@ -234,13 +240,19 @@ impl Core {
                             }));
                     }
                 }
-                tracing::error!(
-                    node = self.me.0,
-                    conn = %conn.id,
-                    from = %conn.label,
-                    error = %e,
-                    "handshake failed; closing the connection"
-                );
+                if conn.dialed.is_some() {
+                    tracing::error!(
+                        node = self.me.0,
+                        conn = %conn.id,
+                        to = %conn.label,
+                        peer = conn.dialed.map(|n| n.0),
+                        error = %e,
+                        "handshake with a dialled peer failed; closing the connection"
+                    );
+                } else {
+                    // Logged at DEBUG and summarised by `fail_conn`.
+                    self.refusal = Some(outside::handshake_cause(&e));
+                }
                 conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(&e.to_string())));
                 Err(format!("handshake failed: {e}"))
             }
@@ -256,7 +268,8 @@ impl Core {
                     node.counters
                         .dropped_unknown_type
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
+                    self.dropped.record(outside::UNKNOWN_TYPE);
+                    tracing::debug!(
                         node = self.me.0,
                         from = peer.0,
                         tag = format_args!("{:#018x}", tag.0),
