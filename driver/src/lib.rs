@@ -461,7 +461,8 @@ impl<R: Runtime> Reign<R> {
     /// Opens a tunnel to one member of a service group (or an address),
     /// waiting at most `timeout` for the member to accept. On a timeout (or
     /// if this future is dropped) the half-open tunnel is closed: its entry
-    /// goes on both nodes, and a member that accepts afterwards gets an error.
+    /// goes on both nodes, and a member that accepts afterwards gets an error
+    /// (or, if its accept crossed the close, a tunnel that reports it closed).
     pub async fn tunnel<'a>(
         &self,
         target: impl Into<Target<'a>>,

@@ -43,7 +43,8 @@
 //! dropped part way sends an abort piece (the receiver discards the partial
 //! message and credits its bytes back); a dropped receive holds nothing; a
 //! dropped open closes the half-open tunnel, which removes its entry on both
-//! nodes (and a member accepting afterwards gets an error).
+//! nodes (a member accepting afterwards gets an error; one whose accept
+//! crossed the close gets a tunnel that reports it closed).
 //!
 //! Messages larger than a piece travel in pieces and are put back together.
 //! A tunnel costs a few hundred bytes while idle: ten thousand of them

@@ -3,15 +3,19 @@
 //! window and `max_message_len` pass (or fail at once), and every tunnel
 //! operation a caller abandons (a send, a receive, an open; by a timeout or
 //! by dropping its future inside a `select!`) gives back everything it held:
-//! credit, buffered bytes, and the tunnel table entries on both nodes.
+//! credit, buffered bytes, and the tunnel table entries on both nodes. A
+//! raw peer that sends beyond its credit loses its tunnel, not its link.
 
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use reign_proto::codec::frame::{TunnelOp, TUNNEL_LAST};
+use reign_proto::codec::Frame;
+use reign_tests::raw_peer::{ClientAuth, RawPeer};
 use reign_tests::{capture_logs, TestCluster};
-use reign_tokio::{Mailbox, Node, NodeId, Tunnel, TunnelError, Tuning};
+use reign_tokio::{Mailbox, Node, NodeId, Tuning, Tunnel, TunnelError};
 
 /// Generous: nothing here should take more than a fraction of it.
 const WAIT: Duration = Duration::from_secs(60);
@@ -47,9 +51,18 @@ async fn member(nodes: &[Node]) -> Mailbox {
 /// An open tunnel from node 0 (client) to the member on node 1 (server).
 async fn open(nodes: &[Node]) -> (Tunnel, Tunnel, Mailbox) {
     let m_box = member(nodes).await;
-    let (client, incoming) = tokio::join!(nodes[0].tunnel("svc", WAIT), m_box.recv_tunnel());
-    let server = nodes[1].accept_tunnel(incoming.unwrap()).unwrap();
-    (client.unwrap(), server, m_box)
+    let (client, server) = accepted(nodes, &m_box).await;
+    (client, server, m_box)
+}
+
+/// Node 0 opens a tunnel to "svc" while the member on node 1 accepts it.
+async fn accepted(nodes: &[Node], m_box: &Mailbox) -> (Tunnel, Tunnel) {
+    let accept = async {
+        let incoming = m_box.recv_tunnel().await.unwrap();
+        nodes[1].accept_tunnel(incoming).unwrap()
+    };
+    let (client, server) = tokio::join!(nodes[0].tunnel("svc", WAIT), accept);
+    (client.unwrap(), server)
 }
 
 async fn shutdown(nodes: Vec<Node>) {
@@ -177,7 +190,11 @@ async fn exactly_max_and_one_more(max: usize) {
     let start = Instant::now();
     let err = client.send(over, WAIT).await.unwrap_err();
     assert_eq!(err, TunnelError::TooLarge { len: max + 1, max });
-    assert!(start.elapsed() < WAIT / 2, "TooLarge took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < WAIT / 2,
+        "TooLarge took {:?}",
+        start.elapsed()
+    );
     println!("max_message_len + 1 refused in {:?}", start.elapsed());
     // Nothing of it travelled: the next message is the next one received.
     through(&client, &server, 8).await;
@@ -245,10 +262,16 @@ async fn ten_64_mib_sends_abandoned_by_a_10_ms_timeout_leave_the_tunnel_usable()
     }
     let start = Instant::now();
     client.send(&b"8 bytes!"[..], WAIT).await.unwrap();
-    println!("8-byte send after ten abandoned ones: {:?}", start.elapsed());
+    println!(
+        "8-byte send after ten abandoned ones: {:?}",
+        start.elapsed()
+    );
     // The receiver got none of the abandoned pieces: the 8 bytes come first.
     assert_eq!(&server.recv(WAIT).await.unwrap()[..], b"8 bytes!");
-    credit_all_back(&client, &server).await;
+    assert_eq!(server.inner().buffered_bytes(), 0);
+    // Every abandoned byte was credited back: only the 8 bytes (less than
+    // a lump of a quarter window) may still be charged.
+    assert!(until(|| client.inner().unacknowledged_bytes() <= 8).await);
     // And the whole window is there again: a full window and more passes.
     through(&client, &server, (1 << 20) + 1).await;
     shutdown(nodes).await;
@@ -381,9 +404,7 @@ async fn an_open_dropped_inside_select_leaves_nothing_behind() {
     }
     open_given_up(&nodes, &m_box).await;
     // The member is fine: the next open is accepted.
-    let (client, incoming) = tokio::join!(nodes[0].tunnel("svc", WAIT), m_box.recv_tunnel());
-    let server = nodes[1].accept_tunnel(incoming.unwrap()).unwrap();
-    let client = client.unwrap();
+    let (client, server) = accepted(&nodes, &m_box).await;
     through(&client, &server, 8).await;
     shutdown(nodes).await;
 }
@@ -417,4 +438,96 @@ async fn an_open_dropped_after_the_member_accepted_closes_both_ends() {
     );
     assert!(server.send(&b"late"[..], WAIT).await.is_err());
     shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_beyond_its_credit_loses_the_tunnel_not_the_link() {
+    capture_logs();
+    let cluster = TestCluster::new(2);
+    let node = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    let (m, m_box) = node.new_mailbox();
+    let dest = m.id();
+    let (addr, ca, cert) = (
+        cluster.address(NodeId(0)).to_owned(),
+        cluster.ca.cert_pem().to_owned(),
+        cluster.cert(NodeId(1)),
+    );
+    // The raw peer is node 1: it opens a tunnel to the member, sends one
+    // small message (which the member leaves unread, so no credit comes
+    // back) and then more than its window of a second message.
+    let peer = tokio::task::spawn_blocking(move || {
+        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let tunnel = |op| Frame::Tunnel {
+            id: 1,
+            from_opener: true,
+            op,
+        };
+        peer.send_frame(&tunnel(TunnelOp::Open {
+            dest,
+            credit: 1 << 20,
+        }))
+        .unwrap();
+        let window = loop {
+            match peer.next_frame(WAIT).expect("an answer to the open") {
+                Frame::Tunnel {
+                    op: TunnelOp::Accept { credit },
+                    ..
+                } => break credit as usize,
+                _ => continue,
+            }
+        };
+        peer.send_frame(&tunnel(TunnelOp::Data {
+            flags: TUNNEL_LAST,
+            chunk: Bytes::from(vec![1u8; 1000]),
+        }))
+        .unwrap();
+        for _ in 0..window.div_ceil(64 << 10) {
+            peer.send_frame(&tunnel(TunnelOp::Data {
+                flags: 0,
+                chunk: Bytes::from(vec![2u8; 64 << 10]),
+            }))
+            .unwrap();
+        }
+        // The node answers over the same, still open, connection.
+        loop {
+            match peer.next_frame(WAIT).expect("the tunnel's close") {
+                Frame::Tunnel {
+                    op: TunnelOp::Close { reason },
+                    ..
+                } => return String::from_utf8_lossy(&reason).into_owned(),
+                Frame::Tunnel {
+                    op: TunnelOp::Credit { bytes },
+                    ..
+                } => panic!("{bytes} bytes credited with a message unread"),
+                _ => continue,
+            }
+        }
+    });
+    let incoming = tokio::time::timeout(WAIT, m_box.recv_tunnel())
+        .await
+        .unwrap()
+        .unwrap();
+    let server = node.accept_tunnel(incoming).unwrap();
+    let reason = peer.await.unwrap();
+    assert!(
+        reason.contains("protocol violation: data beyond the 1048576 byte credit window"),
+        "{reason}"
+    );
+    // What arrived within the credit is still delivered, then the error.
+    assert_eq!(server.recv(WAIT).await.unwrap(), vec![1u8; 1000]);
+    let err = server.recv(WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, TunnelError::Protocol(e) if e.contains("beyond")),
+        "{err}"
+    );
+    assert_eq!(server.inner().buffered_bytes(), 0);
+    assert_eq!(node.tunnel_count(), 0);
+    node.shutdown().await;
 }
