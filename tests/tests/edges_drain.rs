@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use reign_driver::{Reign, Runtime};
 use reign_proto::{ClusterSpec, Mailbox, NodeId, RecvError, SendError, Tuning};
-use reign_tests::TestCluster;
+use reign_tests::{capture_logs, logged, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The scenario: this many small messages, all accepted, then shutdown.
@@ -347,6 +347,7 @@ async fn without_a_drain_what_is_dropped_is_counted_exactly<R: Runtime + Default
 /// timeout, the rest is dropped and counted exactly, sends during the
 /// drain are refused, and local mailboxes stay open until it ends.
 async fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly<R: Runtime + Default>() {
+    capture_logs();
     let drain = Duration::from_secs(1);
     let mut t = tuning(drain);
     // Room for a backlog much larger than the sockets on the way hold.
@@ -402,6 +403,10 @@ async fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly<R: Runtime +
     );
     assert!(drained_for >= drain, "the drain gave up before its timeout");
     assert_eq!(sent - received, dropped, "the drop count is not exact");
+    assert!(
+        logged(&["shutdown dropped", &format!("dropped={dropped}")]),
+        "the drop was not logged with its count"
+    );
     counter.assert_in_order();
     b.shutdown().await;
 }
