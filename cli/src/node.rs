@@ -58,8 +58,11 @@ fn load_spec(path: &Path, seeds: &[NodeDescriptor]) -> Result<ClusterSpec, Strin
     Ok(spec)
 }
 
-/// Runs the node until SIGINT or SIGTERM, then shuts it down cleanly.
-/// SIGHUP re-reads the spec; an invalid one is logged and ignored.
+/// Runs the node until SIGINT or SIGTERM, then shuts it down gracefully:
+/// messages it already accepted are delivered first (for at most the
+/// spec's `tuning.drain_timeout`; what is left is counted and logged),
+/// then every peer gets a goodbye. SIGHUP re-reads the spec; an invalid
+/// one is logged and ignored.
 pub fn run(args: NodeArgs) -> Result<(), String> {
     let seeds = args
         .join

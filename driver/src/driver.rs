@@ -32,7 +32,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_TURN: usize = 4;
 /// Events (new sockets) that may wait for the driver.
 pub(crate) const EVENT_BACKLOG: usize = 64;
-/// How long a closing connection may keep flushing what it has.
+/// How long a closing connection may keep flushing what it has and then
+/// wait for the peer to close its side (bounds a peer that does not read).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) enum DriverEvent<R: Runtime> {

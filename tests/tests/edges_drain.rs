@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use reign_driver::{Reign, Runtime};
 use reign_proto::{ClusterSpec, Mailbox, NodeId, RecvError, SendError, Tuning};
-use reign_tests::TestCluster;
+use reign_tests::{capture_logs, logged, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The scenario: this many small messages, all accepted, then shutdown.
@@ -347,6 +347,7 @@ async fn without_a_drain_what_is_dropped_is_counted_exactly<R: Runtime + Default
 /// timeout, the rest is dropped and counted exactly, sends during the
 /// drain are refused, and local mailboxes stay open until it ends.
 async fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly<R: Runtime + Default>() {
+    capture_logs();
     let drain = Duration::from_secs(1);
     let mut t = tuning(drain);
     // Room for a backlog much larger than the sockets on the way hold.
@@ -402,6 +403,10 @@ async fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly<R: Runtime +
     );
     assert!(drained_for >= drain, "the drain gave up before its timeout");
     assert_eq!(sent - received, dropped, "the drop count is not exact");
+    assert!(
+        logged(&["shutdown dropped", &format!("dropped={dropped}")]),
+        "the drop was not logged with its count"
+    );
     counter.assert_in_order();
     b.shutdown().await;
 }
@@ -457,6 +462,52 @@ async fn a_stalled_peer_cannot_hold_shutdown_past_the_drain_timeout<R: Runtime +
     b.shutdown().await;
 }
 
+/// A link lost with a backlog (here: the peer shuts down while its socket
+/// is stalled): every message still queued for it counts as
+/// `dropped_unreachable`, on the node and on the peer, once each.
+async fn a_link_lost_with_a_backlog_counts_each_queued_message<R: Runtime + Default>() {
+    let mut t = tuning(Duration::from_secs(1));
+    t.outbound_queue_bytes = 64 << 20;
+    let cluster = TestCluster::with_tuning(2, t);
+    let real: SocketAddr = cluster.address(NodeId(1)).parse().unwrap();
+    let proxy = Proxy::start(real);
+    let (a, b) = proxied_pair::<R>(&cluster, &proxy).await;
+    let (addr, mailbox) = b.new_mailbox();
+    let counter = Counter::spawn(mailbox);
+    let remote = a.address_of(addr.id());
+    proxy.set(STALL);
+    let sent = 1_000_000u64;
+    for i in 0..sent {
+        remote
+            .send(i)
+            .expect("the queue has room for every message");
+    }
+    b.shutdown().await;
+    assert!(a.wait_for_disconnect(NodeId(1), WAIT).await);
+    let lost = a.stats().dropped_unreachable;
+    let peer = a
+        .peer_stats()
+        .into_iter()
+        .find(|p| p.node == NodeId(1))
+        .unwrap();
+    let received = counter.received();
+    eprintln!(
+        "link lost with a backlog: {sent} sent, {received} received, {lost} counted unreachable"
+    );
+    assert!(lost > 0, "the backlog was not counted");
+    assert_eq!(
+        peer.dropped_unreachable, lost,
+        "node and peer counters disagree"
+    );
+    assert!(lost <= sent - received, "counted more than was missing");
+    assert_eq!(a.stats().dropped_at_shutdown, 0);
+    // Later sends to the gone node are counted one by one.
+    remote.send(0u64).unwrap();
+    assert_eq!(a.stats().dropped_unreachable, lost + 1);
+    proxy.set(FORWARD);
+    a.shutdown().await;
+}
+
 fn tokio_block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -485,6 +536,13 @@ macro_rules! drain_suite {
             fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly() {
                 $block_on(
                     super::a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly::<$runtime>(),
+                );
+            }
+
+            #[test]
+            fn a_link_lost_with_a_backlog_counts_each_queued_message() {
+                $block_on(
+                    super::a_link_lost_with_a_backlog_counts_each_queued_message::<$runtime>(),
                 );
             }
 

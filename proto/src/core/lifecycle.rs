@@ -409,3 +409,75 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::frame::{put_publish_header, put_reply_header, put_request_header};
+    use crate::codec::frame::{PublishScope, ReplyStatus};
+    use crate::net::Network;
+
+    /// Sends, requests, replies, publications and large messages (even
+    /// half sent) count; pings and control frames do not.
+    #[test]
+    fn queued_messages_counts_user_messages_only() {
+        let peer = NodeId(1);
+        let network = Network::new([peer], 16 << 20, 16 << 20, 128 << 20);
+        let outbox = network.outbox(peer).expect("a member");
+        outbox.lock().connected = true;
+        assert_eq!(queued_messages(&outbox.lock()), 0);
+        let dest = MailboxId {
+            node: peer,
+            incarnation: Incarnation(1),
+            serial: 1,
+        };
+        let tag = TypeTag(7);
+        for len in [0, 1, 100, FRAGMENT_LEN] {
+            let mut payload = vec![1u8; len];
+            assert!(network
+                .push_message(outbox, dest, tag, &mut payload)
+                .is_ok());
+        }
+        let mut large = vec![2u8; FRAGMENT_LEN + 1];
+        assert!(network.push_message(outbox, dest, tag, &mut large).is_ok());
+        let framed = |f: &Frame| {
+            let mut out = Vec::new();
+            f.encode(&mut out);
+            out
+        };
+        let others = [
+            framed(&Frame::Ping(3)),
+            framed(&Frame::Control(Bytes::from_static(b"\x01\x02"))),
+            {
+                let mut out = Vec::new();
+                put_request_header(&mut out, dest, 9, tag, 3);
+                out.extend_from_slice(b"abc");
+                out
+            },
+            {
+                let mut out = Vec::new();
+                put_reply_header(&mut out, 9, ReplyStatus::Ok, tag, 0);
+                out
+            },
+            {
+                let mut out = Vec::new();
+                put_publish_header(&mut out, PublishScope::Topic, tag, "news", 2);
+                out.extend_from_slice(b"hi");
+                out
+            },
+        ];
+        for frame in &others {
+            let pushed = network.push_frame(outbox, frame.len(), false, |out| {
+                out.extend_from_slice(frame)
+            });
+            assert!(pushed.is_ok());
+        }
+        // 4 small sends, 1 large, a request, a reply and a publication.
+        assert_eq!(queued_messages(&outbox.lock()), 8);
+        // A large message half sent is still one message lost.
+        outbox.lock().lanes[0].items[0].sent = FRAGMENT_LEN;
+        assert_eq!(queued_messages(&outbox.lock()), 8);
+        outbox.lock().clear();
+        assert_eq!(queued_messages(&outbox.lock()), 0);
+    }
+}
