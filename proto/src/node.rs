@@ -795,8 +795,12 @@ impl Node {
     /// Sends a request to one member of a service group (a local member if
     /// there is one, otherwise the remote members in turn) or to an address,
     /// and completes with its reply or a [`RequestError`](crate::RequestError).
-    /// The core fails it with `Timeout` at `deadline`; the runtime adapters'
-    /// `request` takes a timeout instead.
+    /// The core fails it with `Timeout` at `deadline` (at once if it has
+    /// passed); the runtime adapters' `request` takes a timeout instead.
+    /// The deadline travels with the request: the member reads it
+    /// ([`Request::time_remaining`](crate::Request::time_remaining)), and a
+    /// request still waiting for a handler slot when it passes never runs.
+    /// Dropping the future calls the request off wherever it still waits.
     pub fn request<'a, T>(
         &self,
         target: impl Into<Target<'a>>,

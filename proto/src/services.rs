@@ -7,6 +7,14 @@
 //! every other directory entry. Every failure is its own typed error
 //! ([`RequestError`]): the fabric reign learns from reported nearly every
 //! failure as a timeout.
+//!
+//! A request carries its caller's deadline, on the wire as the time remaining
+//! (the nodes' clocks need not agree). A request still waiting for one of
+//! its member's handler slots when that runs out is discarded unrun; a
+//! caller that gives up early (drops its future) calls its request off the
+//! same way, across nodes with a `Cancelled` reply frame. This module owns
+//! both sides' tables: replies a node waits for, and requests queued for its
+//! members; [`Node::request_tables`](crate::Node::request_tables) shows them.
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -34,6 +42,10 @@ use crate::node::NodeInner;
 /// When a request would take the bytes waiting for a member (backlog and
 /// mailbox together) over `max_queued_bytes`, the member's node refuses it
 /// at once with [`RequestError::Refused`]: nothing is dropped silently.
+/// A waiting request whose caller's deadline passes, or whose caller gives
+/// up, leaves the backlog unrun (counted in
+/// [`NodeStats::expired_requests`](crate::NodeStats::expired_requests) and
+/// [`NodeStats::cancelled_requests`](crate::NodeStats::cancelled_requests)).
 /// A broadcast or publication that would take a receiver's mailbox over
 /// `max_queued_bytes` is dropped for that receiver and counted in
 /// [`NodeStats::dropped_events`](crate::NodeStats::dropped_events).
@@ -285,13 +297,15 @@ impl Services {
         corr
     }
 
-    /// Completes a pending request; `false` if it is no longer pending (a
-    /// late reply).
+    /// Completes a pending request; `false` if it is no longer pending or
+    /// its deadline has passed (a late reply: the caller gets `Timeout`,
+    /// also on a node without a core to time it out).
     pub(crate) fn complete(
         &mut self,
         corr: u64,
         from: Option<NodeId>,
         result: Result<Message, RequestError>,
+        now: Instant,
     ) -> bool {
         match self.pending.get(&corr) {
             Some(p) if p.peer == from => {}
@@ -299,6 +313,10 @@ impl Services {
         }
         let pending = self.pending.remove(&corr).expect("checked");
         self.deadlines.remove(&(pending.deadline, corr));
+        if pending.deadline <= now {
+            pending.slot.complete(Err(RequestError::Timeout));
+            return false;
+        }
         pending.slot.complete(result);
         true
     }
@@ -340,7 +358,9 @@ impl Services {
             .map(|(&c, _)| c)
             .collect();
         for corr in lost {
-            self.complete(corr, Some(peer), Err(RequestError::Unreachable));
+            if let Some(p) = self.forget(corr) {
+                p.slot.complete(Err(RequestError::Unreachable));
+            }
         }
     }
 
@@ -350,6 +370,11 @@ impl Services {
         for (_, p) in self.pending.drain() {
             p.slot.complete(Err(RequestError::Closed));
         }
+    }
+
+    /// The node's clock (see [`NodeInner::now`]).
+    fn now(&self) -> Instant {
+        self.manual_now.unwrap_or_else(Instant::now)
     }
 
     // ----- the member's side ---------------------------------------------
@@ -849,7 +874,7 @@ impl NodeInner {
 
     /// This node's clock: the real one, or a simulated node's virtual one.
     pub(crate) fn now(&self) -> Instant {
-        self.services().manual_now.unwrap_or_else(Instant::now)
+        self.services().now()
     }
 
     /// Puts this node on a virtual clock (the simulator's), now at `now`.
@@ -906,7 +931,12 @@ impl NodeInner {
         from: Option<NodeId>,
         result: Result<Message, RequestError>,
     ) {
-        if !self.services().complete(corr, from, result) {
+        let completed = {
+            let mut services = self.services();
+            let now = services.now();
+            services.complete(corr, from, result, now)
+        };
+        if !completed {
             self.counters.late_replies.fetch_add(1, Ordering::Relaxed);
         }
     }
