@@ -64,6 +64,13 @@ const SLACK: usize = 64 * 1024;
 /// a peer that does not read before it closes the link (the core's
 /// `MAX_CONTROL_BACKLOG`).
 const CONTROL_BACKLOG: usize = 8 << 20;
+/// The registry's per-node caps in the fuzz tuning: small, so that a
+/// `Flood` reaches one (under, at and over) with a small input.
+const FLOOD_COUNT_CAP: usize = 4;
+/// The longest name, group or topic in the fuzz tuning.
+const FLOOD_NAME_CAP: usize = 32;
+/// Entries one `Flood` sends, at most (keeps its frame under `max_frame_len`).
+const FLOOD_MAX_ENTRIES: usize = 16;
 /// Names the fuzzer picks by index (so two ops can agree on one).
 const NAMES: [&str; 5] = ["svc", "topic", "a", "b", ""];
 
@@ -78,6 +85,10 @@ pub fn tuning() -> Tuning {
         write_window: 16 * 1024,
         max_handshaking: 4,
         tunnel_window: 8 * 1024,
+        max_name_len: FLOOD_NAME_CAP,
+        max_names_per_node: FLOOD_COUNT_CAP,
+        max_group_members_per_node: FLOOD_COUNT_CAP,
+        max_topics_per_node: FLOOD_COUNT_CAP,
         ..Tuning::fast()
     }
 }
@@ -615,6 +626,20 @@ pub enum FuzzControl {
         /// Ask for the node's own list back.
         answer: bool,
     },
+    /// A snapshot of distinct entries against the registry caps: `count`
+    /// (modulo 17) names, group memberships or topics (`kind` modulo 3),
+    /// numbered from `first`, each `len` bytes (modulo 41: under, at and
+    /// over the fuzz tuning's 32).
+    Flood {
+        /// Names, groups or topics.
+        kind: u8,
+        /// Where the numbering starts (so floods can overlap).
+        first: u8,
+        /// How many entries.
+        count: u8,
+        /// Bytes per name.
+        len: u8,
+    },
 }
 
 /// One entry of a `Members` message.
@@ -1096,6 +1121,34 @@ impl Harness {
                     .collect(),
                 answer: *answer,
             },
+            FuzzControl::Flood {
+                kind,
+                first,
+                count,
+                len,
+            } => {
+                let count = *count as usize % (FLOOD_MAX_ENTRIES + 1);
+                let len = *len as usize % (FLOOD_NAME_CAP + 9);
+                let id = self.who(&Who::Sender { serial: 1 }, Some(peer));
+                let deltas = (0..count)
+                    .map(|i| {
+                        let mut name = format!("{}", *first as usize + i);
+                        name.extend(std::iter::repeat_n('f', len.saturating_sub(name.len())));
+                        match kind % 3 {
+                            0 => Control::Claim { name, id },
+                            1 => Control::Join { group: name, id },
+                            _ => Control::Interest {
+                                topic: name,
+                                interested: true,
+                            },
+                        }
+                    })
+                    .collect();
+                Control::Snapshot {
+                    deltas,
+                    last: true,
+                }
+            }
         };
         control.encode()
     }
@@ -1629,6 +1682,7 @@ impl Harness {
                 s.node
             );
         }
+        self.check_registry(&tuning);
         for t in &self.tunnels {
             let bound = t.window() + tuning.max_message_len;
             assert!(
@@ -1636,6 +1690,34 @@ impl Harness {
                 "a tunnel buffers {} bytes, over its {} byte window plus one message ({bound})",
                 t.buffered_bytes(),
                 t.window()
+            );
+        }
+    }
+}
+
+impl Harness {
+    /// The registry stays within its caps for every peer, and resolves
+    /// every contested name to its lowest claimant.
+    fn check_registry(&self, tuning: &Tuning) {
+        let node = self.core.node();
+        for &peer in &self.peers {
+            let (names, members, topics) = node.registry_peer_load(peer);
+            assert!(
+                names <= tuning.max_names_per_node
+                    && members <= tuning.max_group_members_per_node
+                    && topics <= tuning.max_topics_per_node,
+                "{peer} holds {names} names, {members} group memberships and {topics} topics here, over the caps"
+            );
+        }
+        let view = node.registry_view();
+        let contested = view.values().filter(|ids| ids.len() > 1).count();
+        assert_eq!(node.multiple_claim_count(), contested, "multiple claims");
+        for (name, ids) in &view {
+            assert!(name.len() <= tuning.max_name_len, "a name of {} bytes is held", name.len());
+            assert_eq!(
+                node.lookup(name).map(|a| a.id()),
+                ids.first().copied(),
+                "{name:?} does not resolve to its lowest claimant"
             );
         }
     }
@@ -2180,7 +2262,7 @@ impl Unarbitrary for FuzzMember {
 
 impl Unarbitrary for FuzzControl {
     fn write(&self, w: &mut Writer) {
-        const N: u32 = 9;
+        const N: u32 = 10;
         match self {
             FuzzControl::Snapshot { deltas, last } => {
                 w.variant(0, N);
@@ -2217,6 +2299,15 @@ impl Unarbitrary for FuzzControl {
             FuzzControl::Members { nodes, answer } => {
                 w.variant(8, N);
                 write_fields!(w; nodes, answer);
+            }
+            FuzzControl::Flood {
+                kind,
+                first,
+                count,
+                len,
+            } => {
+                w.variant(9, N);
+                write_fields!(w; kind, first, count, len);
             }
         }
     }

@@ -390,6 +390,47 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
             ),
         ),
         (
+            "registry-caps",
+            session(true, 1, {
+                // Per kind: 3 entries one byte under the name cap, a 4th
+                // at it (the count cap), a 5th over: cut off, link again.
+                let flood = |kind, first, count, len| {
+                    control(FuzzControl::Flood {
+                        kind,
+                        first,
+                        count,
+                        len,
+                    })
+                };
+                let mut ops = Vec::new();
+                for kind in 0..3 {
+                    ops.push(flood(kind, 0, 3, 31));
+                    ops.push(flood(kind, 3, 1, 32));
+                    ops.push(control(FuzzControl::SyncRequest { seq: 1 }));
+                    ops.push(flood(kind, 4, 1, 5));
+                    ops.push(Op::Reconnect { peer: 0 });
+                    ops.push(flood(kind, 0, 1, 33));
+                    ops.push(Op::Reconnect { peer: 0 });
+                }
+                // A name claimed here and by the peer: resolved to the
+                // lower id, the local claimant told.
+                ops.push(Op::Local(LocalOp::Register {
+                    name: known(2),
+                    mailbox: 0,
+                }));
+                ops.push(control(FuzzControl::Delta(Delta::Claim {
+                    name: known(2),
+                    id: Who::Sender { serial: 1 },
+                })));
+                ops.push(Op::Local(LocalOp::Lookup { name: known(2) }));
+                ops.push(Op::Local(LocalOp::Drain {
+                    mailbox: 0,
+                    answer: 0,
+                }));
+                ops
+            }),
+        ),
+        (
             "fragments",
             session(
                 false,

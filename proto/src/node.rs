@@ -857,6 +857,14 @@ impl Node {
         lock(&self.inner.registry).multiple_claim_count()
     }
 
+    /// What `peer` holds in this node's directory, as (names, service group
+    /// memberships, topics): each stays within its `Tuning` cap
+    /// (`max_names_per_node`, `max_group_members_per_node`,
+    /// `max_topics_per_node`), or the peer is cut off.
+    pub fn registry_peer_load(&self, peer: NodeId) -> (usize, usize, usize) {
+        lock(&self.inner.registry).peer_load(peer)
+    }
+
     /// `MultipleClaim` notices this node has sent its own claimants so far
     /// (only grows; also `stats().multiple_claim_notices`).
     pub fn multiple_claim_notices(&self) -> u64 {

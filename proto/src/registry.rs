@@ -740,18 +740,23 @@ impl Registry {
     }
 
     /// Refuses `id` unless it is a mailbox of `peer` itself.
-    fn check_owner(peer: NodeId, id: MailboxId, what: String) -> Result<(), PeerError> {
+    fn check_owner(
+        peer: NodeId,
+        id: MailboxId,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), PeerError> {
         if id.node != peer {
             return Err(PeerError::Rejected(format!(
-                "node {} {what} {id:?}, a mailbox of another node",
-                peer.0
+                "node {} {} {id:?}, a mailbox of another node",
+                peer.0,
+                what()
             )));
         }
         Ok(())
     }
 
     fn remote_claim(&mut self, peer: NodeId, name: String, id: MailboxId) -> Result<(), PeerError> {
-        Registry::check_owner(peer, id, format!("claimed {name:?} for"))?;
+        Registry::check_owner(peer, id, || format!("claimed {name:?} for"))?;
         self.check_len(peer, "name", &name)?;
         let max = self.limits.max_names_per_node;
         let load = self.loads.entry(peer).or_default();
@@ -770,7 +775,7 @@ impl Registry {
     }
 
     fn remote_join(&mut self, peer: NodeId, group: String, id: MailboxId) -> Result<(), PeerError> {
-        Registry::check_owner(peer, id, format!("added to service {group:?}"))?;
+        Registry::check_owner(peer, id, || format!("added to service {group:?}"))?;
         self.check_len(peer, "service group", &group)?;
         let max = self.limits.max_group_members_per_node;
         let load = self.loads.entry(peer).or_default();

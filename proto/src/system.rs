@@ -13,7 +13,11 @@ pub struct MailboxClosed(pub MailboxId);
 
 /// Delivered to every claimant of a name that is claimed on more than one
 /// node at once, once per conflict (Go reign's semantics, but however the
-/// conflict was found: a local claim, a remote claim, or a healed partition).
+/// conflict was found: a local claim, a remote claim, or a healed partition),
+/// and again to a claimant that was winning the name and now loses it. Every
+/// node resolves the conflict alike: the lowest id wins every lookup; to
+/// learn whether it won, a claimant compares `Node::lookup(name)` with its
+/// own address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MultipleClaim {
     /// The contested name.

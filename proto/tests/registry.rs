@@ -91,14 +91,15 @@ fn only_live_local_mailboxes_can_be_registered() {
 }
 
 #[test]
-fn a_name_claimed_on_two_nodes_notifies_both_and_balances_lookups() {
+fn a_name_claimed_on_two_nodes_notifies_both_and_every_node_picks_the_same_winner() {
     let mut sim = sim(3, 3);
     let (a, a_box) = sim.node(NodeId(0)).new_mailbox();
     let (b, b_box) = sim.node(NodeId(1)).new_mailbox();
-    sim.node(NodeId(0)).register("svc", &a).unwrap();
+    // Node 1 claims first; node 0's later claim still wins (lowest id).
     sim.node(NodeId(1)).register("svc", &b).unwrap();
-    sync(&mut sim, NodeId(0));
     sync(&mut sim, NodeId(1));
+    sim.node(NodeId(0)).register("svc", &a).unwrap();
+    sync(&mut sim, NodeId(0));
     for (node, mailbox) in [(0, &a_box), (1, &b_box)] {
         let notes: Vec<MultipleClaim> = drain(mailbox)
             .into_iter()
@@ -109,18 +110,70 @@ fn a_name_claimed_on_two_nodes_notifies_both_and_balances_lookups() {
             vec![MultipleClaim { name: "svc".into() }],
             "node {node}"
         );
-        assert_eq!(sim.node(NodeId(node)).multiple_claim_count(), 1);
+        assert_eq!(sim.node(NodeId(node)).multiple_claim_notices(), 1);
     }
-    let all: BTreeSet<Address> = sim.node(NodeId(2)).lookup_all("svc").into_iter().collect();
-    assert_eq!(all, BTreeSet::from([a.clone(), b.clone()]));
-    let mut spread = BTreeMap::new();
-    for _ in 0..1000 {
-        let pick = sim.node(NodeId(2)).lookup("svc").unwrap();
-        *spread.entry(pick.id().node).or_insert(0) += 1;
+    for n in 0..3 {
+        let node = sim.node(NodeId(n));
+        assert_eq!(node.multiple_claim_count(), 1, "node {n}");
+        assert_eq!(node.stats().name_conflicts, 1, "node {n}: seen once");
+        assert_eq!(
+            node.lookup_all("svc"),
+            vec![a.clone(), b.clone()],
+            "node {n}"
+        );
+        for _ in 0..10 {
+            assert_eq!(node.lookup("svc").unwrap().id(), a.id(), "node {n}");
+        }
     }
-    assert_eq!(spread, BTreeMap::from([(NodeId(0), 500), (NodeId(1), 500)]));
-    // Node 0 itself prefers its local claimant.
-    assert_eq!(sim.node(NodeId(0)).lookup("svc"), Some(a));
+    // The winner lets go: every node turns to the other claimant.
+    sim.node(NodeId(0)).unregister("svc", &a);
+    sync(&mut sim, NodeId(0));
+    for n in 0..3 {
+        let node = sim.node(NodeId(n));
+        assert_eq!(node.lookup("svc").unwrap().id(), b.id(), "node {n}");
+        assert_eq!(node.multiple_claim_count(), 0, "node {n}");
+    }
+}
+
+#[test]
+fn multiple_claim_count_walks_like_go_reign() {
+    // Go reign's TestMultipleClaimCount: 0 -> 1 -> 2 -> 1 -> 1 -> 0. Here a
+    // node holds one claimant per name, so the claims come from 3 nodes.
+    let mut sim = sim(3, 8);
+    let boxes: Vec<(Address, Mailbox)> =
+        (0..3).map(|n| sim.node(NodeId(n)).new_mailbox()).collect();
+    let counts = |sim: &mut Sim| -> Vec<usize> {
+        for n in 0..3 {
+            sync(sim, NodeId(n));
+        }
+        (0..3)
+            .map(|n| sim.node(NodeId(n)).multiple_claim_count())
+            .collect()
+    };
+    assert_eq!(counts(&mut sim), [0, 0, 0]);
+    sim.node(NodeId(0)).register("foo", &boxes[0].0).unwrap();
+    sim.node(NodeId(1)).register("foo", &boxes[1].0).unwrap();
+    assert_eq!(counts(&mut sim), [1, 1, 1]);
+    for n in 0..3 {
+        sim.node(NodeId(n))
+            .register("bar", &boxes[n as usize].0)
+            .unwrap();
+    }
+    assert_eq!(counts(&mut sim), [2, 2, 2]);
+    sim.node(NodeId(1)).unregister("foo", &boxes[1].0);
+    assert_eq!(counts(&mut sim), [1, 1, 1]);
+    sim.node(NodeId(0)).unregister("bar", &boxes[0].0);
+    assert_eq!(counts(&mut sim), [1, 1, 1], "bar still has two claimants");
+    sim.node(NodeId(2)).unregister("bar", &boxes[2].0);
+    assert_eq!(counts(&mut sim), [0, 0, 0]);
+    // The notices only grew. Node 0's claimants always won (told once per
+    // name), node 2's always lost (told once); node 1's claimant of bar is
+    // told again if it won against node 2 before node 0's claim arrived.
+    let notices: Vec<u64> = (0..3)
+        .map(|n| sim.node(NodeId(n)).stats().multiple_claim_notices)
+        .collect();
+    assert_eq!((notices[0], notices[2]), (2, 1), "{notices:?}");
+    assert!((2..=3).contains(&notices[1]), "{notices:?}");
 }
 
 #[test]
@@ -133,13 +186,20 @@ fn conflicts_found_when_a_partition_heals_notify_every_claimant() {
     let (b, b_box) = sim.node(NodeId(1)).new_mailbox();
     sim.node(NodeId(0)).register("leader", &a).unwrap();
     sim.node(NodeId(1)).register("leader", &b).unwrap();
+    assert_eq!(sim.node(NodeId(1)).lookup("leader"), Some(b.clone()));
     sim.heal();
     sim.run_for(Duration::from_secs(2));
     assert!(sim.fully_connected());
     for mailbox in [&a_box, &b_box] {
         assert!(drain(mailbox).iter().any(|m| m.is::<MultipleClaim>()));
     }
-    assert_eq!(sim.node(NodeId(0)).lookup_all("leader").len(), 2);
+    for n in 0..2 {
+        let node = sim.node(NodeId(n));
+        assert_eq!(node.lookup_all("leader").len(), 2);
+        assert_eq!(node.lookup("leader").unwrap().id(), a.id(), "node {n}");
+        assert_eq!(node.stats().name_conflicts, 1, "node {n}");
+        assert_eq!(node.multiple_claim_count(), 1, "node {n}");
+    }
 }
 
 #[test]
@@ -268,6 +328,8 @@ struct World {
     /// In-flight control messages per direction, in order.
     links: BTreeMap<(u16, u16), VecDeque<Control>>,
     closed: BTreeSet<MailboxId>,
+    /// `MultipleClaim` notices handed out, as (name, claimant).
+    told: BTreeSet<(String, MailboxId)>,
 }
 
 impl World {
@@ -276,6 +338,7 @@ impl World {
             registries: (0..n).map(|i| Registry::new(NodeId(i))).collect(),
             links: BTreeMap::new(),
             closed: BTreeSet::new(),
+            told: BTreeSet::new(),
         }
     }
 
@@ -285,12 +348,19 @@ impl World {
 
     fn effects(&mut self, from: u16, effects: Vec<Effect>) {
         for effect in effects {
-            if let Effect::Send(to, control) = effect {
-                let queue = self
-                    .links
-                    .get_mut(&(from, to.0))
-                    .expect("registries only send to connected peers");
-                queue.push_back(control);
+            match effect {
+                Effect::Send(to, control) => {
+                    let queue = self
+                        .links
+                        .get_mut(&(from, to.0))
+                        .expect("registries only send to connected peers");
+                    queue.push_back(control);
+                }
+                Effect::MultipleClaim { name, claimant } => {
+                    assert_eq!(claimant.node.0, from, "told another node's claimant");
+                    self.told.insert((name, claimant));
+                }
+                Effect::NameConflict { .. } | Effect::SyncDone(_) => {}
             }
         }
     }
@@ -332,8 +402,10 @@ impl World {
                 if a != b && self.connected(a, b) {
                     self.links.remove(&(a, b));
                     self.links.remove(&(b, a));
-                    self.registries[a as usize].peer_down(NodeId(b));
-                    self.registries[b as usize].peer_down(NodeId(a));
+                    let ea = self.registries[a as usize].peer_down(NodeId(b));
+                    let eb = self.registries[b as usize].peer_down(NodeId(a));
+                    self.effects(a, ea);
+                    self.effects(b, eb);
                 }
             }
             Op::Deliver { from, to, count } => {
@@ -390,8 +462,22 @@ proptest! {
                 union.entry(name).or_default().insert(id);
             }
         }
+        let contested = union.values().filter(|ids| ids.len() > 1).count();
         for (i, registry) in world.registries.iter().enumerate() {
             prop_assert_eq!(&registry.view(), &union, "node {} diverged after {:?}", i, ops);
+            prop_assert_eq!(registry.multiple_claim_count(), contested, "node {}", i);
+            for (name, ids) in &union {
+                // Every node resolves every name to the same winner.
+                prop_assert_eq!(registry.lookup(name), ids.first().copied(), "node {} on {}", i, name);
+            }
+        }
+        // Every claimant party to a conflict was told at least once.
+        for registry in &world.registries {
+            for (name, id) in registry.local_claims() {
+                if union[&name].len() > 1 {
+                    prop_assert!(world.told.contains(&(name.clone(), id)), "{:?} never told about {}", id, name);
+                }
+            }
         }
     }
 }

@@ -543,6 +543,13 @@ impl World {
                                 "lookup of {name} on {node} gave a non-claimant"
                             )));
                         }
+                        // Contested names resolve to the lowest claimant.
+                        if view.get(name).and_then(|ids| ids.first()) != Some(&found.id()) {
+                            return Err(self.violation(format!(
+                                "lookup of {name} on {node} gave {:?}, not the lowest claimant",
+                                found.id()
+                            )));
+                        }
                     }
                 }
             }
