@@ -180,9 +180,10 @@ impl Rules {
             return Err(HandshakeError::WrongCluster);
         }
         if hello.target != self.me {
-            return Err(HandshakeError::WrongNode {
-                expected: hello.target,
-                claimed: self.me,
+            return Err(HandshakeError::MisdirectedDial {
+                target: hello.target,
+                this_node: self.me,
+                claimant: hello.node,
             });
         }
         if let Role::Dialer { target } = self.role {

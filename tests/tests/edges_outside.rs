@@ -573,3 +573,122 @@ async fn a_flood_of_refused_tunnel_offers_costs_a_summary_line_per_interval() {
     drop(offers);
     node.shutdown().await;
 }
+
+/// A lone core for node 1 of a two-node cluster, with `tuning`.
+fn lone_core(tuning: Tuning) -> (reign_proto::Core, Instant) {
+    let cluster = TestCluster::with_tuning(2, tuning);
+    let spec = cluster
+        .spec(NodeId(1))
+        .resolve(NodeId(1), rustls::pki_types::UnixTime::now())
+        .expect("spec resolves");
+    let now = Instant::now();
+    let core = reign_proto::Core::new(
+        reign_proto::CoreConfig {
+            spec,
+            incarnation: reign_proto::Incarnation(1),
+            seed: 7,
+            time_provider: reign_proto::tls::system_time(),
+        },
+        now,
+    )
+    .expect("core");
+    (core, now)
+}
+
+/// Item 9, at the limits: the per-address share and the pool, just under,
+/// at and over each; a slot comes back when its connection goes.
+#[test]
+fn the_handshake_pool_is_shared_per_address_under_at_and_over_its_limits() {
+    use reign_proto::core::AcceptError;
+    let (mut core, now) = lone_core(Tuning {
+        max_handshaking: 5,
+        max_handshaking_per_address: 3,
+        ..Tuning::fast()
+    });
+    let attacker: Vec<_> = (1..=3)
+        .map(|port| core.accept(now, &format!("127.0.0.2:{port}")))
+        .collect();
+    assert!(
+        attacker.iter().all(Result::is_ok),
+        "up to the share: {attacker:?}"
+    );
+    assert_eq!(
+        core.accept(now, "127.0.0.2:4"),
+        Err(AcceptError::TooManyFromAddress {
+            address: "127.0.0.2".into(),
+            limit: 3
+        }),
+        "one over the share"
+    );
+    // IPv4-mapped IPv6 is the same address.
+    assert!(core.accept(now, "[::ffff:127.0.0.2]:5").is_err());
+    // Other addresses still get in, up to the pool.
+    assert!(core.accept(now, "127.0.0.1:1").is_ok(), "pool 4 of 5");
+    assert!(core.accept(now, "127.0.0.3:1").is_ok(), "pool 5 of 5");
+    assert_eq!(
+        core.accept(now, "127.0.0.4:1"),
+        Err(AcceptError::TooManyHandshakes { limit: 5 }),
+        "one over the pool"
+    );
+    // A connection that goes gives its slot back, to its own address too.
+    let first = attacker[0].clone().unwrap();
+    core.handle_input(
+        now,
+        reign_proto::Input::Closed {
+            conn: first,
+            error: None,
+        },
+    );
+    assert!(core.accept(now, "127.0.0.2:6").is_ok());
+}
+
+/// Item 9: a silent inbound connection is closed at the first-bytes
+/// deadline (not a moment before); one that sent a byte keeps the full
+/// handshake timeout.
+#[test]
+fn a_silent_connection_is_closed_at_the_first_bytes_deadline_and_not_before() {
+    use reign_proto::{Input, Output};
+    let tuning = Tuning {
+        first_bytes_timeout: Duration::from_secs(1),
+        handshake_timeout: Duration::from_secs(10),
+        // No dial of node 0 inside the window under test.
+        backoff_initial: Duration::from_secs(60),
+        ..Tuning::fast()
+    };
+    let (mut core, now) = lone_core(tuning.clone());
+    let silent = core.accept(now, "127.0.0.2:1").unwrap();
+    let talking = core.accept(now, "127.0.0.2:2").unwrap();
+    // Half a TLS record header: the start of a ClientHello, then nothing.
+    core.handle_input(
+        now,
+        Input::Received {
+            conn: talking,
+            bytes: &[0x16, 0x03],
+        },
+    );
+    let drain = |core: &mut reign_proto::Core, at| -> Vec<Output> {
+        std::iter::from_fn(|| core.poll_output(at)).collect()
+    };
+    drain(&mut core, now);
+    let deadline = now + tuning.first_bytes_timeout;
+    assert_eq!(core.poll_timeout(), Some(deadline));
+    let before = deadline - Duration::from_millis(1);
+    core.handle_input(before, Input::Timeout);
+    assert!(
+        drain(&mut core, before).is_empty(),
+        "not before the deadline"
+    );
+    core.handle_input(deadline, Input::Timeout);
+    assert_eq!(
+        drain(&mut core, deadline),
+        vec![Output::Close { conn: silent }]
+    );
+    assert_eq!(core.connection_count(), 1, "the talking one stays");
+    let full = now + tuning.handshake_timeout;
+    assert_eq!(core.poll_timeout(), Some(full));
+    core.handle_input(full, Input::Timeout);
+    assert_eq!(
+        drain(&mut core, full),
+        vec![Output::Close { conn: talking }]
+    );
+}

@@ -167,8 +167,11 @@ async fn hostile_peers_close_only_their_own_connection() {
         matches!(result, Err(_) | Ok(true)),
         "foreign certificate accepted"
     );
-    assert!(eventually(WAIT, || logged(&["TLS error", "UnknownIssuer"])
-        || logged(&["TLS error", "certificate"])));
+    // Refusals are logged at DEBUG and summarised per cause every 10 s.
+    assert!(eventually(WAIT * 2, || logged(&[
+        "inbound connections refused",
+        "from another CA"
+    ])));
     still_serving(&nodes).await;
 
     // 2. No client certificate at all.
@@ -200,9 +203,9 @@ async fn hostile_peers_close_only_their_own_connection() {
         matches!(frames.first(), Some(Frame::Goodbye(_))),
         "{frames:?}"
     );
-    assert!(eventually(WAIT, || logged(&[
-        "handshake failed",
-        "certificate names another node"
+    assert!(eventually(WAIT * 2, || logged(&[
+        "inbound connections refused",
+        "claiming a node their certificate does not name"
     ])));
     still_serving(&nodes).await;
 
@@ -220,9 +223,9 @@ async fn hostile_peers_close_only_their_own_connection() {
     })
     .await;
     assert!(closed);
-    assert!(eventually(WAIT, || logged(&[
-        "incompatible protocol version",
-        "999"
+    assert!(eventually(WAIT * 2, || logged(&[
+        "inbound connections refused",
+        "speaking another protocol version"
     ])));
     still_serving(&nodes).await;
 
