@@ -579,3 +579,97 @@ async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
     nodes.0.shutdown().await;
     nodes.1.shutdown().await;
 }
+
+/// A sender that ignores `Busy` (an authenticated raw peer that speaks the
+/// protocol) gets no more than twice the share into the mailbox; the rest
+/// is dropped and counted, and its later messages to other mailboxes
+/// still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_that_ignores_busy_is_held_to_twice_the_share() {
+    use reign_proto::codec::Frame;
+    use reign_proto::control::Control;
+    use reign_tests::raw_peer::{ClientAuth, RawPeer};
+
+    capture_logs();
+    let share = 64 << 10;
+    let tuning = Tuning {
+        mailbox_unread_bytes: share,
+        ..Tuning::fast()
+    };
+    let cluster = TestCluster::with_tuning(3, tuning);
+    let node = Node::start(&cluster.spec(NodeId(1)), NodeId(1))
+        .await
+        .expect("node 1 starts");
+    let (stuck, stuck_box) = node.new_mailbox();
+    let (live, live_box) = node.new_mailbox();
+    /// A blob of its own type, registered here.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Blob(#[serde(with = "serde_bytes")] Vec<u8>);
+    let tag = reign_tokio::register_type_named::<Blob>("edges_link.Blob").unwrap();
+    let payload = bytes::Bytes::from(reign_proto::codec::payload::to_vec(&Blob(vec![9; 4093])));
+    let len = payload.len();
+    let sent = 100u64;
+    let address = cluster.address(NodeId(1)).to_owned();
+    let ca = cluster.ca.cert_pem().to_owned();
+    let cert = cluster.cert(NodeId(2));
+    let (stuck_id, live_id) = (stuck.id(), live.id());
+    let heard_busy = tokio::task::spawn_blocking(move || {
+        let mut peer = RawPeer::connect(&address, NodeId(1), &ca, ClientAuth::Cert(&cert)).unwrap();
+        peer.send_frame(&Frame::Hello(
+            RawPeer::hello(NodeId(2), NodeId(1), &ca).to_frame_body(),
+        ))
+        .unwrap();
+        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        for _ in 0..sent {
+            peer.send_frame(&Frame::Data {
+                dest: stuck_id,
+                tag,
+                payload: payload.clone(),
+            })
+            .unwrap();
+        }
+        peer.send_frame(&Frame::Data {
+            dest: live_id,
+            tag,
+            payload: payload.clone(),
+        })
+        .unwrap();
+        // Node 1 told this peer the mailbox is busy.
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match peer.next_frame(Duration::from_secs(1)) {
+                Some(Frame::Control(body)) => {
+                    if Control::decode(&body).ok() == Some(Control::Busy { target: stuck_id }) {
+                        return true;
+                    }
+                }
+                Some(_) => {}
+                None => return false,
+            }
+        }
+        false
+    });
+    // The message to the live mailbox came after all the others.
+    let got = live_box
+        .recv_timeout(WAIT)
+        .await
+        .expect("the live mailbox is reached");
+    assert!(got.is::<Blob>());
+    assert!(
+        heard_busy.await.unwrap(),
+        "the sender was told the mailbox is busy"
+    );
+    let held = stuck_box.message_count() as u64;
+    let stats = node.stats();
+    eprintln!(
+        "a sender ignoring Busy: {sent} messages of {len} B to a mailbox with a {share} B share: \
+         {held} kept, {} dropped and counted",
+        stats.dropped_unread_share
+    );
+    // Taken while it held less than twice its share.
+    let cap = 2 * share as u64;
+    assert_eq!(held, cap.div_ceil(len as u64));
+    assert_eq!(stats.dropped_unread_share, sent - held);
+    assert_eq!(stats.busy_notices, 1);
+    node.shutdown().await;
+}
