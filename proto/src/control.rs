@@ -95,6 +95,22 @@ pub enum Control {
         /// one round mends a view in either direction).
         answer: bool,
     },
+    // Link budgets (issue 15, item 2).
+    /// `target`, a mailbox of the sender, holds its share of unread
+    /// messages (`Tuning::mailbox_unread_bytes`): the receiver refuses
+    /// further sends to it with `SendError::Full` until
+    /// [`Control::Ready`]. Messages to it already on the way are still
+    /// taken, up to a hard cap.
+    Busy {
+        /// A mailbox of the sending node.
+        target: MailboxId,
+    },
+    /// `target` was read down to half its share (or closed): sends to it
+    /// may go again.
+    Ready {
+        /// A mailbox of the sending node.
+        target: MailboxId,
+    },
 }
 
 impl Control {

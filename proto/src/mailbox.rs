@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::address::Address;
 use crate::error::{RecvError, SendError};
-use crate::id::MailboxId;
+use crate::id::{MailboxId, NodeId};
 use crate::message::Message;
 use crate::node::NodeInner;
 
@@ -78,12 +78,27 @@ pub(crate) struct MailboxShared {
     pushes: AtomicU64,
     node: Weak<NodeInner>,
     capacity: Capacity,
+    /// Some peer was told this mailbox is busy: receivers check whether it
+    /// is ready again (one relaxed load per receive otherwise).
+    busy: AtomicBool,
+    /// The share it was told busy under, to tell when it is under half.
+    busy_share: AtomicUsize,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Message>,
     closed: bool,
+    /// The mailbox reached its hard cap and drops messages from other
+    /// nodes (see [`MailboxShared::push_many`]); cleared once it takes one
+    /// again, so a slow consumer is logged once per episode, not once per
+    /// dropped message.
+    over_share: bool,
+    /// Peers told that this mailbox is busy ([`Control::Busy`]), to be told
+    /// when it is ready again.
+    ///
+    /// [`Control::Busy`]: crate::control::Control::Busy
+    told_busy: Vec<NodeId>,
     wakers: Vec<Waker>,
     /// Threads parked in a blocking receive.
     parked: Vec<Thread>,
@@ -96,7 +111,19 @@ pub(crate) struct Pushed {
     pub(crate) delivered: u64,
     pub(crate) full: u64,
     pub(crate) closed: u64,
+    /// Dropped because the mailbox already held its hard cap of unread
+    /// bytes.
+    pub(crate) over_share: u64,
+    /// The sender was told that the mailbox is busy (it went over its
+    /// share).
+    pub(crate) tell_busy: bool,
 }
+
+/// A mailbox over its share of remote messages still takes those already
+/// on the way (sent before its sender heard it is busy) up to this many
+/// times its share; beyond, they are dropped and counted. The sender's
+/// queue is bounded too, so only a sender that ignores `Busy` reaches it.
+pub(crate) const HARD_CAP_SHARES: usize = 2;
 
 impl MailboxShared {
     pub(crate) fn new(id: MailboxId, node: Weak<NodeInner>, capacity: Capacity) -> MailboxShared {
@@ -109,6 +136,8 @@ impl MailboxShared {
             pushes: AtomicU64::new(0),
             node,
             capacity,
+            busy: AtomicBool::new(false),
+            busy_share: AtomicUsize::new(0),
         }
     }
 
@@ -155,19 +184,68 @@ impl MailboxShared {
         Ok(())
     }
 
-    /// Queues many messages under one lock and one wake-up (the receive
-    /// path of a connection delivers in batches).
-    pub(crate) fn push_many(&self, msgs: impl IntoIterator<Item = Message>) -> Pushed {
+    /// Queues many messages from `from`, another node, under one lock and
+    /// one wake-up (the receive path of a connection delivers in batches).
+    ///
+    /// `share` is the most bytes the mailbox should hold queued
+    /// ([`Tuning::mailbox_unread_bytes`]). Once it holds that much, the
+    /// sender is to be told it is busy ([`Pushed::tell_busy`]; its later
+    /// sends fail with `Full` at once, until the mailbox is read down to
+    /// half); messages already on the way are still queued up to
+    /// [`HARD_CAP_SHARES`] shares and dropped and counted
+    /// ([`Pushed::over_share`]) beyond. An empty mailbox takes a message of
+    /// any size, so one message up to the largest allowed always gets
+    /// through. A consumer that does not keep up thus holds back its own
+    /// senders and never the link its messages arrive on, which carries
+    /// everything else from that node.
+    ///
+    /// [`Tuning::mailbox_unread_bytes`]: crate::Tuning::mailbox_unread_bytes
+    pub(crate) fn push_many(
+        &self,
+        msgs: impl IntoIterator<Item = Message>,
+        share: usize,
+        from: NodeId,
+    ) -> Pushed {
         let mut pushed = Pushed::default();
         let mut state = self.lock();
         let bounded = self.capacity != Capacity::UNBOUNDED;
         let mut added_bytes = 0;
+        let hard_cap = share.saturating_mul(HARD_CAP_SHARES);
+        // Receivers may take messages meanwhile (they only lower this), so a
+        // value read once per batch is a safe upper bound.
+        let held = if bounded {
+            0
+        } else {
+            self.bytes.load(Ordering::Acquire)
+        };
         for msg in msgs {
             if state.closed {
                 pushed.closed += 1;
                 continue;
             }
             let len = msg.byte_len();
+            let queued = if bounded {
+                self.bytes.load(Ordering::Acquire)
+            } else {
+                held + added_bytes
+            };
+            if queued > 0 && queued >= hard_cap {
+                pushed.over_share += 1;
+                if !state.over_share {
+                    state.over_share = true;
+                    tracing::warn!(
+                        mailbox = ?self.id,
+                        from = from.0,
+                        queued_bytes = queued,
+                        hard_cap,
+                        "a mailbox holds twice its share of unread messages from other nodes; \
+                         dropping its further messages until it is read (counted in \
+                         dropped_unread_share)"
+                    );
+                }
+                continue;
+            }
+            state.over_share = false;
             if bounded {
                 if !self.fits(len) {
                     pushed.full += 1;
@@ -181,6 +259,17 @@ impl MailboxShared {
             }
             state.queue.push_back(msg);
             pushed.delivered += 1;
+            if queued + len >= share && !state.told_busy.contains(&from) {
+                state.told_busy.push(from);
+                self.busy_share.store(share, Ordering::Relaxed);
+                self.busy.store(true, Ordering::Release);
+                pushed.tell_busy = true;
+                // Queued under the lock, so that a `Ready` (queued after
+                // taking `told_busy` under it) always follows it.
+                if let Some(node) = self.node.upgrade() {
+                    node.queue_control(from, &crate::control::Control::Busy { target: self.id });
+                }
+            }
         }
         if !bounded && pushed.delivered > 0 {
             // One update for the whole batch (still under the lock, so a
@@ -234,6 +323,8 @@ impl MailboxShared {
         self.len.store(0, Ordering::Release);
         self.bytes.store(0, Ordering::Release);
         let watchers = std::mem::take(&mut state.watchers);
+        let told_busy = std::mem::take(&mut state.told_busy);
+        self.busy.store(false, Ordering::Release);
         let wakers = std::mem::take(&mut state.wakers);
         let parked = std::mem::take(&mut state.parked);
         drop(state);
@@ -243,6 +334,13 @@ impl MailboxShared {
         drop(older);
         wakers.into_iter().for_each(Waker::wake);
         parked.iter().for_each(Thread::unpark);
+        // Senders held back from a closed mailbox forget it (their later
+        // sends are dropped here as to any closed mailbox).
+        if let Some(node) = self.node.upgrade() {
+            for peer in told_busy {
+                node.queue_control(peer, &crate::control::Control::Ready { target: self.id });
+            }
+        }
         Some(watchers)
     }
 
@@ -341,6 +439,37 @@ impl MailboxShared {
         Some(msg)
     }
 
+    /// After a receive: if peers were told this mailbox is busy and it is
+    /// now under half its share, tells them it is ready (call with no lock
+    /// held).
+    fn after_take(&self) {
+        if !self.busy.load(Ordering::Acquire) {
+            return;
+        }
+        let share = self.busy_share.load(Ordering::Relaxed);
+        if self.bytes.load(Ordering::Acquire) > share / 2 {
+            return;
+        }
+        self.tell_ready();
+    }
+
+    /// Tells every peer told this mailbox is busy that it is ready.
+    fn tell_ready(&self) {
+        let told = {
+            let mut state = self.lock();
+            self.busy.store(false, Ordering::Release);
+            std::mem::take(&mut state.told_busy)
+        };
+        if told.is_empty() {
+            return;
+        }
+        if let Some(node) = self.node.upgrade() {
+            for peer in told {
+                node.queue_control(peer, &crate::control::Control::Ready { target: self.id });
+            }
+        }
+    }
+
     fn poll_take(
         &self,
         cx: &mut Context<'_>,
@@ -348,7 +477,11 @@ impl MailboxShared {
     ) -> Poll<Result<Message, RecvError>> {
         let mut taken = self.lock_taken();
         match self.take_or_lock(&mut taken, pred) {
-            Ok(msg) => Poll::Ready(Ok(msg)),
+            Ok(msg) => {
+                drop(taken);
+                self.after_take();
+                Poll::Ready(Ok(msg))
+            }
             Err(mut state) => {
                 if state.closed {
                     return Poll::Ready(Err(RecvError::Closed));
@@ -364,7 +497,11 @@ impl MailboxShared {
     fn try_take(&self) -> Result<Option<Message>, RecvError> {
         let mut taken = self.lock_taken();
         match self.take_or_lock(&mut taken, None) {
-            Ok(msg) => Ok(Some(msg)),
+            Ok(msg) => {
+                drop(taken);
+                self.after_take();
+                Ok(Some(msg))
+            }
             Err(state) if state.closed => Err(RecvError::Closed),
             Err(_) => Ok(None),
         }
@@ -381,7 +518,11 @@ impl MailboxShared {
             let seen = self.pushes.load(Ordering::Acquire);
             let mut taken = self.lock_taken();
             let state = match self.take_or_lock(&mut taken, pred.as_deref_mut()) {
-                Ok(msg) => return Ok(msg),
+                Ok(msg) => {
+                    drop(taken);
+                    self.after_take();
+                    return Ok(msg);
+                }
                 Err(state) => state,
             };
             drop(taken);

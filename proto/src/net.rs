@@ -97,12 +97,22 @@ pub(crate) struct OutboxState {
     pub(crate) queued_small: usize,
     /// Bytes in `lanes`.
     pub(crate) queued_bulk: usize,
+    /// Mailboxes of the peer that said they are busy (over their share of
+    /// unread messages): sends to them fail with `Full` until they say
+    /// they are ready. At most [`MAX_BUSY_MAILBOXES`].
+    busy: Vec<MailboxId>,
     /// Whether the peer is on the ready list already.
     listed: bool,
 }
 
 /// Bytes of small frames per chunk of the outbound queue.
 pub(crate) const SMALL_CHUNK: usize = 256 * 1024;
+
+/// Busy mailboxes remembered per peer. A peer naming more (only a
+/// misbehaving one would: each stands for a mailbox holding its share of
+/// unread bytes) is not remembered past it; sends to those mailboxes go
+/// out and the peer drops them at its hard cap.
+pub(crate) const MAX_BUSY_MAILBOXES: usize = 4096;
 
 impl OutboxState {
     /// The chunk new small frames go into: the last one if it has room for
@@ -134,6 +144,12 @@ impl OutboxState {
         self.small.clear();
         self.spare_chunks.clear();
         self.lanes.clear();
+        // A `Ready` sent while the link was down is lost, so a busy mark
+        // must not outlive the connection. Sends to a mailbox still busy go
+        // out again; its node keeps them up to its hard cap and drops and
+        // counts the rest until the mailbox is read (it tells a sender
+        // busy once per episode).
+        self.busy.clear();
         self.queued_small = 0;
         self.queued_bulk = 0;
         dropped
@@ -193,11 +209,17 @@ pub(crate) struct Outbox {
 }
 
 /// The bytes a peer's messages hold on this node, delivered but not yet
-/// received (and dropped) by the application. Past the limit the core stops
-/// reading from that peer's connection — TCP pushes back to the sender,
-/// whose outbound queue fills and whose sends return `Full` — and reads
-/// again once consumers bring it under half: memory stays bounded and no
-/// message is dropped. A mailbox nobody reads stalls its peer's link.
+/// received (and dropped) by the application. Past the limit
+/// ([`link_pause_bound`]) the core stops reading from that peer's
+/// connection — TCP pushes back to the sender, whose outbound queue fills
+/// and whose sends return `Full` — and reads again once consumers bring it
+/// under half.
+///
+/// This is the last resort for the node's memory, reached only when many
+/// mailboxes fall behind at once: a single slow mailbox is held to its own
+/// share ([`Tuning::mailbox_unread_bytes`](crate::Tuning), enforced where
+/// messages are queued, see `MailboxShared::push_many`) and one message of
+/// the largest size fits under the bound, so neither stops the link.
 #[derive(Debug)]
 pub(crate) struct RecvBudget {
     used: AtomicUsize,
@@ -206,8 +228,23 @@ pub(crate) struct RecvBudget {
     wake: Arc<WakeSignal>,
 }
 
-/// The default [`RecvBudget`] limit per peer.
-pub(crate) const DEFAULT_UNREAD_LIMIT: usize = 16 << 20;
+/// The default [`RecvBudget`] limit per peer, until the core sets the one
+/// its tuning asks for (see [`link_pause_bound`]).
+pub(crate) const DEFAULT_UNREAD_LIMIT: usize = 256 << 20;
+
+/// The [`RecvBudget`] limit in effect for `tuning`: its
+/// `max_unread_bytes`, but never below `max_message_len + 2 ×
+/// mailbox_unread_bytes`, so that one mailbox at its hard cap plus one
+/// message of the largest size never pauses a link (pausing would stop
+/// every other mailbox's messages behind one consumer that is slow).
+pub(crate) fn link_pause_bound(tuning: &crate::Tuning) -> usize {
+    let one_mailbox = tuning
+        .mailbox_unread_bytes
+        .saturating_mul(crate::mailbox::HARD_CAP_SHARES);
+    tuning
+        .max_unread_bytes
+        .max(tuning.max_message_len.saturating_add(one_mailbox))
+}
 
 /// Memory a delivered message holds besides its payload (its queue slot,
 /// its share of the receive buffer), charged with it.
@@ -273,6 +310,20 @@ pub(crate) enum Refused {
 impl Outbox {
     pub(crate) fn lock(&self) -> MutexGuard<'_, OutboxState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The peer's mailbox `target` is busy (sends to it fail with `Full`)
+    /// or ready again.
+    pub(crate) fn set_busy(&self, target: MailboxId, busy: bool) {
+        let mut state = self.lock();
+        let known = state.busy.iter().position(|m| *m == target);
+        match (busy, known) {
+            (true, None) if state.busy.len() < MAX_BUSY_MAILBOXES => state.busy.push(target),
+            (false, Some(i)) => {
+                state.busy.swap_remove(i);
+            }
+            _ => {}
+        }
     }
 
     pub(crate) fn stats(&self) -> PeerStats {
@@ -455,6 +506,9 @@ impl Network {
         let mut state = outbox.lock();
         if !state.connected {
             return Err(Refused::Unreachable);
+        }
+        if !state.busy.is_empty() && state.busy.contains(&dest) {
+            return Err(Refused::Full);
         }
         let lane = state.lanes.iter_mut().position(|l| l.dest == dest);
         match lane {

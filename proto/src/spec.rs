@@ -106,10 +106,17 @@ pub struct Tuning {
     /// grants more credit.
     pub tunnel_window: usize,
     /// Bytes one peer's messages may hold on this node, delivered but not
-    /// yet received by the application. Past it the node stops reading
-    /// from that peer (TCP pushes back; the sender's queue fills and its
-    /// sends return `Full`) until consumers bring it under half. Nothing is
-    /// dropped; a mailbox nobody reads stalls its peer's link.
+    /// yet dropped by the application, before the node stops reading from
+    /// that peer (TCP pushes back; the sender's queue fills and its sends
+    /// return `Full`) until consumers bring it under half. A last resort
+    /// for the node's memory, which many slow mailboxes together could
+    /// otherwise take: one slow mailbox is held to its own share
+    /// ([`mailbox_unread_bytes`](Tuning::mailbox_unread_bytes)) and never
+    /// pauses a link. The bound in effect is never below
+    /// `max_message_len + 2 × mailbox_unread_bytes`, so one message of the
+    /// largest size waiting in a mailbox at its hard cap never pauses a
+    /// link either; the node holds at most that much per connected peer.
+    /// Default 256 MiB.
     pub max_unread_bytes: usize,
     /// Whether nodes missing from this node's spec may join by connecting
     /// (they still need a certificate signed by the cluster CA that names
@@ -172,6 +179,21 @@ pub struct Tuning {
     /// [`handshake_timeout`](Tuning::handshake_timeout).
     #[serde(with = "millis")]
     pub first_bytes_timeout: Duration,
+    // Link budgets (issue 15, items 1 and 2).
+    /// Bytes of messages from other nodes one mailbox should hold queued,
+    /// unread: its share. A mailbox that reaches it tells each node
+    /// sending to it that it is busy, and their later sends to it fail with
+    /// `SendError::Full` at once (as a full local mailbox's do) until it is
+    /// read down to half its share. Messages already on the way are still
+    /// queued, up to twice the share; beyond that they are dropped and
+    /// counted (`NodeStats::dropped_unread_share`, one log line per
+    /// episode). A mailbox holding nothing takes a message of any size up to
+    /// `max_message_len`, so one large message always gets through. One
+    /// consumer that does not keep up thus holds back only its own senders:
+    /// the link keeps carrying registry sync, requests, replies, close
+    /// notifications and every other mailbox's messages. Default 16 MiB,
+    /// the former per-peer budget, now each mailbox's.
+    pub mailbox_unread_bytes: usize,
 }
 
 impl Default for Tuning {
@@ -190,7 +212,7 @@ impl Default for Tuning {
             write_window: 1 << 20,
             max_handshaking: 64,
             tunnel_window: 1 << 20,
-            max_unread_bytes: 16 << 20,
+            max_unread_bytes: 256 << 20,
             accept_joins: true,
             gossip_interval: Duration::from_secs(10),
             forget_after: Duration::from_secs(120),
@@ -207,6 +229,8 @@ impl Default for Tuning {
             // a second for the first bytes, which a dialer writes at once.
             max_handshaking_per_address: 16,
             first_bytes_timeout: Duration::from_secs(1),
+            // Link budgets (issue 15, items 1 and 2).
+            mailbox_unread_bytes: 16 << 20,
         }
     }
 }

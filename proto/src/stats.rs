@@ -37,7 +37,9 @@ counters! {
     remote_sent,
     /// Remote sends dropped because the target's node was not connected.
     dropped_unreachable,
-    /// Remote sends refused because the outbound queue to the node was full.
+    /// Remote sends refused because the outbound queue to the node was
+    /// full, or the target mailbox said it is busy (over its share of
+    /// unread messages).
     dropped_outbound_full,
     /// Messages received from other nodes and delivered to a mailbox.
     remote_delivered,
@@ -84,4 +86,13 @@ counters! {
     /// `max_names_per_node`, `max_group_members_per_node`,
     /// `max_topics_per_node`).
     registry_cutoffs,
+    /// Messages from other nodes dropped because their mailbox already held
+    /// twice its share of unread bytes (`Tuning::mailbox_unread_bytes`):
+    /// sent before the sender heard the mailbox is busy, or by a sender
+    /// that ignores it. The link they came on keeps carrying everything else.
+    dropped_unread_share,
+    /// Times a mailbox of this node went over its share of unread bytes
+    /// and told a sending node it is busy (that node's later sends to it
+    /// fail with `Full` until it is read down to half its share).
+    busy_notices,
 }

@@ -581,16 +581,24 @@ async fn a_peer_that_pings_but_never_reads_is_disconnected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
     capture_logs();
+    // One slow mailbox is held to its own share (see edges_link.rs); the
+    // link pauses only when many together hold the node's last-resort
+    // bound: eight mailboxes, each under its 1 MiB share, reach 4 MiB.
     let tuning = Tuning {
         max_unread_bytes: 4 << 20,
         outbound_queue_bytes: 2 << 20,
+        mailbox_unread_bytes: 1 << 20,
+        max_message_len: 1 << 20,
         ..Tuning::fast()
     };
     reign_tokio::register_type::<(u64, serde_bytes::ByteBuf)>().unwrap();
     let cluster = TestCluster::with_tuning(2, tuning.clone());
     let nodes = start_all(&cluster, 2).await;
-    let (addr, mailbox) = nodes[1].new_mailbox();
-    let remote = nodes[0].address_of(addr.id());
+    let boxes: Vec<_> = (0..8).map(|_| nodes[1].new_mailbox()).collect();
+    let remotes: Vec<Address> = boxes
+        .iter()
+        .map(|(addr, _)| nodes[0].address_of(addr.id()))
+        .collect();
     let payload = serde_bytes::ByteBuf::from(vec![3u8; 1000]);
     let (status_addr, status) = nodes[1].new_mailbox();
     nodes[1].subscribe_connection_status(&status_addr);
@@ -599,7 +607,7 @@ async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
     let mut full = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while full < 50 && Instant::now() < deadline {
-        match remote.send((sent, payload.clone())) {
+        match remotes[(sent % 8) as usize].send((sent, payload.clone())) {
             Ok(()) => sent += 1,
             Err(SendError::Full) => {
                 full += 1;
@@ -635,7 +643,8 @@ async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
     );
     // Reading resumes the flow; every message arrives, in order.
     for i in 0..sent {
-        let (n, _): (u64, serde_bytes::ByteBuf) = mailbox
+        let (n, _): (u64, serde_bytes::ByteBuf) = boxes[(i % 8) as usize]
+            .1
             .recv_timeout(WAIT)
             .await
             .unwrap()
@@ -644,6 +653,7 @@ async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
         assert_eq!(n, i);
     }
     assert_eq!(nodes[1].stats().dropped_full, 0);
+    assert_eq!(nodes[1].stats().dropped_unread_share, 0);
     for node in &nodes {
         node.shutdown().await;
     }

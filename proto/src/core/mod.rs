@@ -359,7 +359,7 @@ impl Core {
         );
         network.tunnel_window = tuning.tunnel_window;
         network.max_frame_len = tuning.max_frame_len;
-        network.set_unread_limit(tuning.max_unread_bytes);
+        network.set_unread_limit(crate::net::link_pause_bound(&tuning));
         let node = Node::networked(me, config.incarnation, network);
         node.inner
             .set_registry_limits(crate::registry::RegistryLimits::from_tuning(&tuning));

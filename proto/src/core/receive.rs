@@ -368,6 +368,10 @@ impl Core {
             return;
         }
         let counters = &self.node.inner.counters;
+        // Every delivery was charged to the budget of the peer whose input
+        // is being handled.
+        let from = self.budget.as_ref().map_or(self.me, |(peer, _)| *peer);
+        let share = self.tuning.mailbox_unread_bytes;
         let mut batch = std::mem::take(&mut self.deliveries);
         let mut run = std::mem::take(&mut self.run);
         let mut drain = batch.drain(..).peekable();
@@ -376,7 +380,7 @@ impl Core {
             while let Some((_, msg)) = drain.next_if(|(m, _)| Arc::ptr_eq(m, &mailbox)) {
                 run.push(msg);
             }
-            let pushed = mailbox.push_many(run.drain(..));
+            let pushed = mailbox.push_many(run.drain(..), share, from);
             counters
                 .remote_delivered
                 .fetch_add(pushed.delivered, Ordering::Relaxed);
@@ -386,6 +390,14 @@ impl Core {
             counters
                 .dropped_closed
                 .fetch_add(pushed.closed, Ordering::Relaxed);
+            if pushed.over_share > 0 {
+                counters
+                    .dropped_unread_share
+                    .fetch_add(pushed.over_share, Ordering::Relaxed);
+            }
+            if pushed.tell_busy {
+                counters.busy_notices.fetch_add(1, Ordering::Relaxed);
+            }
             if pushed.closed > 0
                 && self
                     .last_dest
@@ -412,9 +424,27 @@ impl Core {
                 self.on_members(now, peer, conn, nodes, answer);
                 Ok(())
             }
+            Ok(crate::control::Control::Busy { target }) => self.on_busy(peer, target, true),
+            Ok(crate::control::Control::Ready { target }) => self.on_busy(peer, target, false),
             Ok(msg) => self.node.inner.handle_control(peer, msg),
             Err(e) => Err(format!("malformed control message: {e}")),
         }
+    }
+}
+
+impl Core {
+    /// `peer` says its mailbox `target` is busy (sends to it fail with
+    /// `Full` from now on) or ready again.
+    fn on_busy(&mut self, peer: NodeId, target: MailboxId, busy: bool) -> Result<(), String> {
+        if target.node != peer {
+            return Err(format!(
+                "reported {target:?}, a mailbox of another node, busy or ready"
+            ));
+        }
+        if let Some(outbox) = self.node.inner.network().outbox(peer) {
+            outbox.set_busy(target, busy);
+        }
+        Ok(())
     }
 }
 
