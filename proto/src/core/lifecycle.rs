@@ -450,7 +450,7 @@ mod tests {
             framed(&Frame::Control(Bytes::from_static(b"\x01\x02"))),
             {
                 let mut out = Vec::new();
-                put_request_header(&mut out, dest, 9, tag, 3);
+                put_request_header(&mut out, dest, 9, tag, 1_000, 3);
                 out.extend_from_slice(b"abc");
                 out
             },
