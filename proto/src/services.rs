@@ -628,6 +628,11 @@ pub(crate) enum Route {
 /// a member can skip work nobody waits for. A request that is still waiting
 /// for a handler slot when its deadline passes never reaches the member
 /// (counted in [`NodeStats::expired_requests`](crate::NodeStats::expired_requests)).
+/// One already in the mailbox holds its slot until it is answered or
+/// dropped: a member that finds no time remaining drops it to free the slot.
+///
+/// The time remaining is taken when the request is queued for the wire; time
+/// it then spends in the outbound queue and in transit is not taken off.
 pub struct Request {
     message: Message,
     responder: Responder,
@@ -1193,15 +1198,17 @@ impl NodeInner {
                 None => return RequestFuture::failed(RequestError::NoMember),
             },
         };
-        let now = self.now();
-        if deadline <= now {
-            return RequestFuture::failed(RequestError::Timeout);
-        }
         let slot = Arc::new(ReplySlot::default());
         let local = dest.node == self.id;
-        let corr = self
-            .services()
-            .begin(slot.clone(), (!local).then_some(dest.node), deadline);
+        let (now, corr) = {
+            let mut services = self.services();
+            let now = services.now();
+            if deadline <= now {
+                return RequestFuture::failed(RequestError::Timeout);
+            }
+            let corr = services.begin(slot.clone(), (!local).then_some(dest.node), deadline);
+            (now, corr)
+        };
         let future = RequestFuture {
             slot,
             node: self.weak(),

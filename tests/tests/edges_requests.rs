@@ -5,10 +5,16 @@
 //! another branch) returns what the request held on both nodes: the pending
 //! entry on the caller's node, the queue place, queued bytes and handler slot
 //! on the member's node. Late replies are dropped quietly and counted.
+//! The last test runs on every runtime (tokio, async-std, smol).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use reign_driver::{Reign, Runtime};
 
 use reign_tests::{capture_logs, TestCluster};
 use reign_tokio::{Limits, Node, NodeId, RequestError, RequestTables};
@@ -72,6 +78,15 @@ fn slow_member(node: &Node, service: &str, handler: Duration) -> Arc<Seen> {
         }
     });
     seen
+}
+
+/// Waits until `cond` holds (at most [`WAIT`]).
+async fn until(cond: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < WAIT, "not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Waits until every node's request tables are back to idle.
@@ -192,10 +207,7 @@ async fn queued_behind(caller: &Node, member: &Node, service: &str, hold: Durati
     let first = caller.clone();
     let svc = service.to_owned();
     tokio::spawn(async move { first.request(svc.as_str(), 0u64, WAIT).await });
-    assert!(
-        reign_tests::eventually(WAIT, || seen.runs.load(Ordering::SeqCst) == 1),
-        "the first request reaches the handler"
-    );
+    until(|| seen.runs.load(Ordering::SeqCst) == 1).await;
     seen
 }
 
@@ -250,16 +262,14 @@ async fn a_timed_out_request_gives_everything_back_and_its_late_reply_is_counted
             .request("timeout", 0u64, Duration::from_millis(200))
             .await
     });
-    assert!(reign_tests::eventually(WAIT, || {
-        seen.runs.load(Ordering::SeqCst) == 1
-    }));
+    until(|| seen.runs.load(Ordering::SeqCst) == 1).await;
     let queued = n0.request("timeout", 1u64, Duration::from_millis(100));
     assert_eq!(queued.await.err(), Some(RequestError::Timeout));
     assert_eq!(held.await.unwrap().err(), Some(RequestError::Timeout));
     assert_idle(&[n0, n1]).await;
     assert_eq!(n1.stats().expired_requests, 1);
     assert_eq!(n1.stats().cancelled_requests, 0);
-    assert!(reign_tests::eventually(WAIT, || n0.stats().late_replies == 1));
+    until(|| n0.stats().late_replies == 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(seen.runs.load(Ordering::SeqCst), 1);
     for node in nodes {
@@ -283,4 +293,116 @@ async fn a_dropped_local_request_gives_everything_back() {
     assert_idle(&[n0]).await;
     assert_eq!(seen.runs.load(Ordering::SeqCst), 1);
     nodes[0].shutdown().await;
+}
+
+// ----- every runtime, through `Reign::request` ----------------------------
+
+/// The first of two futures to finish; the other is dropped (a minimal
+/// `select!` that works on every runtime).
+struct First<A, B>(Pin<Box<A>>, Pin<Box<B>>);
+
+impl<A: Future, B: Future> Future for First<A, B> {
+    type Output = Result<A::Output, B::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(a) = self.0.as_mut().poll(cx) {
+            return Poll::Ready(Ok(a));
+        }
+        self.1.as_mut().poll(cx).map(Err)
+    }
+}
+
+async fn until_on<R: Runtime + Default>(cond: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < WAIT, "not within {WAIT:?}");
+        R::default().sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// On runtime `R`, over TCP and mutual TLS: a member with one slot held for
+/// `HOLD`; three requests with 20 ms timeouts queue behind it and expire
+/// unrun; a fourth, abandoned by a race it lost, is called off at once; the
+/// held one answers; every table is idle and the handler ran once.
+async fn callers_that_give_up<R: Runtime + Default>() {
+    const HOLD: Duration = Duration::from_millis(400);
+    capture_logs();
+    let cluster = TestCluster::new(2);
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(
+            Reign::<R>::start(&cluster.spec(NodeId(i)), NodeId(i))
+                .await
+                .unwrap(),
+        );
+    }
+    let (n0, n1) = (&nodes[0], &nodes[1]);
+    assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
+    let (addr, mailbox) = n1.new_mailbox();
+    let limits = Limits {
+        max_in_flight: 1,
+        max_queued_bytes: 1 << 20,
+    };
+    n1.join_with_limits("give-up", &addr, limits).unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = runs.clone();
+    R::default().spawn(async move {
+        while let Ok(request) = mailbox.recv_request().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            R::default().sleep(HOLD).await;
+            let _ = request.reply(());
+        }
+    });
+    n0.sync().await;
+    let first = n0.clone();
+    R::default().spawn(async move {
+        let _ = first.request("give-up", 0u64, WAIT).await;
+    });
+    until_on::<R>(|| runs.load(Ordering::SeqCst) == 1).await;
+    for i in 1..4u64 {
+        let result = n0.request("give-up", i, Duration::from_millis(20)).await;
+        assert_eq!(result.err(), Some(RequestError::Timeout));
+    }
+    let raced = First(
+        Box::pin(n0.request("give-up", 4u64, Duration::from_secs(60))),
+        Box::pin(R::default().sleep(Duration::from_millis(100))),
+    )
+    .await;
+    assert!(raced.is_err(), "the sleep wins the race");
+    until_on::<R>(|| n1.request_tables() == RequestTables::default()).await;
+    until_on::<R>(|| n0.request_tables() == RequestTables::default()).await;
+    let stats = n1.stats();
+    println!(
+        "expired {} cancelled {} runs {}",
+        stats.expired_requests,
+        stats.cancelled_requests,
+        runs.load(Ordering::SeqCst)
+    );
+    assert_eq!(stats.expired_requests, 3);
+    assert_eq!(stats.cancelled_requests, 1);
+    R::default().sleep(HOLD / 2).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
+#[test]
+fn callers_that_give_up_on_tokio() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(callers_that_give_up::<reign_tokio::Tokio>());
+}
+
+#[test]
+fn callers_that_give_up_on_async_std() {
+    async_std::task::block_on(callers_that_give_up::<reign_async_std::AsyncStd>());
+}
+
+#[test]
+fn callers_that_give_up_on_smol() {
+    smol::block_on(callers_that_give_up::<reign_smol::Smol>());
 }
