@@ -5,6 +5,12 @@
 //! ([`Mailbox::try_recv`]) or blocking for plain threads
 //! ([`Mailbox::recv_blocking`]). Waiting never spins: a waiting receiver is
 //! woken by the next push.
+//!
+//! A mailbox also keeps its own share of messages from other nodes
+//! (`Tuning::mailbox_unread_bytes`): over it, it tells their senders it is
+//! busy (their sends fail with `Full`) until it is read down to half, and
+//! drops and counts what still arrives past twice the share, so one slow
+//! consumer never stops the link that carries its node's other traffic.
 
 use std::collections::VecDeque;
 use std::future::Future;
