@@ -1144,10 +1144,7 @@ impl Harness {
                         }
                     })
                     .collect();
-                Control::Snapshot {
-                    deltas,
-                    last: true,
-                }
+                Control::Snapshot { deltas, last: true }
             }
         };
         control.encode()
@@ -1713,7 +1710,11 @@ impl Harness {
         let contested = view.values().filter(|ids| ids.len() > 1).count();
         assert_eq!(node.multiple_claim_count(), contested, "multiple claims");
         for (name, ids) in &view {
-            assert!(name.len() <= tuning.max_name_len, "a name of {} bytes is held", name.len());
+            assert!(
+                name.len() <= tuning.max_name_len,
+                "a name of {} bytes is held",
+                name.len()
+            );
             assert_eq!(
                 node.lookup(name).map(|a| a.id()),
                 ids.first().copied(),
