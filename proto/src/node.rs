@@ -427,7 +427,9 @@ impl NodeInner {
                         self.counters
                             .rejected_claims
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(node = self.id.0, peer = peer.0, error = %e, "rejected a registry message");
+                        // DEBUG: a peer can repeat this at will; the core
+                        // logs a summary per interval.
+                        tracing::debug!(node = self.id.0, peer = peer.0, error = %e, "rejected a registry message");
                     }
                     Err(PeerError::OverLimit(e)) => {
                         // Cut off: the core closes the link with this reason

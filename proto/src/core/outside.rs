@@ -38,6 +38,9 @@ pub(super) const CLOSED: &str = "closed by the client mid-handshake";
 pub(super) const MALFORMED_FRAMES: &str = "sending malformed frames";
 /// The cause under which messages of unregistered types are dropped.
 pub(super) const UNKNOWN_TYPE: &str = "of a type not registered on this node";
+/// The cause under which a peer's registry messages that break the rules
+/// (claims for another node's mailboxes, …) are ignored.
+pub(super) const REJECTED_REGISTRY: &str = "as registry messages that break the rules";
 
 /// An inbound connection in the handshake pool.
 pub(super) struct Inbound {

@@ -426,7 +426,20 @@ impl Core {
             }
             Ok(crate::control::Control::Busy { target }) => self.on_busy(peer, target, true),
             Ok(crate::control::Control::Ready { target }) => self.on_busy(peer, target, false),
-            Ok(msg) => self.node.inner.handle_control(peer, msg),
+            Ok(msg) => {
+                // A rejected registry message is ignored and logged at
+                // DEBUG by the node; a peer repeating it is summarised here,
+                // never one line per message.
+                let rejected = &self.node.inner.counters.rejected_claims;
+                let before = rejected.load(Ordering::Relaxed);
+                let result = self.node.inner.handle_control(peer, msg);
+                let now_rejected = rejected.load(Ordering::Relaxed);
+                if now_rejected > before {
+                    self.dropped
+                        .record_many(outside::REJECTED_REGISTRY, now_rejected - before);
+                }
+                result
+            }
             Err(e) => Err(format!("malformed control message: {e}")),
         }
     }
