@@ -180,6 +180,14 @@ pub fn spec_json(data: &[u8]) {
     real.node_cert_pem = pems.cert_pem.clone();
     real.node_key_pem = pems.key_pem.clone();
     real.cluster_cert_pem = material.ca_pem.clone();
+    if let Err(e) = real.check_protocols() {
+        assert_eq!(
+            real.resolve(node, certs::wall_time()).unwrap_err(),
+            e,
+            "resolve must refuse the cipher suite check_protocols refused"
+        );
+        return;
+    }
     let resolved = real
         .resolve(node, certs::wall_time())
         .unwrap_or_else(|e| panic!("a valid spec with real material failed to resolve: {e}"));
