@@ -146,23 +146,24 @@ pub struct Tuning {
     pub drain_timeout: Duration,
     // registry caps (issue 15, item 7)
     /// Longest registered name, service group or topic, in bytes. A peer
-    /// that sends a longer one is cut off. 1 KiB: names are identifiers
-    /// (Erlang caps atoms at 255 characters), and with the per-node caps
-    /// below it bounds what one peer can make this node hold to about
-    /// 40 MB even when every entry is as long as allowed.
+    /// that sends a longer one is cut off. 255: names are identifiers
+    /// (Erlang caps atoms, and so registered names, at 255 characters), and
+    /// with the per-node caps below it bounds what one peer can make this
+    /// node hold to about 10 MB even when every entry is as long as
+    /// allowed.
     pub max_name_len: usize,
     /// Names one node may claim: this node's own claims past it are
     /// refused, a peer that claims more is cut off. 8,192: far more
-    /// singletons than an application registers, and at most ~10 MB held
+    /// singletons than an application registers, and at most ~3 MB held
     /// for one peer.
     pub max_names_per_node: usize,
     /// Service group memberships (a group and one member) one node may
     /// hold: local joins past it are refused, a peer that holds more is cut
-    /// off. 8,192: a large worker pool per node, ~12 MB at most per peer.
+    /// off. 8,192: a large worker pool per node, ~4 MB at most per peer.
     pub max_group_members_per_node: usize,
     /// Topics one node may have subscribers to: local subscriptions to a
     /// new topic past it are refused, a peer interested in more is cut off.
-    /// 8,192, ~9 MB at most per peer. Every node of a cluster should share
+    /// 8,192, ~3 MB at most per peer. Every node of a cluster should share
     /// these four caps: a node allowed more than its peers can be cut off.
     pub max_topics_per_node: usize,
     // --- outside input (issue 15 item 9: the handshake pool against slow-loris) ---
