@@ -54,10 +54,10 @@ fn is_material_error(e: &SpecError) -> bool {
     )
 }
 
-/// Every key of every spec object, as serialized: an unknown field must be
-/// none of these, and a suggestion must be one.
-fn known_keys() -> Vec<String> {
-    let mut keys = Vec::new();
+/// The keys of the spec object an unknown field was found in (`within`),
+/// as serialized: the field must be none of them, and a suggestion must be
+/// one of them.
+fn known_keys(within: &str) -> Vec<String> {
     let full = reign_proto::spec::ClusterSpec {
         nodes: vec![reign_proto::spec::NodeDescriptor {
             id: 0,
@@ -74,21 +74,18 @@ fn known_keys() -> Vec<String> {
         permitted_protocols: vec!["x".into()],
         ..Default::default()
     };
-    fn walk(value: &serde_json::Value, keys: &mut Vec<String>) {
-        match value {
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    keys.push(k.clone());
-                    walk(v, keys);
-                }
-            }
-            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, keys)),
-            _ => {}
-        }
-    }
     let value: serde_json::Value = serde_json::from_str(&full.to_json()).expect("valid JSON");
-    walk(&value, &mut keys);
-    keys
+    let object = match within {
+        "a node" => &value["nodes"][0],
+        "tuning" => &value["tuning"],
+        _ => &value,
+    };
+    object
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect()
 }
 
 /// Fuzzes the cluster spec parser and resolver with `data` (lossy UTF-8).
@@ -109,13 +106,19 @@ pub fn spec_json(data: &[u8]) {
         Err(e @ SpecError::UnknownField { .. }) => {
             let text = e.to_string();
             let SpecError::UnknownField {
-                field, suggestion, ..
+                field,
+                suggestion,
+                within,
+                ..
             } = e
             else {
                 unreachable!()
             };
-            let known = known_keys();
-            assert!(!known.contains(&field), "{field:?} is a known key: {text}");
+            let known = known_keys(within);
+            assert!(
+                !known.contains(&field),
+                "{field:?} is a known key of {within}: {text}"
+            );
             if let Some(s) = suggestion {
                 assert!(known.contains(&s), "suggested {s:?}, not a key");
                 assert!(text.contains(&s));
