@@ -103,9 +103,7 @@ impl Address {
             Target::Local(mailbox) => {
                 // One thread-local compare when a thread sends one type in a
                 // row (see `types::tag_of`): the local path stays as fast.
-                if crate::types::tag_of(std::any::TypeId::of::<T>()).is_none() {
-                    return Err(SendError::unregistered::<T>());
-                }
+                crate::types::tag_for::<T>()?;
                 mailbox.push(Message::local(value))
             }
             Target::Remote(node) => match node.upgrade() {

@@ -269,10 +269,7 @@ impl NodeInner {
         if self.shutting_down.load(Ordering::Relaxed) {
             return Err(SendError::NodeShutdown);
         }
-        let tag =
-            crate::types::tag_of(std::any::TypeId::of::<T>()).ok_or(SendError::Unregistered {
-                type_name: std::any::type_name::<T>(),
-            })?;
+        let tag = crate::types::tag_for::<T>()?;
         let Some(outbox) = self.net.outbox(dest.node) else {
             self.counters
                 .dropped_unreachable

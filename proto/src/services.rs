@@ -864,9 +864,7 @@ fn remaining_micros(remaining: Duration) -> u64 {
 pub const MAX_REQUEST_TIMEOUT: Duration = Duration::from_micros(wire::MAX_REMAINING_US);
 
 fn encode_registered<T: Any + Serialize>(value: &T) -> Result<(TypeTag, Vec<u8>), SendError> {
-    let tag = types::tag_of(std::any::TypeId::of::<T>()).ok_or(SendError::Unregistered {
-        type_name: std::any::type_name::<T>(),
-    })?;
+    let tag = types::tag_for::<T>()?;
     let mut payload = Vec::new();
     crate::codec::payload::encode(value, &mut payload).map_err(SendError::Encode)?;
     Ok((tag, payload))

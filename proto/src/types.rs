@@ -209,6 +209,12 @@ pub(crate) fn tag_of(type_id: TypeId) -> Option<TypeTag> {
     Some(tag)
 }
 
+/// The tag of the registered type `T`, or the error every send of an
+/// unregistered type gets (local, remote, request, reply alike).
+pub(crate) fn tag_for<T: Any>() -> Result<TypeTag, crate::error::SendError> {
+    tag_of(TypeId::of::<T>()).ok_or_else(crate::error::SendError::unregistered::<T>)
+}
+
 /// The registered wire name of a type.
 pub(crate) fn name_of(type_id: TypeId) -> Option<&'static str> {
     let table = table().read().unwrap_or_else(|e| e.into_inner());
