@@ -19,7 +19,6 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod address;
 #[cfg(feature = "certgen")]
 pub mod certgen;
 pub mod codec;
@@ -29,20 +28,17 @@ pub mod error;
 pub mod handshake;
 pub mod id;
 pub mod log_summary;
-pub mod mailbox;
-pub mod message;
-pub(crate) mod net;
 pub mod node;
+mod poison;
+pub use node::{address, mailbox, message, services, tunnel};
 pub mod registry;
 pub mod rng;
-pub mod services;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod spec;
 pub mod stats;
 pub mod system;
 pub mod tls;
-pub mod tunnel;
 pub mod types;
 
 pub use address::Address;
@@ -51,7 +47,7 @@ pub use error::{DecodeError, RecvError, SendError};
 pub use id::{Incarnation, MailboxId, NodeId, ParseIdError};
 pub use mailbox::{Capacity, Mailbox};
 pub use message::{DowncastError, Message};
-pub use net::{PeerStats, WakeSignal};
+pub use node::outbox::{PeerStats, WakeSignal};
 pub use node::{Node, SyncFuture};
 pub use registry::{RegistryDump, RegistryError};
 pub use services::{

@@ -4,7 +4,7 @@
 
 use super::*;
 
-use crate::net::OutboxState;
+use crate::node::outbox::OutboxState;
 
 /// The user messages (sends, requests, replies, publications; not tunnel
 /// or control frames) waiting in an outbound queue: what is lost if it is
@@ -415,7 +415,7 @@ mod tests {
     use super::*;
     use crate::codec::frame::{put_publish_header, put_reply_header, put_request_header};
     use crate::codec::frame::{PublishScope, ReplyStatus};
-    use crate::net::Network;
+    use crate::node::outbox::Network;
 
     /// Sends, requests, replies, publications and large messages (even
     /// half sent) count; pings and control frames do not.

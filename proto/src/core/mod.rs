@@ -42,7 +42,7 @@ use crate::codec::{Frame, FRAGMENT_LEN};
 use crate::handshake::{self, Handshake, HandshakeError, Hello, Role, Step};
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::message::Message;
-use crate::net::{Network, WakeSignal};
+use crate::node::outbox::{Network, WakeSignal};
 use crate::node::Node;
 use crate::rng::Rng;
 use crate::spec::{NodeDescriptor, ResolvedSpec, SpecError, Tuning};
@@ -319,7 +319,7 @@ pub struct Core {
     /// User messages received in the current input, counted once per input.
     messages_in: u64,
     /// The receive budget of the peer whose input is being handled.
-    budget: Option<(NodeId, Arc<crate::net::RecvBudget>)>,
+    budget: Option<(NodeId, Arc<crate::node::outbox::RecvBudget>)>,
     /// Connections not being read until their peer's budget frees up.
     paused: BTreeSet<ConnId>,
     /// Reused for each run of deliveries to one mailbox.
@@ -359,7 +359,7 @@ impl Core {
         );
         network.tunnel_window = tuning.tunnel_window;
         network.max_frame_len = tuning.max_frame_len;
-        network.set_unread_limit(crate::net::link_pause_bound(&tuning));
+        network.set_unread_limit(crate::node::outbox::link_pause_bound(&tuning));
         let node = Node::networked(me, config.incarnation, network);
         node.inner
             .set_registry_limits(crate::registry::RegistryLimits::from_tuning(&tuning));

@@ -305,7 +305,11 @@ impl Core {
     }
 
     /// The receive budget of `peer`, charged `bytes` for a new message.
-    pub(super) fn charge(&mut self, peer: NodeId, bytes: usize) -> Option<crate::net::Charge> {
+    pub(super) fn charge(
+        &mut self,
+        peer: NodeId,
+        bytes: usize,
+    ) -> Option<crate::node::outbox::Charge> {
         if self.budget.as_ref().is_none_or(|(p, _)| *p != peer) {
             let budget = self.node.inner.network().outbox(peer)?.unread.clone();
             self.budget = Some((peer, budget));

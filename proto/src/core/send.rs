@@ -124,7 +124,7 @@ struct Drained {
 /// Moves queued user frames from a peer's outbox into the TLS session: all
 /// small frames, then fragments of large messages round-robin by mailbox,
 /// up to the transmit budget.
-fn drain_outbox(conn: &mut Conn, outbox: &crate::net::Outbox) -> Drained {
+fn drain_outbox(conn: &mut Conn, outbox: &crate::node::outbox::Outbox) -> Drained {
     let mut budget = TRANSMIT_BUDGET;
     let mut written = 0;
     let mut pieces: Vec<(Vec<u8>, Bytes)> = Vec::new();

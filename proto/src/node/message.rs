@@ -35,7 +35,7 @@ pub struct Message {
     body: Body,
     /// A message from another node holds a share of that node's receive
     /// budget until it is received and dropped (see `net::RecvBudget`).
-    charge: Option<crate::net::Charge>,
+    charge: Option<crate::node::outbox::Charge>,
 }
 
 enum Body {
@@ -61,7 +61,7 @@ impl Message {
     }
 
     /// Charges the message to its peer's receive budget.
-    pub(crate) fn charged(mut self, charge: Option<crate::net::Charge>) -> Message {
+    pub(crate) fn charged(mut self, charge: Option<crate::node::outbox::Charge>) -> Message {
         self.charge = charge;
         self
     }

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use crate::address::Address;
 use crate::error::{RecvError, SendError};
 use crate::id::{MailboxId, NodeId};
-use crate::message::Message;
+use crate::node::address::Address;
+use crate::node::message::Message;
 use crate::node::NodeInner;
 
 /// Optional bounds on a mailbox. Unbounded by default.

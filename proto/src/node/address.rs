@@ -10,8 +10,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::SendError;
 use crate::id::MailboxId;
-use crate::mailbox::MailboxShared;
-use crate::message::Message;
+use crate::node::mailbox::MailboxShared;
+use crate::node::message::Message;
 use crate::node::NodeInner;
 use crate::system::MailboxClosed;
 

@@ -1,0 +1,61 @@
+//! Close notifications that cross nodes: which remote mailboxes this node
+//! watches for its local watchers, and which nodes watch its own mailboxes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::poison::lock;
+
+use crate::control::Control;
+use crate::id::{MailboxId, NodeId};
+use crate::node::address::Address;
+use crate::node::NodeInner;
+
+/// Close notifications that cross nodes.
+#[derive(Default)]
+pub(in crate::node) struct Links {
+    /// Mailboxes of other nodes watched from here, with their local watchers.
+    pub(in crate::node) watching: BTreeMap<MailboxId, Vec<Address>>,
+    /// Mailboxes of this node watched by other nodes.
+    pub(in crate::node) watched_by: BTreeMap<MailboxId, BTreeSet<NodeId>>,
+}
+
+impl NodeInner {
+    /// Watches a mailbox of another node: the first local watcher of a
+    /// target asks the target's node to report its closing; a target on a
+    /// node that is not connected is unreachable, and reported closed now.
+    pub(crate) fn watch_remote(&self, target: MailboxId, watcher: &Address) {
+        let mut links = lock(&self.links);
+        if !self
+            .net
+            .outbox(target.node)
+            .is_some_and(|o| o.lock().connected)
+        {
+            drop(links);
+            self.notify_closed(watcher, target);
+            return;
+        }
+        let watchers = links.watching.entry(target).or_default();
+        let first = watchers.is_empty();
+        if !watchers.contains(watcher) {
+            watchers.push(watcher.clone());
+        }
+        drop(links);
+        if first {
+            self.queue_control(target.node, &Control::Watch { target });
+        }
+    }
+
+    /// Cancels a watch on a mailbox of another node.
+    pub(crate) fn unwatch_remote(&self, target: MailboxId, watcher: &Address) {
+        let mut links = lock(&self.links);
+        let Some(watchers) = links.watching.get_mut(&target) else {
+            return;
+        };
+        watchers.retain(|w| w != watcher);
+        if watchers.is_empty() {
+            links.watching.remove(&target);
+            drop(links);
+            self.queue_control(target.node, &Control::Unwatch { target });
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! `NodeInner`: the state a node's handles and its driver share.
+
+mod links;
+mod mailboxes;
+mod registry;
+mod services;
+mod tunnels;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use serde::Serialize;
+
+use crate::poison::lock;
+
+use crate::codec::Frame;
+use crate::control::Control;
+use crate::error::SendError;
+use crate::id::{Incarnation, MailboxId, NodeId};
+use crate::node::address::Address;
+use crate::node::mailbox::MailboxShared;
+use crate::node::outbox::{Network, Refused};
+use crate::node::services::Services;
+use crate::node::tunnel::TunnelError;
+use crate::registry::{PeerError, Registry};
+use crate::stats::NodeCounters;
+use crate::system::{ConnectionStatus, MailboxClosed};
+pub(in crate::node) use links::Links;
+pub(in crate::node) use mailboxes::MailboxTable;
+pub(in crate::node) use registry::SyncBook;
+pub use registry::SyncFuture;
+pub(crate) use tunnels::TunnelTable;
+
+/// The shared state behind a [`Node`].
+pub(crate) struct NodeInner {
+    pub(crate) id: NodeId,
+    pub(crate) incarnation: Incarnation,
+    pub(in crate::node) next_serial: AtomicU64,
+    pub(in crate::node) mailboxes: MailboxTable,
+    pub(crate) counters: NodeCounters,
+    /// Weak self-reference, handed to addresses this node binds.
+    pub(in crate::node) me: Weak<NodeInner>,
+    /// Outbound queues to peers (none for a local-only node).
+    pub(in crate::node) net: Network,
+    pub(in crate::node) shutting_down: AtomicBool,
+    /// Mailboxes told about peers connecting and disconnecting.
+    pub(in crate::node) status_watchers: Mutex<Vec<Address>>,
+    /// Control frames queued by user threads for the core to send.
+    pub(in crate::node) control_out: Mutex<Vec<(NodeId, Frame)>>,
+    pub(in crate::node) registry: Mutex<Registry>,
+    pub(in crate::node) links: Mutex<Links>,
+    pub(in crate::node) syncs: Mutex<SyncBook>,
+    pub(crate) services: Mutex<Services>,
+    pub(crate) tunnels: Mutex<TunnelTable>,
+}
+
+thread_local! {
+    /// Each thread's encoding buffer for remote sends, so encoding a small
+    /// message allocates nothing.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Scratch buffers that grew past this are released after use.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+impl NodeInner {
+    /// A node's shared state, with `net` as its network (empty for a
+    /// local node).
+    pub(crate) fn new(id: NodeId, incarnation: Incarnation, net: Network) -> Arc<NodeInner> {
+        Arc::new_cyclic(|me| NodeInner {
+            id,
+            incarnation,
+            next_serial: AtomicU64::new(1),
+            mailboxes: MailboxTable::new(),
+            counters: NodeCounters::default(),
+            me: me.clone(),
+            net,
+            shutting_down: AtomicBool::new(false),
+            status_watchers: Mutex::new(Vec::new()),
+            control_out: Mutex::new(Vec::new()),
+            registry: Mutex::new(Registry::new(id)),
+            links: Mutex::new(Links::default()),
+            syncs: Mutex::new(SyncBook::default()),
+            services: Mutex::new(Services::default()),
+            tunnels: Mutex::new(TunnelTable::default()),
+        })
+    }
+
+    /// Binds an id to this node: a live local mailbox, a gone one, or a
+    /// remote one reached through this node.
+    pub(crate) fn bind(&self, id: MailboxId) -> Address {
+        if id.node != self.id {
+            return Address::remote(id, self.me.clone());
+        }
+        if id.incarnation != self.incarnation {
+            return Address::gone(id);
+        }
+        match self.mailboxes.get(id.serial) {
+            Some(mailbox) => Address::local(mailbox),
+            None => Address::gone(id),
+        }
+    }
+
+    /// A local mailbox by id, for delivering messages from the wire.
+    pub(crate) fn local_mailbox(&self, id: MailboxId) -> Option<Arc<MailboxShared>> {
+        if id.node != self.id || id.incarnation != self.incarnation {
+            return None;
+        }
+        self.mailboxes.get(id.serial)
+    }
+
+    /// Called once when a local mailbox closes.
+    pub(crate) fn mailbox_closed(&self, id: MailboxId, watchers: Vec<Address>) {
+        self.mailboxes.remove(id.serial);
+        self.counters
+            .mailboxes_closed
+            .fetch_add(1, Ordering::Relaxed);
+        for watcher in watchers {
+            self.notify_closed(&watcher, id);
+        }
+        let watching_nodes = lock(&self.links).watched_by.remove(&id);
+        for node in watching_nodes.into_iter().flatten() {
+            self.queue_control(node, &Control::Closed { target: id });
+        }
+        let effects = lock(&self.registry).mailbox_closed(id);
+        self.apply(effects);
+        self.drop_gate(id);
+    }
+
+    fn notify_closed(&self, watcher: &Address, target: MailboxId) {
+        if watcher.send(MailboxClosed(target)).is_ok() {
+            self.counters
+                .close_notifications_sent
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn weak(&self) -> Weak<NodeInner> {
+        self.me.clone()
+    }
+
+    pub(crate) fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Sends to a mailbox of another node: encodes here, in the caller's
+    /// thread, and queues the frame for the core.
+    pub(crate) fn send_remote<T: Serialize + 'static>(
+        &self,
+        dest: MailboxId,
+        value: &T,
+    ) -> Result<(), SendError> {
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return Err(SendError::NodeShutdown);
+        }
+        let tag = crate::types::tag_for::<T>()?;
+        let Some(outbox) = self.net.outbox(dest.node) else {
+            self.counters
+                .dropped_unreachable
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        let result = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            crate::codec::payload::encode(value, &mut scratch).map_err(SendError::Encode)?;
+            if scratch.len() > self.net.max_message_len {
+                let len = scratch.len();
+                if scratch.capacity() > SCRATCH_KEEP {
+                    *scratch = Vec::new();
+                }
+                return Err(SendError::TooLarge {
+                    len,
+                    max: self.net.max_message_len,
+                });
+            }
+            let pushed = self.net.push_message(outbox, dest, tag, &mut scratch);
+            if scratch.capacity() > SCRATCH_KEEP {
+                *scratch = Vec::new();
+            }
+            Ok(pushed)
+        })?;
+        match result {
+            Ok(()) => {
+                self.counters.remote_sent.fetch_add(1, Ordering::Relaxed);
+                outbox.counters.messages_out.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Refused::Unreachable) => {
+                self.counters
+                    .dropped_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+                outbox
+                    .counters
+                    .dropped_unreachable
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(Refused::Full) => {
+                self.counters
+                    .dropped_outbound_full
+                    .fetch_add(1, Ordering::Relaxed);
+                outbox.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                Err(SendError::Full)
+            }
+        }
+    }
+
+    /// Queues a control frame for a peer and wakes the core.
+    pub(crate) fn queue_control(&self, peer: NodeId, control: &Control) {
+        let frame = Frame::Control(control.encode());
+        self.control_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((peer, frame));
+        self.net.wake.notify();
+    }
+
+    /// Control frames queued by user threads, for the core.
+    pub(crate) fn take_control_outbox(&self) -> Vec<(NodeId, Frame)> {
+        std::mem::take(&mut *self.control_out.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Handles a control message from a connected peer. `Err` closes the
+    /// connection (the peer broke the protocol).
+    pub(crate) fn handle_control(&self, peer: NodeId, control: Control) -> Result<(), String> {
+        match control {
+            Control::Watch { target } => {
+                if target.node != self.id {
+                    return Err(format!(
+                        "asked to watch {target:?}, a mailbox of another node"
+                    ));
+                }
+                let mut links = lock(&self.links);
+                let open = self.local_mailbox(target).is_some_and(|m| !m.is_closed());
+                if open {
+                    links.watched_by.entry(target).or_default().insert(peer);
+                } else {
+                    drop(links);
+                    self.queue_control(peer, &Control::Closed { target });
+                }
+            }
+            Control::Unwatch { target } => {
+                let mut links = lock(&self.links);
+                if let Some(nodes) = links.watched_by.get_mut(&target) {
+                    nodes.remove(&peer);
+                    if nodes.is_empty() {
+                        links.watched_by.remove(&target);
+                    }
+                }
+            }
+            Control::Closed { target } => {
+                if target.node != peer {
+                    return Err(format!(
+                        "reported {target:?}, a mailbox of another node, closed"
+                    ));
+                }
+                let watchers = lock(&self.links).watching.remove(&target);
+                for watcher in watchers.into_iter().flatten() {
+                    self.notify_closed(&watcher, target);
+                }
+            }
+            registry_message => {
+                let result = lock(&self.registry).on_control(peer, registry_message);
+                match result {
+                    Ok(effects) => self.apply(effects),
+                    Err(PeerError::Rejected(e)) => {
+                        // The claim is ignored; the connection carries on.
+                        self.counters
+                            .rejected_claims
+                            .fetch_add(1, Ordering::Relaxed);
+                        // DEBUG: a peer can repeat this at will; the core
+                        // logs a summary per interval.
+                        tracing::debug!(node = self.id.0, peer = peer.0, error = %e, "rejected a registry message");
+                    }
+                    Err(PeerError::OverLimit(e)) => {
+                        // Cut off: the core closes the link with this reason
+                        // (its one log line), and `peer_down` drops
+                        // everything the peer held here.
+                        self.counters
+                            .registry_cutoffs
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(format!("cut off for going over a registry cap: {e}"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A peer connected: tell status watchers; return the frames that open
+    /// the conversation with it.
+    pub(crate) fn peer_up(&self, peer: NodeId, _incarnation: Incarnation) -> Vec<Frame> {
+        let snapshot = lock(&self.registry).peer_up(peer);
+        self.notify_status(peer, true);
+        snapshot
+            .iter()
+            .map(|control| Frame::Control(control.encode()))
+            .collect()
+    }
+
+    /// A peer was lost: its claims vanish, watchers of its mailboxes are
+    /// told (exactly once: each watch is removed as it fires), and nothing
+    /// queued for it survives into its next connection.
+    pub(crate) fn peer_down(&self, peer: NodeId) {
+        lock(&self.control_out).retain(|(p, _)| *p != peer);
+        let effects = lock(&self.registry).peer_down(peer);
+        self.apply(effects);
+        self.requests_peer_down(peer);
+        self.end_tunnels(Some(peer), TunnelError::Unreachable);
+        let lost: Vec<(MailboxId, Vec<Address>)> = {
+            let mut links = lock(&self.links);
+            for nodes in links.watched_by.values_mut() {
+                nodes.remove(&peer);
+            }
+            links.watched_by.retain(|_, nodes| !nodes.is_empty());
+            let targets: Vec<MailboxId> = links
+                .watching
+                .keys()
+                .filter(|t| t.node == peer)
+                .copied()
+                .collect();
+            targets
+                .into_iter()
+                .filter_map(|t| links.watching.remove(&t).map(|w| (t, w)))
+                .collect()
+        };
+        for (target, watchers) in lost {
+            for watcher in watchers {
+                self.notify_closed(&watcher, target);
+            }
+        }
+        self.notify_status(peer, false);
+    }
+
+    fn notify_status(&self, peer: NodeId, connected: bool) {
+        let mut watchers = self
+            .status_watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        watchers.retain(|w| {
+            w.send(ConnectionStatus {
+                node: peer,
+                connected,
+            }) != Err(SendError::Closed)
+        });
+    }
+
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        lock(&self.services).shutdown();
+        self.end_tunnels(None, TunnelError::Closed);
+    }
+
+    pub(crate) fn close_all_mailboxes(&self) {
+        for mailbox in self.mailboxes.all() {
+            mailbox.close_and_notify();
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The node's side of the registry: it carries out the effects the pure
+//! [`Registry`](crate::registry::Registry) returns, and keeps the book of
+//! completed syncs that [`SyncFuture`](crate::SyncFuture)s wait on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use crate::poison::lock;
+
+use crate::node::NodeInner;
+use crate::registry::{Effect, Registry, RegistryLimits};
+use crate::system::MultipleClaim;
+
+/// Completed registry syncs and the tasks waiting for them.
+#[derive(Default)]
+pub(in crate::node) struct SyncBook {
+    pub(in crate::node) done: BTreeSet<u64>,
+    pub(in crate::node) waiting: BTreeMap<u64, Waker>,
+}
+
+impl NodeInner {
+    /// Starts a registry sync; the future completes when every connected
+    /// peer has answered it.
+    pub(in crate::node) fn start_sync(self: &Arc<Self>) -> SyncFuture {
+        let (seq, effects) = lock(&self.registry).start_sync();
+        self.apply(effects);
+        SyncFuture {
+            node: self.clone(),
+            seq,
+        }
+    }
+
+    /// Carries out what the registry asked for.
+    pub(in crate::node) fn apply(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(peer, control) => self.queue_control(peer, &control),
+                Effect::MultipleClaim { name, claimant } => {
+                    self.counters
+                        .multiple_claim_notices
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = self.bind(claimant).send(MultipleClaim { name });
+                }
+                Effect::NameConflict { name, claimants } => {
+                    self.counters.name_conflicts.fetch_add(1, Ordering::Relaxed);
+                    let winner = claimants[0];
+                    let others = &claimants[1..];
+                    tracing::warn!(
+                        node = self.id.0,
+                        name = %name.escape_debug(),
+                        winner = %winner,
+                        others = ?others,
+                        "a name is claimed by more than one mailbox: every node resolves it to the lowest id"
+                    );
+                }
+                Effect::SyncDone(seq) => {
+                    let mut book = lock(&self.syncs);
+                    book.done.insert(seq);
+                    if let Some(waker) = book.waiting.remove(&seq) {
+                        drop(book);
+                        waker.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
+    }
+
+    /// Sets the registry caps (from the node's `Tuning`).
+    pub(crate) fn set_registry_limits(&self, limits: RegistryLimits) {
+        lock(&self.registry).set_limits(limits);
+    }
+}
+
+/// The future of [`Node::sync`].
+#[must_use = "futures do nothing unless polled"]
+pub struct SyncFuture {
+    node: Arc<NodeInner>,
+    seq: u64,
+}
+
+impl SyncFuture {
+    /// Whether the sync has completed (for callers that poll by hand, such
+    /// as simulations).
+    pub fn is_done(&self) -> bool {
+        lock(&self.node.syncs).done.contains(&self.seq)
+    }
+}
+
+impl Future for SyncFuture {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut book = lock(&self.node.syncs);
+        if book.done.remove(&self.seq) {
+            return Poll::Ready(());
+        }
+        book.waiting.insert(self.seq, cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for SyncFuture {
+    fn drop(&mut self) {
+        let mut book = lock(&self.node.syncs);
+        book.done.remove(&self.seq);
+        book.waiting.remove(&self.seq);
+    }
+}
