@@ -12,6 +12,7 @@ use crate::protocol::{
     self, AddSubscribers, CountState, Echoed, Event, NameSeen, NodeReport, Ping, Pong, StartLoad,
     StatsQuery, WatchName,
 };
+use reign_proto::poison::lock;
 
 #[derive(Default)]
 struct Counters {
@@ -54,7 +55,7 @@ impl Counters {
             publications: self.publications.load(Ordering::Relaxed),
             tunnel_bytes: self.tunnel_bytes.load(Ordering::Relaxed),
             counted: counted.clone(),
-            sent: self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            sent: lock(&self.sent).clone(),
             rss_kb: protocol::rss_kb(),
             peak_rss_kb: protocol::peak_rss_kb(),
         }
@@ -184,11 +185,7 @@ fn start_loader(node: &Node, counters: &Arc<Counters>) -> std::sync::mpsc::Sende
                     }
                 }
             }
-            counters
-                .sent
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(load.target, *seq);
+            lock(&counters.sent).insert(load.target, *seq);
         }
     });
     tx

@@ -25,6 +25,7 @@ use reign_proto::{
 
 use crate::runtime::Runtime;
 use crate::signal::Stop;
+use reign_proto::poison::lock;
 
 /// Bytes asked of a socket at once.
 const READ_CHUNK: usize = 64 * 1024;
@@ -64,7 +65,7 @@ pub(crate) enum DriverEvent<R: Runtime> {
 pub(crate) type Failure = Arc<Mutex<Option<String>>>;
 
 /// An open socket and what the driver holds for it.
-struct Link<R: Runtime> {
+struct Socket<R: Runtime> {
     reader: R::Reader,
     writer: R::Writer,
     /// Transmits not yet fully written; `written` bytes of the first are.
@@ -80,10 +81,10 @@ struct Link<R: Runtime> {
     write_shut: bool,
 }
 
-enum Slot<R: Runtime> {
+enum SocketSlot<R: Runtime> {
     /// A dial in flight; stopping it cancels the dial.
     Dialing(Stop),
-    Open(Box<Link<R>>),
+    Open(Box<Socket<R>>),
 }
 
 pub(crate) struct Driver<R: Runtime> {
@@ -95,7 +96,7 @@ pub(crate) struct Driver<R: Runtime> {
     task_guard: Option<Sender<()>>,
     tasks_done: Pin<Box<Receiver<()>>>,
     pub(crate) stop_accept: Stop,
-    conns: BTreeMap<ConnId, Slot<R>>,
+    conns: BTreeMap<ConnId, SocketSlot<R>>,
     shutdown_deadline: Option<Instant>,
     tasks_finished: bool,
     /// Why the node must stop by itself (another process holds its id),
@@ -209,7 +210,7 @@ impl<R: Runtime> Driver<R> {
         let mut progress = false;
         let mut gone = Vec::new();
         for (&id, slot) in self.conns.iter_mut() {
-            let Slot::Open(link) = slot else {
+            let SocketSlot::Open(link) = slot else {
                 continue;
             };
             match poll_link::<R>(&mut self.core, id, link, cx, now) {
@@ -232,8 +233,8 @@ impl<R: Runtime> Driver<R> {
             .conns
             .values()
             .filter_map(|slot| match slot {
-                Slot::Open(link) => link.closing,
-                Slot::Dialing(_) => None,
+                SocketSlot::Open(link) => link.closing,
+                SocketSlot::Dialing(_) => None,
             })
             .min();
         [self.core.poll_timeout(), closing, self.shutdown_deadline]
@@ -248,13 +249,13 @@ impl<R: Runtime> Driver<R> {
         }
         // A peer that does not read cannot hold a closing socket forever.
         self.conns.retain(|_, slot| match slot {
-            Slot::Open(link) => link.closing.is_none_or(|deadline| deadline > now),
-            Slot::Dialing(_) => true,
+            SocketSlot::Open(link) => link.closing.is_none_or(|deadline| deadline > now),
+            SocketSlot::Dialing(_) => true,
         });
         if self.shutdown_deadline.is_some_and(|t| t <= now) {
             // Grace is over: drop whatever still runs.
             for slot in self.conns.values() {
-                if let Slot::Dialing(stop) = slot {
+                if let SocketSlot::Dialing(stop) = slot {
                     stop.stop();
                 }
             }
@@ -266,7 +267,7 @@ impl<R: Runtime> Driver<R> {
     fn open(&mut self, conn: ConnId, reader: R::Reader, writer: R::Writer) {
         self.conns.insert(
             conn,
-            Slot::Open(Box::new(Link {
+            SocketSlot::Open(Box::new(Socket {
                 reader,
                 writer,
                 outgoing: VecDeque::new(),
@@ -297,7 +298,7 @@ impl<R: Runtime> Driver<R> {
                 reader,
                 writer,
             } => {
-                if matches!(self.conns.get(&conn), Some(Slot::Dialing(_))) {
+                if matches!(self.conns.get(&conn), Some(SocketSlot::Dialing(_))) {
                     self.open(conn, reader, writer);
                     self.core.handle_input(now, Input::Connected { conn });
                 }
@@ -344,26 +345,26 @@ impl<R: Runtime> Driver<R> {
         while let Some(output) = self.core.poll_output(now) {
             match output {
                 Output::Transmit { conn, data } => match self.conns.get_mut(&conn) {
-                    Some(Slot::Open(link)) => link.outgoing.push_back(data),
+                    Some(SocketSlot::Open(link)) => link.outgoing.push_back(data),
                     _ => self.core.recycle(data),
                 },
                 Output::Connect { conn, address, .. } => self.dial(conn, address),
                 Output::Close { conn } => match self.conns.get_mut(&conn) {
                     // Flush what is queued (a goodbye, an alert), then close.
-                    Some(Slot::Open(link)) => link.closing = Some(now + CLOSE_GRACE),
-                    Some(Slot::Dialing(stop)) => {
+                    Some(SocketSlot::Open(link)) => link.closing = Some(now + CLOSE_GRACE),
+                    Some(SocketSlot::Dialing(stop)) => {
                         stop.stop();
                         self.conns.remove(&conn);
                     }
                     None => {}
                 },
                 Output::PauseReading { conn } => {
-                    if let Some(Slot::Open(link)) = self.conns.get_mut(&conn) {
+                    if let Some(SocketSlot::Open(link)) = self.conns.get_mut(&conn) {
                         link.paused = true;
                     }
                 }
                 Output::ResumeReading { conn } => {
-                    if let Some(Slot::Open(link)) = self.conns.get_mut(&conn) {
+                    if let Some(SocketSlot::Open(link)) = self.conns.get_mut(&conn) {
                         link.paused = false;
                     }
                 }
@@ -374,7 +375,7 @@ impl<R: Runtime> Driver<R> {
                         reason,
                         "another process with this node id is live; stopping this one"
                     );
-                    let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut failure = lock(&self.failure);
                     failure.get_or_insert(format!("node {} refused this process: {reason}", by.0));
                     self.must_stop = true;
                 }
@@ -390,7 +391,7 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         let stop = Stop::default();
-        self.conns.insert(conn, Slot::Dialing(stop.clone()));
+        self.conns.insert(conn, SocketSlot::Dialing(stop.clone()));
         let rt = self.rt.clone();
         let events = self.events_tx.clone();
         self.rt.spawn(async move {
@@ -423,7 +424,7 @@ enum LinkState {
 fn poll_link<R: Runtime>(
     core: &mut Core,
     id: ConnId,
-    link: &mut Link<R>,
+    link: &mut Socket<R>,
     cx: &mut Context<'_>,
     now: Instant,
 ) -> LinkState {

@@ -37,6 +37,7 @@ use reign_proto::{
 };
 
 use driver::{Driver, DriverEvent, Failure, EVENT_BACKLOG};
+use reign_proto::poison::lock;
 pub use runtime::Runtime;
 use signal::{race, Either, Stop};
 
@@ -178,7 +179,7 @@ impl<R: Runtime + Default> Reign<R> {
         };
         tracing::warn!(node = id.0, %address, dir = %dir.display(), "development node started (insecure: see above)");
         if let Some(running) = &node.running {
-            *running.dev_claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(claim);
+            *lock(&running.dev_claim) = Some(claim);
         }
         let watcher = node.clone();
         node.rt.spawn(async move {
@@ -316,11 +317,7 @@ impl<R: Runtime> Reign<R> {
             Some(running) => {
                 let _ = running.commands.send(DriverEvent::Shutdown).await;
                 let _ = running.finished.recv().await;
-                let claim = running
-                    .dev_claim
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
+                let claim = lock(&running.dev_claim).take();
                 if let Some(claim) = claim {
                     claim.release();
                 }
@@ -371,7 +368,7 @@ impl<R: Runtime> Reign<R> {
     /// id was live in the cluster (see `Event::IdentityConflict`).
     pub fn failure(&self) -> Option<String> {
         let running = self.running.as_ref()?;
-        let failure = running.failure.lock().unwrap_or_else(|e| e.into_inner());
+        let failure = lock(&running.failure);
         failure.clone()
     }
 

@@ -1,6 +1,7 @@
 //! Small runtime-agnostic synchronisation: a level-triggered stop signal,
 //! and racing futures without a runtime's `select!`.
 
+use reign_proto::poison::lock;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +23,7 @@ struct StopInner {
 impl Stop {
     pub(crate) fn stop(&self) {
         if !self.inner.stopped.swap(true, Ordering::AcqRel) {
-            let wakers =
-                std::mem::take(&mut *self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+            let wakers = std::mem::take(&mut *lock(&self.inner.wakers));
             wakers.into_iter().for_each(Waker::wake);
         }
     }
@@ -36,7 +36,7 @@ impl Stop {
         if self.is_stopped() {
             return Poll::Ready(());
         }
-        let mut wakers = self.inner.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wakers = lock(&self.inner.wakers);
         if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
             wakers.push(cx.waker().clone());
         }

@@ -29,7 +29,7 @@ pub mod handshake;
 pub mod id;
 pub mod log_summary;
 pub mod node;
-mod poison;
+pub mod poison;
 pub use node::{address, mailbox, message, services, tunnel};
 pub mod registry;
 pub mod rng;

@@ -20,6 +20,7 @@
 //! argument, or a driver's clock). [`LogSummary::due`] says when the next
 //! summary is due, for the caller's timer.
 
+use crate::poison::lock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -104,7 +105,7 @@ impl LogSummary {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Counts one event of `cause`. Log the event itself at DEBUG.

@@ -18,7 +18,7 @@ use crate::system::MailboxClosed;
 /// Where sends to an address go. Resolved once, when the address is made or
 /// deserialized, so a send never looks anything up.
 #[derive(Clone)]
-enum Target {
+enum Destination {
     /// A mailbox of this node: sends push straight into its queue.
     Local(Arc<MailboxShared>),
     /// A mailbox of another node, reached through this node's connections.
@@ -51,28 +51,28 @@ enum Target {
 #[derive(Clone)]
 pub struct Address {
     id: MailboxId,
-    target: Target,
+    destination: Destination,
 }
 
 impl Address {
     pub(crate) fn local(shared: Arc<MailboxShared>) -> Address {
         Address {
             id: shared.id,
-            target: Target::Local(shared),
+            destination: Destination::Local(shared),
         }
     }
 
     pub(crate) fn remote(id: MailboxId, node: Weak<NodeInner>) -> Address {
         Address {
             id,
-            target: Target::Remote(node),
+            destination: Destination::Remote(node),
         }
     }
 
     pub(crate) fn gone(id: MailboxId) -> Address {
         Address {
             id,
-            target: Target::Gone,
+            destination: Destination::Gone,
         }
     }
 
@@ -83,7 +83,7 @@ impl Address {
 
     /// Whether the mailbox lives on the node this address is bound to.
     pub fn is_local(&self) -> bool {
-        matches!(self.target, Target::Local(_) | Target::Gone)
+        matches!(self.destination, Destination::Local(_) | Destination::Gone)
     }
 
     /// Sends a message. Never blocks.
@@ -99,19 +99,19 @@ impl Address {
     /// delivery (a send to a node that is down is dropped and counted), an
     /// error promises the message was not delivered.
     pub fn send<T: Any + Send + Serialize>(&self, value: T) -> Result<(), SendError> {
-        match &self.target {
-            Target::Local(mailbox) => {
+        match &self.destination {
+            Destination::Local(mailbox) => {
                 // One thread-local compare when a thread sends one type in a
                 // row (see `types::tag_of`): the local path stays as fast.
                 crate::types::tag_for::<T>()?;
                 mailbox.push(Message::local(value))
             }
-            Target::Remote(node) => match node.upgrade() {
+            Destination::Remote(node) => match node.upgrade() {
                 Some(node) => node.send_remote(self.id, &value),
                 None => Err(SendError::NodeShutdown),
             },
-            Target::Gone => Err(SendError::Closed),
-            Target::Unbound => Err(SendError::Unbound),
+            Destination::Gone => Err(SendError::Closed),
+            Destination::Unbound => Err(SendError::Unbound),
         }
     }
 
@@ -120,19 +120,19 @@ impl Address {
     /// one way; reign's `OnCloseNotify`). If the mailbox is already closed or
     /// unreachable, the notification is sent at once. Each watch fires once.
     pub fn on_close_notify(&self, watcher: &Address) {
-        match &self.target {
-            Target::Local(mailbox) => {
+        match &self.destination {
+            Destination::Local(mailbox) => {
                 if !mailbox.add_watcher(watcher) {
                     let _ = watcher.send(MailboxClosed(self.id));
                 }
             }
-            Target::Remote(node) => match node.upgrade() {
+            Destination::Remote(node) => match node.upgrade() {
                 Some(node) => node.watch_remote(self.id, watcher),
                 None => {
                     let _ = watcher.send(MailboxClosed(self.id));
                 }
             },
-            Target::Gone | Target::Unbound => {
+            Destination::Gone | Destination::Unbound => {
                 let _ = watcher.send(MailboxClosed(self.id));
             }
         }
@@ -140,14 +140,14 @@ impl Address {
 
     /// Cancels an [`on_close_notify`](Address::on_close_notify) watch.
     pub fn remove_notify(&self, watcher: &Address) {
-        match &self.target {
-            Target::Local(mailbox) => mailbox.remove_watcher(watcher),
-            Target::Remote(node) => {
+        match &self.destination {
+            Destination::Local(mailbox) => mailbox.remove_watcher(watcher),
+            Destination::Remote(node) => {
                 if let Some(node) = node.upgrade() {
                     node.unwatch_remote(self.id, watcher);
                 }
             }
-            Target::Gone | Target::Unbound => {}
+            Destination::Gone | Destination::Unbound => {}
         }
     }
 }
@@ -180,11 +180,11 @@ impl Ord for Address {
 
 impl fmt::Debug for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = match self.target {
-            Target::Local(_) => "local",
-            Target::Remote(_) => "remote",
-            Target::Gone => "gone",
-            Target::Unbound => "unbound",
+        let kind = match self.destination {
+            Destination::Local(_) => "local",
+            Destination::Remote(_) => "remote",
+            Destination::Gone => "gone",
+            Destination::Unbound => "unbound",
         };
         write!(f, "Address({:?}, {kind})", self.id)
     }
@@ -212,7 +212,7 @@ impl Address {
                 Some(node) => node.bind(id),
                 None => Address {
                     id,
-                    target: Target::Unbound,
+                    destination: Destination::Unbound,
                 },
             },
         )

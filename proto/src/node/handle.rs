@@ -134,11 +134,7 @@ impl Node {
     /// disconnects (reign's `AddConnectionStatusCallback`). The watch ends
     /// when the watcher's mailbox closes.
     pub fn subscribe_connection_status(&self, watcher: &Address) {
-        self.inner
-            .status_watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(watcher.clone());
+        lock(&self.inner.status_watchers).push(watcher.clone());
     }
 
     /// Claims `name` for a mailbox of this node, replacing this node's

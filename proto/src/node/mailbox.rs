@@ -29,6 +29,7 @@ use crate::id::{MailboxId, NodeId};
 use crate::node::address::Address;
 use crate::node::message::Message;
 use crate::node::NodeInner;
+use crate::poison::lock;
 
 /// Optional bounds on a mailbox. Unbounded by default.
 ///
@@ -150,11 +151,11 @@ impl MailboxShared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every critical section is a few field updates), so carry on.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Message>> {
-        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.taken)
     }
 
     /// Whether one more message of `len` bytes fits the capacity.

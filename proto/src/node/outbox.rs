@@ -20,6 +20,7 @@ use serde::Serialize;
 use crate::codec::frame::{self, DATA_HEADER_LEN};
 use crate::codec::FRAGMENT_LEN;
 use crate::id::{MailboxId, NodeId};
+use crate::poison::lock;
 use crate::types::TypeTag;
 
 /// Wakes the driver when user threads queue work for the core.
@@ -37,7 +38,7 @@ impl WakeSignal {
     /// Marks work as pending and wakes the driver if it sleeps.
     pub fn notify(&self) {
         if !self.pending.swap(true, Ordering::AcqRel) {
-            let waker = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let waker = lock(&self.waker).take();
             if let Some(waker) = waker {
                 waker.wake();
             }
@@ -49,7 +50,7 @@ impl WakeSignal {
         if self.pending.swap(false, Ordering::AcqRel) {
             return Poll::Ready(());
         }
-        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        *lock(&self.waker) = Some(cx.waker().clone());
         // A notify between the swap and storing the waker would be lost
         // without this second look.
         if self.pending.swap(false, Ordering::AcqRel) {
@@ -309,7 +310,7 @@ pub(crate) enum Refused {
 
 impl Outbox {
     pub(crate) fn lock(&self) -> MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// The peer's mailbox `target` is busy (sends to it fail with `Full`)
@@ -481,7 +482,7 @@ impl Network {
 
     /// Takes the list of peers with fresh output.
     pub(crate) fn take_ready(&self, into: &mut Vec<NodeId>) {
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ready = lock(&self.ready);
         into.append(&mut ready);
     }
 
@@ -552,10 +553,7 @@ impl Network {
         state.listed = true;
         drop(state);
         if list {
-            self.ready
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(outbox.peer);
+            lock(&self.ready).push(outbox.peer);
             self.wake.notify();
         }
     }

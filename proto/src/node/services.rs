@@ -32,6 +32,7 @@ use crate::id::{MailboxId, NodeId};
 use crate::node::address::Address;
 use crate::node::message::Message;
 use crate::node::NodeInner;
+use crate::poison::lock;
 
 /// Caps on one service member or subscriber.
 ///
@@ -233,7 +234,7 @@ struct SlotInner {
 
 impl ReplySlot {
     fn lock(&self) -> MutexGuard<'_, SlotInner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     pub(crate) fn complete(&self, result: Result<Message, RequestError>) {

@@ -65,6 +65,7 @@ use crate::codec::FRAGMENT_LEN;
 use crate::error::SendError;
 use crate::id::NodeId;
 use crate::node::NodeInner;
+use crate::poison::lock;
 
 /// Why a tunnel operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +124,7 @@ pub(crate) struct TunnelKey {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Phase {
+enum EndPhase {
     /// Opened here, waiting for the member to accept.
     Opening,
     /// Opened by the peer, waiting for the local member to accept.
@@ -147,7 +148,7 @@ const MAX_WINDOW: usize = u32::MAX as usize;
 const GRANT_DIVISOR: usize = 4;
 
 struct State {
-    phase: Phase,
+    phase: EndPhase,
     /// Bytes this end may still send.
     credit: usize,
     /// Bytes sent and not yet credited back.
@@ -171,7 +172,7 @@ impl State {
     /// of at least a quarter window unless `all` (an abandoned message's
     /// bytes go back at once, so the sender ends with its whole window).
     fn take_grant(&mut self, window: usize, all: bool) -> usize {
-        if self.phase != Phase::Open {
+        if self.phase != EndPhase::Open {
             return 0;
         }
         let hold = if self.inbox.is_empty() {
@@ -214,9 +215,9 @@ impl TunnelShared {
             max_message_len,
             state: Mutex::new(State {
                 phase: if key.opened_here {
-                    Phase::Opening
+                    EndPhase::Opening
                 } else {
-                    Phase::Offered
+                    EndPhase::Offered
                 },
                 credit,
                 unacknowledged: 0,
@@ -231,7 +232,7 @@ impl TunnelShared {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     fn send_op(&self, op: TunnelOp) -> Result<(), SendError> {
@@ -251,8 +252,8 @@ impl TunnelShared {
     /// Ends the tunnel here (without telling the other end).
     pub(crate) fn finish(&self, error: Option<TunnelError>) {
         let mut state = self.lock();
-        if !matches!(state.phase, Phase::Closed(_)) {
-            state.phase = Phase::Closed(error);
+        if !matches!(state.phase, EndPhase::Closed(_)) {
+            state.phase = EndPhase::Closed(error);
             state.partial = Vec::new();
             Self::wake(&mut state);
         }
@@ -262,9 +263,9 @@ impl TunnelShared {
     fn close_with(&self, reason: &str) {
         let was_live = {
             let mut state = self.lock();
-            let live = !matches!(state.phase, Phase::Closed(_));
+            let live = !matches!(state.phase, EndPhase::Closed(_));
             if live {
-                state.phase = Phase::Closed(None);
+                state.phase = EndPhase::Closed(None);
                 Self::wake(&mut state);
             }
             live
@@ -286,19 +287,19 @@ impl TunnelShared {
         let mut state = self.lock();
         match op {
             TunnelOp::Accept { credit } => {
-                if state.phase != Phase::Opening {
+                if state.phase != EndPhase::Opening {
                     return Err("an accept for a tunnel that is not opening".into());
                 }
-                state.phase = Phase::Open;
+                state.phase = EndPhase::Open;
                 state.credit = credit as usize;
             }
             TunnelOp::Reject { reason } => {
-                state.phase = Phase::Closed(Some(TunnelError::Remote(
+                state.phase = EndPhase::Closed(Some(TunnelError::Remote(
                     String::from_utf8_lossy(&reason).into_owned(),
                 )));
             }
             TunnelOp::Data { flags, chunk } => {
-                if state.phase != Phase::Open {
+                if state.phase != EndPhase::Open {
                     return Err("data on a tunnel that is not open".into());
                 }
                 if flags & TUNNEL_ABORT != 0 {
@@ -344,7 +345,7 @@ impl TunnelShared {
             TunnelOp::Close { reason } => {
                 let error = (!reason.is_empty())
                     .then(|| TunnelError::Remote(String::from_utf8_lossy(&reason).into_owned()));
-                state.phase = Phase::Closed(error);
+                state.phase = EndPhase::Closed(error);
                 state.partial = Vec::new();
             }
             TunnelOp::Open { .. } => return Err("a second open for one tunnel".into()),
@@ -363,10 +364,10 @@ impl TunnelShared {
         }
     }
 
-    fn closed_error(phase: &Phase) -> Option<TunnelError> {
+    fn closed_error(phase: &EndPhase) -> Option<TunnelError> {
         match phase {
-            Phase::Closed(Some(e)) => Some(e.clone()),
-            Phase::Closed(None) => Some(TunnelError::Closed),
+            EndPhase::Closed(Some(e)) => Some(e.clone()),
+            EndPhase::Closed(None) => Some(TunnelError::Closed),
             _ => None,
         }
     }
@@ -412,7 +413,7 @@ impl Tunnel {
 
     /// Whether the tunnel is closed.
     pub fn is_closed(&self) -> bool {
-        matches!(self.shared.lock().phase, Phase::Closed(_))
+        matches!(self.shared.lock().phase, EndPhase::Closed(_))
     }
 
     /// Bytes sent and not yet credited back by the receiver: never more than
@@ -483,7 +484,7 @@ impl Future for TunnelSend<'_> {
                     this.done = true;
                     return Poll::Ready(Err(e));
                 }
-                if state.phase != Phase::Open || (remaining > 0 && state.credit == 0) {
+                if state.phase != EndPhase::Open || (remaining > 0 && state.credit == 0) {
                     state.send_waker = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
@@ -576,7 +577,7 @@ impl IncomingTunnel {
             if let Some(e) = TunnelShared::closed_error(&state.phase) {
                 return Err(e);
             }
-            state.phase = Phase::Open;
+            state.phase = EndPhase::Open;
         }
         shared
             .send_op(TunnelOp::Accept {
@@ -639,12 +640,12 @@ impl Future for OpeningTunnel {
         };
         let mut state = shared.lock();
         match &state.phase {
-            Phase::Open => {
+            EndPhase::Open => {
                 drop(state);
                 let shared = this.shared.take().expect("checked");
                 Poll::Ready(Ok(Tunnel { shared }))
             }
-            Phase::Closed(e) => {
+            EndPhase::Closed(e) => {
                 let e = e.clone().unwrap_or(TunnelError::Closed);
                 drop(state);
                 if let Some(shared) = this.shared.take() {
@@ -654,7 +655,7 @@ impl Future for OpeningTunnel {
                 }
                 Poll::Ready(Err(e))
             }
-            Phase::Opening | Phase::Offered => {
+            EndPhase::Opening | EndPhase::Offered => {
                 state.send_waker = Some(cx.waker().clone());
                 Poll::Pending
             }
@@ -683,7 +684,7 @@ mod tests {
             opened_here: false,
         };
         let end = TunnelShared::new(key, Weak::new(), window, max_message_len, window);
-        end.lock().phase = Phase::Open;
+        end.lock().phase = EndPhase::Open;
         end
     }
 
@@ -764,7 +765,7 @@ mod tests {
             opened_here: true,
         };
         let shared = Arc::new(TunnelShared::new(key, Weak::new(), 1000, 2000, 0));
-        shared.lock().phase = Phase::Open;
+        shared.lock().phase = EndPhase::Open;
         let tunnel = Tunnel { shared };
         let mut cx = Context::from_waker(Waker::noop());
         let mut send = std::pin::pin!(tunnel.send(vec![0u8; 2001]));

@@ -6,6 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::node::mailbox::MailboxShared;
+use crate::poison::lock;
 
 /// Shards of the mailbox table; a power of two.
 const SHARDS: usize = 16;
@@ -45,9 +46,7 @@ impl MailboxTable {
     }
 
     fn shard(&self, serial: u64) -> std::sync::MutexGuard<'_, SerialMap<Weak<MailboxShared>>> {
-        self.shards[(serial as usize) & (SHARDS - 1)]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.shards[(serial as usize) & (SHARDS - 1)])
     }
 
     pub(in crate::node) fn insert(&self, serial: u64, mailbox: Weak<MailboxShared>) {
@@ -66,8 +65,7 @@ impl MailboxTable {
         self.shards
             .iter()
             .flat_map(|s| {
-                s.lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                lock(&s)
                     .values()
                     .filter_map(Weak::upgrade)
                     .collect::<Vec<_>>()
@@ -76,9 +74,6 @@ impl MailboxTable {
     }
 
     pub(in crate::node) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| lock(&s).len()).sum()
     }
 }

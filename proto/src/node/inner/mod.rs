@@ -214,16 +214,13 @@ impl NodeInner {
     /// Queues a control frame for a peer and wakes the core.
     pub(crate) fn queue_control(&self, peer: NodeId, control: &Control) {
         let frame = Frame::Control(control.encode());
-        self.control_out
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((peer, frame));
+        lock(&self.control_out).push((peer, frame));
         self.net.wake.notify();
     }
 
     /// Control frames queued by user threads, for the core.
     pub(crate) fn take_control_outbox(&self) -> Vec<(NodeId, Frame)> {
-        std::mem::take(&mut *self.control_out.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(&mut *lock(&self.control_out))
     }
 
     /// Handles a control message from a connected peer. `Err` closes the
@@ -339,10 +336,7 @@ impl NodeInner {
     }
 
     fn notify_status(&self, peer: NodeId, connected: bool) {
-        let mut watchers = self
-            .status_watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut watchers = lock(&self.status_watchers);
         watchers.retain(|w| {
             w.send(ConnectionStatus {
                 node: peer,

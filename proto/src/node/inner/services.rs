@@ -18,6 +18,7 @@ use crate::node::services::*;
 
 use crate::codec::frame::{self as wire, PublishScope, ReplyStatus};
 use crate::node::outbox::Refused;
+use crate::poison::lock;
 use crate::registry::RegistryError;
 use crate::types::{self, TypeTag};
 use bytes::Bytes;
@@ -39,7 +40,7 @@ fn encode_registered<T: Any + Serialize>(value: &T) -> Result<(TypeTag, Vec<u8>)
 
 impl NodeInner {
     fn services(&self) -> MutexGuard<'_, Services> {
-        self.services.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.services)
     }
 
     /// This node's clock: the real one, or a simulated node's virtual one.

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use crate::codec::Frame;
 use crate::message::Message;
 use crate::node::outbox::Refused;
+use crate::poison::lock;
 use crate::services::Target;
 
 /// Every tunnel end on one node.
@@ -51,7 +52,7 @@ impl TunnelTable {
 
 impl NodeInner {
     fn tunnels(&self) -> MutexGuard<'_, TunnelTable> {
-        self.tunnels.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.tunnels)
     }
 
     pub(crate) fn forget_tunnel(&self, key: TunnelKey) {
