@@ -67,21 +67,20 @@ pub struct RegistryLimits {
     pub max_topics_per_node: usize,
 }
 
-impl RegistryLimits {
-    /// The limits a node with this tuning applies.
-    pub fn from_tuning(tuning: &crate::spec::Tuning) -> RegistryLimits {
-        RegistryLimits {
-            max_name_len: tuning.max_name_len,
-            max_names_per_node: tuning.max_names_per_node,
-            max_group_members_per_node: tuning.max_group_members_per_node,
-            max_topics_per_node: tuning.max_topics_per_node,
-        }
-    }
-}
+/// Names, group memberships and topics one node may hold, each (the
+/// default of the `Tuning` fields of the same names): thousands of names
+/// are a large service, and 8192 entries of at most `MAX_NAME_LEN` bytes
+/// cost a peer a few MB at the very worst.
+pub const MAX_ENTRIES_PER_NODE: usize = 8192;
 
 impl Default for RegistryLimits {
     fn default() -> RegistryLimits {
-        RegistryLimits::from_tuning(&crate::spec::Tuning::default())
+        RegistryLimits {
+            max_name_len: MAX_NAME_LEN,
+            max_names_per_node: MAX_ENTRIES_PER_NODE,
+            max_group_members_per_node: MAX_ENTRIES_PER_NODE,
+            max_topics_per_node: MAX_ENTRIES_PER_NODE,
+        }
     }
 }
 

@@ -22,7 +22,6 @@
 //! An optional `tuning` object overrides [`Tuning`] fields.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,7 +30,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::SpecError;
 use crate::id::NodeId;
+pub use crate::tls::NodeMaterial;
 
 /// One node of the cluster (Go reign's `NodeDescriptor`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +198,18 @@ pub struct Tuning {
     pub mailbox_unread_bytes: usize,
 }
 
+impl From<&Tuning> for crate::registry::RegistryLimits {
+    /// The registry caps a node with this tuning applies.
+    fn from(tuning: &Tuning) -> crate::registry::RegistryLimits {
+        crate::registry::RegistryLimits {
+            max_name_len: tuning.max_name_len,
+            max_names_per_node: tuning.max_names_per_node,
+            max_group_members_per_node: tuning.max_group_members_per_node,
+            max_topics_per_node: tuning.max_topics_per_node,
+        }
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Tuning {
         Tuning {
@@ -221,9 +234,9 @@ impl Default for Tuning {
             drain_timeout: Duration::from_secs(5),
             // registry caps (issue 15, item 7)
             max_name_len: crate::registry::MAX_NAME_LEN,
-            max_names_per_node: 8192,
-            max_group_members_per_node: 8192,
-            max_topics_per_node: 8192,
+            max_names_per_node: crate::registry::MAX_ENTRIES_PER_NODE,
+            max_group_members_per_node: crate::registry::MAX_ENTRIES_PER_NODE,
+            max_topics_per_node: crate::registry::MAX_ENTRIES_PER_NODE,
             // outside input (issue 15 item 9): a quarter of the pool per
             // address (four addresses are needed to fill it; a NAT with a
             // few nodes behind it still handshakes them all at once), and
@@ -318,167 +331,7 @@ pub struct ClusterSpec {
     pub base_dir: Option<PathBuf>,
 }
 
-/// The ALPN protocol reign speaks when the spec names none.
-pub const DEFAULT_PROTOCOL: &str = "reign-rs/1";
-
-/// Everything wrong a spec can be, each naming the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SpecError {
-    /// The JSON does not parse, or a field has the wrong type.
-    Json {
-        /// What serde_json said, with line and column.
-        message: String,
-    },
-    /// The spec file could not be read.
-    Unreadable {
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        error: String,
-    },
-    /// `nodes` is empty.
-    NoNodes,
-    /// Two entries of `nodes` have the same `id`.
-    DuplicateId {
-        /// The repeated id.
-        id: u16,
-    },
-    /// A node has an empty or malformed `address`.
-    BadAddress {
-        /// The node.
-        id: u16,
-        /// The field (`address`, `listen_address` or `local_address`).
-        field: &'static str,
-        /// Its value.
-        value: String,
-    },
-    /// The node being started is not in `nodes`.
-    NodeNotInSpec {
-        /// The id asked for.
-        id: u16,
-    },
-    /// Neither a `*_pem` nor a `*_path` is set for this material.
-    Missing {
-        /// The field pair, e.g. `node_cert_path/node_cert_pem`.
-        field: &'static str,
-    },
-    /// A file named by a `*_path` field could not be read.
-    FileUnreadable {
-        /// The field.
-        field: &'static str,
-        /// The path after `%d` substitution.
-        path: PathBuf,
-        /// The OS error.
-        error: String,
-    },
-    /// PEM text holds no usable certificate or key.
-    BadPem {
-        /// The field it came from.
-        field: &'static str,
-        /// What was wrong.
-        error: String,
-    },
-    /// The node certificate is not signed by the cluster CA (or has expired).
-    NotSignedByCluster {
-        /// The node.
-        id: u16,
-        /// The verifier's reason.
-        error: String,
-    },
-    /// The node certificate does not name the node it is configured for.
-    CertificateNamesOtherNode {
-        /// The node.
-        id: u16,
-    },
-    /// rustls refused the TLS configuration built from the material.
-    Tls {
-        /// rustls' reason.
-        error: String,
-    },
-    /// A key that no spec object has: a typo, which would otherwise leave
-    /// the default in force without a word.
-    UnknownField {
-        /// The key as written.
-        field: String,
-        /// The object it was found in: `the spec`, `a node` or `tuning`.
-        within: &'static str,
-        /// Where it is in the text (1-based).
-        line: usize,
-        /// Its column (1-based).
-        column: usize,
-        /// The known key nearest to it, if one is close.
-        suggestion: Option<String>,
-    },
-    /// `permitted_protocols` holds a TLS cipher-suite name, as Go reign's
-    /// spec did; here the field lists ALPN protocol names.
-    CipherSuiteAsProtocol {
-        /// The value as written.
-        value: String,
-    },
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SpecError::Json { message } => write!(f, "cluster spec JSON: {message}"),
-            SpecError::Unreadable { path, error } => {
-                write!(f, "cannot read cluster spec {}: {error}", path.display())
-            }
-            SpecError::NoNodes => write!(f, "cluster spec: `nodes` is empty"),
-            SpecError::DuplicateId { id } => {
-                write!(f, "cluster spec: `nodes` lists id {id} more than once")
-            }
-            SpecError::BadAddress { id, field, value } => write!(
-                f,
-                "cluster spec: node {id} has a bad `{field}` {value:?} (want host:port)"
-            ),
-            SpecError::NodeNotInSpec { id } => {
-                write!(f, "cluster spec: node {id} is not listed in `nodes`")
-            }
-            SpecError::Missing { field } => write!(f, "cluster spec: `{field}` is not set"),
-            SpecError::FileUnreadable { field, path, error } => write!(
-                f,
-                "cluster spec: cannot read `{field}` file {}: {error}",
-                path.display()
-            ),
-            SpecError::BadPem { field, error } => {
-                write!(f, "cluster spec: `{field}` holds no valid PEM: {error}")
-            }
-            SpecError::NotSignedByCluster { id, error } => write!(
-                f,
-                "cluster spec: the certificate of node {id} is not valid under the cluster CA: {error}"
-            ),
-            SpecError::CertificateNamesOtherNode { id } => write!(
-                f,
-                "cluster spec: the certificate configured for node {id} does not name node {id}"
-            ),
-            SpecError::Tls { error } => write!(f, "TLS configuration refused: {error}"),
-            SpecError::UnknownField {
-                field,
-                within,
-                line,
-                column,
-                suggestion,
-            } => {
-                write!(
-                    f,
-                    "cluster spec: unknown field `{field}` in {within} at line {line} column {column}"
-                )?;
-                match suggestion {
-                    Some(known) => write!(f, ", did you mean `{known}`?"),
-                    None => Ok(()),
-                }
-            }
-            SpecError::CipherSuiteAsProtocol { value } => write!(
-                f,
-                "cluster spec: `permitted_protocols` lists ALPN protocol names (such as {DEFAULT_PROTOCOL:?}), \
-                 not TLS cipher suites as in Go reign; remove {value:?} (rustls offers only secure suites)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for SpecError {}
+pub use crate::codec::DEFAULT_PROTOCOL;
 
 /// A PEM error in words, after where the PEM came from (the pem crate's
 /// own message prints an END marker as a list of byte values).
@@ -491,27 +344,6 @@ fn pem_error(source: String, e: &rustls::pki_types::pem::Error) -> String {
         Pem::IllegalSectionStart { .. } => format!("{source}: a malformed BEGIN line"),
         Pem::NoItemsFound => format!("{source}: no PEM section of the expected kind"),
         other => format!("{source}: {other}"),
-    }
-}
-
-/// The TLS material of one node, parsed and checked.
-#[derive(Debug)]
-pub struct NodeMaterial {
-    /// The node's certificate chain (its certificate first).
-    pub cert_chain: Vec<CertificateDer<'static>>,
-    /// The node's private key.
-    pub key: PrivateKeyDer<'static>,
-    /// The cluster CA certificate.
-    pub cluster_cert: CertificateDer<'static>,
-}
-
-impl Clone for NodeMaterial {
-    fn clone(&self) -> NodeMaterial {
-        NodeMaterial {
-            cert_chain: self.cert_chain.clone(),
-            key: self.key.clone_key(),
-            cluster_cert: self.cluster_cert.clone(),
-        }
     }
 }
 

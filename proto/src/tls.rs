@@ -19,7 +19,9 @@ use rustls::time_provider::TimeProvider;
 use rustls::{ClientConnection, RootCertStore, ServerConnection};
 
 use crate::id::NodeId;
-use crate::spec::{NodeMaterial, ResolvedSpec, SpecError};
+use rustls::pki_types::PrivateKeyDer;
+
+use crate::error::SpecError;
 
 /// The DNS name a node's certificate carries.
 pub fn node_dns_name(node: NodeId) -> String {
@@ -91,6 +93,27 @@ pub(crate) fn check_node_material(
     Ok(())
 }
 
+/// The TLS material of one node, parsed and checked.
+#[derive(Debug)]
+pub struct NodeMaterial {
+    /// The node's certificate chain (its certificate first).
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The node's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The cluster CA certificate.
+    pub cluster_cert: CertificateDer<'static>,
+}
+
+impl Clone for NodeMaterial {
+    fn clone(&self) -> NodeMaterial {
+        NodeMaterial {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+            cluster_cert: self.cluster_cert.clone(),
+        }
+    }
+}
+
 /// The rustls configurations of one node.
 pub(crate) struct TlsContext {
     client: Arc<ClientConfig>,
@@ -100,29 +123,21 @@ pub(crate) struct TlsContext {
 
 impl TlsContext {
     pub(crate) fn new(
-        spec: &ResolvedSpec,
+        material: &NodeMaterial,
+        protocols: &[String],
         time: Arc<dyn TimeProvider>,
     ) -> Result<TlsContext, SpecError> {
         let tls_err = |e: rustls::Error| SpecError::Tls {
             error: e.to_string(),
         };
-        let material = &spec.material;
         // rustls asserts (panics) when it writes an empty ALPN name or one
         // over 255 bytes into a ClientHello: refuse them here instead.
-        if let Some(bad) = spec
-            .protocols
-            .iter()
-            .find(|p| p.is_empty() || p.len() > 255)
-        {
+        if let Some(bad) = protocols.iter().find(|p| p.is_empty() || p.len() > 255) {
             return Err(SpecError::Tls {
                 error: format!("protocol name {bad:?} is not 1 to 255 bytes long"),
             });
         }
-        let alpn: Vec<Vec<u8>> = spec
-            .protocols
-            .iter()
-            .map(|p| p.as_bytes().to_vec())
-            .collect();
+        let alpn: Vec<Vec<u8>> = protocols.iter().map(|p| p.as_bytes().to_vec()).collect();
 
         let mut client = ClientConfig::builder_with_details(crypto_provider(), time.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])

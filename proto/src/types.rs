@@ -18,24 +18,7 @@ use crate::codec::payload;
 use crate::error::DecodeError;
 use crate::poison::{read, write};
 
-/// The wire identity of a registered message type.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TypeTag(pub u64);
-
-impl TypeTag {
-    /// The tag for a registered name: 64-bit FNV-1a of its UTF-8 bytes.
-    pub const fn of_name(name: &str) -> TypeTag {
-        let bytes = name.as_bytes();
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut i = 0;
-        while i < bytes.len() {
-            hash ^= bytes[i] as u64;
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-            i += 1;
-        }
-        TypeTag(hash)
-    }
-}
+pub use crate::codec::TypeTag;
 
 /// Why a type could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq)]

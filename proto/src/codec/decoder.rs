@@ -3,8 +3,8 @@
 use bytes::{Buf, BytesMut};
 
 use super::frame::{Frame, FrameError, FrameKind, DATA_HEADER_LEN, LEN_PREFIX};
+use crate::codec::TypeTag;
 use crate::id::MailboxId;
-use crate::types::TypeTag;
 
 /// Buffer growth step: one socket read's worth.
 const READ_CHUNK: usize = 64 * 1024;
@@ -160,8 +160,8 @@ impl FrameDecoder {
 mod tests {
     use super::*;
     use crate::codec::frame::{FrameKind, PublishScope, ReplyStatus, TunnelOp};
+    use crate::codec::TypeTag;
     use crate::id::{Incarnation, MailboxId, NodeId};
-    use crate::types::TypeTag;
     use bytes::Bytes;
     use proptest::prelude::*;
 

@@ -7,8 +7,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
+use crate::codec::TypeTag;
 use crate::id::MailboxId;
-use crate::types::TypeTag;
 
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;

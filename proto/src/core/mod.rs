@@ -35,7 +35,6 @@ pub use backoff::Backoff;
 pub use conn::ConnId;
 use conn::{Conn, Phase};
 pub use membership::{ReloadError, Reloaded, ID_IN_USE};
-pub(crate) use outside::TUNNELS_REFUSED;
 
 use crate::codec::frame::{self, FrameError};
 use crate::codec::{Frame, FRAGMENT_LEN};
@@ -349,7 +348,7 @@ impl Core {
     pub fn new(config: CoreConfig, now: Instant) -> Result<Core, SpecError> {
         let spec = config.spec;
         let me = spec.node_id;
-        let tls = TlsContext::new(&spec, config.time_provider)?;
+        let tls = TlsContext::new(&spec.material, &spec.protocols, config.time_provider)?;
         let tuning = spec.tuning.clone();
         let mut network = Network::new(
             [],
@@ -362,7 +361,7 @@ impl Core {
         network.set_unread_limit(crate::node::outbox::link_pause_bound(&tuning));
         let node = Node::networked(me, config.incarnation, network);
         node.inner
-            .set_registry_limits(crate::registry::RegistryLimits::from_tuning(&tuning));
+            .set_registry_limits(crate::registry::RegistryLimits::from(&tuning));
         tracing::info!(
             node = me.0,
             incarnation = config.incarnation.0,

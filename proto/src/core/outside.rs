@@ -26,8 +26,6 @@ use super::*;
 pub(super) const REFUSED: &str = "inbound connections refused before authentication";
 /// What the summary of messages dropped on arrival counts.
 pub(super) const DROPPED: &str = "messages from peers dropped";
-/// What the summary of refused tunnel offers counts.
-pub(crate) const TUNNELS_REFUSED: &str = "tunnel offers refused";
 
 /// Causes of refusal, as the summary line prints them.
 pub(super) const POOL_FULL: &str = "with the handshake pool full";

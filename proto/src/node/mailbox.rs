@@ -667,24 +667,26 @@ impl Mailbox {
         }
     }
 
-    /// Waits for the first [`Request`](crate::Request) (this mailbox is a
+    /// Waits for the first [`Request`](crate::node::services::Request) (this mailbox is a
     /// service member), leaving other messages queued.
-    pub async fn recv_request(&self) -> Result<crate::Request, RecvError> {
+    pub async fn recv_request(&self) -> Result<crate::node::services::Request, RecvError> {
         loop {
-            let msg = self.recv_match(Message::is::<crate::Request>).await?;
-            if let Ok(request) = msg.take::<crate::Request>() {
+            let msg = self
+                .recv_match(Message::is::<crate::node::services::Request>)
+                .await?;
+            if let Ok(request) = msg.take::<crate::node::services::Request>() {
                 return Ok(request);
             }
         }
     }
 
     /// Waits for the first offered tunnel, leaving other messages queued.
-    pub async fn recv_tunnel(&self) -> Result<crate::IncomingTunnel, RecvError> {
+    pub async fn recv_tunnel(&self) -> Result<crate::node::tunnel::IncomingTunnel, RecvError> {
         loop {
             let msg = self
-                .recv_match(Message::is::<crate::IncomingTunnel>)
+                .recv_match(Message::is::<crate::node::tunnel::IncomingTunnel>)
                 .await?;
-            if let Ok(tunnel) = msg.take::<crate::IncomingTunnel>() {
+            if let Ok(tunnel) = msg.take::<crate::node::tunnel::IncomingTunnel>() {
                 return Ok(tunnel);
             }
         }

@@ -238,7 +238,7 @@ pub(crate) const DEFAULT_UNREAD_LIMIT: usize = 256 << 20;
 /// mailbox_unread_bytes`, so that one mailbox at its hard cap plus one
 /// message of the largest size never pauses a link (pausing would stop
 /// every other mailbox's messages behind one consumer that is slow).
-pub(crate) fn link_pause_bound(tuning: &crate::Tuning) -> usize {
+pub(crate) fn link_pause_bound(tuning: &crate::spec::Tuning) -> usize {
     let one_mailbox = tuning
         .mailbox_unread_bytes
         .saturating_mul(crate::mailbox::HARD_CAP_SHARES);
@@ -357,6 +357,9 @@ const PAGE: usize = 256;
 
 type Page = Box<[OnceLock<Box<Outbox>>]>;
 
+/// What the summary of refused tunnel offers counts.
+pub(crate) const TUNNELS_REFUSED: &str = "tunnel offers refused";
+
 /// Every peer's outbox.
 ///
 /// Senders find a peer's outbox on every remote send, from any thread, so
@@ -400,7 +403,7 @@ impl Network {
             tunnel_window: 1 << 20,
             max_frame_len: crate::codec::DEFAULT_MAX_FRAME_LEN,
             unread_limit: AtomicUsize::new(DEFAULT_UNREAD_LIMIT),
-            tunnels_refused: crate::log_summary::LogSummary::new(crate::core::TUNNELS_REFUSED),
+            tunnels_refused: crate::log_summary::LogSummary::new(TUNNELS_REFUSED),
         };
         for peer in peers {
             network.add_peer(peer);

@@ -564,7 +564,7 @@ impl NodeInner {
     }
 }
 
-impl crate::Node {
+impl crate::node::Node {
     /// The sizes of this node's request tables: replies it waits for,
     /// requests queued for its members' handler slots, slots in use. All
     /// zero on an idle node, however its callers gave up.
