@@ -305,68 +305,33 @@ impl Core {
         });
     }
 
+    /// Fires every timer whose deadline has come (the rules are in
+    /// [`Core::deadline`]).
     pub(super) fn run_timers(&mut self, now: Instant) {
-        self.node.inner.expire_requests(now);
+        if self.is_due(Timer::Requests, now) {
+            self.node.inner.expire_requests(now);
+        }
         let mut failures = Vec::new();
-        for (&id, conn) in self.conns.iter_mut() {
-            match conn.phase {
-                Phase::Dialing | Phase::Handshaking => {
-                    if now >= conn.opened_at + self.tuning.handshake_timeout {
-                        failures.push((
-                            id,
-                            format!(
-                                "handshake not finished within {:?}",
-                                self.tuning.handshake_timeout
-                            ),
-                        ));
-                    } else if now >= conn.opened_at + self.tuning.first_bytes_timeout
-                        && self.inbound.get(&id).is_some_and(|i| !i.heard)
-                    {
-                        failures.push((
-                            id,
-                            format!(
-                                "nothing received within {:?} of accepting",
-                                self.tuning.first_bytes_timeout
-                            ),
-                        ));
-                    }
-                }
-                Phase::Up { .. } => {
-                    // While this node has paused reading (its own mailboxes are
-                    // behind), the peer's pongs sit unread in the socket: the
-                    // silence is ours, not the peer's, so it proves nothing.
-                    if self.paused.contains(&id) {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            // While this node has paused reading (its own mailboxes are
+            // behind), the peer's pongs sit unread in the socket: the
+            // silence is ours, not the peer's, so it proves nothing.
+            if self.paused.contains(&id) {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    if conn.peer().is_some() {
                         conn.last_recv = now;
                         conn.ping_failures = 0;
                     }
-                    if now >= conn.last_recv + self.tuning.read_deadline {
-                        failures.push((
-                            id,
-                            format!("nothing received for {:?}", self.tuning.read_deadline),
-                        ));
-                        continue;
-                    }
-                    if now >= conn.next_ping {
-                        if conn.ping_outstanding && now > conn.last_recv + self.tuning.ping_interval
-                        {
-                            conn.ping_failures += 1;
-                        } else {
-                            conn.ping_failures = 0;
-                        }
-                        if conn.ping_failures >= self.tuning.max_ping_failures {
-                            failures.push((
-                                id,
-                                format!("{} pings in a row went unanswered", conn.ping_failures),
-                            ));
-                            continue;
-                        }
-                        conn.ping_nonce = conn.ping_nonce.wrapping_add(1);
-                        conn.ping_outstanding = true;
-                        let nonce = conn.ping_nonce;
-                        conn.queue_frame(&Frame::Ping(nonce));
-                        conn.next_ping = now + self.tuning.ping_interval;
-                        self.dirty.insert(id);
-                    }
+                }
+            }
+            for timer in Timer::of_conn(id) {
+                if !self.is_due(timer, now) {
+                    continue;
+                }
+                if let Some(reason) = self.fire_conn_timer(timer, now) {
+                    failures.push((id, reason));
+                    break;
                 }
             }
         }
@@ -395,17 +360,58 @@ impl Core {
         if self.shutting_down {
             return;
         }
-        self.membership_timers(now);
+        if self.is_due(Timer::Gossip, now) {
+            self.membership_timers(now);
+        }
         let due: Vec<NodeId> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                p.retry_at.is_some_and(|t| t <= now) && p.up.is_none() && p.dialing.is_none()
+            .filter(|(&id, p)| {
+                self.is_due(Timer::Redial(id), now) && p.up.is_none() && p.dialing.is_none()
             })
             .map(|(&id, _)| id)
             .collect();
         for peer in due {
             self.dial(now, peer);
+        }
+    }
+
+    /// Fires one of a connection's timers; the reason to close it, if the
+    /// timer says so.
+    fn fire_conn_timer(&mut self, timer: Timer, now: Instant) -> Option<String> {
+        let tuning = &self.tuning;
+        match timer {
+            Timer::Handshake(_) => Some(format!(
+                "handshake not finished within {:?}",
+                tuning.handshake_timeout
+            )),
+            Timer::FirstBytes(_) => Some(format!(
+                "nothing received within {:?} of accepting",
+                tuning.first_bytes_timeout
+            )),
+            Timer::Silence(_) => Some(format!("nothing received for {:?}", tuning.read_deadline)),
+            Timer::Ping(id) => {
+                let conn = self.conns.get_mut(&id)?;
+                if conn.ping_outstanding && now > conn.last_recv + tuning.ping_interval {
+                    conn.ping_failures += 1;
+                } else {
+                    conn.ping_failures = 0;
+                }
+                if conn.ping_failures >= tuning.max_ping_failures {
+                    return Some(format!(
+                        "{} pings in a row went unanswered",
+                        conn.ping_failures
+                    ));
+                }
+                conn.ping_nonce = conn.ping_nonce.wrapping_add(1);
+                conn.ping_outstanding = true;
+                let nonce = conn.ping_nonce;
+                conn.queue_frame(&Frame::Ping(nonce));
+                conn.next_ping = now + tuning.ping_interval;
+                self.dirty.insert(id);
+                None
+            }
+            _ => None,
         }
     }
 }

@@ -368,10 +368,8 @@ impl Core {
 
     /// Periodic upkeep: tell one random peer what we know, and forget
     /// learned members that have been unreachable for too long.
+    /// Runs when [`Timer::Gossip`](super::timer::Timer::Gossip) is due.
     pub(super) fn membership_timers(&mut self, now: Instant) {
-        if now < self.next_gossip {
-            return;
-        }
         self.next_gossip = now + self.tuning.gossip_interval;
         let up: Vec<ConnId> = self.peers.values().filter_map(|p| p.up).collect();
         if !up.is_empty() {

@@ -22,6 +22,7 @@ mod membership;
 mod outside;
 mod receive;
 mod send;
+mod timer;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -35,6 +36,7 @@ pub use backoff::Backoff;
 pub use conn::ConnId;
 use conn::{Conn, Phase};
 pub use membership::{ReloadError, Reloaded, ID_IN_USE};
+use timer::Timer;
 
 use crate::codec::frame::{self, FrameError};
 use crate::codec::{Frame, FRAGMENT_LEN};
@@ -604,45 +606,16 @@ impl Core {
 
     /// When the core next needs [`Input::Timeout`].
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let mut earliest: Option<Instant> = None;
-        let mut consider = |t: Instant| {
-            earliest = Some(earliest.map_or(t, |e| e.min(t)));
-        };
-        for conn in self.conns.values() {
-            match conn.phase {
-                Phase::Up { .. } => {
-                    consider(conn.next_ping);
-                    consider(conn.last_recv + self.tuning.read_deadline);
-                }
-                Phase::Dialing | Phase::Handshaking => {
-                    consider(conn.opened_at + self.tuning.handshake_timeout);
-                    if self.inbound.get(&conn.id).is_some_and(|i| !i.heard) {
-                        consider(conn.opened_at + self.tuning.first_bytes_timeout);
-                    }
-                }
-            }
-        }
-        if !self.shutting_down {
-            for peer in self.peers.values() {
-                if let Some(t) = peer.retry_at {
-                    consider(t);
-                }
-            }
-            // Gossip needs someone to talk to; forgetting, someone learned.
-            if self.peers.values().any(|p| p.up.is_some() || p.learned) {
-                consider(self.next_gossip);
-            }
-        }
-        if let Some(t) = self.node.inner.next_request_deadline() {
-            consider(t);
-        }
-        if let Some(t) = self.drain_until {
-            consider(t);
-        }
-        for t in self.summaries_due() {
-            consider(t);
-        }
-        earliest
+        let conns = self.conns.values().flat_map(|conn| {
+            Timer::of_conn(conn.id)
+                .into_iter()
+                .filter_map(move |timer| self.conn_deadline(conn, timer))
+        });
+        let others = self
+            .armed_beyond_conns()
+            .filter_map(|timer| self.deadline(timer))
+            .filter_map(|(t, wakes)| wakes.then_some(t));
+        conns.chain(others).min()
     }
 
     /// Shuts the node down gracefully. New sends are refused at once
@@ -717,13 +690,13 @@ impl Core {
 
     /// Ends the drain once everything left or its deadline passed.
     fn check_drain(&mut self, now: Instant) {
-        let Some(deadline) = self.drain_until else {
+        if self.drain_until.is_none() {
             return;
-        };
+        }
         if self.drained() {
             tracing::debug!(node = self.me.0, "outbound queues drained");
             self.finish_shutdown(now);
-        } else if now >= deadline {
+        } else if self.is_due(Timer::Drain, now) {
             self.finish_shutdown(now);
         }
     }

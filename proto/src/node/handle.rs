@@ -15,7 +15,7 @@ use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::node::address::{with_decode_context, Address};
 use crate::node::mailbox::{Capacity, Mailbox, MailboxShared};
 use crate::node::outbox::{Network, PeerStats};
-use crate::node::services::{Limits, RequestFuture, Target};
+use crate::node::services::{Limits, RequestFuture, RequestTables, Target};
 use crate::node::tunnel::OpeningTunnel;
 use crate::node::NodeInner;
 use crate::registry::{RegistryDump, RegistryError};
@@ -160,17 +160,7 @@ impl Node {
     /// assert_eq!(node.lookup("greeter"), None);
     /// ```
     pub fn register(&self, name: &str, address: &Address) -> Result<(), RegistryError> {
-        let id = address.id();
-        let live = self.inner.local_mailbox(id).is_some_and(|m| !m.is_closed());
-        if !live {
-            return Err(RegistryError::CantRegister {
-                reason: if id.node == self.inner.id {
-                    "the mailbox is closed or from an earlier start of this node"
-                } else {
-                    "the mailbox belongs to another node"
-                },
-            });
-        }
+        let id = self.inner.check_own_live(address)?;
         let effects = lock(&self.inner.registry).register(name, id)?;
         self.inner.apply(effects);
         Ok(())
@@ -398,6 +388,13 @@ impl Node {
     /// A snapshot of this node's counters.
     pub fn stats(&self) -> crate::stats::NodeStats {
         self.inner.counters.snapshot()
+    }
+
+    /// The sizes of this node's request tables: replies it waits for,
+    /// requests queued for its members' handler slots, slots in use. All
+    /// zero on an idle node, however its callers gave up.
+    pub fn request_tables(&self) -> RequestTables {
+        self.inner.services().tables()
     }
 }
 

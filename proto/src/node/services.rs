@@ -57,13 +57,35 @@ pub struct Limits {
     pub max_queued_bytes: usize,
 }
 
+/// Requests a member holds unanswered by default: Iris's 4 handlers per
+/// core on a 2-core machine. A constant, not the host's core count, so a
+/// node (and a simulation seed) behaves the same on every machine; see
+/// [`Limits::per_core`] for Iris's scaling.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 8;
+
+/// Bytes waiting for one member or subscriber by default (Iris's 64 MiB).
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 64 << 20;
+
 impl Default for Limits {
-    /// Iris's defaults: 4 handlers per core and 64 MiB queued.
+    /// [`DEFAULT_MAX_IN_FLIGHT`] and [`DEFAULT_MAX_QUEUED_BYTES`].
     fn default() -> Limits {
+        Limits {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+        }
+    }
+}
+
+impl Limits {
+    /// Iris's own defaults on this machine: 4 handlers per core (as the
+    /// operating system reports cores) and 64 MiB queued. Reads the host,
+    /// so it is never a default of the core; pass it to
+    /// [`Node::join_with_limits`](crate::Node::join_with_limits) to get it.
+    pub fn per_core() -> Limits {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Limits {
             max_in_flight: 4 * cores,
-            max_queued_bytes: 64 << 20,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }

@@ -51,7 +51,11 @@ pub(crate) struct NodeInner {
     pub(in crate::node) registry: Mutex<Registry>,
     pub(in crate::node) links: Mutex<Links>,
     pub(in crate::node) syncs: Mutex<SyncBook>,
-    pub(crate) services: Mutex<Services>,
+    /// The request tables; lock them through `services()`, which hands
+    /// their next deadline to the core.
+    pub(in crate::node) services: Mutex<Services>,
+    /// The request tables' next deadline, for the core's timer.
+    pub(in crate::node) request_deadline: services::DeadlineCell,
     pub(crate) tunnels: Mutex<TunnelTable>,
 }
 
@@ -83,6 +87,7 @@ impl NodeInner {
             links: Mutex::new(Links::default()),
             syncs: Mutex::new(SyncBook::default()),
             services: Mutex::new(Services::default()),
+            request_deadline: services::DeadlineCell::new(),
             tunnels: Mutex::new(TunnelTable::default()),
         })
     }
@@ -347,7 +352,7 @@ impl NodeInner {
 
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        lock(&self.services).shutdown();
+        self.services().shutdown();
         self.end_tunnels(None, TunnelError::Closed);
     }
 

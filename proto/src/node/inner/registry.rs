@@ -11,8 +11,10 @@ use std::task::{Context, Poll, Waker};
 
 use crate::poison::lock;
 
+use crate::id::MailboxId;
+use crate::node::address::Address;
 use crate::node::NodeInner;
-use crate::registry::{Effect, Registry, RegistryLimits};
+use crate::registry::{Effect, Registry, RegistryError, RegistryLimits};
 use crate::system::MultipleClaim;
 
 /// Completed registry syncs and the tasks waiting for them.
@@ -23,6 +25,23 @@ pub(in crate::node) struct SyncBook {
 }
 
 impl NodeInner {
+    /// The id of `address` if it is a live mailbox of this node: only
+    /// those may claim a name, join a group or subscribe.
+    pub(crate) fn check_own_live(&self, address: &Address) -> Result<MailboxId, RegistryError> {
+        let id = address.id();
+        if self.local_mailbox(id).is_some_and(|m| !m.is_closed()) {
+            Ok(id)
+        } else {
+            Err(RegistryError::CantRegister {
+                reason: if id.node == self.id {
+                    "the mailbox is closed or from an earlier start of this node"
+                } else {
+                    "the mailbox belongs to another node"
+                },
+            })
+        }
+    }
+
     /// Starts a registry sync; the future completes when every connected
     /// peer has answered it.
     pub(in crate::node) fn start_sync(self: &Arc<Self>) -> SyncFuture {

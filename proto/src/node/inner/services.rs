@@ -2,13 +2,12 @@
 //! replies back to callers, broadcasts and publications to their receivers.
 
 use std::any::Any;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::address::Address;
 use crate::error::SendError;
 use crate::id::{MailboxId, NodeId};
 use crate::message::Message;
@@ -19,7 +18,6 @@ use crate::node::services::*;
 use crate::codec::frame::{self as wire, PublishScope, ReplyStatus};
 use crate::node::outbox::Refused;
 use crate::poison::lock;
-use crate::registry::RegistryError;
 use crate::types::{self, TypeTag};
 use bytes::Bytes;
 
@@ -38,9 +36,84 @@ fn encode_registered<T: Any + Serialize>(value: &T) -> Result<(TypeTag, Vec<u8>)
     Ok((tag, payload))
 }
 
+/// An `Option<Instant>` written under the services lock and read by the
+/// core without one: the request tables hand their next deadline to the
+/// core this way, so [`Core::poll_timeout`](crate::Core::poll_timeout)
+/// takes no lock. Stored as signed nanoseconds from the cell's creation
+/// (deadlines of a simulated clock may lie before it).
+pub(in crate::node) struct DeadlineCell {
+    base: Instant,
+    offset_ns: AtomicI64,
+}
+
+/// The stored value of an empty cell.
+const NO_DEADLINE: i64 = i64::MIN;
+
+impl DeadlineCell {
+    pub(in crate::node) fn new() -> DeadlineCell {
+        DeadlineCell {
+            base: Instant::now(),
+            offset_ns: AtomicI64::new(NO_DEADLINE),
+        }
+    }
+
+    fn set(&self, deadline: Option<Instant>) {
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        let value = match deadline {
+            None => NO_DEADLINE,
+            Some(t) if t >= self.base => nanos(t - self.base),
+            Some(t) => -nanos(self.base - t),
+        };
+        self.offset_ns.store(value, Ordering::Release);
+    }
+
+    pub(in crate::node) fn get(&self) -> Option<Instant> {
+        let value = self.offset_ns.load(Ordering::Acquire);
+        if value == NO_DEADLINE {
+            None
+        } else if value >= 0 {
+            Some(self.base + Duration::from_nanos(value as u64))
+        } else {
+            let back = Duration::from_nanos(value.unsigned_abs());
+            Some(self.base.checked_sub(back).unwrap_or(self.base))
+        }
+    }
+}
+
+/// The services lock. Dropping it publishes the tables' next deadline to
+/// the node's [`DeadlineCell`], so every change to the tables reaches the
+/// core's timer.
+pub(in crate::node) struct ServicesGuard<'a> {
+    guard: MutexGuard<'a, Services>,
+    next: &'a DeadlineCell,
+}
+
+impl std::ops::Deref for ServicesGuard<'_> {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for ServicesGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Services {
+        &mut self.guard
+    }
+}
+
+impl Drop for ServicesGuard<'_> {
+    fn drop(&mut self) {
+        self.next.set(self.guard.next_deadline());
+    }
+}
+
 impl NodeInner {
-    fn services(&self) -> MutexGuard<'_, Services> {
-        lock(&self.services)
+    /// Locks the request tables.
+    pub(in crate::node) fn services(&self) -> ServicesGuard<'_> {
+        ServicesGuard {
+            guard: lock(&self.services),
+            next: &self.request_deadline,
+        }
     }
 
     /// This node's clock: the real one, or a simulated node's virtual one.
@@ -112,8 +185,9 @@ impl NodeInner {
         }
     }
 
+    /// The earliest deadline of the request tables, without a lock.
     pub(crate) fn next_request_deadline(&self) -> Option<Instant> {
-        self.services().next_deadline()
+        self.request_deadline.get()
     }
 
     /// Times out pending requests and discards queued ones whose deadline
@@ -545,30 +619,5 @@ impl NodeInner {
             }
         }
         Ok(())
-    }
-
-    /// Joins or subscribes with limits.
-    pub(crate) fn check_own_live(&self, address: &Address) -> Result<MailboxId, RegistryError> {
-        let id = address.id();
-        if self.local_mailbox(id).is_some_and(|m| !m.is_closed()) {
-            Ok(id)
-        } else {
-            Err(RegistryError::CantRegister {
-                reason: if id.node == self.id {
-                    "the mailbox is closed or from an earlier start of this node"
-                } else {
-                    "the mailbox belongs to another node"
-                },
-            })
-        }
-    }
-}
-
-impl crate::node::Node {
-    /// The sizes of this node's request tables: replies it waits for,
-    /// requests queued for its members' handler slots, slots in use. All
-    /// zero on an idle node, however its callers gave up.
-    pub fn request_tables(&self) -> RequestTables {
-        self.inner.services().tables()
     }
 }
