@@ -130,7 +130,7 @@ impl Node {
         self.inner.mailboxes.len()
     }
 
-    /// Sends [`ConnectionStatus`] to `watcher` whenever a peer connects or
+    /// Sends [`ConnectionStatus`](crate::system::ConnectionStatus) to `watcher` whenever a peer connects or
     /// disconnects (reign's `AddConnectionStatusCallback`). The watch ends
     /// when the watcher's mailbox closes.
     pub fn subscribe_connection_status(&self, watcher: &Address) {
@@ -147,7 +147,7 @@ impl Node {
     /// If another node claims the name too, every node resolves the conflict
     /// alike: the claimant with the lowest id (node, incarnation, serial)
     /// wins every lookup, the others wait their turn; every claimant gets a
-    /// [`MultipleClaim`] and every node logs the conflict once at WARN.
+    /// [`MultipleClaim`](crate::system::MultipleClaim) and every node logs the conflict once at WARN.
     ///
     /// ```
     /// use reign_proto::{Incarnation, Node};

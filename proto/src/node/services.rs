@@ -146,7 +146,7 @@ pub(in crate::node) enum Admit {
     Expired(Request),
 }
 
-/// The tables of a node's requests, as [`Node::request_tables`] reports
+/// The tables of a node's requests, as [`Node::request_tables`](crate::Node::request_tables) reports
 /// them: all zero on an idle node, whatever callers gave up on.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RequestTables {

@@ -5,7 +5,7 @@
 //! Flow control is credit-based, in bytes: each end grants the other a
 //! window (its `tunnel_window`) when the tunnel opens. A sender spends
 //! credit on every piece it sends (a piece is at most
-//! [`FRAGMENT_LEN`](crate::codec::FRAGMENT_LEN) and never more than the
+//! [`crate::codec::FRAGMENT_LEN`] and never more than the
 //! credit it holds, so a window smaller than a piece still moves), and waits
 //! when it has none; `unacknowledged_bytes` never exceeds the window.
 //!

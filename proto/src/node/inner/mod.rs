@@ -1,4 +1,20 @@
-//! `NodeInner`: the state a node's handles and its driver share.
+//! `NodeInner`: the state a node's handles and its core share.
+//!
+//! One `NodeInner` per node, behind an `Arc` held by [`Node`](crate::Node)
+//! and every clone of it, and a `Weak` held by remote addresses. User
+//! threads reach it through the handles; the core (on the driver's task)
+//! reaches it to deliver, to hand over control messages and to learn of
+//! peers coming and going. Each concern keeps its own table and lock, in
+//! its own file:
+//!
+//! | file | owns |
+//! |---|---|
+//! | this file | the struct, binding ids to addresses, remote sends, peers up and down, shutdown |
+//! | `mailboxes.rs` | the sharded id → mailbox table |
+//! | `links.rs` | close watches across nodes (the `Watch`/`Unwatch`/`Closed` protocol) |
+//! | `registry.rs` | carrying out the pure registry's effects; registry syncs |
+//! | `services.rs` | routing requests, replies, broadcasts and publications; the request tables' deadline |
+//! | `tunnels.rs` | the table of tunnel ends and the routing of tunnel frames |
 
 mod links;
 mod mailboxes;
