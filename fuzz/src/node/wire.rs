@@ -3,7 +3,8 @@
 //! from grammar steps (`grammar.rs`) and what the harness has seen so far.
 //!
 //! Kept apart from the driving (`harness.rs`) so that one place says how a
-//! step becomes bytes a peer sends. Ids the node itself used (request
+//! step's words become the ids and values local calls use and the bytes a
+//! peer sends. Ids the node itself used (request
 //! correlations, tunnel ids, ping nonces, sync sequence numbers) are echoed
 //! back on request, so answers the node is waiting for are reachable.
 
@@ -42,6 +43,7 @@ macro_rules! with_value {
         }
     };
 }
+pub(super) use with_value;
 
 impl Value {
     /// The value's type tag and payload bytes.
@@ -59,7 +61,6 @@ impl Value {
         )
     }
 }
-pub(super) use with_value;
 
 impl Harness {
     /// The peer mailbox `r` names, if there are peers.
