@@ -14,55 +14,59 @@ use reign_proto::codec::{Frame, PROTOCOL_VERSION};
 use reign_proto::handshake::{goodbye_body, Handshake, HandshakeError, Hello, Role, Step};
 use reign_proto::{Incarnation, NodeId};
 
-/// The structured input of the `handshake` target.
-#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
-pub struct HandshakeInput {
-    /// This node's id.
-    pub me: u16,
-    /// The node the dialer means to reach.
-    pub target: u16,
-    /// This node's incarnation.
-    pub incarnation: u64,
-    /// The byte this node's 32-byte cluster id is made of.
-    pub cluster: u8,
-    /// Bit `n`: node `n` (< 16) is a peer in the spec.
-    pub peers: u16,
-    /// Bit `n`: the peer's certificate names node `n` (< 16).
-    pub certs: u16,
-    /// The frames, in order.
-    pub frames: Vec<HsFrame>,
+crate::unarbitrary! {
+    /// The structured input of the `handshake` target.
+    #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+    pub struct HandshakeInput {
+        /// This node's id.
+        pub me: u16,
+        /// The node the dialer means to reach.
+        pub target: u16,
+        /// This node's incarnation.
+        pub incarnation: u64,
+        /// The byte this node's 32-byte cluster id is made of.
+        pub cluster: u8,
+        /// Bit `n`: node `n` (< 16) is a peer in the spec.
+        pub peers: u16,
+        /// Bit `n`: the peer's certificate names node `n` (< 16).
+        pub certs: u16,
+        /// The frames, in order.
+        pub frames: Vec<HsFrame>,
+    }
 }
 
-/// One frame of the `handshake` target.
-#[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
-pub enum HsFrame {
-    /// A hello built from fields; `*_ok` picks this node's own value.
-    Hello {
-        /// Whether to speak this build's protocol version.
-        version_ok: bool,
-        /// The version otherwise.
-        version: u16,
-        /// The sender.
-        node: u16,
-        /// The sender's incarnation.
-        incarnation: u64,
-        /// Whether to name this node's cluster.
-        cluster_ok: bool,
-        /// The cluster id otherwise.
-        cluster: Vec<u8>,
-        /// Whether to name this node as the target.
-        target_ok: bool,
-        /// The target otherwise.
-        target: u16,
-    },
-    /// A hello frame with an arbitrary body.
-    HelloBody(Vec<u8>),
-    /// A goodbye with a CBOR string reason (lossy UTF-8).
-    GoodbyeText(Vec<u8>),
-    /// A goodbye with an arbitrary body.
-    GoodbyeBody(Vec<u8>),
-    /// Whatever `Frame::parse` makes of these bytes (kind byte first).
-    Wire(Vec<u8>),
+crate::unarbitrary! {
+    /// One frame of the `handshake` target.
+    #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+    pub enum HsFrame {
+        /// A hello built from fields; `*_ok` picks this node's own value.
+        Hello {
+            /// Whether to speak this build's protocol version.
+            version_ok: bool,
+            /// The version otherwise.
+            version: u16,
+            /// The sender.
+            node: u16,
+            /// The sender's incarnation.
+            incarnation: u64,
+            /// Whether to name this node's cluster.
+            cluster_ok: bool,
+            /// The cluster id otherwise.
+            cluster: Vec<u8>,
+            /// Whether to name this node as the target.
+            target_ok: bool,
+            /// The target otherwise.
+            target: u16,
+        },
+        /// A hello frame with an arbitrary body.
+        HelloBody(Vec<u8>),
+        /// A goodbye with a CBOR string reason (lossy UTF-8).
+        GoodbyeText(Vec<u8>),
+        /// A goodbye with an arbitrary body.
+        GoodbyeBody(Vec<u8>),
+        /// Whatever `Frame::parse` makes of these bytes (kind byte first).
+        Wire(Vec<u8>),
+    }
 }
 
 impl HsFrame {
@@ -298,51 +302,6 @@ pub fn handshake(data: &[u8]) {
         if let Ok(Step::Done { peer, reply }) = done {
             assert_eq!(peer.node, target);
             assert_eq!(reply, None);
-        }
-    }
-}
-
-impl crate::unarb::Unarbitrary for HandshakeInput {
-    fn write(&self, w: &mut crate::unarb::Writer) {
-        crate::write_fields!(w; &self.me, &self.target, &self.incarnation, &self.cluster,
-            &self.peers, &self.certs, &self.frames);
-    }
-}
-
-impl crate::unarb::Unarbitrary for HsFrame {
-    fn write(&self, w: &mut crate::unarb::Writer) {
-        const N: u32 = 5;
-        match self {
-            HsFrame::Hello {
-                version_ok,
-                version,
-                node,
-                incarnation,
-                cluster_ok,
-                cluster,
-                target_ok,
-                target,
-            } => {
-                w.variant(0, N);
-                crate::write_fields!(w; version_ok, version, node, incarnation, cluster_ok,
-                    cluster, target_ok, target);
-            }
-            HsFrame::HelloBody(b) => {
-                w.variant(1, N);
-                crate::write_fields!(w; b);
-            }
-            HsFrame::GoodbyeText(b) => {
-                w.variant(2, N);
-                crate::write_fields!(w; b);
-            }
-            HsFrame::GoodbyeBody(b) => {
-                w.variant(3, N);
-                crate::write_fields!(w; b);
-            }
-            HsFrame::Wire(b) => {
-                w.variant(4, N);
-                crate::write_fields!(w; b);
-            }
         }
     }
 }

@@ -274,6 +274,11 @@ fn control(control: FuzzControl) -> Op {
     Op::PeerControl { peer: 0, control }
 }
 
+/// Local code takes every message out of a mailbox (see `LocalOp::Drain`).
+fn drain(mailbox: u8, answer: u8) -> Op {
+    Op::Local(LocalOp::Drain { mailbox, answer })
+}
+
 fn known(i: u8) -> Name {
     Name::Known(i)
 }
@@ -300,14 +305,8 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                         dest: ours(1),
                         body: Body::Value(FuzzValue::Address(Who::Sender { serial: 3 })),
                     }),
-                    Op::Local(LocalOp::Drain {
-                        mailbox: 0,
-                        answer: 0,
-                    }),
-                    Op::Local(LocalOp::Drain {
-                        mailbox: 1,
-                        answer: 0,
-                    }),
+                    drain(0, 0),
+                    drain(1, 0),
                     Op::Timeout { ms: 150 },
                     frame(FuzzFrame::Pong {
                         seen: true,
@@ -382,10 +381,7 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                         name: known(2),
                         id: Who::Sender { serial: 1 },
                     })),
-                    Op::Local(LocalOp::Drain {
-                        mailbox: 1,
-                        answer: 0,
-                    }),
+                    drain(1, 0),
                 ],
             ),
         ),
@@ -423,10 +419,7 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                     id: Who::Sender { serial: 1 },
                 })));
                 ops.push(Op::Local(LocalOp::Lookup { name: known(2) }));
-                ops.push(Op::Local(LocalOp::Drain {
-                    mailbox: 0,
-                    answer: 0,
-                }));
+                ops.push(drain(0, 0));
                 ops
             }),
         ),
@@ -450,10 +443,7 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                         dest: ours(0),
                         chunk: Chunk::Filled { len: 4000, fill: 0 },
                     }),
-                    Op::Local(LocalOp::Drain {
-                        mailbox: 0,
-                        answer: 0,
-                    }),
+                    drain(0, 0),
                     Op::Local(LocalOp::Send {
                         to: remote(2),
                         value: FuzzValue::Bytes {
@@ -488,10 +478,7 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                         corr: 1,
                         body: Body::Value(FuzzValue::Text(b"ping".to_vec())),
                     }),
-                    Op::Local(LocalOp::Drain {
-                        mailbox: 0,
-                        answer: 0,
-                    }),
+                    drain(0, 0),
                     Op::Local(LocalOp::Request {
                         to: FuzzTarget::Remote(remote(1)),
                         value: FuzzValue::U64(1),
@@ -520,10 +507,7 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                         topic: known(1),
                         value: FuzzValue::U64(6),
                     }),
-                    Op::Local(LocalOp::Drain {
-                        mailbox: 1,
-                        answer: 1,
-                    }),
+                    drain(1, 1),
                     Op::Timeout { ms: 600 },
                 ],
             ),
@@ -542,10 +526,7 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                             credit: 8192,
                         },
                     }),
-                    Op::Local(LocalOp::Drain {
-                        mailbox: 0,
-                        answer: 4,
-                    }),
+                    drain(0, 4),
                     frame(FuzzFrame::Tunnel {
                         id: TunnelRef::Raw(1),
                         from_opener: true,

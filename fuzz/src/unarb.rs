@@ -2,6 +2,8 @@
 //! the structured inputs use, so seed inputs can be written from Rust
 //! values. `tests/seeds.rs` parses every seed back and compares, so a change
 //! in `arbitrary`'s layout shows up as a failing test, not a useless corpus.
+//! The input types are declared through [`unarbitrary!`](crate::unarbitrary),
+//! so their writer is generated from the same field list the derive reads.
 //!
 //! The layout (arbitrary 1.x): integers little-endian at their size; `bool`
 //! one byte (low bit); an enum a `u32` `x` choosing variant `(x * n) >> 32`
@@ -70,10 +72,89 @@ impl<T: Unarbitrary> Unarbitrary for Box<T> {
     }
 }
 
-/// Writes the fields of a struct (or of an enum variant) in order.
+/// Declares a structured-input type and its [`Unarbitrary`] mirror in one
+/// place, so each struct or enum states its fields once and the writer
+/// cannot drift from what `#[derive(Arbitrary)]` parses.
+///
+/// Takes one `struct` with named fields, or one `enum` whose variants are
+/// units, single-field tuples or named fields, written as ordinary Rust
+/// (attributes and doc comments included; put `#[derive(Arbitrary, ...)]`
+/// on it as usual). Emits the item unchanged plus `impl Unarbitrary`
+/// writing, as `arbitrary` 1.x reads them: a struct's fields in order; an
+/// enum's variant index among all variants ([`Writer::variant`]), then that
+/// variant's fields in order.
 #[macro_export]
-macro_rules! write_fields {
-    ($w:expr; $($field:expr),* $(,)?) => {{
-        $( $crate::unarb::Unarbitrary::write($field, $w); )*
-    }};
+macro_rules! unarbitrary {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $fty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$fmeta])* $fvis $field : $fty ),*
+        }
+
+        impl $crate::unarb::Unarbitrary for $name {
+            fn write(&self, w: &mut $crate::unarb::Writer) {
+                $( $crate::unarb::Unarbitrary::write(&self.$field, w); )*
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident { $($body:tt)* }
+    ) => {
+        $(#[$meta])*
+        $vis enum $name { $($body)* }
+
+        impl $crate::unarb::Unarbitrary for $name {
+            fn write(&self, w: &mut $crate::unarb::Writer) {
+                $crate::unarbitrary!(@arms self, w, [], [], $($body)*);
+            }
+        }
+    };
+
+    // The enum's variants, one at a time: `[$n]` holds a `1` per variant
+    // seen (so `0 $(+ $n)*` is the next index), `[$arms]` the match arms.
+    (@arms $s:ident, $w:ident, [$($n:tt)*], [$($arms:tt)*],
+        $(#[$vmeta:meta])* $variant:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $fty:ty ),* $(,)?
+        }
+        $(, $($rest:tt)*)?
+    ) => {
+        $crate::unarbitrary!(@arms $s, $w, [$($n)* 1], [$($arms)*
+            Self::$variant { $($field),* } => {
+                $w.variant(0 $(+ $n)*, COUNT);
+                $( $crate::unarb::Unarbitrary::write($field, $w); )*
+            }
+        ], $($($rest)*)?);
+    };
+    (@arms $s:ident, $w:ident, [$($n:tt)*], [$($arms:tt)*],
+        $(#[$vmeta:meta])* $variant:ident ( $(#[$tmeta:meta])* $tty:ty )
+        $(, $($rest:tt)*)?
+    ) => {
+        $crate::unarbitrary!(@arms $s, $w, [$($n)* 1], [$($arms)*
+            Self::$variant(field) => {
+                $w.variant(0 $(+ $n)*, COUNT);
+                $crate::unarb::Unarbitrary::write(field, $w);
+            }
+        ], $($($rest)*)?);
+    };
+    (@arms $s:ident, $w:ident, [$($n:tt)*], [$($arms:tt)*],
+        $(#[$vmeta:meta])* $variant:ident
+        $(, $($rest:tt)*)?
+    ) => {
+        $crate::unarbitrary!(@arms $s, $w, [$($n)* 1], [$($arms)*
+            Self::$variant => $w.variant(0 $(+ $n)*, COUNT),
+        ], $($($rest)*)?);
+    };
+    // Every variant seen: their number is the count the index is taken of.
+    (@arms $s:ident, $w:ident, [$($n:tt)*], [$($arms:tt)*], ) => {
+        const COUNT: u32 = 0 $(+ $n)*;
+        match $s {
+            $($arms)*
+        }
+    };
 }
