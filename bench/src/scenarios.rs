@@ -452,35 +452,17 @@ pub fn pubsub(subscribers: u32, messages: u64) -> Result {
 pub fn tunnel(mib: usize) -> Result {
     runtime()?.block_on(async move {
         let cluster = Cluster::start(1).await?;
-        let tunnel = cluster
-            .node
-            .tunnel(protocol::SINK, WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let chunk = vec![0xa5u8; 1 << 20];
-        let started = Instant::now();
-        for _ in 0..mib {
-            tunnel
-                .send(chunk.clone(), WAIT)
-                .await
-                .map_err(|e| e.to_string())?;
+        let run = reign_cli::service::stream_to_sink(&cluster.node, mib, WAIT).await?;
+        if run.bytes != (mib as u64) << 20 {
+            return Err(format!("the sink counted {} bytes", run.bytes));
         }
-        tunnel
-            .send(Vec::new(), WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let total = tunnel.recv(WAIT).await.map_err(|e| e.to_string())?;
-        let secs = started.elapsed().as_secs_f64();
-        let total = u64::from_le_bytes(total[..8].try_into().map_err(|_| "short total")?);
-        if total != (mib as u64) << 20 {
-            return Err(format!("the sink counted {total} bytes"));
-        }
+        let secs = run.elapsed.as_secs_f64();
         line(&[
             ("name", "reign_tunnel".into()),
-            ("MB_per_s", format!("{:.1}", total as f64 / secs / 1e6)),
+            ("MB_per_s", format!("{:.1}", run.mb_per_s())),
             ("secs", format!("{secs:.2}")),
         ]);
-        eprintln!("tunnel: {:.0} MB/s", total as f64 / secs / 1e6);
+        eprintln!("tunnel: {:.0} MB/s", run.mb_per_s());
         cluster.stop().await;
         Ok(())
     })
