@@ -8,7 +8,7 @@ use reign_proto::codec::Frame;
 use reign_proto::control::Control;
 use reign_proto::{SpecError, ID_IN_USE};
 use reign_tests::raw_peer::{ClientAuth, RawPeer};
-use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tests::{capture_logs, eventually, logged, recv_as, shutdown_all, TestCluster};
 use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -76,9 +76,7 @@ async fn four_nodes_join_through_one_seed_and_find_each_others_names() {
     let msg = mailbox.recv_timeout(WAIT).await.unwrap();
     assert_eq!(msg.downcast::<String>().unwrap(), "hello from node 1");
 
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,15 +176,7 @@ async fn a_second_process_with_a_live_id_is_refused_and_stops_and_the_first_keep
     let found = n0.lookup("one").unwrap();
     assert_eq!(found.id(), addr.id());
     found.send(7u64).unwrap();
-    assert_eq!(
-        mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast::<u64>()
-            .unwrap(),
-        7
-    );
+    assert_eq!(recv_as::<u64>(&mailbox, WAIT).await, 7);
 
     for node in [&n0, &n1] {
         node.shutdown().await;
