@@ -7,9 +7,21 @@ use std::time::{Duration, Instant};
 use reign_proto::core::AcceptError;
 use reign_proto::sim::{Sim, SimConfig, TraceEvent};
 use reign_proto::{
-    Address, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input, MailboxClosed,
-    NodeId, Output, Tuning,
+    Address, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input, Mailbox,
+    MailboxClosed, NodeId, Output, Tuning,
 };
+
+/// The next message already in `mailbox`, as a `T`.
+///
+/// # Panics
+/// If the mailbox is empty or closed, or the message is not a `T`.
+fn queued<T: serde::de::DeserializeOwned + 'static>(mailbox: &Mailbox) -> T {
+    let msg = mailbox.try_recv().unwrap().expect("a queued message");
+    match msg.downcast::<T>() {
+        Ok(value) => value,
+        Err(_) => panic!("not a {}", std::any::type_name::<T>()),
+    }
+}
 
 fn down_events(sim: &Sim, node: NodeId, peer: NodeId) -> Vec<Duration> {
     sim.trace()
@@ -69,15 +81,7 @@ fn ten_thousand_messages_arrive_complete_and_in_order() {
     sim.run_for(Duration::from_millis(100));
     assert_eq!(mailbox.message_count(), 10_000);
     for i in 0..10_000u64 {
-        assert_eq!(
-            mailbox
-                .try_recv()
-                .unwrap()
-                .unwrap()
-                .downcast::<u64>()
-                .unwrap(),
-            i
-        );
+        assert_eq!(queued::<u64>(&mailbox), i);
     }
     let stats = sim.node(NodeId(1)).stats();
     assert_eq!(stats.remote_delivered, 10_000);
@@ -274,30 +278,14 @@ fn order_holds_per_mailbox_behind_a_fragmented_message() {
         remote.send(i).unwrap();
     }
     sim.run_for(Duration::from_millis(200));
-    assert_eq!(
-        mailbox
-            .try_recv()
-            .unwrap()
-            .unwrap()
-            .downcast::<u64>()
-            .unwrap(),
-        0
-    );
+    assert_eq!(queued::<u64>(&mailbox), 0);
     assert!(mailbox
         .try_recv()
         .unwrap()
         .unwrap()
         .is::<serde_bytes::ByteBuf>());
     for i in 1..100u64 {
-        assert_eq!(
-            mailbox
-                .try_recv()
-                .unwrap()
-                .unwrap()
-                .downcast::<u64>()
-                .unwrap(),
-            i
-        );
+        assert_eq!(queued::<u64>(&mailbox), i);
     }
 }
 
@@ -478,15 +466,7 @@ fn close_notifications_reach_local_watchers_of_remote_nodes_unreachable() {
     let mut far = watcher.id();
     far.node = NodeId(0);
     node.address_of(far).on_close_notify(&watcher);
-    assert_eq!(
-        watcher_box
-            .try_recv()
-            .unwrap()
-            .unwrap()
-            .downcast::<MailboxClosed>()
-            .unwrap(),
-        MailboxClosed(far)
-    );
+    assert_eq!(queued::<MailboxClosed>(&watcher_box), MailboxClosed(far));
 }
 
 #[test]

@@ -551,7 +551,7 @@ async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
 async fn a_sender_that_ignores_busy_is_held_to_twice_the_share() {
     use reign_proto::codec::Frame;
     use reign_proto::control::Control;
-    use reign_tests::raw_peer::{ClientAuth, RawPeer};
+    use reign_tests::raw_peer::RawPeer;
 
     capture_logs();
     let share = 64 << 10;
@@ -577,12 +577,7 @@ async fn a_sender_that_ignores_busy_is_held_to_twice_the_share() {
     let cert = cluster.cert(NodeId(2));
     let (stuck_id, live_id) = (stuck.id(), live.id());
     let heard_busy = tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&address, NodeId(1), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(2), NodeId(1), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&address, NodeId(2), NodeId(1), &ca, &cert, WAIT);
         for _ in 0..sent {
             peer.send_frame(&Frame::Data {
                 dest: stuck_id,

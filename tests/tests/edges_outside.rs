@@ -180,13 +180,7 @@ async fn a_flood_of_unknown_type_messages_costs_a_summary_line_per_interval() {
         serial: 1,
     };
     let peer = std::thread::spawn(move || {
-        let mut peer =
-            RawPeer::connect(&target, NodeId(0), &ca, ClientAuth::Cert(&cert)).expect("TLS");
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&target, NodeId(1), NodeId(0), &ca, &cert, WAIT);
         let frame = Frame::Data {
             dest,
             tag: TypeTag(0x5eed_0bad_f00d_0001),
@@ -434,13 +428,7 @@ async fn a_flood_of_refused_tunnel_offers_costs_a_summary_line_per_interval() {
     let total = reign_proto::tunnel::MAX_TUNNELS_PER_PEER + OVER;
     let before = lines.count();
     let peer = std::thread::spawn(move || {
-        let mut peer =
-            RawPeer::connect(&target, NodeId(0), &ca, ClientAuth::Cert(&cert)).expect("TLS");
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&target, NodeId(1), NodeId(0), &ca, &cert, WAIT);
         // The tunnel offers the node refused.
         let refusals = |frames: &[Frame]| {
             frames

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reign_proto::codec::frame::{TunnelOp, TUNNEL_LAST};
 use reign_proto::codec::Frame;
-use reign_tests::raw_peer::{ClientAuth, RawPeer};
+use reign_tests::raw_peer::RawPeer;
 use reign_tests::{capture_logs, shutdown_all, start_connected, sync_all, TestCluster};
 use reign_tokio::{Mailbox, Node, NodeId, Tuning, Tunnel, TunnelError};
 
@@ -448,12 +448,7 @@ async fn a_peer_sending_beyond_its_credit_loses_the_tunnel_not_the_link() {
     // small message (which the member leaves unread, so no credit comes
     // back) and then more than its window of a second message.
     let peer = tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&addr, NodeId(1), NodeId(0), &ca, &cert, WAIT);
         let tunnel = |op| Frame::Tunnel {
             id: 1,
             from_opener: true,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reign_proto::codec::Frame;
 use reign_proto::control::Control;
 use reign_proto::{SpecError, ID_IN_USE};
-use reign_tests::raw_peer::{ClientAuth, RawPeer};
+use reign_tests::raw_peer::RawPeer;
 use reign_tests::{capture_logs, eventually, logged, recv_as, shutdown_all, TestCluster};
 use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError};
 
@@ -273,12 +273,7 @@ async fn a_peer_naming_a_thousand_made_up_members_gets_a_bounded_few_and_they_go
     let ca = cluster.ca.cert_pem().to_owned();
     let cert = cluster.cert(NodeId(1));
     let liar = tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&address, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&address, NodeId(1), NodeId(0), &ca, &cert, WAIT);
         let nodes = (1000..2000u16)
             .map(|id| (id, format!("127.0.0.1:{}", 40000 + id)))
             .collect();

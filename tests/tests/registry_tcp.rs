@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reign_proto::codec::Frame;
 use reign_proto::control::Control;
-use reign_tests::raw_peer::{ClientAuth, RawPeer};
+use reign_tests::raw_peer::RawPeer;
 use reign_tests::{
     capture_logs, eventually, logged, shutdown_all, start_on_own_runtime, sync_all, tokio_runtime,
     TestCluster,
@@ -176,12 +176,7 @@ async fn a_claim_for_another_nodes_mailbox_is_rejected_and_logged() {
     );
     // The raw peer is node 2 and claims a name for node 1's mailbox.
     tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(2), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&addr, NodeId(2), NodeId(0), &ca, &cert, WAIT);
         let claim = Control::Claim {
             name: "stolen".into(),
             id: victim_id,

@@ -199,15 +199,14 @@ async fn hostile_peers_close_only_their_own_connection() {
     // 6. A frame larger than the maximum, after a valid handshake.
     let (addr, ca, cert) = (target.clone(), ca_pem.clone(), cluster.cert(NodeId(2)));
     let closed = blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(2), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(
-            peer.next_frame(Duration::from_secs(3)),
-            Some(Frame::Hello(_))
-        ));
+        let mut peer = RawPeer::admitted(
+            &addr,
+            NodeId(2),
+            NodeId(0),
+            &ca,
+            &cert,
+            Duration::from_secs(3),
+        );
         peer.send_raw(&(64u32 << 20).to_le_bytes()).unwrap();
         peer.send_raw(&[4u8; 1024]).unwrap();
         peer.read_until_closed(Duration::from_secs(3)).1
@@ -242,15 +241,14 @@ async fn a_peer_that_stops_reading_hits_the_outbound_bound() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let peer_thread = std::thread::spawn(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(
-            peer.next_frame(Duration::from_secs(5)),
-            Some(Frame::Hello(_))
-        ));
+        let peer = RawPeer::admitted(
+            &addr,
+            NodeId(1),
+            NodeId(0),
+            &ca,
+            &cert,
+            Duration::from_secs(5),
+        );
         ready_tx.send(()).unwrap();
         let _ = done_rx.recv();
         drop(peer);
@@ -461,15 +459,14 @@ async fn a_peer_that_pings_but_never_reads_is_disconnected() {
         cluster.cert(NodeId(1)),
     );
     let outcome = blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(
-            peer.next_frame(Duration::from_secs(5)),
-            Some(Frame::Hello(_))
-        ));
+        let mut peer = RawPeer::admitted(
+            &addr,
+            NodeId(1),
+            NodeId(0),
+            &ca,
+            &cert,
+            Duration::from_secs(5),
+        );
         // Ask for pongs forever, never reading one: 64k pings per write.
         let mut batch = Vec::new();
         for nonce in 0..65_536u64 {
