@@ -39,6 +39,19 @@ fn latency_fields(samples: &mut [Duration]) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Prints the line of a latency scenario with 64-byte payloads (`name`,
+/// the percentiles of `samples`), and its p50 and p99 for a human.
+fn report_latency(name: &str, label: &str, samples: &mut [Duration]) {
+    let mut fields = vec![("name", name.to_string()), ("payload_b", "64".into())];
+    fields.extend(latency_fields(samples));
+    line(&fields);
+    eprintln!(
+        "{label}: p50 {:.1} µs, p99 {:.1} µs",
+        percentile(samples, 0.5),
+        percentile(samples, 0.99)
+    );
+}
+
 /// Sends `count` messages made by `make`, waiting a little whenever the
 /// outbound queue is full (a send never blocks; Full means "later").
 fn send_all<T: std::any::Any + Send + serde::Serialize>(
@@ -296,17 +309,7 @@ pub fn pingpong(round_trips: usize) -> Result {
                 samples.push(t.elapsed());
             }
         }
-        let mut fields = vec![
-            ("name", "reign_pingpong".to_string()),
-            ("payload_b", "64".into()),
-        ];
-        fields.extend(latency_fields(&mut samples));
-        line(&fields);
-        eprintln!(
-            "ping-pong: p50 {:.1} µs, p99 {:.1} µs",
-            percentile(&samples, 0.5),
-            percentile(&samples, 0.99)
-        );
+        report_latency("reign_pingpong", "ping-pong", &mut samples);
         cluster.stop().await;
         Ok(())
     })
@@ -339,17 +342,7 @@ pub fn tcp_pingpong(round_trips: usize) -> Result {
         }
     }
     let _ = echo.join();
-    let mut fields = vec![
-        ("name", "tcp_pingpong".to_string()),
-        ("payload_b", "64".into()),
-    ];
-    fields.extend(latency_fields(&mut samples));
-    line(&fields);
-    eprintln!(
-        "raw TCP ping-pong: p50 {:.1} µs, p99 {:.1} µs",
-        percentile(&samples, 0.5),
-        percentile(&samples, 0.99)
-    );
+    report_latency("tcp_pingpong", "raw TCP ping-pong", &mut samples);
     Ok(())
 }
 
@@ -369,17 +362,7 @@ pub fn reqrep(requests: usize) -> Result {
                 samples.push(t.elapsed());
             }
         }
-        let mut fields = vec![
-            ("name", "reign_reqrep".to_string()),
-            ("payload_b", "64".into()),
-        ];
-        fields.extend(latency_fields(&mut samples));
-        line(&fields);
-        eprintln!(
-            "request/reply: p50 {:.1} µs, p99 {:.1} µs",
-            percentile(&samples, 0.5),
-            percentile(&samples, 0.99)
-        );
+        report_latency("reign_reqrep", "request/reply", &mut samples);
         cluster.stop().await;
         Ok(())
     })
@@ -452,35 +435,17 @@ pub fn pubsub(subscribers: u32, messages: u64) -> Result {
 pub fn tunnel(mib: usize) -> Result {
     runtime()?.block_on(async move {
         let cluster = Cluster::start(1).await?;
-        let tunnel = cluster
-            .node
-            .tunnel(protocol::SINK, WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let chunk = vec![0xa5u8; 1 << 20];
-        let started = Instant::now();
-        for _ in 0..mib {
-            tunnel
-                .send(chunk.clone(), WAIT)
-                .await
-                .map_err(|e| e.to_string())?;
+        let run = reign_cli::service::stream_to_sink(&cluster.node, mib, WAIT).await?;
+        if run.bytes != (mib as u64) << 20 {
+            return Err(format!("the sink counted {} bytes", run.bytes));
         }
-        tunnel
-            .send(Vec::new(), WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let total = tunnel.recv(WAIT).await.map_err(|e| e.to_string())?;
-        let secs = started.elapsed().as_secs_f64();
-        let total = u64::from_le_bytes(total[..8].try_into().map_err(|_| "short total")?);
-        if total != (mib as u64) << 20 {
-            return Err(format!("the sink counted {total} bytes"));
-        }
+        let secs = run.elapsed.as_secs_f64();
         line(&[
             ("name", "reign_tunnel".into()),
-            ("MB_per_s", format!("{:.1}", total as f64 / secs / 1e6)),
+            ("MB_per_s", format!("{:.1}", run.mb_per_s())),
             ("secs", format!("{secs:.2}")),
         ]);
-        eprintln!("tunnel: {:.0} MB/s", total as f64 / secs / 1e6);
+        eprintln!("tunnel: {:.0} MB/s", run.mb_per_s());
         cluster.stop().await;
         Ok(())
     })

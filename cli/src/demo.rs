@@ -310,28 +310,12 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
             args.tunnel_mib
         ),
     );
-    let tunnel = n0
-        .tunnel(protocol::SINK, WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let t = Instant::now();
-    let chunk = vec![0x5au8; 1 << 20];
-    for _ in 0..args.tunnel_mib {
-        tunnel
-            .send(chunk.clone(), WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    tunnel
-        .send(Vec::new(), WAIT)
-        .await
-        .map_err(|e| e.to_string())?;
-    let total = tunnel.recv(WAIT).await.map_err(|e| e.to_string())?;
-    let tunnel_secs = t.elapsed().as_secs_f64();
-    let total = u64::from_le_bytes(total[..8].try_into().map_err(|_| "a short total")?);
-    tunnel.close();
-    let tunnel_mb_s = total as f64 / tunnel_secs / 1e6;
-    println!("  the sink counted {} bytes: {tunnel_mb_s:.0} MB/s", total);
+    let sunk = crate::service::stream_to_sink(n0, args.tunnel_mib, WAIT).await?;
+    let tunnel_mb_s = sunk.mb_per_s();
+    println!(
+        "  the sink counted {} bytes: {tunnel_mb_s:.0} MB/s",
+        sunk.bytes
+    );
 
     step(
         7,

@@ -1,9 +1,12 @@
 //! The built-in service every `reign node` runs: a control mailbox
 //! registered as `node-<id>` (pings, counted messages, stats), an echo
-//! member, a broadcast member and news subscriber, and a tunnel sink.
+//! member, a broadcast member and news subscriber, and a tunnel sink — and
+//! the sink's other end, [`stream_to_sink`], which the demo and the tunnel
+//! benchmark both measure with.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use reign_proto::{Message, Request};
 use reign_tokio::Node;
@@ -257,4 +260,53 @@ fn add_subscribers(node: &Node, counters: &Arc<Counters>, add: AddSubscribers) {
             }
         });
     }
+}
+
+/// What [`stream_to_sink`] measured.
+#[derive(Clone, Copy, Debug)]
+pub struct SinkRun {
+    /// The bytes the sink counted on its end of the tunnel.
+    pub bytes: u64,
+    /// From the first message sent to the sink's count received.
+    pub elapsed: Duration,
+}
+
+impl SinkRun {
+    /// Throughput in MB (10^6 bytes) per second.
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+}
+
+/// Streams `mib` MiB in 1 MiB messages through a tunnel from `node` to a
+/// member of [`protocol::SINK`], then asks for the sink's count (an empty
+/// message) and closes the tunnel. `wait` bounds opening the tunnel and
+/// each send and receive. Opening is not timed; the rest is.
+pub async fn stream_to_sink(node: &Node, mib: usize, wait: Duration) -> Result<SinkRun, String> {
+    let tunnel = node
+        .tunnel(protocol::SINK, wait)
+        .await
+        .map_err(|e| e.to_string())?;
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    for _ in 0..mib {
+        tunnel
+            .send(chunk.clone(), wait)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tunnel
+        .send(Vec::new(), wait)
+        .await
+        .map_err(|e| e.to_string())?;
+    let total = tunnel.recv(wait).await.map_err(|e| e.to_string())?;
+    let elapsed = started.elapsed();
+    let bytes = u64::from_le_bytes(
+        total
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or("the sink's count is short")?,
+    );
+    tunnel.close();
+    Ok(SinkRun { bytes, elapsed })
 }

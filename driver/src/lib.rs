@@ -3,8 +3,9 @@
 //! Everything that is the same on tokio, async-std and smol lives here once:
 //! the loop that moves ciphertext between sockets and the Sans-IO
 //! [`Core`](reign_proto::Core), per-connection reader and writer tasks, the
-//! accept loop, clean shutdown, and the user-facing [`Reign`] node. An
-//! adapter supplies only a [`Runtime`]: spawn, sockets and a timer.
+//! accept loop, clean shutdown, and the runtime-generic [`Reign`] node. An
+//! adapter supplies only a [`Runtime`]: spawn, sockets and a timer; its
+//! [`adapter!`] call wraps `Reign` in the `Node` type applications use.
 
 mod accept;
 mod dev;
@@ -91,7 +92,9 @@ struct Running<R: Runtime> {
     dev_claim: std::sync::Mutex<Option<dev::Claim>>,
 }
 
-/// A running reign node on runtime `R`. Each adapter names it `Node`.
+/// A running reign node on runtime `R`, for code written once for every
+/// runtime. Applications hold their adapter's `Node` (`reign_tokio::Node`,
+/// …), which wraps this type and whose page lists every method.
 ///
 /// Dereferences to the [`reign_proto::Node`] handle: `new_mailbox`,
 /// `address_of`, `stats` and the rest work directly on it.
@@ -584,11 +587,96 @@ pub async fn recv_timeout<R: Runtime>(
 /// Defines an adapter's public names over its runtime type: `Node`,
 /// `Tunnel` and the `MailboxExt` trait (receive with a timeout on that
 /// runtime's timer). Written once here, so the adapters cannot drift apart.
+///
+/// `Node` is a struct wrapping [`Reign`], not an alias of it: rustdoc gives
+/// an alias a page listing none of the methods that reach it through
+/// `Deref`, and `Node` is the type a user reads first.
 #[macro_export]
 macro_rules! adapter {
     ($runtime:ty, $name:literal) => {
-        #[doc = concat!("A reign node running on ", $name, ".")]
-        pub type Node = $crate::Reign<$runtime>;
+        #[doc = concat!("A reign node running on ", $name, ": the type an application holds.")]
+        ///
+        /// Cloning it is cheap and gives another handle to the same node.
+        /// Every method below works on it; they come in three groups:
+        ///
+        /// - **Starting**: [`start`](Node::start), [`start_dev`](Node::start_dev),
+        ///   [`local`](Node::local) and [`start_on`](Node::start_on), defined here.
+        /// - **Waiting on this runtime** — `shutdown`, `stopped`, `reload`,
+        ///   `request` and `tunnel` with timeouts, `accept_tunnel`,
+        ///   `wait_for_peers`, `recv_timeout`, `local_addr`, `failure` — from the
+        ///   runtime-generic node [`reign_driver::Reign`], reached through
+        ///   `Deref` (listed below under *Methods from `Deref<Target = Reign<…>>`*).
+        /// - **The node itself**, which needs no runtime — `new_mailbox`,
+        ///   `address_of`, `register`, `lookup`, `sync`, `join`, `broadcast`,
+        ///   `subscribe`, `publish`, `stats`, `is_connected`, … — from the Sans-IO
+        ///   handle [`reign_proto::Node`], reached through `Reign`'s own `Deref`
+        ///   (listed below under *Methods from `Deref<Target = Node>`*).
+        ///
+        /// Code written once for every runtime takes
+        /// [`Reign<R>`](reign_driver::Reign) instead; `From` converts both ways.
+        #[derive(Clone)]
+        pub struct Node($crate::Reign<$runtime>);
+
+        impl Node {
+            /// A node with no network (Go reign's `NoClustering`): see
+            /// [`Reign::local`](reign_driver::Reign::local).
+            pub fn local() -> Node {
+                Node($crate::Reign::local())
+            }
+
+            /// Starts node `id` of the cluster `spec`: see
+            /// [`Reign::start`](reign_driver::Reign::start).
+            pub async fn start(
+                spec: &$crate::api::ClusterSpec,
+                id: $crate::api::NodeId,
+            ) -> Result<Node, $crate::StartError> {
+                $crate::Reign::start(spec, id).await.map(Node)
+            }
+
+            /// Starts a development node with no configuration (**insecure
+            /// for production**): see [`Reign::start_dev`](reign_driver::Reign::start_dev).
+            pub async fn start_dev(
+                dir: impl AsRef<std::path::Path>,
+            ) -> Result<Node, $crate::StartError> {
+                $crate::Reign::start_dev(dir).await.map(Node)
+            }
+
+            /// [`start`](Node::start) with an explicit runtime handle: see
+            /// [`Reign::start_on`](reign_driver::Reign::start_on).
+            pub async fn start_on(
+                rt: $runtime,
+                spec: &$crate::api::ClusterSpec,
+                id: $crate::api::NodeId,
+            ) -> Result<Node, $crate::StartError> {
+                $crate::Reign::start_on(rt, spec, id).await.map(Node)
+            }
+        }
+
+        impl std::ops::Deref for Node {
+            type Target = $crate::Reign<$runtime>;
+
+            fn deref(&self) -> &$crate::Reign<$runtime> {
+                &self.0
+            }
+        }
+
+        impl From<$crate::Reign<$runtime>> for Node {
+            fn from(node: $crate::Reign<$runtime>) -> Node {
+                Node(node)
+            }
+        }
+
+        impl From<Node> for $crate::Reign<$runtime> {
+            fn from(node: Node) -> $crate::Reign<$runtime> {
+                node.0
+            }
+        }
+
+        impl std::fmt::Debug for Node {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
 
         #[doc = concat!("A tunnel end with ", $name, " timeouts.")]
         pub type Tunnel = $crate::Tunnel<$runtime>;

@@ -7,22 +7,20 @@ use std::time::{Duration, Instant};
 use reign_proto::core::AcceptError;
 use reign_proto::sim::{Sim, SimConfig, TraceEvent};
 use reign_proto::{
-    Address, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input, MailboxClosed,
-    NodeId, Output, Tuning,
+    Address, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input, Mailbox,
+    MailboxClosed, NodeId, Output, Tuning,
 };
 
-fn sim(nodes: u16, seed: u64) -> Sim {
-    let mut sim = Sim::new(SimConfig {
-        nodes,
-        seed,
-        ..SimConfig::default()
-    });
-    sim.run_for(Duration::from_millis(500));
-    assert!(
-        sim.fully_connected(),
-        "seed {seed}: cluster did not connect"
-    );
-    sim
+/// The next message already in `mailbox`, as a `T`.
+///
+/// # Panics
+/// If the mailbox is empty or closed, or the message is not a `T`.
+fn queued<T: serde::de::DeserializeOwned + 'static>(mailbox: &Mailbox) -> T {
+    let msg = mailbox.try_recv().unwrap().expect("a queued message");
+    match msg.downcast::<T>() {
+        Ok(value) => value,
+        Err(_) => panic!("not a {}", std::any::type_name::<T>()),
+    }
 }
 
 fn down_events(sim: &Sim, node: NodeId, peer: NodeId) -> Vec<Duration> {
@@ -51,7 +49,7 @@ fn fault_time(sim: &Sim, what: &str) -> Duration {
 
 #[test]
 fn three_nodes_exchange_messages_in_every_direction() {
-    let mut sim = sim(3, 1);
+    let mut sim = Sim::connected(3, 1);
     let ids = [NodeId(0), NodeId(1), NodeId(2)];
     let boxes: Vec<_> = ids.iter().map(|&id| sim.node(id).new_mailbox()).collect();
     for &from in &ids {
@@ -74,7 +72,7 @@ fn three_nodes_exchange_messages_in_every_direction() {
 
 #[test]
 fn ten_thousand_messages_arrive_complete_and_in_order() {
-    let mut sim = sim(2, 2);
+    let mut sim = Sim::connected(2, 2);
     let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
     let remote = sim.node(NodeId(0)).address_of(addr.id());
     for i in 0..10_000u64 {
@@ -83,15 +81,7 @@ fn ten_thousand_messages_arrive_complete_and_in_order() {
     sim.run_for(Duration::from_millis(100));
     assert_eq!(mailbox.message_count(), 10_000);
     for i in 0..10_000u64 {
-        assert_eq!(
-            mailbox
-                .try_recv()
-                .unwrap()
-                .unwrap()
-                .downcast::<u64>()
-                .unwrap(),
-            i
-        );
+        assert_eq!(queued::<u64>(&mailbox), i);
     }
     let stats = sim.node(NodeId(1)).stats();
     assert_eq!(stats.remote_delivered, 10_000);
@@ -99,7 +89,7 @@ fn ten_thousand_messages_arrive_complete_and_in_order() {
 
 #[test]
 fn an_address_sent_away_and_back_reaches_its_mailbox() {
-    let mut sim = sim(2, 3);
+    let mut sim = Sim::connected(2, 3);
     let (home, home_box) = sim.node(NodeId(0)).new_mailbox();
     let (echo, echo_box) = sim.node(NodeId(1)).new_mailbox();
     sim.node(NodeId(0))
@@ -120,7 +110,7 @@ fn an_address_sent_away_and_back_reaches_its_mailbox() {
 #[test]
 fn missed_pings_declare_a_peer_down_then_it_reconnects() {
     let tuning = Tuning::fast();
-    let mut sim = sim(2, 4);
+    let mut sim = Sim::connected(2, 4);
     // One-way: node 1 hears nothing more from node 0.
     sim.block(NodeId(0), NodeId(1));
     sim.run_for(Duration::from_secs(3));
@@ -167,7 +157,7 @@ fn silence_past_the_read_deadline_declares_a_peer_down() {
 #[test]
 fn redials_back_off_exponentially_with_jitter_up_to_the_cap() {
     let tuning = Tuning::fast();
-    let mut sim = sim(2, 6);
+    let mut sim = Sim::connected(2, 6);
     sim.crash(NodeId(1));
     sim.run_for(Duration::from_secs(6));
     let crashed_at = fault_time(&sim, "crash 1");
@@ -206,7 +196,7 @@ fn redials_back_off_exponentially_with_jitter_up_to_the_cap() {
 
 #[test]
 fn a_restarted_node_is_a_new_incarnation_and_old_addresses_stay_dead() {
-    let mut sim = sim(2, 7);
+    let mut sim = Sim::connected(2, 7);
     let (old, _old_box) = sim.node(NodeId(1)).new_mailbox();
     let (watcher, watcher_box) = sim.node(NodeId(0)).new_mailbox();
     let old_remote = sim.node(NodeId(0)).address_of(old.id());
@@ -242,7 +232,7 @@ fn a_restarted_node_is_a_new_incarnation_and_old_addresses_stay_dead() {
 
 #[test]
 fn sends_to_a_down_node_succeed_and_are_counted() {
-    let mut sim = sim(2, 8);
+    let mut sim = Sim::connected(2, 8);
     let (addr, _b) = sim.node(NodeId(1)).new_mailbox();
     let remote = sim.node(NodeId(0)).address_of(addr.id());
     sim.crash(NodeId(1));
@@ -253,7 +243,7 @@ fn sends_to_a_down_node_succeed_and_are_counted() {
 
 #[test]
 fn a_large_message_does_not_hold_up_a_small_one() {
-    let mut sim = sim(2, 9);
+    let mut sim = Sim::connected(2, 9);
     let (big, big_box) = sim.node(NodeId(1)).new_mailbox();
     let (small, small_box) = sim.node(NodeId(1)).new_mailbox();
     let n0 = sim.node(NodeId(0)).clone();
@@ -277,7 +267,7 @@ fn a_large_message_does_not_hold_up_a_small_one() {
 
 #[test]
 fn order_holds_per_mailbox_behind_a_fragmented_message() {
-    let mut sim = sim(2, 10);
+    let mut sim = Sim::connected(2, 10);
     let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
     let remote = sim.node(NodeId(0)).address_of(addr.id());
     remote.send(0u64).unwrap();
@@ -288,36 +278,20 @@ fn order_holds_per_mailbox_behind_a_fragmented_message() {
         remote.send(i).unwrap();
     }
     sim.run_for(Duration::from_millis(200));
-    assert_eq!(
-        mailbox
-            .try_recv()
-            .unwrap()
-            .unwrap()
-            .downcast::<u64>()
-            .unwrap(),
-        0
-    );
+    assert_eq!(queued::<u64>(&mailbox), 0);
     assert!(mailbox
         .try_recv()
         .unwrap()
         .unwrap()
         .is::<serde_bytes::ByteBuf>());
     for i in 1..100u64 {
-        assert_eq!(
-            mailbox
-                .try_recv()
-                .unwrap()
-                .unwrap()
-                .downcast::<u64>()
-                .unwrap(),
-            i
-        );
+        assert_eq!(queued::<u64>(&mailbox), i);
     }
 }
 
 #[test]
 fn connection_status_is_reported_to_subscribers() {
-    let mut sim = sim(2, 11);
+    let mut sim = Sim::connected(2, 11);
     let (watcher, watcher_box) = sim.node(NodeId(0)).new_mailbox();
     sim.node(NodeId(0)).subscribe_connection_status(&watcher);
     sim.crash(NodeId(1));
@@ -492,15 +466,7 @@ fn close_notifications_reach_local_watchers_of_remote_nodes_unreachable() {
     let mut far = watcher.id();
     far.node = NodeId(0);
     node.address_of(far).on_close_notify(&watcher);
-    assert_eq!(
-        watcher_box
-            .try_recv()
-            .unwrap()
-            .unwrap()
-            .downcast::<MailboxClosed>()
-            .unwrap(),
-        MailboxClosed(far)
-    );
+    assert_eq!(queued::<MailboxClosed>(&watcher_box), MailboxClosed(far));
 }
 
 #[test]

@@ -8,21 +8,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use reign_proto::control::Control;
 use reign_proto::registry::{Effect, Registry};
-use reign_proto::sim::{Sim, SimConfig};
+use reign_proto::sim::Sim;
 use reign_proto::{
     Address, Incarnation, Mailbox, MailboxClosed, MailboxId, MultipleClaim, NodeId, RegistryError,
 };
-
-fn sim(nodes: u16, seed: u64) -> Sim {
-    let mut sim = Sim::new(SimConfig {
-        nodes,
-        seed,
-        ..SimConfig::default()
-    });
-    sim.run_for(Duration::from_millis(500));
-    assert!(sim.fully_connected(), "seed {seed}: not connected");
-    sim
-}
 
 /// Runs until `node`'s sync completes.
 fn sync(sim: &mut Sim, node: NodeId) {
@@ -42,7 +31,7 @@ fn drain(mailbox: &Mailbox) -> Vec<reign_proto::Message> {
 
 #[test]
 fn names_propagate_and_vanish_on_unregister_and_close() {
-    let mut sim = sim(3, 1);
+    let mut sim = Sim::connected(3, 1);
     let (addr, mailbox) = sim.node(NodeId(0)).new_mailbox();
     sim.node(NodeId(0)).register("greeter", &addr).unwrap();
     sync(&mut sim, NodeId(0));
@@ -75,7 +64,7 @@ fn names_propagate_and_vanish_on_unregister_and_close() {
 
 #[test]
 fn only_live_local_mailboxes_can_be_registered() {
-    let sim = sim(2, 2);
+    let sim = Sim::connected(2, 2);
     let (remote_addr, _b) = sim.node(NodeId(1)).new_mailbox();
     let remote = sim.node(NodeId(0)).address_of(remote_addr.id());
     assert!(matches!(
@@ -92,7 +81,7 @@ fn only_live_local_mailboxes_can_be_registered() {
 
 #[test]
 fn a_name_claimed_on_two_nodes_notifies_both_and_every_node_picks_the_same_winner() {
-    let mut sim = sim(3, 3);
+    let mut sim = Sim::connected(3, 3);
     let (a, a_box) = sim.node(NodeId(0)).new_mailbox();
     let (b, b_box) = sim.node(NodeId(1)).new_mailbox();
     // Node 1 claims first; node 0's later claim still wins (lowest id).
@@ -139,7 +128,7 @@ fn a_name_claimed_on_two_nodes_notifies_both_and_every_node_picks_the_same_winne
 fn multiple_claim_count_walks_like_go_reign() {
     // Go reign's TestMultipleClaimCount: 0 -> 1 -> 2 -> 1 -> 1 -> 0. Here a
     // node holds one claimant per name, so the claims come from 3 nodes.
-    let mut sim = sim(3, 8);
+    let mut sim = Sim::connected(3, 8);
     let boxes: Vec<(Address, Mailbox)> =
         (0..3).map(|n| sim.node(NodeId(n)).new_mailbox()).collect();
     let counts = |sim: &mut Sim| -> Vec<usize> {
@@ -178,7 +167,7 @@ fn multiple_claim_count_walks_like_go_reign() {
 
 #[test]
 fn conflicts_found_when_a_partition_heals_notify_every_claimant() {
-    let mut sim = sim(2, 4);
+    let mut sim = Sim::connected(2, 4);
     sim.partition(NodeId(0), NodeId(1));
     sim.run_for(Duration::from_secs(2));
     assert!(!sim.fully_connected());
@@ -204,7 +193,7 @@ fn conflicts_found_when_a_partition_heals_notify_every_claimant() {
 
 #[test]
 fn node_loss_removes_its_names_and_closes_watches_exactly_once() {
-    let mut sim = sim(3, 5);
+    let mut sim = Sim::connected(3, 5);
     let (target, _target_box) = sim.node(NodeId(2)).new_mailbox();
     sim.node(NodeId(2)).register("worker", &target).unwrap();
     sync(&mut sim, NodeId(2));
@@ -246,7 +235,7 @@ fn node_loss_removes_its_names_and_closes_watches_exactly_once() {
 
 #[test]
 fn remote_watches_fire_on_close_and_can_be_cancelled() {
-    let mut sim = sim(2, 6);
+    let mut sim = Sim::connected(2, 6);
     let (target, target_box) = sim.node(NodeId(1)).new_mailbox();
     let (kept, kept_box) = sim.node(NodeId(0)).new_mailbox();
     let (cancelled, cancelled_box) = sim.node(NodeId(0)).new_mailbox();
@@ -278,7 +267,7 @@ fn remote_watches_fire_on_close_and_can_be_cancelled() {
 
 #[test]
 fn registry_dump_describes_the_view() {
-    let mut sim = sim(2, 7);
+    let mut sim = Sim::connected(2, 7);
     let (a, _a_box) = sim.node(NodeId(0)).new_mailbox();
     sim.node(NodeId(0)).register("one", &a).unwrap();
     sim.node(NodeId(0)).register("two", &a).unwrap();

@@ -13,16 +13,10 @@ use reign_proto::{
 const STEP: Duration = Duration::from_millis(1);
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// [`Sim::connected`], with the members' `(u64, u16)` replies registered.
 fn sim(nodes: u16, seed: u64) -> Sim {
     reign_proto::register_type::<(u64, u16)>().unwrap();
-    let mut sim = Sim::new(SimConfig {
-        nodes,
-        seed,
-        ..SimConfig::default()
-    });
-    sim.run_for(Duration::from_millis(500));
-    assert!(sim.fully_connected(), "seed {seed}: not connected");
-    sim
+    Sim::connected(nodes, seed)
 }
 
 fn sync_all(sim: &mut Sim) {

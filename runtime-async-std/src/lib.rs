@@ -8,6 +8,8 @@
 //! Erlang-like clustering and messaging: mailboxes and addresses that work
 //! the same on one node or across a cluster, over mutual TLS.
 //!
+//! Start with [`Node`]: its page lists every method a node has.
+//!
 //! ```
 //! use std::time::Duration;
 //! use reign_async_std::{MailboxExt, Node};

@@ -6,6 +6,8 @@
 //! is shared with the tokio and async-std adapters, which have the same API.
 //! Tasks run on smol's global executor (`SMOL_THREADS` sets its threads).
 //!
+//! Start with [`Node`]: its page lists every method a node has.
+//!
 //! ```
 //! use std::time::Duration;
 //! use reign_smol::{MailboxExt, Node};

@@ -5,6 +5,8 @@
 //! binds reign's Sans-IO core to tokio's sockets and timer; everything else
 //! is shared with the async-std and smol adapters, which have the same API.
 //!
+//! Start with [`Node`]: its page lists every method a node has.
+//!
 //! ```
 //! use std::time::Duration;
 //! use reign_tokio::{MailboxExt, Node};

@@ -75,6 +75,33 @@ impl RawPeer {
         })
     }
 
+    /// Connects to `address` as node `me`, presenting `cert`, to node
+    /// `target` of the cluster whose CA is `ca_pem`, and exchanges hellos:
+    /// a peer the node has let in. Waits at most `wait` for its hello.
+    ///
+    /// # Panics
+    /// If TLS fails or the node's hello does not come in time.
+    pub fn admitted(
+        address: &str,
+        me: NodeId,
+        target: NodeId,
+        ca_pem: &str,
+        cert: &CertAndKey,
+        wait: Duration,
+    ) -> RawPeer {
+        let mut peer = RawPeer::connect(address, target, ca_pem, ClientAuth::Cert(cert))
+            .unwrap_or_else(|e| panic!("TLS to node {}: {e}", target.0));
+        let hello = RawPeer::hello(me, target, ca_pem);
+        peer.send_frame(&Frame::Hello(hello.to_frame_body()))
+            .expect("send a hello");
+        assert!(
+            matches!(peer.next_frame(wait), Some(Frame::Hello(_))),
+            "node {} did not answer the hello",
+            target.0
+        );
+        peer
+    }
+
     /// A hello as node `me` of the cluster whose CA is `ca_pem`, aimed at `target`.
     pub fn hello(me: NodeId, target: NodeId, ca_pem: &str) -> Hello {
         let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM");

@@ -1,28 +1,13 @@
 //! One conformance suite, written once, run on every runtime: tokio,
 //! async-std and smol. Real TCP and TLS on 127.0.0.1.
 
-use std::future::Future;
 use std::time::Duration;
 
 use reign_driver::{recv_timeout, Reign, Runtime};
 use reign_proto::{Address, MailboxClosed, Message, NodeId, SendError};
-use reign_tests::TestCluster;
+use reign_tests::{recv_on, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn start<R: Runtime + Default>(cluster: &TestCluster, id: u16) -> Reign<R> {
-    Reign::<R>::start(&cluster.spec(NodeId(id)), NodeId(id))
-        .await
-        .expect("node starts")
-}
-
-async fn pair<R: Runtime + Default>(cluster: &TestCluster) -> (Reign<R>, Reign<R>) {
-    let a = start::<R>(cluster, 0).await;
-    let b = start::<R>(cluster, 1).await;
-    assert!(a.wait_for_peers(&[NodeId(1)], WAIT).await);
-    assert!(b.wait_for_peers(&[NodeId(0)], WAIT).await);
-    (a, b)
-}
 
 async fn local_messaging<R: Runtime + Default>() {
     let node = Reign::<R>::local();
@@ -32,8 +17,7 @@ async fn local_messaging<R: Runtime + Default>() {
     // Selective receive leaves the string queued.
     let n = mailbox.recv_match(Message::is::<u32>).await.unwrap();
     assert_eq!(n.downcast::<u32>().unwrap(), 7);
-    let first = recv_timeout(&R::default(), &mailbox, WAIT).await.unwrap();
-    assert_eq!(first.downcast::<String>().unwrap(), "first");
+    assert_eq!(recv_on::<R, String>(&mailbox, WAIT).await, "first");
     assert!(
         recv_timeout(&R::default(), &mailbox, Duration::from_millis(20))
             .await
@@ -43,11 +27,8 @@ async fn local_messaging<R: Runtime + Default>() {
     let (watcher, watcher_box) = node.new_mailbox();
     addr.on_close_notify(&watcher);
     mailbox.close();
-    let note = recv_timeout(&R::default(), &watcher_box, WAIT)
-        .await
-        .unwrap();
     assert_eq!(
-        note.downcast::<MailboxClosed>().unwrap(),
+        recv_on::<R, MailboxClosed>(&watcher_box, WAIT).await,
         MailboxClosed(addr.id())
     );
     assert_eq!(addr.send(1u8), Err(SendError::Closed));
@@ -56,15 +37,14 @@ async fn local_messaging<R: Runtime + Default>() {
 
 async fn remote_send_keeps_order<R: Runtime + Default>() {
     let cluster = TestCluster::new(2);
-    let (a, b) = pair::<R>(&cluster).await;
+    let (a, b) = cluster.pair_on::<R>(WAIT).await;
     let (addr, mailbox) = b.new_mailbox();
     let remote = a.address_of(addr.id());
     for i in 0..2_000u64 {
         remote.send(i).unwrap();
     }
     for i in 0..2_000u64 {
-        let got = recv_timeout(&R::default(), &mailbox, WAIT).await.unwrap();
-        assert_eq!(got.downcast::<u64>().unwrap(), i);
+        assert_eq!(recv_on::<R, u64>(&mailbox, WAIT).await, i);
     }
     a.shutdown().await;
     b.shutdown().await;
@@ -72,29 +52,21 @@ async fn remote_send_keeps_order<R: Runtime + Default>() {
 
 async fn addresses_round_trip<R: Runtime + Default>() {
     let cluster = TestCluster::new(2);
-    let (a, b) = pair::<R>(&cluster).await;
+    let (a, b) = cluster.pair_on::<R>(WAIT).await;
     let (home, home_box) = a.new_mailbox();
     let (echo, echo_box) = b.new_mailbox();
     a.address_of(echo.id()).send(home.clone()).unwrap();
-    let back: Address = recv_timeout(&R::default(), &echo_box, WAIT)
-        .await
-        .unwrap()
-        .downcast()
-        .unwrap();
+    let back: Address = recv_on::<R, _>(&echo_box, WAIT).await;
     assert_eq!(back, home);
     back.send(String::from("home")).unwrap();
-    let msg = recv_timeout(&R::default(), &home_box, WAIT).await.unwrap();
-    assert_eq!(msg.downcast::<String>().unwrap(), "home");
+    assert_eq!(recv_on::<R, String>(&home_box, WAIT).await, "home");
     // A remote close notification too. No pause: the watch may reach the
     // other node before or after the close, and both must notify.
     let (watcher, watcher_box) = a.new_mailbox();
     a.address_of(echo.id()).on_close_notify(&watcher);
     echo_box.close();
-    let note = recv_timeout(&R::default(), &watcher_box, WAIT)
-        .await
-        .unwrap();
     assert_eq!(
-        note.downcast::<MailboxClosed>().unwrap(),
+        recv_on::<R, MailboxClosed>(&watcher_box, WAIT).await,
         MailboxClosed(echo.id())
     );
     a.shutdown().await;
@@ -103,28 +75,28 @@ async fn addresses_round_trip<R: Runtime + Default>() {
 
 async fn peer_loss_and_reconnection<R: Runtime + Default>() {
     let cluster = TestCluster::new(2);
-    let (a, b) = pair::<R>(&cluster).await;
+    let (a, b) = cluster.pair_on::<R>(WAIT).await;
     b.shutdown().await;
     assert!(a.wait_for_disconnect(NodeId(1), WAIT).await);
     // The same spec again: a new incarnation of node 1.
-    let b = start::<R>(&cluster, 1).await;
+    let b = Reign::<R>::start(&cluster.spec(NodeId(1)), NodeId(1))
+        .await
+        .expect("node starts");
     assert!(a.wait_for_peers(&[NodeId(1)], WAIT).await);
     assert!(b.wait_for_peers(&[NodeId(0)], WAIT).await);
     let (to_b, b_box) = b.new_mailbox();
     let (to_a, a_box) = a.new_mailbox();
     a.address_of(to_b.id()).send(5u8).unwrap();
     b.address_of(to_a.id()).send(6u8).unwrap();
-    let got = recv_timeout(&R::default(), &b_box, WAIT).await.unwrap();
-    assert_eq!(got.downcast::<u8>().unwrap(), 5);
-    let got = recv_timeout(&R::default(), &a_box, WAIT).await.unwrap();
-    assert_eq!(got.downcast::<u8>().unwrap(), 6);
+    assert_eq!(recv_on::<R, u8>(&b_box, WAIT).await, 5);
+    assert_eq!(recv_on::<R, u8>(&a_box, WAIT).await, 6);
     a.shutdown().await;
     b.shutdown().await;
 }
 
 async fn shutdown_leaves_nothing_behind<R: Runtime + Default>() {
     let cluster = TestCluster::new(2);
-    let (a, b) = pair::<R>(&cluster).await;
+    let (a, b) = cluster.pair_on::<R>(WAIT).await;
     let (addr, mailbox) = a.new_mailbox();
     // A watcher on the peer hears of the mailbox when its node goes away.
     let (watcher, watcher_box) = b.new_mailbox();
@@ -134,11 +106,8 @@ async fn shutdown_leaves_nothing_behind<R: Runtime + Default>() {
     assert!(mailbox.is_closed());
     assert_eq!(addr.send(1u8), Err(SendError::Closed));
     assert!(b.wait_for_disconnect(NodeId(0), WAIT).await);
-    let note = recv_timeout(&R::default(), &watcher_box, WAIT)
-        .await
-        .unwrap();
     assert_eq!(
-        note.downcast::<MailboxClosed>().unwrap(),
+        recv_on::<R, MailboxClosed>(&watcher_box, WAIT).await,
         MailboxClosed(addr.id())
     );
     // Every task ended and dropped its socket: the port binds again.
@@ -147,15 +116,6 @@ async fn shutdown_leaves_nothing_behind<R: Runtime + Default>() {
         "port {port} still held"
     );
     b.shutdown().await;
-}
-
-fn tokio_block_on<F: Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
 }
 
 /// Joining through a seed, a reload that removes a member, and a dev
@@ -206,46 +166,11 @@ async fn membership<R: Runtime + Default>() {
     a.shutdown().await;
 }
 
-macro_rules! conformance {
-    ($module:ident, $runtime:ty, $block_on:path) => {
-        mod $module {
-            #[test]
-            fn local_messaging() {
-                $block_on(super::local_messaging::<$runtime>());
-            }
-
-            #[test]
-            fn remote_send_keeps_order() {
-                $block_on(super::remote_send_keeps_order::<$runtime>());
-            }
-
-            #[test]
-            fn addresses_round_trip() {
-                $block_on(super::addresses_round_trip::<$runtime>());
-            }
-
-            #[test]
-            fn peer_loss_and_reconnection() {
-                $block_on(super::peer_loss_and_reconnection::<$runtime>());
-            }
-
-            #[test]
-            fn shutdown_leaves_nothing_behind() {
-                $block_on(super::shutdown_leaves_nothing_behind::<$runtime>());
-            }
-
-            #[test]
-            fn membership() {
-                $block_on(super::membership::<$runtime>());
-            }
-        }
-    };
-}
-
-conformance!(on_tokio, reign_tokio::Tokio, crate::tokio_block_on);
-conformance!(
-    on_async_std,
-    reign_async_std::AsyncStd,
-    async_std::task::block_on
+reign_tests::on_every_runtime!(
+    local_messaging,
+    remote_send_keeps_order,
+    addresses_round_trip,
+    peer_loss_and_reconnection,
+    shutdown_leaves_nothing_behind,
+    membership,
 );
-conformance!(on_smol, reign_smol::Smol, smol::block_on);

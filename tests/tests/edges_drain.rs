@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use reign_driver::{Reign, Runtime};
-use reign_proto::{ClusterSpec, Mailbox, NodeId, RecvError, SendError, Tuning};
-use reign_tests::{capture_logs, logged, TestCluster};
+use reign_proto::{Address, Mailbox, NodeId, RecvError, SendError, Tuning};
+use reign_tests::{capture_logs, into_pair, logged, start_connected, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The scenario: this many small messages, all accepted, then shutdown.
@@ -39,23 +39,6 @@ fn tuning(drain: Duration) -> Tuning {
     }
 }
 
-async fn start<R: Runtime + Default>(spec: &ClusterSpec, id: u16) -> Reign<R> {
-    Reign::<R>::start(spec, NodeId(id))
-        .await
-        .expect("node starts")
-}
-
-async fn pair<R: Runtime + Default>(
-    spec0: &ClusterSpec,
-    spec1: &ClusterSpec,
-) -> (Reign<R>, Reign<R>) {
-    let a = start::<R>(spec0, 0).await;
-    let b = start::<R>(spec1, 1).await;
-    assert!(a.wait_for_peers(&[NodeId(1)], WAIT).await);
-    assert!(b.wait_for_peers(&[NodeId(0)], WAIT).await);
-    (a, b)
-}
-
 /// Two nodes whose link from node 0 to node 1 runs through `proxy`.
 async fn proxied_pair<R: Runtime + Default>(
     cluster: &TestCluster,
@@ -67,7 +50,8 @@ async fn proxied_pair<R: Runtime + Default>(
     let mut spec1 = cluster.spec(NodeId(1));
     spec1.nodes[1].address = proxy.addr.to_string();
     spec1.nodes[1].listen_address = real;
-    let nodes = pair::<R>(&spec0, &spec1).await;
+    let specs = [(NodeId(0), spec0), (NodeId(1), spec1)];
+    let nodes = into_pair(start_connected::<R>(specs, WAIT).await);
     assert!(
         proxy.connections.load(Ordering::Relaxed) >= 1,
         "node 0 must reach node 1 through the proxy"
@@ -287,15 +271,8 @@ async fn until<R: Runtime + Default>(limit: Duration, mut cond: impl FnMut() -> 
 /// sends after it are refused with `NodeShutdown`.
 async fn shutdown_delivers_everything_send_accepted<R: Runtime + Default>() {
     let cluster = TestCluster::with_tuning(2, tuning(Duration::from_secs(30)));
-    let (a, b) = pair::<R>(&cluster.spec(NodeId(0)), &cluster.spec(NodeId(1))).await;
-    let (addr, mailbox) = b.new_mailbox();
-    let counter = Counter::spawn(mailbox);
-    let remote = a.address_of(addr.id());
-    for i in 0..MESSAGES {
-        remote
-            .send(i)
-            .expect("the queue has room for every message");
-    }
+    let (a, b) = cluster.pair_on::<R>(WAIT).await;
+    let (counter, remote) = send_counted(&a, &b, MESSAGES);
     let queued = a.peer_stats()[0].queued_bytes;
     let started = Instant::now();
     a.shutdown().await;
@@ -319,15 +296,8 @@ async fn shutdown_delivers_everything_send_accepted<R: Runtime + Default>() {
 /// everything not counted arrives).
 async fn without_a_drain_what_is_dropped_is_counted_exactly<R: Runtime + Default>() {
     let cluster = TestCluster::with_tuning(2, tuning(Duration::ZERO));
-    let (a, b) = pair::<R>(&cluster.spec(NodeId(0)), &cluster.spec(NodeId(1))).await;
-    let (addr, mailbox) = b.new_mailbox();
-    let counter = Counter::spawn(mailbox);
-    let remote = a.address_of(addr.id());
-    for i in 0..MESSAGES {
-        remote
-            .send(i)
-            .expect("the queue has room for every message");
-    }
+    let (a, b) = cluster.pair_on::<R>(WAIT).await;
+    let (counter, _remote) = send_counted(&a, &b, MESSAGES);
     let started = Instant::now();
     a.shutdown().await;
     let took = started.elapsed();
@@ -358,17 +328,10 @@ async fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly<R: Runtime +
     let real: SocketAddr = cluster.address(NodeId(1)).parse().unwrap();
     let proxy = Proxy::start(real);
     let (a, b) = proxied_pair::<R>(&cluster, &proxy).await;
-    let (addr, mailbox) = b.new_mailbox();
-    let counter = Counter::spawn(mailbox);
     let (local, local_box) = a.new_mailbox();
-    let remote = a.address_of(addr.id());
     proxy.set(2 << 20);
     let sent = 1_000_000u64;
-    for i in 0..sent {
-        remote
-            .send(i)
-            .expect("the queue has room for every message");
-    }
+    let (counter, remote) = send_counted(&a, &b, sent);
     let started = Instant::now();
     let done = shutdown_in_background(&a);
     assert!(until::<R>(WAIT, || a.is_shut_down()).await);
@@ -411,27 +374,68 @@ async fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly<R: Runtime +
     b.shutdown().await;
 }
 
-/// A peer whose socket stalls (it stops reading) cannot hold a shutdown
-/// past the drain timeout plus the close grace; what was still queued is
-/// counted, and never more than was really lost.
-async fn a_stalled_peer_cannot_hold_shutdown_past_the_drain_timeout<R: Runtime + Default>() {
-    let drain = Duration::from_secs(1);
+/// Node `a` sends `count` numbered messages, each accepted at once, to a new
+/// mailbox on node `b` whose arrivals a [`Counter`] counts.
+fn send_counted<R: Runtime>(a: &Reign<R>, b: &Reign<R>, count: u64) -> (Counter, Address) {
+    let (addr, mailbox) = b.new_mailbox();
+    let counter = Counter::spawn(mailbox);
+    let remote = a.address_of(addr.id());
+    for i in 0..count {
+        remote
+            .send(i)
+            .expect("the queue has room for every message");
+    }
+    (counter, remote)
+}
+
+/// Node 0 (`a`) with a million messages queued for node 1 (`b`) behind a
+/// stalled proxy, and a counter of what reaches node 1: where the
+/// stalled-peer tests start.
+struct Backlog<R: Runtime> {
+    proxy: Proxy,
+    a: Reign<R>,
+    b: Reign<R>,
+    counter: Counter,
+    /// Node 1's counted mailbox, as node 0 addresses it.
+    remote: Address,
+    /// How many messages were queued.
+    sent: u64,
+}
+
+/// Sets up a [`Backlog`] with nodes whose drain timeout is `drain`.
+async fn stalled_backlog<R: Runtime + Default>(drain: Duration) -> Backlog<R> {
     let mut t = tuning(drain);
     t.outbound_queue_bytes = 64 << 20;
     let cluster = TestCluster::with_tuning(2, t);
     let real: SocketAddr = cluster.address(NodeId(1)).parse().unwrap();
     let proxy = Proxy::start(real);
     let (a, b) = proxied_pair::<R>(&cluster, &proxy).await;
-    let (addr, mailbox) = b.new_mailbox();
-    let counter = Counter::spawn(mailbox);
-    let remote = a.address_of(addr.id());
     proxy.set(STALL);
     let sent = 1_000_000u64;
-    for i in 0..sent {
-        remote
-            .send(i)
-            .expect("the queue has room for every message");
+    let (counter, remote) = send_counted(&a, &b, sent);
+    Backlog {
+        proxy,
+        a,
+        b,
+        counter,
+        remote,
+        sent,
     }
+}
+
+/// A peer whose socket stalls (it stops reading) cannot hold a shutdown
+/// past the drain timeout plus the close grace; what was still queued is
+/// counted, and never more than was really lost.
+async fn a_stalled_peer_cannot_hold_shutdown_past_the_drain_timeout<R: Runtime + Default>() {
+    let drain = Duration::from_secs(1);
+    let Backlog {
+        proxy,
+        a,
+        b,
+        counter,
+        sent,
+        ..
+    } = stalled_backlog::<R>(drain).await;
     let started = Instant::now();
     let done = shutdown_in_background(&a);
     let bound = drain + CLOSE_GRACE;
@@ -466,22 +470,14 @@ async fn a_stalled_peer_cannot_hold_shutdown_past_the_drain_timeout<R: Runtime +
 /// is stalled): every message still queued for it counts as
 /// `dropped_unreachable`, on the node and on the peer, once each.
 async fn a_link_lost_with_a_backlog_counts_each_queued_message<R: Runtime + Default>() {
-    let mut t = tuning(Duration::from_secs(1));
-    t.outbound_queue_bytes = 64 << 20;
-    let cluster = TestCluster::with_tuning(2, t);
-    let real: SocketAddr = cluster.address(NodeId(1)).parse().unwrap();
-    let proxy = Proxy::start(real);
-    let (a, b) = proxied_pair::<R>(&cluster, &proxy).await;
-    let (addr, mailbox) = b.new_mailbox();
-    let counter = Counter::spawn(mailbox);
-    let remote = a.address_of(addr.id());
-    proxy.set(STALL);
-    let sent = 1_000_000u64;
-    for i in 0..sent {
-        remote
-            .send(i)
-            .expect("the queue has room for every message");
-    }
+    let Backlog {
+        proxy,
+        a,
+        b,
+        counter,
+        remote,
+        sent,
+    } = stalled_backlog::<R>(Duration::from_secs(1)).await;
     b.shutdown().await;
     assert!(a.wait_for_disconnect(NodeId(1), WAIT).await);
     let lost = a.stats().dropped_unreachable;
@@ -508,58 +504,10 @@ async fn a_link_lost_with_a_backlog_counts_each_queued_message<R: Runtime + Defa
     a.shutdown().await;
 }
 
-fn tokio_block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
-}
-
-macro_rules! drain_suite {
-    ($module:ident, $runtime:ty, $block_on:path) => {
-        mod $module {
-            #[test]
-            fn shutdown_delivers_everything_send_accepted() {
-                $block_on(super::shutdown_delivers_everything_send_accepted::<$runtime>());
-            }
-
-            #[test]
-            fn without_a_drain_what_is_dropped_is_counted_exactly() {
-                $block_on(super::without_a_drain_what_is_dropped_is_counted_exactly::<
-                    $runtime,
-                >());
-            }
-
-            #[test]
-            fn a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly() {
-                $block_on(
-                    super::a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly::<$runtime>(),
-                );
-            }
-
-            #[test]
-            fn a_link_lost_with_a_backlog_counts_each_queued_message() {
-                $block_on(
-                    super::a_link_lost_with_a_backlog_counts_each_queued_message::<$runtime>(),
-                );
-            }
-
-            #[test]
-            fn a_stalled_peer_cannot_hold_shutdown_past_the_drain_timeout() {
-                $block_on(
-                    super::a_stalled_peer_cannot_hold_shutdown_past_the_drain_timeout::<$runtime>(),
-                );
-            }
-        }
-    };
-}
-
-drain_suite!(on_tokio, reign_tokio::Tokio, crate::tokio_block_on);
-drain_suite!(
-    on_async_std,
-    reign_async_std::AsyncStd,
-    async_std::task::block_on
+reign_tests::on_every_runtime!(
+    shutdown_delivers_everything_send_accepted,
+    without_a_drain_what_is_dropped_is_counted_exactly,
+    a_slow_peer_gets_what_fits_and_the_rest_is_counted_exactly,
+    a_link_lost_with_a_backlog_counts_each_queued_message,
+    a_stalled_peer_cannot_hold_shutdown_past_the_drain_timeout,
 );
-drain_suite!(on_smol, reign_smol::Smol, smol::block_on);

@@ -14,30 +14,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use reign_tests::{capture_logs, TestCluster};
+use reign_tests::{capture_logs, recv_as, TestCluster};
 use reign_tokio::{MailboxClosed, MailboxExt, Node, NodeId, SendError, Tuning};
 use serde_bytes::ByteBuf;
 
 /// Generous: nothing here should take more than a fraction of it.
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn start_pair(cluster: &TestCluster) -> (Node, Node) {
-    let a = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
-        .await
-        .expect("node 0 starts");
-    let b = Node::start(&cluster.spec(NodeId(1)), NodeId(1))
-        .await
-        .expect("node 1 starts");
-    assert!(
-        a.wait_for_peers(&[NodeId(1)], WAIT).await,
-        "0 did not connect"
-    );
-    assert!(
-        b.wait_for_peers(&[NodeId(0)], WAIT).await,
-        "1 did not connect"
-    );
-    (a, b)
-}
 
 /// The encoded (CBOR) length of a `ByteBuf` of `n` bytes: what
 /// `max_message_len` and every byte budget count.
@@ -168,7 +150,7 @@ async fn one_message_crosses_every_bound_while_small_ones_keep_flowing() {
     capture_logs();
     let tuning = small_bounds();
     let cluster = TestCluster::with_tuning(2, tuning.clone());
-    let nodes = start_pair(&cluster).await;
+    let nodes = cluster.start_pair(WAIT).await;
     reign_tokio::register_type::<(u64, u64)>().unwrap();
     let bounds = [
         ("write_window", tuning.write_window),
@@ -212,7 +194,7 @@ async fn one_message_crosses_every_bound_while_small_ones_keep_flowing() {
 async fn seventeen_mib_with_default_bounds_does_not_stall_the_link() {
     capture_logs();
     let cluster = TestCluster::new(2);
-    let nodes = start_pair(&cluster).await;
+    let nodes = cluster.start_pair(WAIT).await;
     reign_tokio::register_type::<(u64, u64)>().unwrap();
     let defaults = Tuning::default();
     for len in [15 << 20, 17 << 20] {
@@ -263,15 +245,7 @@ async fn send_paced(node: &Node, to: reign_tokio::MailboxId, count: u64, len: us
 async fn barrier(nodes: &(Node, Node)) {
     let (addr, mailbox) = nodes.1.new_mailbox();
     nodes.0.address_of(addr.id()).send(7u64).unwrap();
-    assert_eq!(
-        mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast::<u64>()
-            .unwrap(),
-        7
-    );
+    assert_eq!(recv_as::<u64>(&mailbox, WAIT).await, 7);
 }
 
 /// Whatever node 1 sent node 0 before this (its `Busy` and `Ready`
@@ -280,15 +254,7 @@ async fn round_trip(nodes: &(Node, Node)) {
     barrier(nodes).await;
     let (addr, mailbox) = nodes.0.new_mailbox();
     nodes.1.address_of(addr.id()).send(8u64).unwrap();
-    assert_eq!(
-        mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast::<u64>()
-            .unwrap(),
-        8
-    );
+    assert_eq!(recv_as::<u64>(&mailbox, WAIT).await, 8);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -300,7 +266,7 @@ async fn a_mailbox_over_its_share_refuses_its_senders_until_read() {
         ..Tuning::fast()
     };
     let cluster = TestCluster::with_tuning(2, tuning);
-    let nodes = start_pair(&cluster).await;
+    let nodes = cluster.start_pair(WAIT).await;
     let small = 16 << 10;
     // A first message of `first` bytes (an empty mailbox takes any size);
     // whether node 0's next send to it is refused `Full`.
@@ -343,12 +309,7 @@ async fn a_mailbox_over_its_share_refuses_its_senders_until_read() {
         remote
             .send(payload_of_encoded(small, 3))
             .expect("ready again");
-        let got: ByteBuf = mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast()
-            .unwrap();
+        let got: ByteBuf = recv_as(&mailbox, WAIT).await;
         assert_eq!(got[0], 3);
     }
     assert_eq!(
@@ -369,7 +330,7 @@ async fn messages_already_on_the_way_are_kept_up_to_twice_the_share() {
         ..Tuning::fast()
     };
     let cluster = TestCluster::with_tuning(2, tuning);
-    let nodes = start_pair(&cluster).await;
+    let nodes = cluster.start_pair(WAIT).await;
     let (addr, mailbox) = nodes.1.new_mailbox();
     // One message just under twice the share, then small ones at once,
     // before node 0 can hear that the mailbox is busy.
@@ -410,7 +371,7 @@ async fn messages_already_on_the_way_are_kept_up_to_twice_the_share() {
 async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
     capture_logs();
     let cluster = TestCluster::new(2);
-    let nodes = Arc::new(start_pair(&cluster).await);
+    let nodes = Arc::new(cluster.start_pair(WAIT).await);
     let (stuck, stuck_box) = nodes.1.new_mailbox();
     // A service on node 1 that answers.
     let (member, requests) = nodes.1.new_mailbox();
@@ -590,7 +551,7 @@ async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
 async fn a_sender_that_ignores_busy_is_held_to_twice_the_share() {
     use reign_proto::codec::Frame;
     use reign_proto::control::Control;
-    use reign_tests::raw_peer::{ClientAuth, RawPeer};
+    use reign_tests::raw_peer::RawPeer;
 
     capture_logs();
     let share = 64 << 10;
@@ -616,12 +577,7 @@ async fn a_sender_that_ignores_busy_is_held_to_twice_the_share() {
     let cert = cluster.cert(NodeId(2));
     let (stuck_id, live_id) = (stuck.id(), live.id());
     let heard_busy = tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&address, NodeId(1), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(2), NodeId(1), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&address, NodeId(2), NodeId(1), &ca, &cert, WAIT);
         for _ in 0..sent {
             peer.send_frame(&Frame::Data {
                 dest: stuck_id,

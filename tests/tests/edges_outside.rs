@@ -15,65 +15,17 @@
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reign_proto::certgen::ClusterCa;
 use reign_proto::codec::Frame;
 use reign_proto::{MailboxId, TypeTag};
 use reign_tests::raw_peer::{ClientAuth, RawPeer};
-use reign_tests::TestCluster;
+use reign_tests::{capture_thread_logs, TestCluster};
 use reign_tokio::{ClusterSpec, Node, NodeId, Tuning};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// Every line the test's subscriber wrote.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<String>>>);
-
-impl Lines {
-    fn all(&self) -> Vec<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-    fn count(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-    fn matching(&self, parts: &[&str]) -> Vec<String> {
-        self.all()
-            .into_iter()
-            .filter(|l| parts.iter().all(|p| l.contains(p)))
-            .collect()
-    }
-}
-
-struct LineWriter(Lines);
-
-impl Write for LineWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let line = String::from_utf8_lossy(buf).into_owned();
-        (self.0)
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(line);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Captures this thread's INFO-and-above log lines while the guard lives.
-fn capture() -> (Lines, tracing::subscriber::DefaultGuard) {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || LineWriter(writer.clone()))
-        .finish();
-    (lines, tracing::subscriber::set_default(subscriber))
-}
 
 /// A spec for node `me` of `cluster` that lists only `listed` (joins open).
 fn spec_listing(cluster: &TestCluster, me: NodeId, listed: &[NodeId]) -> ClusterSpec {
@@ -86,6 +38,13 @@ fn spec_listing(cluster: &TestCluster, me: NodeId, listed: &[NodeId]) -> Cluster
     let mut spec = cluster.ca.inline_spec(me, &addresses).expect("spec");
     spec.tuning = cluster.tuning.clone();
     spec
+}
+
+/// Node 0 of `cluster`, started from a spec listing only itself: every
+/// other node is a stranger until it joins.
+async fn lone_node(cluster: &TestCluster) -> Node {
+    let spec = spec_listing(cluster, NodeId(0), &[NodeId(0)]);
+    Node::start(&spec, NodeId(0)).await.expect("node 0 starts")
 }
 
 /// Runs `f` on its own thread until `stop`, counting its rounds.
@@ -114,11 +73,9 @@ const FLOOD: Duration = Duration::from_secs(12);
 /// every ten seconds with a count per cause, nothing per connection.
 #[tokio::test]
 async fn a_flood_of_refused_connections_costs_a_summary_line_per_interval() {
-    let (lines, _guard) = capture();
+    let (lines, _guard) = capture_thread_logs();
     let cluster = TestCluster::new(2);
-    let node = Node::start(&spec_listing(&cluster, NodeId(0), &[NodeId(0)]), NodeId(0))
-        .await
-        .expect("node starts");
+    let node = lone_node(&cluster).await;
     let target = cluster.address(NodeId(0)).to_owned();
     let ca_pem = cluster.ca.cert_pem().to_owned();
     let other_ca = ClusterCa::generate().expect("CA");
@@ -211,11 +168,9 @@ async fn a_flood_of_refused_connections_costs_a_summary_line_per_interval() {
 /// not registered: counted and summarised, not a WARN per message.
 #[tokio::test]
 async fn a_flood_of_unknown_type_messages_costs_a_summary_line_per_interval() {
-    let (lines, _guard) = capture();
+    let (lines, _guard) = capture_thread_logs();
     let cluster = TestCluster::new(2);
-    let node = Node::start(&spec_listing(&cluster, NodeId(0), &[NodeId(0)]), NodeId(0))
-        .await
-        .expect("node starts");
+    let node = lone_node(&cluster).await;
     let target = cluster.address(NodeId(0)).to_owned();
     let ca = cluster.ca.cert_pem().to_owned();
     let cert = cluster.cert(NodeId(1));
@@ -225,13 +180,7 @@ async fn a_flood_of_unknown_type_messages_costs_a_summary_line_per_interval() {
         serial: 1,
     };
     let peer = std::thread::spawn(move || {
-        let mut peer =
-            RawPeer::connect(&target, NodeId(0), &ca, ClientAuth::Cert(&cert)).expect("TLS");
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&target, NodeId(1), NodeId(0), &ca, &cert, WAIT);
         let frame = Frame::Data {
             dest,
             tag: TypeTag(0x5eed_0bad_f00d_0001),
@@ -284,7 +233,7 @@ async fn a_flood_of_unknown_type_messages_costs_a_summary_line_per_interval() {
 /// Item 11: a dial that times out names its target as `to=`, not `from=`.
 #[tokio::test]
 async fn a_dial_timeout_names_its_target() {
-    let (lines, _guard) = capture();
+    let (lines, _guard) = capture_thread_logs();
     // Node 1 listens on a socket that accepts and never speaks TLS.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
@@ -357,9 +306,7 @@ async fn a_slow_loris_from_one_address_does_not_lock_a_joiner_out() {
         ..Tuning::fast()
     };
     let cluster = TestCluster::with_tuning(2, tuning.clone());
-    let seed = Node::start(&spec_listing(&cluster, NodeId(0), &[NodeId(0)]), NodeId(0))
-        .await
-        .expect("seed starts");
+    let seed = lone_node(&cluster).await;
     let target: SocketAddr = cluster.address(NodeId(0)).parse().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -470,11 +417,9 @@ async fn a_slow_loris_from_one_address_does_not_lock_a_joiner_out() {
 async fn a_flood_of_refused_tunnel_offers_costs_a_summary_line_per_interval() {
     use reign_proto::codec::frame::TunnelOp;
     const OVER: usize = 50_000;
-    let (lines, _guard) = capture();
+    let (lines, _guard) = capture_thread_logs();
     let cluster = TestCluster::new(2);
-    let node = Node::start(&spec_listing(&cluster, NodeId(0), &[NodeId(0)]), NodeId(0))
-        .await
-        .expect("node starts");
+    let node = lone_node(&cluster).await;
     let (member, offers) = node.new_mailbox();
     let dest = member.id();
     let target = cluster.address(NodeId(0)).to_owned();
@@ -483,13 +428,22 @@ async fn a_flood_of_refused_tunnel_offers_costs_a_summary_line_per_interval() {
     let total = reign_proto::tunnel::MAX_TUNNELS_PER_PEER + OVER;
     let before = lines.count();
     let peer = std::thread::spawn(move || {
-        let mut peer =
-            RawPeer::connect(&target, NodeId(0), &ca, ClientAuth::Cert(&cert)).expect("TLS");
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&target, NodeId(1), NodeId(0), &ca, &cert, WAIT);
+        // The tunnel offers the node refused.
+        let refusals = |frames: &[Frame]| {
+            frames
+                .iter()
+                .filter(|f| {
+                    matches!(
+                        f,
+                        Frame::Tunnel {
+                            op: TunnelOp::Reject { .. },
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
         let mut rejects = 0usize;
         let mut batch = Vec::new();
         for id in 0..total as u64 {
@@ -506,36 +460,14 @@ async fn a_flood_of_refused_tunnel_offers_costs_a_summary_line_per_interval() {
                 peer.send_raw(&batch).expect("the node keeps reading");
                 batch.clear();
                 let (frames, _) = peer.read_until_closed(Duration::from_millis(1));
-                rejects += frames
-                    .iter()
-                    .filter(|f| {
-                        matches!(
-                            f,
-                            Frame::Tunnel {
-                                op: TunnelOp::Reject { .. },
-                                ..
-                            }
-                        )
-                    })
-                    .count();
+                rejects += refusals(&frames);
             }
         }
         peer.send_raw(&batch).unwrap();
         let started = Instant::now();
         while rejects < OVER && started.elapsed() < WAIT {
             let (frames, closed) = peer.read_until_closed(Duration::from_millis(200));
-            rejects += frames
-                .iter()
-                .filter(|f| {
-                    matches!(
-                        f,
-                        Frame::Tunnel {
-                            op: TunnelOp::Reject { .. },
-                            ..
-                        }
-                    )
-                })
-                .count();
+            rejects += refusals(&frames);
             if closed {
                 break;
             }

@@ -15,7 +15,7 @@ use reign_proto::codec::Frame;
 use reign_proto::control::Control;
 use reign_proto::{MailboxId, Tuning};
 use reign_tests::raw_peer::{ClientAuth, RawPeer};
-use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tests::{capture_logs, eventually, logged, shutdown_all, TestCluster};
 use reign_tokio::{MultipleClaim, Node, NodeId};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,26 +35,6 @@ fn rss_bytes() -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("a VmRSS line");
     kb * 1024
-}
-
-async fn start(cluster: &TestCluster, ids: &[u16]) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for &i in ids {
-        nodes.push(
-            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
-                .await
-                .unwrap(),
-        );
-    }
-    for node in &nodes {
-        let others: Vec<NodeId> = ids
-            .iter()
-            .map(|&i| NodeId(i))
-            .filter(|&i| i != node.id())
-            .collect();
-        assert!(node.wait_for_peers(&others, WAIT).await);
-    }
-    nodes
 }
 
 /// A member of `service` that answers every `u64` with itself.
@@ -205,7 +185,7 @@ async fn every_registry_cap_holds_just_under_at_and_over_against_a_real_peer() {
     capture_logs();
     let tuning = Tuning::fast();
     let cluster = TestCluster::with_tuning(3, tuning.clone());
-    let nodes = start(&cluster, &[0, 1]).await;
+    let nodes = cluster.start(&[0, 1], WAIT).await;
     let attacker = Attacker::new(&cluster, 2);
     let caps = [
         (Kind::Names, tuning.max_names_per_node),
@@ -297,9 +277,7 @@ async fn every_registry_cap_holds_just_under_at_and_over_against_a_real_peer() {
         nodes[0].is_connected(NodeId(1)),
         "the healthy link stayed up"
     );
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,7 +286,7 @@ async fn a_registry_flood_stays_within_64_mb_and_healthy_round_trips_stay_short(
     capture_logs();
     let tuning = Tuning::fast();
     let cluster = TestCluster::with_tuning(3, tuning.clone());
-    let nodes = start(&cluster, &[0, 1]).await;
+    let nodes = cluster.start(&[0, 1], WAIT).await;
     echo_member(&nodes[1], "echo");
     tokio::time::timeout(WAIT, nodes[1].sync()).await.unwrap();
     // Idle: warm the healthy link, then measure.
@@ -438,9 +416,7 @@ async fn a_registry_flood_stays_within_64_mb_and_healthy_round_trips_stay_short(
     );
     assert!(nodes[0].is_connected(NodeId(1)) && nodes[1].is_connected(NodeId(0)));
     assert_eq!(nodes[0].stats().registry_cutoffs, 2 * rounds as u64);
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,7 +424,7 @@ async fn a_name_taken_over_on_a_third_node_is_resolved_alike_everywhere() {
     let _serial = SERIAL.lock().await;
     capture_logs();
     let cluster = TestCluster::new(3);
-    let nodes = start(&cluster, &[0, 1, 2]).await;
+    let nodes = cluster.start(&[0, 1, 2], WAIT).await;
     // Node 2 holds the name; node 1 claims it as well (the take-over of the
     // report). Node 1's mailbox has the lower id, so it wins everywhere.
     let (holder, holder_box) = nodes[2].new_mailbox();
@@ -508,7 +484,5 @@ async fn a_name_taken_over_on_a_third_node_is_resolved_alike_everywhere() {
         assert_eq!(node.lookup("takeover").unwrap().id(), holder.id());
         assert_eq!(node.multiple_claim_count(), 0);
     }
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }

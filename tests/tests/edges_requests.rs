@@ -14,35 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use reign_driver::{Reign, Runtime};
+use reign_driver::Runtime;
 
-use reign_tests::{capture_logs, TestCluster};
-use reign_tokio::{Limits, Node, NodeId, RequestError, RequestTables};
+use reign_tests::{capture_logs, shutdown_all, sync_all, TestCluster};
+use reign_tokio::{Limits, Node, RequestError, RequestTables};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn cluster(n: u16) -> Vec<Node> {
     capture_logs();
-    let cluster = TestCluster::new(n);
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        nodes.push(
-            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
-                .await
-                .unwrap(),
-        );
-    }
-    for node in &nodes {
-        let others: Vec<NodeId> = (0..n).map(NodeId).filter(|&i| i != node.id()).collect();
-        assert!(node.wait_for_peers(&others, WAIT).await);
-    }
-    nodes
-}
-
-async fn sync_all(nodes: &[&Node]) {
-    for node in nodes {
-        tokio::time::timeout(WAIT, node.sync()).await.expect("sync");
-    }
+    TestCluster::new(n).start_all(WAIT).await
 }
 
 /// What a member saw.
@@ -112,7 +93,7 @@ async fn iris(caller: &Node, member: &Node, service: &str) {
     const HANDLER: Duration = Duration::from_millis(25);
     const TIMEOUT: Duration = Duration::from_millis(1);
     let seen = slow_member(member, service, HANDLER);
-    sync_all(&[caller, member]).await;
+    sync_all([caller, member], WAIT).await;
     // A round where even the first request timed out before it was sent (a
     // thread preempted for over 1 ms) proves nothing: try again.
     for round in 0..5 {
@@ -174,16 +155,14 @@ async fn expired_requests_never_run_across_nodes() {
     let nodes = cluster(2).await;
     iris(&nodes[0], &nodes[1], "iris-remote").await;
     assert!(nodes[0].stats().late_replies >= 1);
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_reads_the_time_its_caller_still_waits() {
     let nodes = cluster(2).await;
     let seen = slow_member(&nodes[1], "remaining", Duration::ZERO);
-    sync_all(&[&nodes[0], &nodes[1]]).await;
+    sync_all([&nodes[0], &nodes[1]], WAIT).await;
     let timeout = Duration::from_secs(5);
     nodes[0].request("remaining", 1u64, timeout).await.unwrap();
     let remaining = seen.remaining.lock().unwrap().pop().unwrap();
@@ -194,16 +173,14 @@ async fn the_member_reads_the_time_its_caller_still_waits() {
         "{remaining:?}"
     );
     assert_idle(&[&nodes[0], &nodes[1]]).await;
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 /// A member with one slot, held by a first request for `hold`, and a second
 /// request queued behind it from `caller`.
 async fn queued_behind(caller: &Node, member: &Node, service: &str, hold: Duration) -> Arc<Seen> {
     let seen = slow_member(member, service, hold);
-    sync_all(&[caller, member]).await;
+    sync_all([caller, member], WAIT).await;
     let first = caller.clone();
     let svc = service.to_owned();
     tokio::spawn(async move { first.request(svc.as_str(), 0u64, WAIT).await });
@@ -244,9 +221,7 @@ async fn a_request_abandoned_in_a_select_gives_everything_back() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(seen.runs.load(Ordering::SeqCst), 1);
     assert_eq!(n1.stats().expired_requests, 0);
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,7 +230,7 @@ async fn a_timed_out_request_gives_everything_back_and_its_late_reply_is_counted
     let (n0, n1) = (&nodes[0], &nodes[1]);
     // The held request itself times out: its late reply is counted.
     let seen = slow_member(n1, "timeout", Duration::from_millis(800));
-    sync_all(&[n0, n1]).await;
+    sync_all([n0, n1], WAIT).await;
     let first = n0.clone();
     let held = tokio::spawn(async move {
         first
@@ -272,9 +247,7 @@ async fn a_timed_out_request_gives_everything_back_and_its_late_reply_is_counted
     until(|| n0.stats().late_replies == 1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(seen.runs.load(Ordering::SeqCst), 1);
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,17 +300,8 @@ async fn until_on<R: Runtime + Default>(cond: impl Fn() -> bool) {
 async fn callers_that_give_up<R: Runtime + Default>() {
     const HOLD: Duration = Duration::from_millis(400);
     capture_logs();
-    let cluster = TestCluster::new(2);
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        nodes.push(
-            Reign::<R>::start(&cluster.spec(NodeId(i)), NodeId(i))
-                .await
-                .unwrap(),
-        );
-    }
+    let nodes = TestCluster::new(2).start_on::<R>(&[0, 1], WAIT).await;
     let (n0, n1) = (&nodes[0], &nodes[1]);
-    assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
     let (addr, mailbox) = n1.new_mailbox();
     let limits = Limits {
         max_in_flight: 1,
@@ -387,22 +351,4 @@ async fn callers_that_give_up<R: Runtime + Default>() {
     }
 }
 
-#[test]
-fn callers_that_give_up_on_tokio() {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(callers_that_give_up::<reign_tokio::Tokio>());
-}
-
-#[test]
-fn callers_that_give_up_on_async_std() {
-    async_std::task::block_on(callers_that_give_up::<reign_async_std::AsyncStd>());
-}
-
-#[test]
-fn callers_that_give_up_on_smol() {
-    smol::block_on(callers_that_give_up::<reign_smol::Smol>());
-}
+reign_tests::on_every_runtime!(callers_that_give_up);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reign_proto::codec::frame::{TunnelOp, TUNNEL_LAST};
 use reign_proto::codec::Frame;
-use reign_tests::raw_peer::{ClientAuth, RawPeer};
-use reign_tests::{capture_logs, TestCluster};
+use reign_tests::raw_peer::RawPeer;
+use reign_tests::{capture_logs, shutdown_all, start_connected, sync_all, TestCluster};
 use reign_tokio::{Mailbox, Node, NodeId, Tuning, Tunnel, TunnelError};
 
 /// Generous: nothing here should take more than a fraction of it.
@@ -25,26 +25,22 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn pair_of_nodes(tuning: Tuning, node1_max: Option<usize>) -> Vec<Node> {
     capture_logs();
     let cluster = TestCluster::with_tuning(2, tuning);
-    let mut nodes = Vec::new();
-    for i in 0..2 {
+    let specs = (0..2).map(|i| {
         let mut spec = cluster.spec(NodeId(i));
         if let (1, Some(max)) = (i, node1_max) {
             spec.tuning.max_message_len = max;
         }
-        nodes.push(Node::start(&spec, NodeId(i)).await.unwrap());
-    }
-    assert!(nodes[0].wait_for_peers(&[NodeId(1)], WAIT).await);
-    assert!(nodes[1].wait_for_peers(&[NodeId(0)], WAIT).await);
-    nodes
+        (NodeId(i), spec)
+    });
+    let nodes = start_connected::<reign_tokio::Tokio>(specs, WAIT).await;
+    nodes.into_iter().map(Node::from).collect()
 }
 
 /// Node 1 gets a member of "svc"; returns its mailbox once node 0 sees it.
 async fn member(nodes: &[Node]) -> Mailbox {
     let (m, m_box) = nodes[1].new_mailbox();
     nodes[1].join("svc", &m).unwrap();
-    for node in nodes {
-        tokio::time::timeout(WAIT, node.sync()).await.expect("sync");
-    }
+    sync_all(nodes, WAIT).await;
     m_box
 }
 
@@ -63,12 +59,6 @@ async fn accepted(nodes: &[Node], m_box: &Mailbox) -> (Tunnel, Tunnel) {
     };
     let (client, server) = tokio::join!(nodes[0].tunnel("svc", WAIT), accept);
     (client.unwrap(), server)
-}
-
-async fn shutdown(nodes: Vec<Node>) {
-    for node in nodes {
-        node.shutdown().await;
-    }
 }
 
 /// Polls `cond` every 5 ms until it holds or `WAIT` passes.
@@ -125,7 +115,7 @@ async fn sizes_around(window: usize, over: usize) {
     }
     through(&client, &server, 8).await;
     assert_eq!(server.inner().buffered_bytes(), 0);
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +142,7 @@ async fn sixteen_mib_through_the_default_window() {
     println!("16 MiB through a 1 MiB window: {took:?}");
     // A small message right behind it still arrives.
     through(&client, &server, 8).await;
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,7 +155,7 @@ async fn ten_mib_through_a_64_kib_window() {
     let (client, server, _m_box) = open(&nodes).await;
     let took = through(&client, &server, 10 << 20).await;
     println!("10 MiB through a 64 KiB window: {took:?}");
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 /// Exactly `max_message_len` passes through the default 1 MiB window; one
@@ -199,7 +189,7 @@ async fn exactly_max_and_one_more(max: usize) {
     // Nothing of it travelled: the next message is the next one received.
     through(&client, &server, 8).await;
     through(&server, &client, max).await;
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +224,7 @@ async fn a_message_over_the_receivers_max_closes_the_tunnel_as_a_protocol_violat
         "{send_err}"
     );
     assert!(until(|| nodes[0].tunnel_count() == 0 && nodes[1].tunnel_count() == 0).await);
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 /// After a send is abandoned part way, every byte of credit comes back to
@@ -274,7 +264,7 @@ async fn ten_64_mib_sends_abandoned_by_a_10_ms_timeout_leave_the_tunnel_usable()
     assert!(until(|| client.inner().unacknowledged_bytes() <= 8).await);
     // And the whole window is there again: a full window and more passes.
     through(&client, &server, (1 << 20) + 1).await;
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +283,7 @@ async fn a_send_dropped_inside_select_gives_its_credit_back() {
     }
     credit_all_back(&client, &server).await;
     through(&client, &server, 3 << 20).await;
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +308,7 @@ async fn a_send_dropped_while_waiting_for_credit_gives_it_back() {
     assert!(until(|| client.inner().unacknowledged_bytes() < (64 << 10) / 4).await);
     assert_eq!(server.inner().buffered_bytes(), 0);
     through(&client, &server, 1 << 20).await;
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,7 +345,7 @@ async fn abandoned_receives_lose_nothing_and_hold_nothing() {
     // What is not credited back is less than one lump (a quarter window).
     assert!(until(|| client.inner().unacknowledged_bytes() < (1 << 20) / 4).await);
     assert!(until(|| nodes[0].tunnel_count() == 1 && nodes[1].tunnel_count() == 1).await);
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 /// The open given up on left no entry on either node, and the offer still
@@ -390,7 +380,7 @@ async fn an_open_timed_out_before_the_member_accepts_leaves_nothing_behind() {
         .unwrap_err();
     assert_eq!(err, TunnelError::Timeout);
     open_given_up(&nodes, &m_box).await;
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +396,7 @@ async fn an_open_dropped_inside_select_leaves_nothing_behind() {
     // The member is fine: the next open is accepted.
     let (client, server) = accepted(&nodes, &m_box).await;
     through(&client, &server, 8).await;
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,7 +427,7 @@ async fn an_open_dropped_after_the_member_accepted_closes_both_ends() {
         nodes[1].tunnel_count()
     );
     assert!(server.send(&b"late"[..], WAIT).await.is_err());
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,12 +448,7 @@ async fn a_peer_sending_beyond_its_credit_loses_the_tunnel_not_the_link() {
     // small message (which the member leaves unread, so no credit comes
     // back) and then more than its window of a second message.
     let peer = tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&addr, NodeId(1), NodeId(0), &ca, &cert, WAIT);
         let tunnel = |op| Frame::Tunnel {
             id: 1,
             from_opener: true,

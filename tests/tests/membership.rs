@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use reign_proto::codec::Frame;
 use reign_proto::control::Control;
 use reign_proto::{SpecError, ID_IN_USE};
-use reign_tests::raw_peer::{ClientAuth, RawPeer};
-use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tests::raw_peer::RawPeer;
+use reign_tests::{capture_logs, eventually, logged, recv_as, shutdown_all, TestCluster};
 use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -76,9 +76,7 @@ async fn four_nodes_join_through_one_seed_and_find_each_others_names() {
     let msg = mailbox.recv_timeout(WAIT).await.unwrap();
     assert_eq!(msg.downcast::<String>().unwrap(), "hello from node 1");
 
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,15 +176,7 @@ async fn a_second_process_with_a_live_id_is_refused_and_stops_and_the_first_keep
     let found = n0.lookup("one").unwrap();
     assert_eq!(found.id(), addr.id());
     found.send(7u64).unwrap();
-    assert_eq!(
-        mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast::<u64>()
-            .unwrap(),
-        7
-    );
+    assert_eq!(recv_as::<u64>(&mailbox, WAIT).await, 7);
 
     for node in [&n0, &n1] {
         node.shutdown().await;
@@ -283,12 +273,7 @@ async fn a_peer_naming_a_thousand_made_up_members_gets_a_bounded_few_and_they_go
     let ca = cluster.ca.cert_pem().to_owned();
     let cert = cluster.cert(NodeId(1));
     let liar = tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&address, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&address, NodeId(1), NodeId(0), &ca, &cert, WAIT);
         let nodes = (1000..2000u16)
             .map(|id| (id, format!("127.0.0.1:{}", 40000 + id)))
             .collect();

@@ -17,11 +17,7 @@ fn tokio_async_std_and_smol_nodes_form_one_cluster() {
 
     // Each node is started, and its cluster awaited, on its own runtime; the
     // runtimes keep driving them in the background.
-    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let tokio_rt = reign_tests::tokio_runtime(1);
     let n0 = tokio_rt
         .block_on(reign_tokio::Node::start(
             &cluster.spec(NodeId(0)),

@@ -6,46 +6,23 @@ use std::time::Duration;
 
 use reign_proto::codec::Frame;
 use reign_proto::control::Control;
-use reign_tests::raw_peer::{ClientAuth, RawPeer};
-use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tests::raw_peer::RawPeer;
+use reign_tests::{
+    capture_logs, eventually, logged, shutdown_all, start_on_own_runtime, sync_all, tokio_runtime,
+    TestCluster,
+};
 use reign_tokio::{MailboxClosed, MailboxExt, MultipleClaim, Node, NodeId};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn start(cluster: &TestCluster, ids: &[u16]) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for &i in ids {
-        nodes.push(
-            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
-                .await
-                .unwrap(),
-        );
-    }
-    for node in &nodes {
-        let others: Vec<NodeId> = ids
-            .iter()
-            .map(|&i| NodeId(i))
-            .filter(|&i| i != node.id())
-            .collect();
-        assert!(node.wait_for_peers(&others, WAIT).await);
-    }
-    nodes
-}
-
-async fn sync(node: &Node) {
-    tokio::time::timeout(WAIT, node.sync())
-        .await
-        .expect("sync completes");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_propagate_across_three_nodes() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let nodes = start(&cluster, &[0, 1, 2]).await;
+    let nodes = cluster.start(&[0, 1, 2], WAIT).await;
     let (addr, mailbox) = nodes[0].new_mailbox();
     nodes[0].register("greeter", &addr).unwrap();
-    sync(&nodes[0]).await;
+    sync_all([&nodes[0]], WAIT).await;
     for node in &nodes[1..] {
         let found = node.lookup("greeter").expect("visible after sync");
         found.send(format!("hi from {}", node.id().0)).unwrap();
@@ -54,30 +31,28 @@ async fn names_propagate_across_three_nodes() {
         assert!(mailbox.recv_timeout(WAIT).await.unwrap().is::<String>());
     }
     nodes[0].unregister("greeter", &addr);
-    sync(&nodes[0]).await;
+    sync_all([&nodes[0]], WAIT).await;
     assert!(nodes[1].lookup("greeter").is_none() && nodes[2].lookup("greeter").is_none());
     nodes[0].register("greeter", &addr).unwrap();
-    sync(&nodes[0]).await;
+    sync_all([&nodes[0]], WAIT).await;
     assert!(nodes[2].lookup("greeter").is_some());
     mailbox.close();
-    sync(&nodes[0]).await;
+    sync_all([&nodes[0]], WAIT).await;
     assert!(nodes[1].lookup("greeter").is_none() && nodes[2].lookup("greeter").is_none());
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_on_two_nodes_is_a_multiple_claim_and_lookups_agree() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let nodes = start(&cluster, &[0, 1, 2]).await;
+    let nodes = cluster.start(&[0, 1, 2], WAIT).await;
     let (a, a_box) = nodes[0].new_mailbox();
     let (b, b_box) = nodes[1].new_mailbox();
     nodes[0].register("svc", &a).unwrap();
     nodes[1].register("svc", &b).unwrap();
-    sync(&nodes[0]).await;
-    sync(&nodes[1]).await;
+    sync_all([&nodes[0]], WAIT).await;
+    sync_all([&nodes[1]], WAIT).await;
     for mailbox in [&a_box, &b_box] {
         let note: MultipleClaim = mailbox.recv_type().await.unwrap();
         assert_eq!(note.name, "svc");
@@ -89,16 +64,14 @@ async fn a_name_on_two_nodes_is_a_multiple_claim_and_lookups_agree() {
             assert_eq!(node.lookup("svc").unwrap().id(), a.id());
         }
     }
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multiple_claim_count_walks_0_1_2_1_1_0_as_in_go_reign() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let nodes = start(&cluster, &[0, 1, 2]).await;
+    let nodes = cluster.start(&[0, 1, 2], WAIT).await;
     let boxes: Vec<_> = nodes.iter().map(|n| n.new_mailbox()).collect();
     let counts = |nodes: &[Node]| {
         nodes
@@ -106,64 +79,44 @@ async fn multiple_claim_count_walks_0_1_2_1_1_0_as_in_go_reign() {
             .map(|n| n.multiple_claim_count())
             .collect::<Vec<_>>()
     };
-    async fn sync_all(nodes: &[Node]) {
-        for node in nodes {
-            sync(node).await;
-        }
-    }
     assert_eq!(counts(&nodes), [0, 0, 0]);
     nodes[0].register("foo", &boxes[0].0).unwrap();
     nodes[1].register("foo", &boxes[1].0).unwrap();
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     assert_eq!(counts(&nodes), [1, 1, 1]);
     for (node, (addr, _)) in nodes.iter().zip(&boxes) {
         node.register("bar", addr).unwrap();
     }
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     assert_eq!(counts(&nodes), [2, 2, 2]);
     nodes[1].unregister("foo", &boxes[1].0);
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     assert_eq!(counts(&nodes), [1, 1, 1]);
     nodes[0].unregister("bar", &boxes[0].0);
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     assert_eq!(counts(&nodes), [1, 1, 1], "bar still has two claimants");
     nodes[2].unregister("bar", &boxes[2].0);
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     assert_eq!(counts(&nodes), [0, 0, 0]);
     // The notices are counted apart, and only grow.
     assert!(nodes.iter().all(|n| n.stats().multiple_claim_notices >= 1));
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[test]
 fn a_lost_node_loses_its_names_and_its_watchers_are_told_once() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let spawn_node2 = |spec: reign_proto::ClusterSpec| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let node = rt.block_on(Node::start(&spec, NodeId(2))).unwrap();
-        (rt, node)
-    };
+    let rt = tokio_runtime(2);
     let spec2 = cluster.spec(NodeId(2));
-    let (rt2, node2) = spawn_node2(spec2.clone());
+    let (rt2, node2) = start_on_own_runtime(&spec2, NodeId(2));
     rt.block_on(async {
-        let mut nodes = start(&cluster, &[0, 1]).await;
+        let mut nodes = cluster.start(&[0, 1], WAIT).await;
         assert!(nodes[0].wait_for_peers(&[NodeId(2)], WAIT).await);
         assert!(nodes[1].wait_for_peers(&[NodeId(2)], WAIT).await);
         let (target, target_box) = node2.new_mailbox();
         node2.register("worker", &target).unwrap();
-        sync(&node2).await;
+        sync_all([&node2], WAIT).await;
         let mut watcher_boxes = Vec::new();
         for node in &nodes {
             assert!(node.lookup("worker").is_some());
@@ -182,13 +135,14 @@ fn a_lost_node_loses_its_names_and_its_watchers_are_told_once() {
             let note: MailboxClosed = w_box.recv_type().await.unwrap();
             assert_eq!(note, MailboxClosed(target.id()));
         }
-        let (rt2b, node2b) = tokio::task::spawn_blocking(move || spawn_node2(spec2))
-            .await
-            .unwrap();
+        let (rt2b, node2b) =
+            tokio::task::spawn_blocking(move || start_on_own_runtime(&spec2, NodeId(2)))
+                .await
+                .unwrap();
         assert!(nodes[0].wait_for_peers(&[NodeId(2)], WAIT).await);
         let (again, _again_box) = node2b.new_mailbox();
         node2b.register("worker", &again).unwrap();
-        sync(&node2b).await;
+        sync_all([&node2b], WAIT).await;
         assert_eq!(nodes[0].lookup("worker"), Some(again.clone()));
         for w_box in &watcher_boxes {
             assert!(
@@ -212,7 +166,7 @@ fn a_lost_node_loses_its_names_and_its_watchers_are_told_once() {
 async fn a_claim_for_another_nodes_mailbox_is_rejected_and_logged() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let nodes = start(&cluster, &[0, 1]).await;
+    let nodes = cluster.start(&[0, 1], WAIT).await;
     let (victim, _victim_box) = nodes[1].new_mailbox();
     let victim_id = victim.id();
     let (addr, ca, cert) = (
@@ -222,12 +176,7 @@ async fn a_claim_for_another_nodes_mailbox_is_rejected_and_logged() {
     );
     // The raw peer is node 2 and claims a name for node 1's mailbox.
     tokio::task::spawn_blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(2), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))));
+        let mut peer = RawPeer::admitted(&addr, NodeId(2), NodeId(0), &ca, &cert, WAIT);
         let claim = Control::Claim {
             name: "stolen".into(),
             id: victim_id,
@@ -246,7 +195,5 @@ async fn a_claim_for_another_nodes_mailbox_is_rejected_and_logged() {
     assert!(nodes[0].lookup("stolen").is_none());
     assert_eq!(nodes[0].stats().rejected_claims, 1);
     assert!(nodes[0].is_connected(NodeId(1)));
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }

@@ -3,40 +3,15 @@
 
 use std::time::{Duration, Instant};
 
-use reign_tests::{capture_logs, TestCluster};
-use reign_tokio::{Limits, Mailbox, MailboxExt, Node, NodeId, RequestError, TunnelError};
+use reign_tests::{capture_logs, recv_as, shutdown_all, sync_all, TestCluster};
+use reign_tokio::{Limits, Mailbox, MailboxExt, Node, RequestError, TunnelError};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn cluster(n: u16) -> Vec<Node> {
     capture_logs();
     reign_tokio::register_type::<(u64, u16)>().unwrap();
-    let cluster = TestCluster::new(n);
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        nodes.push(
-            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
-                .await
-                .unwrap(),
-        );
-    }
-    for node in &nodes {
-        let others: Vec<NodeId> = (0..n).map(NodeId).filter(|&i| i != node.id()).collect();
-        assert!(node.wait_for_peers(&others, WAIT).await);
-    }
-    nodes
-}
-
-async fn sync_all(nodes: &[Node]) {
-    for node in nodes {
-        tokio::time::timeout(WAIT, node.sync()).await.expect("sync");
-    }
-}
-
-async fn shutdown(nodes: Vec<Node>) {
-    for node in nodes {
-        node.shutdown().await;
-    }
+    TestCluster::new(n).start_all(WAIT).await
 }
 
 /// A member that answers `n` with `(n + 1, its node id)` until its mailbox closes.
@@ -64,7 +39,7 @@ async fn a_thousand_requests_are_answered_by_both_members() {
     let nodes = cluster(3).await;
     echo_member(&nodes[1], "echo");
     echo_member(&nodes[2], "echo");
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     let mut by_node = [0u32; 3];
     let mut handles = Vec::new();
     for i in 0..1000u64 {
@@ -86,7 +61,7 @@ async fn a_thousand_requests_are_answered_by_both_members() {
         .await
         .unwrap_err();
     assert_eq!(err, RequestError::Remote("expected a u64".into()));
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +74,7 @@ async fn timeouts_empty_groups_late_replies_and_shutdown_are_typed() {
 
     let (m, m_box) = nodes[1].new_mailbox();
     nodes[1].join("silent", &m).unwrap();
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     let started = Instant::now();
     let err = nodes[0]
         .request("silent", 1u64, Duration::from_millis(200))
@@ -122,20 +97,13 @@ async fn timeouts_empty_groups_late_replies_and_shutdown_are_typed() {
     let _held = m_box.recv_request().await.unwrap();
     nodes[0].shutdown().await;
     assert_eq!(waiting.await.unwrap().unwrap_err(), RequestError::Closed);
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 async fn drain<T: serde::de::DeserializeOwned + 'static>(mailbox: &Mailbox, n: usize) -> Vec<T> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(
-            mailbox
-                .recv_timeout(WAIT)
-                .await
-                .unwrap()
-                .downcast::<T>()
-                .unwrap(),
-        );
+        out.push(recv_as::<T>(mailbox, WAIT).await);
     }
     assert!(
         mailbox
@@ -160,7 +128,7 @@ async fn broadcast_and_pubsub_reach_everyone_once_in_order() {
         node.subscribe("news", &s).unwrap();
         subscribers.push((s, s_box));
     }
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     for i in 0..100u32 {
         nodes[0].broadcast("all", &i).unwrap();
         nodes[2].publish("news", &i).unwrap();
@@ -173,7 +141,7 @@ async fn broadcast_and_pubsub_reach_everyone_once_in_order() {
     }
     let (s1, s1_box) = &subscribers[1];
     nodes[1].unsubscribe("news", s1).unwrap();
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     nodes[2].publish("news", &7u32).unwrap();
     assert_eq!(drain::<u32>(&subscribers[0].1, 1).await, vec![7]);
     assert!(s1_box
@@ -181,7 +149,7 @@ async fn broadcast_and_pubsub_reach_everyone_once_in_order() {
         .await
         .is_err());
     assert!(nodes[1].unsubscribe("news", s1).is_err());
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,7 +157,7 @@ async fn sixty_four_mib_through_a_tunnel_to_a_slow_reader() {
     let nodes = cluster(2).await;
     let (m, m_box) = nodes[1].new_mailbox();
     nodes[1].join("files", &m).unwrap();
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     let server_node = nodes[1].clone();
     let reader = tokio::spawn(async move {
         let incoming = m_box.recv_tunnel().await.unwrap();
@@ -226,7 +194,7 @@ async fn sixty_four_mib_through_a_tunnel_to_a_slow_reader() {
     );
     tunnel.close();
     assert_eq!(reader.await.unwrap(), 64 << 20);
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +202,7 @@ async fn a_tunnel_sees_the_other_node_go_away() {
     let nodes = cluster(2).await;
     let (m, m_box) = nodes[1].new_mailbox();
     nodes[1].join("svc", &m).unwrap();
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     let server_node = nodes[1].clone();
     let accepted = tokio::spawn(async move {
         let incoming = m_box.recv_tunnel().await.unwrap();
@@ -251,7 +219,7 @@ async fn a_tunnel_sees_the_other_node_go_away() {
         "{err}"
     );
     assert!(server.recv(WAIT).await.is_err());
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +231,7 @@ async fn a_flood_beyond_a_members_caps_is_refused_with_bounded_memory() {
         max_queued_bytes: 256 * 1024,
     };
     nodes[1].join_with_limits("busy", &m, limits).unwrap();
-    sync_all(&nodes).await;
+    sync_all(&nodes, WAIT).await;
     let payload = serde_bytes::ByteBuf::from(vec![1u8; 1024]);
     let mut handles = Vec::new();
     for _ in 0..2000 {
@@ -287,5 +255,5 @@ async fn a_flood_beyond_a_members_caps_is_refused_with_bounded_memory() {
     assert!(refused >= 2000 - 4 - 256, "only {refused} refused");
     assert_eq!(refused + timed_out, 2000);
     assert_eq!(nodes[1].stats().refused_requests, refused as u64);
-    shutdown(nodes).await;
+    shutdown_all(nodes).await;
 }

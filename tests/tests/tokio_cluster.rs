@@ -8,37 +8,19 @@ use std::time::{Duration, Instant};
 use reign_proto::codec::Frame;
 use reign_proto::handshake::Hello;
 use reign_tests::raw_peer::{closes_within, ClientAuth, RawPeer};
-use reign_tests::{capture_logs, eventually, logged, TestCluster};
+use reign_tests::{
+    capture_logs, eventually, logged, recv_as, shutdown_all, start_on_own_runtime, tokio_runtime,
+    TestCluster,
+};
 use reign_tokio::{Address, MailboxExt, Node, NodeId, SendError, Tuning};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn start_all(cluster: &TestCluster, n: u16) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        nodes.push(
-            Node::start(&cluster.spec(NodeId(i)), NodeId(i))
-                .await
-                .expect("node starts"),
-        );
-    }
-    let ids: Vec<NodeId> = (0..n).map(NodeId).collect();
-    for node in &nodes {
-        let others: Vec<NodeId> = ids.iter().copied().filter(|&i| i != node.id()).collect();
-        assert!(
-            node.wait_for_peers(&others, WAIT).await,
-            "{:?} did not connect",
-            node.id()
-        );
-    }
-    nodes
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_exchange_messages_in_every_direction() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let nodes = start_all(&cluster, 3).await;
+    let nodes = cluster.start_all(WAIT).await;
     let boxes: Vec<_> = nodes.iter().map(|n| n.new_mailbox()).collect();
     for from in &nodes {
         for (to, (addr, _)) in nodes.iter().zip(&boxes) {
@@ -50,14 +32,7 @@ async fn three_nodes_exchange_messages_in_every_direction() {
     for (to, (_, mailbox)) in nodes.iter().zip(&boxes) {
         let mut got = Vec::new();
         for _ in 0..3 {
-            got.push(
-                mailbox
-                    .recv_timeout(WAIT)
-                    .await
-                    .unwrap()
-                    .downcast::<String>()
-                    .unwrap(),
-            );
+            got.push(recv_as::<String>(mailbox, WAIT).await);
         }
         got.sort();
         let want: Vec<String> = nodes
@@ -66,56 +41,40 @@ async fn three_nodes_exchange_messages_in_every_direction() {
             .collect();
         assert_eq!(got, want);
     }
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_messages_arrive_complete_and_in_order() {
     capture_logs();
     let cluster = TestCluster::new(2);
-    let nodes = start_all(&cluster, 2).await;
+    let nodes = cluster.start_all(WAIT).await;
     let (addr, mailbox) = nodes[1].new_mailbox();
     let remote = nodes[0].address_of(addr.id());
     for i in 0..10_000u64 {
         remote.send(i).unwrap();
     }
     for i in 0..10_000u64 {
-        let got = mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast::<u64>()
-            .unwrap();
+        let got = recv_as::<u64>(&mailbox, WAIT).await;
         assert_eq!(got, i);
     }
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_sent_away_and_back_reaches_its_mailbox() {
     capture_logs();
     let cluster = TestCluster::new(2);
-    let nodes = start_all(&cluster, 2).await;
+    let nodes = cluster.start_all(WAIT).await;
     let (home, home_box) = nodes[0].new_mailbox();
     let (echo, echo_box) = nodes[1].new_mailbox();
     nodes[0].address_of(echo.id()).send(home.clone()).unwrap();
-    let back: Address = echo_box
-        .recv_timeout(WAIT)
-        .await
-        .unwrap()
-        .downcast()
-        .unwrap();
+    let back: Address = recv_as(&echo_box, WAIT).await;
     assert_eq!(back, home);
     back.send(String::from("back home")).unwrap();
     let msg = home_box.recv_timeout(WAIT).await.unwrap();
     assert_eq!(msg.downcast::<String>().unwrap(), "back home");
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 /// Checks that node 0 still serves node 1 after a hostile connection.
@@ -123,15 +82,7 @@ async fn still_serving(nodes: &[Node]) {
     assert!(nodes[0].is_connected(NodeId(1)));
     let (addr, mailbox) = nodes[0].new_mailbox();
     nodes[1].address_of(addr.id()).send(1u32).unwrap();
-    assert_eq!(
-        mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast::<u32>()
-            .unwrap(),
-        1
-    );
+    assert_eq!(recv_as::<u32>(&mailbox, WAIT).await, 1);
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -248,15 +199,14 @@ async fn hostile_peers_close_only_their_own_connection() {
     // 6. A frame larger than the maximum, after a valid handshake.
     let (addr, ca, cert) = (target.clone(), ca_pem.clone(), cluster.cert(NodeId(2)));
     let closed = blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(2), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(
-            peer.next_frame(Duration::from_secs(3)),
-            Some(Frame::Hello(_))
-        ));
+        let mut peer = RawPeer::admitted(
+            &addr,
+            NodeId(2),
+            NodeId(0),
+            &ca,
+            &cert,
+            Duration::from_secs(3),
+        );
         peer.send_raw(&(64u32 << 20).to_le_bytes()).unwrap();
         peer.send_raw(&[4u8; 1024]).unwrap();
         peer.read_until_closed(Duration::from_secs(3)).1
@@ -266,9 +216,7 @@ async fn hostile_peers_close_only_their_own_connection() {
     assert!(eventually(WAIT, || logged(&["exceeds the maximum"])));
     still_serving(&nodes).await;
 
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,15 +241,14 @@ async fn a_peer_that_stops_reading_hits_the_outbound_bound() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let peer_thread = std::thread::spawn(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(
-            peer.next_frame(Duration::from_secs(5)),
-            Some(Frame::Hello(_))
-        ));
+        let peer = RawPeer::admitted(
+            &addr,
+            NodeId(1),
+            NodeId(0),
+            &ca,
+            &cert,
+            Duration::from_secs(5),
+        );
         ready_tx.send(()).unwrap();
         let _ = done_rx.recv();
         drop(peer);
@@ -346,7 +293,7 @@ async fn a_peer_that_stops_reading_hits_the_outbound_bound() {
 async fn a_large_message_does_not_block_small_ones_or_pings() {
     capture_logs();
     let cluster = TestCluster::new(2);
-    let nodes = start_all(&cluster, 2).await;
+    let nodes = cluster.start_all(WAIT).await;
     let (big, big_box) = nodes[1].new_mailbox();
     let (small, small_box) = nodes[1].new_mailbox();
     let payload = serde_bytes::ByteBuf::from(vec![0xabu8; 64 << 20]);
@@ -384,31 +331,16 @@ async fn a_large_message_does_not_block_small_ones_or_pings() {
         .unwrap();
     assert_eq!(stats.disconnects, 0);
     assert!(nodes[0].is_connected(NodeId(1)));
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[test]
 fn peer_loss_is_detected_and_the_peer_reconnects_when_it_returns() {
     capture_logs();
     let cluster = TestCluster::new(3);
-    let main_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let main_rt = tokio_runtime(2);
     let spec2 = cluster.spec(NodeId(2));
-    let start_node2 = |spec: reign_proto::ClusterSpec| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let node = rt.block_on(Node::start(&spec, NodeId(2))).unwrap();
-        (rt, node)
-    };
-    let (rt2, node2) = start_node2(spec2.clone());
+    let (rt2, node2) = start_on_own_runtime(&spec2, NodeId(2));
     main_rt.block_on(async {
         let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
             .await
@@ -430,22 +362,15 @@ fn peer_loss_is_detected_and_the_peer_reconnects_when_it_returns() {
         assert!(n0.is_connected(NodeId(1)));
 
         // Node 2 comes back: everyone reconnects.
-        let (rt2b, node2b) = tokio::task::spawn_blocking(move || start_node2(spec2))
-            .await
-            .unwrap();
+        let (rt2b, node2b) =
+            tokio::task::spawn_blocking(move || start_on_own_runtime(&spec2, NodeId(2)))
+                .await
+                .unwrap();
         assert!(n0.wait_for_peers(&[NodeId(2)], WAIT).await);
         assert!(n1.wait_for_peers(&[NodeId(2)], WAIT).await);
         let (addr, mailbox) = n0.new_mailbox();
         node2b.address_of(addr.id()).send(2u8).unwrap();
-        assert_eq!(
-            mailbox
-                .recv_timeout(WAIT)
-                .await
-                .unwrap()
-                .downcast::<u8>()
-                .unwrap(),
-            2
-        );
+        assert_eq!(recv_as::<u8>(&mailbox, WAIT).await, 2);
         n0.shutdown().await;
         n1.shutdown().await;
         let _ = tokio::task::spawn_blocking(move || {
@@ -463,7 +388,7 @@ async fn a_stalled_handshake_is_closed_and_the_node_keeps_serving() {
         ..Tuning::fast()
     };
     let cluster = TestCluster::with_tuning(2, tuning);
-    let nodes = start_all(&cluster, 2).await;
+    let nodes = cluster.start_all(WAIT).await;
     let addr = cluster.address(NodeId(0)).to_owned();
     let closed = blocking(move || {
         let mut sock = TcpStream::connect(&addr).unwrap();
@@ -481,16 +406,14 @@ async fn a_stalled_handshake_is_closed_and_the_node_keeps_serving() {
         closed.1
     );
     still_serving(&nodes).await;
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_everything_and_frees_the_port() {
     capture_logs();
     let cluster = TestCluster::new(2);
-    let nodes = start_all(&cluster, 2).await;
+    let nodes = cluster.start_all(WAIT).await;
     let (addr, mailbox) = nodes[0].new_mailbox();
     let port_addr = nodes[0].local_addr().unwrap();
     nodes[0].shutdown().await;
@@ -511,15 +434,7 @@ async fn local_only_nodes_open_no_socket() {
     assert!(node.local_addr().is_none());
     let (addr, mailbox) = node.new_mailbox();
     addr.send(5i64).unwrap();
-    assert_eq!(
-        mailbox
-            .recv_timeout(WAIT)
-            .await
-            .unwrap()
-            .downcast::<i64>()
-            .unwrap(),
-        5
-    );
+    assert_eq!(recv_as::<i64>(&mailbox, WAIT).await, 5);
     assert_eq!(
         mailbox
             .recv_timeout(Duration::from_millis(20))
@@ -544,15 +459,14 @@ async fn a_peer_that_pings_but_never_reads_is_disconnected() {
         cluster.cert(NodeId(1)),
     );
     let outcome = blocking(move || {
-        let mut peer = RawPeer::connect(&addr, NodeId(0), &ca, ClientAuth::Cert(&cert)).unwrap();
-        peer.send_frame(&Frame::Hello(
-            RawPeer::hello(NodeId(1), NodeId(0), &ca).to_frame_body(),
-        ))
-        .unwrap();
-        assert!(matches!(
-            peer.next_frame(Duration::from_secs(5)),
-            Some(Frame::Hello(_))
-        ));
+        let mut peer = RawPeer::admitted(
+            &addr,
+            NodeId(1),
+            NodeId(0),
+            &ca,
+            &cert,
+            Duration::from_secs(5),
+        );
         // Ask for pongs forever, never reading one: 64k pings per write.
         let mut batch = Vec::new();
         for nonce in 0..65_536u64 {
@@ -593,7 +507,7 @@ async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
     };
     reign_tokio::register_type::<(u64, serde_bytes::ByteBuf)>().unwrap();
     let cluster = TestCluster::with_tuning(2, tuning.clone());
-    let nodes = start_all(&cluster, 2).await;
+    let nodes = cluster.start_all(WAIT).await;
     let boxes: Vec<_> = (0..8).map(|_| nodes[1].new_mailbox()).collect();
     let remotes: Vec<Address> = boxes
         .iter()
@@ -654,7 +568,5 @@ async fn a_receiver_that_does_not_read_pushes_back_and_loses_nothing() {
     }
     assert_eq!(nodes[1].stats().dropped_full, 0);
     assert_eq!(nodes[1].stats().dropped_unread_share, 0);
-    for node in &nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(&nodes).await;
 }

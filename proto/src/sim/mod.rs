@@ -232,6 +232,26 @@ impl Sim {
         sim
     }
 
+    /// The usual start of a test: `nodes` nodes with default settings and
+    /// `seed`, run for 500 ms of virtual time, by then fully connected.
+    ///
+    /// # Panics
+    /// If the cluster is not fully connected by then (the message names
+    /// the seed, to replay it).
+    pub fn connected(nodes: u16, seed: u64) -> Sim {
+        let mut sim = Sim::new(SimConfig {
+            nodes,
+            seed,
+            ..SimConfig::default()
+        });
+        sim.run_for(Duration::from_millis(500));
+        assert!(
+            sim.fully_connected(),
+            "seed {seed}: the cluster did not connect"
+        );
+        sim
+    }
+
     fn start_node(&mut self, id: NodeId) {
         let now = self.now;
         let seed = self.rng.next_u64();
