@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use reign_proto::core::AcceptError;
 use reign_proto::sim::{Sim, SimConfig, TraceEvent};
 use reign_proto::{
-    Address, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input, MailboxClosed,
-    NodeId, Output, Tuning,
+    Address, CloseReason, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input,
+    MailboxClosed, NodeId, Output, Tuning,
 };
 
 fn sim(nodes: u16, seed: u64) -> Sim {
@@ -332,6 +332,40 @@ fn connection_status_is_reported_to_subscribers() {
         })
         .collect();
     assert_eq!(statuses, [false, true]);
+}
+
+#[test]
+fn a_peer_that_shuts_down_is_reported_down_for_leaving() {
+    let mut sim = sim(2, 12);
+    let (watcher, watcher_box) = sim.node(NodeId(0)).new_mailbox();
+    sim.node(NodeId(0)).subscribe_connection_status(&watcher);
+    sim.shutdown(NodeId(1));
+    sim.run_for(Duration::from_millis(200));
+    let reasons: Vec<CloseReason> = sim
+        .trace()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Core {
+                node: NodeId(0),
+                event: Event::PeerDown { reason, .. },
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [CloseReason::PeerLeaving]);
+    assert_eq!(
+        reasons[0].to_string(),
+        "peer said goodbye: node shutting down"
+    );
+    let status = watcher_box
+        .try_recv()
+        .unwrap()
+        .expect("a status")
+        .downcast::<reign_proto::ConnectionStatus>()
+        .unwrap();
+    assert!(!status.connected);
+    assert_eq!(status.reason, Some(CloseReason::PeerLeaving));
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::close::CloseReason;
 use crate::codec::{Frame, FrameDecoder};
 use crate::handshake::Handshake;
 use crate::id::{MailboxId, NodeId};
@@ -298,17 +299,17 @@ impl Conn {
         chunk: Bytes,
         max_message_len: usize,
         max_reassembly: usize,
-    ) -> Result<Option<(TypeTag, Bytes)>, String> {
+    ) -> Result<Option<(TypeTag, Bytes)>, CloseReason> {
         if let Some((tag, total)) = start {
             if self.reassembly.contains_key(&dest) {
-                return Err(format!(
+                return Err(CloseReason::Protocol(format!(
                     "a second fragmented message to {dest:?} began before the first ended"
-                ));
+                )));
             }
             if total as usize > max_message_len || total == 0 {
-                return Err(format!(
+                return Err(CloseReason::Protocol(format!(
                     "fragmented message of {total} bytes (maximum {max_message_len})"
-                ));
+                )));
             }
             self.reassembly.insert(
                 dest,
@@ -321,20 +322,22 @@ impl Conn {
             );
         }
         let Some(entry) = self.reassembly.get_mut(&dest) else {
-            return Err(format!("a fragment to {dest:?} with no message begun"));
+            return Err(CloseReason::Protocol(format!(
+                "a fragment to {dest:?} with no message begun"
+            )));
         };
         if entry.buf.len() + chunk.len() > entry.total {
-            return Err(format!(
+            return Err(CloseReason::Protocol(format!(
                 "fragments to {dest:?} exceed the announced {} bytes",
                 entry.total
-            ));
+            )));
         }
         self.reassembly_bytes += chunk.len();
         if self.reassembly_bytes > max_reassembly {
-            return Err(format!(
+            return Err(CloseReason::Protocol(format!(
                 "partial messages hold {} bytes, over the limit of {max_reassembly}",
                 self.reassembly_bytes
-            ));
+            )));
         }
         entry.buf.extend_from_slice(&chunk);
         if entry.buf.len() < entry.total {

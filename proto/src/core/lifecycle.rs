@@ -47,7 +47,7 @@ impl Core {
         now: Instant,
         conn: &mut Conn,
         hello: Hello,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let peer_id = hello.node;
         // Settle a held newcomer first, so that replacing the old
         // connection below does not let it in.
@@ -67,12 +67,13 @@ impl Core {
                     peer = peer_id.0,
                     "closing a duplicate connection"
                 );
+                let reason = CloseReason::Duplicate;
                 conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
-                    "duplicate connection",
+                    &reason.to_string(),
                 )));
-                return Err(DUPLICATE.into());
+                return Err(reason);
             }
-            self.drop_conn(now, old_id, "replaced by a newer connection".into(), true);
+            self.drop_conn(now, old_id, CloseReason::Replaced, true);
         }
         conn.phase = Phase::Up { peer: peer_id };
         self.inbound.remove(&conn.id);
@@ -80,7 +81,7 @@ impl Core {
         conn.ping_outstanding = false;
         conn.ping_failures = 0;
         let Some(peer) = self.peers.get_mut(&peer_id) else {
-            return Err(format!("node {} is not a peer", peer_id.0));
+            return Err(CloseReason::NotAPeer { node: peer_id });
         };
         peer.up = Some(conn.id);
         if peer.dialing == Some(conn.id) {
@@ -116,9 +117,9 @@ impl Core {
 
     /// Closes a connection for a protocol or TLS failure, sending what is
     /// queued (a goodbye or an alert) first.
-    pub(super) fn fail_conn(&mut self, now: Instant, id: ConnId, reason: String) {
+    pub(super) fn fail_conn(&mut self, now: Instant, id: ConnId, reason: CloseReason) {
         let refusal = self.refusal.take();
-        let orderly = reason.starts_with(GOODBYE) || reason == DUPLICATE;
+        let orderly = reason.is_orderly();
         if self.is_inbound_handshake(id) && !orderly {
             // Outside input: DEBUG and the summary, never a line each.
             let cause = refusal.unwrap_or_else(|| outside::cause_of(&reason));
@@ -129,14 +130,14 @@ impl Core {
                 // Logged as a lost connection by `peer_down`, at warn level,
                 // or (inbound, not authenticated) counted above.
             } else if c.peer().is_some() {
-                tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason, "closing connection");
-            } else if !reason.starts_with("handshake failed") {
+                tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason = reason.to_string(), "closing connection");
+            } else if !reason.is_handshake_refusal() {
                 tracing::error!(
                     node = self.me.0,
                     conn = %id,
                     to = %c.label,
                     peer = c.dialed.map(|n| n.0),
-                    reason,
+                    reason = reason.to_string(),
                     "dialled connection failed during the handshake"
                 );
             }
@@ -155,7 +156,7 @@ impl Core {
         &mut self,
         now: Instant,
         id: ConnId,
-        reason: String,
+        reason: CloseReason,
         tell_driver: bool,
     ) {
         let Some(conn) = self.conns.remove(&id) else {
@@ -187,7 +188,7 @@ impl Core {
         }
     }
 
-    pub(super) fn peer_down(&mut self, now: Instant, peer_id: NodeId, reason: String) {
+    pub(super) fn peer_down(&mut self, now: Instant, peer_id: NodeId, reason: CloseReason) {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -226,11 +227,11 @@ impl Core {
             tracing::warn!(
                 node = self.me.0,
                 peer = peer_id.0,
-                reason,
+                reason = reason.to_string(),
                 "connection lost"
             );
         }
-        node.peer_down(peer_id);
+        node.peer_down(peer_id, &reason);
         self.outputs.push_back(Output::Event(Event::PeerDown {
             node: peer_id,
             reason,
@@ -314,20 +315,14 @@ impl Core {
                     if now >= conn.opened_at + self.tuning.handshake_timeout {
                         failures.push((
                             id,
-                            format!(
-                                "handshake not finished within {:?}",
-                                self.tuning.handshake_timeout
-                            ),
+                            CloseReason::HandshakeTimeout(self.tuning.handshake_timeout),
                         ));
                     } else if now >= conn.opened_at + self.tuning.first_bytes_timeout
                         && self.inbound.get(&id).is_some_and(|i| !i.heard)
                     {
                         failures.push((
                             id,
-                            format!(
-                                "nothing received within {:?} of accepting",
-                                self.tuning.first_bytes_timeout
-                            ),
+                            CloseReason::FirstBytesTimeout(self.tuning.first_bytes_timeout),
                         ));
                     }
                 }
@@ -340,10 +335,7 @@ impl Core {
                         conn.ping_failures = 0;
                     }
                     if now >= conn.last_recv + self.tuning.read_deadline {
-                        failures.push((
-                            id,
-                            format!("nothing received for {:?}", self.tuning.read_deadline),
-                        ));
+                        failures.push((id, CloseReason::ReadTimeout(self.tuning.read_deadline)));
                         continue;
                     }
                     if now >= conn.next_ping {
@@ -354,10 +346,7 @@ impl Core {
                             conn.ping_failures = 0;
                         }
                         if conn.ping_failures >= self.tuning.max_ping_failures {
-                            failures.push((
-                                id,
-                                format!("{} pings in a row went unanswered", conn.ping_failures),
-                            ));
+                            failures.push((id, CloseReason::PingsUnanswered(conn.ping_failures)));
                             continue;
                         }
                         conn.ping_nonce = conn.ping_nonce.wrapping_add(1);
@@ -385,7 +374,7 @@ impl Core {
                         conn = %id,
                         peer = c.dialed.map(|n| n.0),
                         to = %c.label,
-                        reason,
+                        reason = reason.to_string(),
                         "handshake with a dialled peer timed out"
                     );
                 }

@@ -37,7 +37,8 @@ use conn::{Conn, Phase};
 pub use membership::{ReloadError, Reloaded, ID_IN_USE};
 pub(crate) use outside::TUNNELS_REFUSED;
 
-use crate::codec::frame::{self, FrameError};
+use crate::close::{CloseReason, Removal, LEAVING};
+use crate::codec::frame;
 use crate::codec::{Frame, FRAGMENT_LEN};
 use crate::handshake::{self, Handshake, HandshakeError, Hello, Role, Step};
 use crate::id::{Incarnation, MailboxId, NodeId};
@@ -48,13 +49,6 @@ use crate::rng::Rng;
 use crate::spec::{NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 use crate::tls::TlsContext;
 use crate::types::{self, TypeTag};
-
-/// How closes the peer asked for begin (not protocol errors).
-const GOODBYE: &str = "peer said goodbye";
-/// The goodbye of a node that shuts down.
-const LEAVING: &str = "node shutting down";
-/// The reason a redundant connection closes.
-const DUPLICATE: &str = "duplicate connection";
 
 /// Core-generated frames (pongs, sync replies, …) that may wait for a peer
 /// that does not read before its connection is closed.
@@ -181,8 +175,8 @@ pub enum Event {
     PeerDown {
         /// The peer.
         node: NodeId,
-        /// Why.
-        reason: String,
+        /// Why (its `Display` is the text the log line gives).
+        reason: CloseReason,
     },
     /// `by` refused this node because another process with this node's id
     /// is live in the cluster (it answered a ping after this one arrived).
@@ -552,7 +546,7 @@ impl Core {
                         error,
                         "dial failed"
                     );
-                    self.drop_conn(now, conn, format!("dial failed: {error}"), false);
+                    self.drop_conn(now, conn, CloseReason::DialFailed(error.to_owned()), false);
                 }
             }
             Input::Received { conn, bytes } => self.on_received(now, conn, bytes),
@@ -566,12 +560,12 @@ impl Core {
             }
             Input::Closed { conn, error } => {
                 if self.is_inbound_handshake(conn) {
-                    self.note_refusal(conn, outside::CLOSED, error.unwrap_or("end of stream"));
+                    self.note_refusal(conn, outside::CLOSED, &error.unwrap_or("end of stream"));
                 }
                 if self.conns.contains_key(&conn) {
                     let reason = match error {
-                        Some(e) => format!("connection error: {e}"),
-                        None => "connection closed by peer".to_owned(),
+                        Some(e) => CloseReason::ConnectionError(e.to_owned()),
+                        None => CloseReason::ClosedByPeer,
                     };
                     self.drop_conn(now, conn, reason, false);
                 }
@@ -674,7 +668,7 @@ impl Core {
             .map(|(&id, _)| id)
             .collect();
         for id in unfinished {
-            self.drop_conn(now, id, LEAVING.into(), true);
+            self.drop_conn(now, id, CloseReason::ShuttingDown, true);
         }
         let queued: usize = self
             .node
@@ -775,7 +769,7 @@ impl Core {
                     Err(buf) => self.buffers.push(buf),
                 }
             }
-            self.drop_conn(now, id, LEAVING.into(), true);
+            self.drop_conn(now, id, CloseReason::ShuttingDown, true);
         }
         self.node.inner.close_all_mailboxes();
     }

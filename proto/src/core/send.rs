@@ -53,10 +53,9 @@ impl Core {
             if conn.control_out.len() > MAX_CONTROL_BACKLOG {
                 // A peer that keeps asking (pings, syncs) but never reads
                 // would grow this without end: it loses its connection.
-                let reason = format!(
-                    "the peer does not read: {} bytes of replies are waiting",
-                    conn.control_out.len()
-                );
+                let reason = CloseReason::NotReading {
+                    waiting: conn.control_out.len(),
+                };
                 self.fail_conn(now, id, reason);
                 return;
             }

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::poison::lock;
 
+use crate::close::CloseReason;
 use crate::codec::Frame;
 use crate::control::Control;
 use crate::error::SendError;
@@ -225,13 +226,13 @@ impl NodeInner {
 
     /// Handles a control message from a connected peer. `Err` closes the
     /// connection (the peer broke the protocol).
-    pub(crate) fn handle_control(&self, peer: NodeId, control: Control) -> Result<(), String> {
+    pub(crate) fn handle_control(&self, peer: NodeId, control: Control) -> Result<(), CloseReason> {
         match control {
             Control::Watch { target } => {
                 if target.node != self.id {
-                    return Err(format!(
+                    return Err(CloseReason::Protocol(format!(
                         "asked to watch {target:?}, a mailbox of another node"
-                    ));
+                    )));
                 }
                 let mut links = lock(&self.links);
                 let open = self.local_mailbox(target).is_some_and(|m| !m.is_closed());
@@ -253,9 +254,9 @@ impl NodeInner {
             }
             Control::Closed { target } => {
                 if target.node != peer {
-                    return Err(format!(
+                    return Err(CloseReason::Protocol(format!(
                         "reported {target:?}, a mailbox of another node, closed"
-                    ));
+                    )));
                 }
                 let watchers = lock(&self.links).watching.remove(&target);
                 for watcher in watchers.into_iter().flatten() {
@@ -282,7 +283,7 @@ impl NodeInner {
                         self.counters
                             .registry_cutoffs
                             .fetch_add(1, Ordering::Relaxed);
-                        return Err(format!("cut off for going over a registry cap: {e}"));
+                        return Err(CloseReason::RegistryCap(e.to_string()));
                     }
                 }
             }
@@ -294,7 +295,7 @@ impl NodeInner {
     /// the conversation with it.
     pub(crate) fn peer_up(&self, peer: NodeId, _incarnation: Incarnation) -> Vec<Frame> {
         let snapshot = lock(&self.registry).peer_up(peer);
-        self.notify_status(peer, true);
+        self.notify_status(peer, None);
         snapshot
             .iter()
             .map(|control| Frame::Control(control.encode()))
@@ -303,8 +304,9 @@ impl NodeInner {
 
     /// A peer was lost: its claims vanish, watchers of its mailboxes are
     /// told (exactly once: each watch is removed as it fires), and nothing
-    /// queued for it survives into its next connection.
-    pub(crate) fn peer_down(&self, peer: NodeId) {
+    /// queued for it survives into its next connection. Status watchers
+    /// are told `reason`.
+    pub(crate) fn peer_down(&self, peer: NodeId, reason: &CloseReason) {
         lock(&self.control_out).retain(|(p, _)| *p != peer);
         let effects = lock(&self.registry).peer_down(peer);
         self.apply(effects);
@@ -332,15 +334,18 @@ impl NodeInner {
                 self.notify_closed(&watcher, target);
             }
         }
-        self.notify_status(peer, false);
+        self.notify_status(peer, Some(reason));
     }
 
-    fn notify_status(&self, peer: NodeId, connected: bool) {
+    /// Tells status watchers that `peer` connected (no reason) or
+    /// disconnected for `reason`.
+    fn notify_status(&self, peer: NodeId, reason: Option<&CloseReason>) {
         let mut watchers = lock(&self.status_watchers);
         watchers.retain(|w| {
             w.send(ConnectionStatus {
                 node: peer,
-                connected,
+                connected: reason.is_none(),
+                reason: reason.cloned(),
             }) != Err(SendError::Closed)
         });
     }
