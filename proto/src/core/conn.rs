@@ -60,9 +60,10 @@ pub(crate) struct Conn {
     pub(crate) ping_nonce: u64,
     /// Ciphertext handed to the driver and not yet reported written.
     pub(crate) in_flight: usize,
-    /// Frames the core itself generated (hello, pings, control), sent
-    /// before any user data.
-    pub(crate) control_out: Vec<u8>,
+    /// Encoded frames the core itself generated (hello, pings, pongs,
+    /// control answers and user threads' control frames), sent before any
+    /// user data.
+    pub(crate) control_bytes: Vec<u8>,
     /// Small-frame chunks taken from the outbox and written, to hand back
     /// to it for reuse at the next drain.
     pub(crate) spare_chunks: Vec<Vec<u8>>,
@@ -162,7 +163,7 @@ impl Conn {
             ping_failures: 0,
             ping_nonce: 0,
             in_flight: 0,
-            control_out: Vec::new(),
+            control_bytes: Vec::new(),
             spare_chunks: Vec::new(),
             reassembly: BTreeMap::new(),
             reassembly_bytes: 0,
@@ -238,7 +239,7 @@ impl Conn {
 
     /// Queues a core-generated frame.
     pub(crate) fn queue_frame(&mut self, frame: &Frame) {
-        frame.encode(&mut self.control_out);
+        frame.encode(&mut self.control_bytes);
     }
 
     /// Encrypts plaintext for sending.
@@ -283,11 +284,11 @@ impl Conn {
 
     /// Pushes a chunk of core frames and takes the core frame buffer out.
     pub(crate) fn flush_control(&mut self) {
-        if !self.control_out.is_empty() {
-            let frames = std::mem::take(&mut self.control_out);
+        if !self.control_bytes.is_empty() {
+            let frames = std::mem::take(&mut self.control_bytes);
             self.write_plaintext(&frames);
-            self.control_out = frames;
-            self.control_out.clear();
+            self.control_bytes = frames;
+            self.control_bytes.clear();
         }
     }
 

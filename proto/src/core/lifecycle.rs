@@ -105,7 +105,7 @@ impl Core {
             "connection established"
         );
         for frame in node.peer_up(peer_id, hello.incarnation) {
-            frame.encode(&mut conn.control_out);
+            frame.encode(&mut conn.control_bytes);
         }
         conn.queue_frame(&self.members_frame(false));
         self.outputs.push_back(Output::Event(Event::PeerUp {
@@ -217,6 +217,8 @@ impl Core {
             }
         }
         self.active.remove(&peer_id);
+        // Nothing produced for the peer survives into its next connection.
+        self.replies.retain(|(p, _)| *p != peer_id);
         if self.shutting_down && self.drain_until.is_none() {
             tracing::info!(
                 node = self.me.0,
@@ -231,7 +233,7 @@ impl Core {
                 "connection lost"
             );
         }
-        node.peer_down(peer_id, &reason);
+        node.peer_down(peer_id, &reason, &mut self.replies);
         self.outputs.push_back(Output::Event(Event::PeerDown {
             node: peer_id,
             reason,

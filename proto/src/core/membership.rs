@@ -14,7 +14,6 @@
 //! [`Control::Members`]: crate::control::Control::Members
 
 use super::*;
-use crate::control::Control;
 
 /// The reason given to a second process that claims the id of a node that
 /// is live: the live node answered a ping after the newcomer arrived. Part

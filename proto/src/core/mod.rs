@@ -40,6 +40,7 @@ pub(crate) use outside::TUNNELS_REFUSED;
 use crate::close::{CloseReason, Removal, LEAVING};
 use crate::codec::frame;
 use crate::codec::{Frame, FRAGMENT_LEN};
+use crate::control::Control;
 use crate::handshake::{self, Handshake, HandshakeError, Hello, Role, Step};
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::message::Message;
@@ -320,6 +321,12 @@ pub struct Core {
     run: Vec<Message>,
     /// Peers that said goodbye for good in the current input.
     leaving: Vec<NodeId>,
+    /// Control frames the core's own handlers produced for peers while
+    /// handling the current input (watch answers, registry replies, `Busy`
+    /// for a mailbox this core filled): encoded into the peers' connections
+    /// at the end of the input, never queued through the node's
+    /// user-thread queue (which would wake this core again).
+    replies: Vec<(NodeId, Control)>,
     /// [`Core::shutdown`] was called (the node may still be draining).
     shutting_down: bool,
     /// While a graceful shutdown drains the outbound queues: when it gives
@@ -391,6 +398,7 @@ impl Core {
             paused: BTreeSet::new(),
             run: Vec::new(),
             leaving: Vec::new(),
+            replies: Vec::new(),
             shutting_down: false,
             drain_until: None,
             inbound: BTreeMap::new(),
@@ -441,7 +449,9 @@ impl Core {
             .get(&peer)
             .and_then(|p| p.up)
             .and_then(|c| self.conns.get(&c))
-            .map(|c| c.reassembly_bytes + c.control_out.len() + c.decoder.buffered() + c.in_flight)
+            .map(|c| {
+                c.reassembly_bytes + c.control_bytes.len() + c.decoder.buffered() + c.in_flight
+            })
             .unwrap_or(0)
     }
 
@@ -572,6 +582,7 @@ impl Core {
             }
             Input::Timeout => self.run_timers(now),
         }
+        self.send_replies();
         self.tick_summaries(now);
     }
 
@@ -703,7 +714,7 @@ impl Core {
         self.conns.values().all(|c| match c.peer() {
             Some(peer) => {
                 c.in_flight == 0
-                    && c.control_out.is_empty()
+                    && c.control_bytes.is_empty()
                     && network.outbox(peer).is_none_or(|o| o.lock().queued() == 0)
             }
             None => true,

@@ -404,6 +404,8 @@ impl Core {
             }
             if pushed.tell_busy {
                 counters.busy_notices.fetch_add(1, Ordering::Relaxed);
+                self.replies
+                    .push((from, Control::Busy { target: mailbox.id }));
             }
             if pushed.closed > 0
                 && self
@@ -426,20 +428,20 @@ impl Core {
         conn: &mut Conn,
         body: Bytes,
     ) -> Result<(), CloseReason> {
-        match crate::control::Control::decode(&body) {
-            Ok(crate::control::Control::Members { nodes, answer }) => {
+        match Control::decode(&body) {
+            Ok(Control::Members { nodes, answer }) => {
                 self.on_members(now, peer, conn, nodes, answer);
                 Ok(())
             }
-            Ok(crate::control::Control::Busy { target }) => self.on_busy(peer, target, true),
-            Ok(crate::control::Control::Ready { target }) => self.on_busy(peer, target, false),
+            Ok(Control::Busy { target }) => self.on_busy(peer, target, true),
+            Ok(Control::Ready { target }) => self.on_busy(peer, target, false),
             Ok(msg) => {
                 // A rejected registry message is ignored and logged at
                 // DEBUG by the node; a peer repeating it is summarised here,
                 // never one line per message.
                 let rejected = &self.node.inner.counters.rejected_claims;
                 let before = rejected.load(Ordering::Relaxed);
-                let result = self.node.inner.handle_control(peer, msg);
+                let result = self.node.inner.handle_control(peer, msg, &mut self.replies);
                 let now_rejected = rejected.load(Ordering::Relaxed);
                 if now_rejected > before {
                     self.dropped
