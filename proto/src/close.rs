@@ -65,7 +65,7 @@ pub enum CloseReason {
         node: NodeId,
     },
     /// A newcomer claimed the id of a live peer, which proved itself alive
-    /// ([`ID_IN_USE`](crate::ID_IN_USE)).
+    /// ([`ID_IN_USE`]).
     IdInUse {
         /// The id claimed.
         node: NodeId,

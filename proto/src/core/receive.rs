@@ -229,6 +229,8 @@ impl Core {
             }
             Err(e) => {
                 if let HandshakeError::RefusedByPeer(reason) = &e {
+                    // The peer's goodbye words are all the wire carries;
+                    // `ID_IN_USE` opening them is part of the protocol.
                     if reason.starts_with(ID_IN_USE) {
                         tracing::error!(
                             node = self.me.0,

@@ -93,7 +93,7 @@ impl NodeInner {
     }
 }
 
-/// The future of [`Node::sync`].
+/// The future of [`Node::sync`](crate::Node::sync).
 #[must_use = "futures do nothing unless polled"]
 pub struct SyncFuture {
     node: Arc<NodeInner>,
