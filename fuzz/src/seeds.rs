@@ -713,6 +713,7 @@ fn payload_seeds() -> Vec<(String, Vec<u8>)> {
             payload::to_vec(&ConnectionStatus {
                 node: NodeId(1),
                 connected: true,
+                reason: None,
             }),
         ),
         ("reign.Address", payload::to_vec(&id(2, 5))),

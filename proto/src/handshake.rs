@@ -31,7 +31,7 @@ pub struct Hello {
 }
 
 /// Why a handshake failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum HandshakeError {
     /// The peer speaks another protocol version.
     VersionMismatch {

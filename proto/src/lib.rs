@@ -21,6 +21,7 @@
 
 #[cfg(feature = "certgen")]
 pub mod certgen;
+pub mod close;
 pub mod codec;
 pub mod control;
 pub mod core;
@@ -42,6 +43,7 @@ pub mod tls;
 pub mod types;
 
 pub use address::Address;
+pub use close::{CloseReason, Removal};
 pub use core::{ConnId, Core, CoreConfig, Event, Input, Output, ReloadError, Reloaded, ID_IN_USE};
 pub use error::{DecodeError, RecvError, SendError};
 pub use id::{Incarnation, MailboxId, NodeId, ParseIdError};

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::close::CloseReason;
 use crate::id::{MailboxId, NodeId};
 
 /// Delivered to a watcher when the mailbox it watches closes, or when that
@@ -26,11 +27,14 @@ pub struct MultipleClaim {
 
 /// Delivered to mailboxes subscribed with
 /// [`Node::subscribe_connection_status`](crate::Node::subscribe_connection_status)
-/// when a peer connects or disconnects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// when a peer connects or disconnects; a disconnect says why.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConnectionStatus {
     /// The peer.
     pub node: NodeId,
     /// Whether it is now connected.
     pub connected: bool,
+    /// Why the connection closed, for a disconnect (`None` when
+    /// `connected`).
+    pub reason: Option<CloseReason>,
 }

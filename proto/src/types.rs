@@ -170,7 +170,7 @@ pub fn register_type_named<T>(name: &'static str) -> Result<TypeTag, TypeError>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
 {
-    let mut table = write(&table());
+    let mut table = write(table());
     insert::<T>(&mut table, name, check::<T>)
 }
 
@@ -187,7 +187,7 @@ pub(crate) fn tag_of(type_id: TypeId) -> Option<TypeTag> {
             return Some(tag);
         }
     }
-    let table = read(&table());
+    let table = read(table());
     let tag = table.by_type.get(&type_id).map(|e| e.tag)?;
     LAST_TAG.with(|last| last.set(Some((type_id, tag))));
     Some(tag)
@@ -201,19 +201,19 @@ pub(crate) fn tag_for<T: Any>() -> Result<TypeTag, crate::error::SendError> {
 
 /// The registered wire name of a type.
 pub(crate) fn name_of(type_id: TypeId) -> Option<&'static str> {
-    let table = read(&table());
+    let table = read(table());
     table.by_type.get(&type_id).map(|e| e.name)
 }
 
 /// The registered wire name for a tag.
 pub(crate) fn name_of_tag(tag: TypeTag) -> Option<&'static str> {
-    let table = read(&table());
+    let table = read(table());
     table.by_tag.get(&tag).map(|(_, e)| e.name)
 }
 
 /// Whether any type is registered under this tag.
 pub fn is_registered_tag(tag: TypeTag) -> bool {
-    let table = read(&table());
+    let table = read(table());
     table.by_tag.contains_key(&tag)
 }
 
@@ -222,7 +222,7 @@ pub fn is_registered_tag(tag: TypeTag) -> bool {
 /// of every registered type decode safely.
 pub fn check_payload(tag: TypeTag, payload: &[u8]) -> Result<(), DecodeError> {
     let check = {
-        let table = read(&table());
+        let table = read(table());
         match table.by_tag.get(&tag) {
             Some((_, entry)) => entry.check,
             None => return Err(DecodeError::UnknownType(tag.0)),
@@ -233,7 +233,7 @@ pub fn check_payload(tag: TypeTag, payload: &[u8]) -> Result<(), DecodeError> {
 
 /// Every registered tag with its wire name, sorted by name.
 pub fn registered_types() -> Vec<(TypeTag, &'static str)> {
-    let table = read(&table());
+    let table = read(table());
     let mut all: Vec<_> = table
         .by_tag
         .values()

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use reign_proto::core::AcceptError;
 use reign_proto::sim::{Sim, SimConfig, TraceEvent};
 use reign_proto::{
-    Address, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input, Mailbox,
-    MailboxClosed, NodeId, Output, Tuning,
+    Address, CloseReason, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input,
+    Mailbox, MailboxClosed, NodeId, Output, Tuning,
 };
 
 /// The next message already in `mailbox`, as a `T`.
@@ -306,6 +306,40 @@ fn connection_status_is_reported_to_subscribers() {
         })
         .collect();
     assert_eq!(statuses, [false, true]);
+}
+
+#[test]
+fn a_peer_that_shuts_down_is_reported_down_for_leaving() {
+    let mut sim = Sim::connected(2, 12);
+    let (watcher, watcher_box) = sim.node(NodeId(0)).new_mailbox();
+    sim.node(NodeId(0)).subscribe_connection_status(&watcher);
+    sim.shutdown(NodeId(1));
+    sim.run_for(Duration::from_millis(200));
+    let reasons: Vec<CloseReason> = sim
+        .trace()
+        .iter()
+        .filter_map(|e| match e {
+            TraceEvent::Core {
+                node: NodeId(0),
+                event: Event::PeerDown { reason, .. },
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reasons, [CloseReason::PeerLeaving]);
+    assert_eq!(
+        reasons[0].to_string(),
+        "peer said goodbye: node shutting down"
+    );
+    let status = watcher_box
+        .try_recv()
+        .unwrap()
+        .expect("a status")
+        .downcast::<reign_proto::ConnectionStatus>()
+        .unwrap();
+    assert!(!status.connected);
+    assert_eq!(status.reason, Some(CloseReason::PeerLeaving));
 }
 
 #[test]
@@ -695,4 +729,133 @@ fn a_second_process_is_refused_when_the_live_one_reconnects_while_it_is_held() {
     wires.ran_until(&|_| 0, told_conflict);
     wires.ran_until(&|_| 0, |w| w.cores[1].connected_peers() == [NodeId(0)]);
     assert!(only_the_live_one_is_up(&wires));
+}
+
+// ----- answers the core produces itself ------------------------------------
+
+/// Polls every output of `core`, reporting transmits written at once;
+/// returns the transmits.
+fn transmits(core: &mut Core, now: Instant) -> Vec<(ConnId, Vec<u8>)> {
+    let mut sent = Vec::new();
+    while let Some(out) = core.poll_output(now) {
+        if let Output::Transmit { conn, data } = out {
+            core.handle_input(
+                now,
+                Input::Written {
+                    conn,
+                    bytes: data.len(),
+                },
+            );
+            sent.push((conn, data));
+        }
+    }
+    sent
+}
+
+/// Feeds transmits of core `from` to the other ends of their wires.
+fn carry(wires: &mut Wires, from: usize, sent: Vec<(ConnId, Vec<u8>)>) {
+    let now = wires.now;
+    for (conn, data) in sent {
+        let (j, other) = wires.peer_of((from, conn)).expect("a wired connection");
+        wires.cores[j].handle_input(
+            now,
+            Input::Received {
+                conn: other,
+                bytes: &data,
+            },
+        );
+    }
+}
+
+/// Two connected cores joined by wires, quiet.
+fn two_wired_cores() -> Wires {
+    let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
+    let now = Instant::now();
+    let mut wires = Wires {
+        cores: vec![core_of(&ca, 0, 1, now), core_of(&ca, 1, 1, now)],
+        links: Vec::new(),
+        muted: Vec::new(),
+        held: Vec::new(),
+        seen: (0..2).map(|_| Vec::new()).collect(),
+        now,
+    };
+    wires.ran_until(&|_| 0, |w| {
+        w.cores[0].connected_peers() == [NodeId(1)] && w.cores[1].connected_peers() == [NodeId(0)]
+    });
+    wires.pump(&|_| 0);
+    wires
+}
+
+/// A watch of a mailbox that is already closed and a registry sync are
+/// answered by the core that handles them within that one input: the
+/// answers go straight into the connection, the core never queues them
+/// for itself through the node's user-thread queue (whose every frame
+/// raises the wake signal), so its wake signal stays quiet, and the
+/// answers are in the very next transmit.
+#[test]
+fn the_core_answers_within_the_input_without_waking_itself() {
+    let mut wires = two_wired_cores();
+    let now = wires.now;
+    let (gone, gone_box) = wires.cores[1].node().new_mailbox();
+    drop(gone_box);
+    let (watcher, watcher_box) = wires.cores[0].node().new_mailbox();
+    wires.cores[0]
+        .node()
+        .address_of(gone.id())
+        .on_close_notify(&watcher);
+    let sync = wires.cores[0].node().sync();
+    let asked = transmits(&mut wires.cores[0], now);
+    assert!(!asked.is_empty(), "node 0 sent its watch and its sync");
+
+    let wake = wires.cores[1].wake_signal();
+    wake.take();
+    carry(&mut wires, 0, asked);
+    assert!(!wake.take(), "node 1 woke itself to send its answers");
+    let answers = transmits(&mut wires.cores[1], now);
+    assert!(!answers.is_empty(), "node 1 answered in the same turn");
+
+    carry(&mut wires, 1, answers);
+    let closed = watcher_box
+        .try_recv()
+        .unwrap()
+        .expect("the watch was answered")
+        .downcast::<MailboxClosed>()
+        .unwrap();
+    assert_eq!(closed, MailboxClosed(gone.id()));
+    assert!(sync.is_done(), "the sync was answered");
+}
+
+/// A mailbox that the core fills past its share has the sender told
+/// `Busy` by the core within that input, without a wake-up; the `Ready`
+/// its user's reads produce later is queued for the core by that user
+/// thread, which wakes it.
+#[test]
+fn busy_leaves_with_the_input_and_ready_wakes_the_core() {
+    let mut wires = two_wired_cores();
+    let now = wires.now;
+    let (target, target_box) = wires.cores[1].node().new_mailbox();
+    let remote = wires.cores[0].node().address_of(target.id());
+    let share = Tuning::fast().mailbox_unread_bytes;
+    let chunk = "x".repeat(1 << 20);
+    let wake = wires.cores[1].wake_signal();
+    wake.take();
+    for _ in 0..=share / chunk.len() {
+        remote.send(chunk.clone()).unwrap();
+        let sent = transmits(&mut wires.cores[0], now);
+        carry(&mut wires, 0, sent);
+    }
+    assert!(target_box.message_count() > share / chunk.len());
+    assert!(!wake.take(), "node 1 woke itself to send Busy");
+    let answers = transmits(&mut wires.cores[1], now);
+    carry(&mut wires, 1, answers);
+    assert_eq!(
+        remote.send(chunk.clone()),
+        Err(reign_proto::SendError::Full),
+        "node 0 was told Busy"
+    );
+    while target_box.try_recv().unwrap().is_some() {}
+    assert!(wake.take(), "the reader's Ready woke node 1");
+    let answers = transmits(&mut wires.cores[1], now);
+    carry(&mut wires, 1, answers);
+    assert_eq!(remote.send(chunk), Ok(()), "node 0 was told Ready");
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use crate::close::CloseReason;
 use crate::codec::{Frame, FrameDecoder};
 use crate::handshake::Handshake;
 use crate::id::{MailboxId, NodeId};
@@ -59,9 +60,10 @@ pub(crate) struct Conn {
     pub(crate) ping_nonce: u64,
     /// Ciphertext handed to the driver and not yet reported written.
     pub(crate) in_flight: usize,
-    /// Frames the core itself generated (hello, pings, control), sent
-    /// before any user data.
-    pub(crate) control_out: Vec<u8>,
+    /// Encoded frames the core itself generated (hello, pings, pongs,
+    /// control answers and user threads' control frames), sent before any
+    /// user data.
+    pub(crate) control_bytes: Vec<u8>,
     /// Small-frame chunks taken from the outbox and written, to hand back
     /// to it for reuse at the next drain.
     pub(crate) spare_chunks: Vec<Vec<u8>>,
@@ -161,7 +163,7 @@ impl Conn {
             ping_failures: 0,
             ping_nonce: 0,
             in_flight: 0,
-            control_out: Vec::new(),
+            control_bytes: Vec::new(),
             spare_chunks: Vec::new(),
             reassembly: BTreeMap::new(),
             reassembly_bytes: 0,
@@ -237,7 +239,7 @@ impl Conn {
 
     /// Queues a core-generated frame.
     pub(crate) fn queue_frame(&mut self, frame: &Frame) {
-        frame.encode(&mut self.control_out);
+        frame.encode(&mut self.control_bytes);
     }
 
     /// Encrypts plaintext for sending.
@@ -282,11 +284,11 @@ impl Conn {
 
     /// Pushes a chunk of core frames and takes the core frame buffer out.
     pub(crate) fn flush_control(&mut self) {
-        if !self.control_out.is_empty() {
-            let frames = std::mem::take(&mut self.control_out);
+        if !self.control_bytes.is_empty() {
+            let frames = std::mem::take(&mut self.control_bytes);
             self.write_plaintext(&frames);
-            self.control_out = frames;
-            self.control_out.clear();
+            self.control_bytes = frames;
+            self.control_bytes.clear();
         }
     }
 
@@ -298,17 +300,17 @@ impl Conn {
         chunk: Bytes,
         max_message_len: usize,
         max_reassembly: usize,
-    ) -> Result<Option<(TypeTag, Bytes)>, String> {
+    ) -> Result<Option<(TypeTag, Bytes)>, CloseReason> {
         if let Some((tag, total)) = start {
             if self.reassembly.contains_key(&dest) {
-                return Err(format!(
+                return Err(CloseReason::Protocol(format!(
                     "a second fragmented message to {dest:?} began before the first ended"
-                ));
+                )));
             }
             if total as usize > max_message_len || total == 0 {
-                return Err(format!(
+                return Err(CloseReason::Protocol(format!(
                     "fragmented message of {total} bytes (maximum {max_message_len})"
-                ));
+                )));
             }
             self.reassembly.insert(
                 dest,
@@ -321,20 +323,22 @@ impl Conn {
             );
         }
         let Some(entry) = self.reassembly.get_mut(&dest) else {
-            return Err(format!("a fragment to {dest:?} with no message begun"));
+            return Err(CloseReason::Protocol(format!(
+                "a fragment to {dest:?} with no message begun"
+            )));
         };
         if entry.buf.len() + chunk.len() > entry.total {
-            return Err(format!(
+            return Err(CloseReason::Protocol(format!(
                 "fragments to {dest:?} exceed the announced {} bytes",
                 entry.total
-            ));
+            )));
         }
         self.reassembly_bytes += chunk.len();
         if self.reassembly_bytes > max_reassembly {
-            return Err(format!(
+            return Err(CloseReason::Protocol(format!(
                 "partial messages hold {} bytes, over the limit of {max_reassembly}",
                 self.reassembly_bytes
-            ));
+            )));
         }
         entry.buf.extend_from_slice(&chunk);
         if entry.buf.len() < entry.total {

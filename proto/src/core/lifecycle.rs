@@ -47,7 +47,7 @@ impl Core {
         now: Instant,
         conn: &mut Conn,
         hello: Hello,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let peer_id = hello.node;
         // Settle a held newcomer first, so that replacing the old
         // connection below does not let it in.
@@ -67,12 +67,13 @@ impl Core {
                     peer = peer_id.0,
                     "closing a duplicate connection"
                 );
+                let reason = CloseReason::Duplicate;
                 conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
-                    "duplicate connection",
+                    &reason.to_string(),
                 )));
-                return Err(DUPLICATE.into());
+                return Err(reason);
             }
-            self.drop_conn(now, old_id, "replaced by a newer connection".into(), true);
+            self.drop_conn(now, old_id, CloseReason::Replaced, true);
         }
         conn.phase = Phase::Up { peer: peer_id };
         self.inbound.remove(&conn.id);
@@ -80,7 +81,7 @@ impl Core {
         conn.ping_outstanding = false;
         conn.ping_failures = 0;
         let Some(peer) = self.peers.get_mut(&peer_id) else {
-            return Err(format!("node {} is not a peer", peer_id.0));
+            return Err(CloseReason::NotAPeer { node: peer_id });
         };
         peer.up = Some(conn.id);
         if peer.dialing == Some(conn.id) {
@@ -104,7 +105,7 @@ impl Core {
             "connection established"
         );
         for frame in node.peer_up(peer_id, hello.incarnation) {
-            frame.encode(&mut conn.control_out);
+            frame.encode(&mut conn.control_bytes);
         }
         conn.queue_frame(&self.members_frame(false));
         self.outputs.push_back(Output::Event(Event::PeerUp {
@@ -116,9 +117,9 @@ impl Core {
 
     /// Closes a connection for a protocol or TLS failure, sending what is
     /// queued (a goodbye or an alert) first.
-    pub(super) fn fail_conn(&mut self, now: Instant, id: ConnId, reason: String) {
+    pub(super) fn fail_conn(&mut self, now: Instant, id: ConnId, reason: CloseReason) {
         let refusal = self.refusal.take();
-        let orderly = reason.starts_with(GOODBYE) || reason == DUPLICATE;
+        let orderly = reason.is_orderly();
         if self.is_inbound_handshake(id) && !orderly {
             // Outside input: DEBUG and the summary, never a line each.
             let cause = refusal.unwrap_or_else(|| outside::cause_of(&reason));
@@ -129,14 +130,14 @@ impl Core {
                 // Logged as a lost connection by `peer_down`, at warn level,
                 // or (inbound, not authenticated) counted above.
             } else if c.peer().is_some() {
-                tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason, "closing connection");
-            } else if !reason.starts_with("handshake failed") {
+                tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason = reason.to_string(), "closing connection");
+            } else if !reason.is_handshake_refusal() {
                 tracing::error!(
                     node = self.me.0,
                     conn = %id,
                     to = %c.label,
                     peer = c.dialed.map(|n| n.0),
-                    reason,
+                    reason = reason.to_string(),
                     "dialled connection failed during the handshake"
                 );
             }
@@ -155,7 +156,7 @@ impl Core {
         &mut self,
         now: Instant,
         id: ConnId,
-        reason: String,
+        reason: CloseReason,
         tell_driver: bool,
     ) {
         let Some(conn) = self.conns.remove(&id) else {
@@ -187,7 +188,7 @@ impl Core {
         }
     }
 
-    pub(super) fn peer_down(&mut self, now: Instant, peer_id: NodeId, reason: String) {
+    pub(super) fn peer_down(&mut self, now: Instant, peer_id: NodeId, reason: CloseReason) {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -216,6 +217,8 @@ impl Core {
             }
         }
         self.active.remove(&peer_id);
+        // Nothing produced for the peer survives into its next connection.
+        self.replies.retain(|(p, _)| *p != peer_id);
         if self.shutting_down && self.drain_until.is_none() {
             tracing::info!(
                 node = self.me.0,
@@ -226,11 +229,11 @@ impl Core {
             tracing::warn!(
                 node = self.me.0,
                 peer = peer_id.0,
-                reason,
+                reason = reason.to_string(),
                 "connection lost"
             );
         }
-        node.peer_down(peer_id);
+        node.peer_down(peer_id, &reason, &mut self.replies);
         self.outputs.push_back(Output::Event(Event::PeerDown {
             node: peer_id,
             reason,
@@ -350,7 +353,7 @@ impl Core {
                         conn = %id,
                         peer = c.dialed.map(|n| n.0),
                         to = %c.label,
-                        reason,
+                        reason = reason.to_string(),
                         "handshake with a dialled peer timed out"
                     );
                 }
@@ -378,18 +381,14 @@ impl Core {
 
     /// Fires one of a connection's timers; the reason to close it, if the
     /// timer says so.
-    fn fire_conn_timer(&mut self, timer: Timer, now: Instant) -> Option<String> {
+    fn fire_conn_timer(&mut self, timer: Timer, now: Instant) -> Option<CloseReason> {
         let tuning = &self.tuning;
         match timer {
-            Timer::Handshake(_) => Some(format!(
-                "handshake not finished within {:?}",
-                tuning.handshake_timeout
-            )),
-            Timer::FirstBytes(_) => Some(format!(
-                "nothing received within {:?} of accepting",
-                tuning.first_bytes_timeout
-            )),
-            Timer::Silence(_) => Some(format!("nothing received for {:?}", tuning.read_deadline)),
+            Timer::Handshake(_) => Some(CloseReason::HandshakeTimeout(tuning.handshake_timeout)),
+            Timer::FirstBytes(_) => {
+                Some(CloseReason::FirstBytesTimeout(tuning.first_bytes_timeout))
+            }
+            Timer::Silence(_) => Some(CloseReason::ReadTimeout(tuning.read_deadline)),
             Timer::Ping(id) => {
                 let conn = self.conns.get_mut(&id)?;
                 if conn.ping_outstanding && now > conn.last_recv + tuning.ping_interval {
@@ -398,10 +397,7 @@ impl Core {
                     conn.ping_failures = 0;
                 }
                 if conn.ping_failures >= tuning.max_ping_failures {
-                    return Some(format!(
-                        "{} pings in a row went unanswered",
-                        conn.ping_failures
-                    ));
+                    return Some(CloseReason::PingsUnanswered(conn.ping_failures));
                 }
                 conn.ping_nonce = conn.ping_nonce.wrapping_add(1);
                 conn.ping_outstanding = true;

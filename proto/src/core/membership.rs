@@ -14,7 +14,6 @@
 //! [`Control::Members`]: crate::control::Control::Members
 
 use super::*;
-use crate::control::Control;
 
 /// The reason given to a second process that claims the id of a node that
 /// is live: the live node answered a ping after the newcomer arrived. Part
@@ -143,7 +142,7 @@ impl Core {
             .map(|(&id, _)| id)
             .collect();
         for id in dropped {
-            self.remove_member(now, id, "removed from the cluster spec");
+            self.remove_member(now, id, Removal::RemovedFromSpec);
             self.removed.insert(id);
             changes.removed.push(id);
         }
@@ -213,7 +212,7 @@ impl Core {
 
     /// Drops a member: says goodbye on its connection, closes it (its
     /// mailboxes' watchers are told, as for any lost peer) and forgets it.
-    pub(super) fn remove_member(&mut self, now: Instant, id: NodeId, reason: &str) {
+    pub(super) fn remove_member(&mut self, now: Instant, id: NodeId, removal: Removal) {
         // A newcomer held under this id goes too (and is not let in when
         // the live connection closes below).
         let held = self.probes.remove(&id).map(|p| p.conn);
@@ -223,11 +222,12 @@ impl Core {
             .filter(|(&cid, c)| c.peer() == Some(id) || c.dialed == Some(id) || held == Some(cid))
             .map(|(&cid, _)| cid)
             .collect();
+        let reason = removal.to_string();
         for cid in conns {
             if let Some(c) = self.conns.get_mut(&cid) {
-                c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(reason)));
+                c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(&reason)));
             }
-            self.fail_conn(now, cid, format!("{GOODBYE}: {reason}"));
+            self.fail_conn(now, cid, CloseReason::MemberRemoved(removal));
         }
         if self.peers.remove(&id).is_some() {
             tracing::warn!(node = self.me.0, member = id.0, reason, "member removed");
@@ -393,7 +393,7 @@ impl Core {
             .map(|(&id, _)| id)
             .collect();
         for id in stale {
-            self.remove_member(now, id, "unreachable for too long");
+            self.remove_member(now, id, Removal::Unreachable);
         }
     }
 
@@ -408,28 +408,28 @@ impl Core {
         conn: &mut Conn,
         hello: Hello,
         reply: Option<Hello>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let peer_id = hello.node;
         if reply.is_none() {
             // We dialled, and meanwhile the node connected to us under
             // another incarnation: keep that one, drop this dial quietly.
-            conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(DUPLICATE)));
-            return Err(DUPLICATE.into());
+            let reason = CloseReason::Duplicate;
+            conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
+                &reason.to_string(),
+            )));
+            return Err(reason);
         }
         if self.probes.contains_key(&peer_id) {
             conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
                 "another connection claiming this node id is being checked",
             )));
-            return Err(format!(
-                "handshake failed: a second newcomer claims node {}",
-                peer_id.0
-            ));
+            return Err(CloseReason::SecondClaimant { node: peer_id });
         }
         let Some(live) = self.peers.get(&peer_id).and_then(|p| p.up) else {
-            return Err("no live connection to probe".into());
+            return Err(CloseReason::NoProbeTarget);
         };
         let Some(live_conn) = self.conns.get_mut(&live) else {
-            return Err("no live connection to probe".into());
+            return Err(CloseReason::NoProbeTarget);
         };
         live_conn.ping_nonce = live_conn.ping_nonce.wrapping_add(1);
         let nonce = live_conn.ping_nonce;
@@ -462,10 +462,7 @@ impl Core {
             return;
         }
         let probe = self.probes.remove(&peer).expect("checked");
-        let reason = format!(
-            "{ID_IN_USE}: node {} answered from its live connection",
-            peer.0
-        );
+        let reason = crate::close::id_in_use_text(peer);
         tracing::error!(
             node = self.me.0,
             peer = peer.0,
@@ -474,7 +471,7 @@ impl Core {
         );
         if let Some(c) = self.conns.get_mut(&probe.conn) {
             c.queue_frame(&Frame::Goodbye(handshake::goodbye_body(&reason)));
-            self.fail_conn(now, probe.conn, format!("handshake failed: {reason}"));
+            self.fail_conn(now, probe.conn, CloseReason::IdInUse { node: peer });
         }
     }
 

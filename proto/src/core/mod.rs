@@ -38,8 +38,10 @@ use conn::{Conn, Phase};
 pub use membership::{ReloadError, Reloaded, ID_IN_USE};
 use timer::Timer;
 
-use crate::codec::frame::{self, FrameError};
+use crate::close::{CloseReason, Removal, LEAVING};
+use crate::codec::frame;
 use crate::codec::{Frame, FRAGMENT_LEN};
+use crate::control::Control;
 use crate::handshake::{self, Handshake, HandshakeError, Hello, Role, Step};
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::message::Message;
@@ -49,13 +51,6 @@ use crate::rng::Rng;
 use crate::spec::{NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 use crate::tls::TlsContext;
 use crate::types::{self, TypeTag};
-
-/// How closes the peer asked for begin (not protocol errors).
-const GOODBYE: &str = "peer said goodbye";
-/// The goodbye of a node that shuts down.
-const LEAVING: &str = "node shutting down";
-/// The reason a redundant connection closes.
-const DUPLICATE: &str = "duplicate connection";
 
 /// Core-generated frames (pongs, sync replies, …) that may wait for a peer
 /// that does not read before its connection is closed.
@@ -182,8 +177,8 @@ pub enum Event {
     PeerDown {
         /// The peer.
         node: NodeId,
-        /// Why.
-        reason: String,
+        /// Why (its `Display` is the text the log line gives).
+        reason: CloseReason,
     },
     /// `by` refused this node because another process with this node's id
     /// is live in the cluster (it answered a ping after this one arrived).
@@ -327,6 +322,12 @@ pub struct Core {
     run: Vec<Message>,
     /// Peers that said goodbye for good in the current input.
     leaving: Vec<NodeId>,
+    /// Control frames the core's own handlers produced for peers while
+    /// handling the current input (watch answers, registry replies, `Busy`
+    /// for a mailbox this core filled): encoded into the peers' connections
+    /// at the end of the input, never queued through the node's
+    /// user-thread queue (which would wake this core again).
+    replies: Vec<(NodeId, Control)>,
     /// [`Core::shutdown`] was called (the node may still be draining).
     shutting_down: bool,
     /// While a graceful shutdown drains the outbound queues: when it gives
@@ -398,6 +399,7 @@ impl Core {
             paused: BTreeSet::new(),
             run: Vec::new(),
             leaving: Vec::new(),
+            replies: Vec::new(),
             shutting_down: false,
             drain_until: None,
             inbound: BTreeMap::new(),
@@ -448,7 +450,9 @@ impl Core {
             .get(&peer)
             .and_then(|p| p.up)
             .and_then(|c| self.conns.get(&c))
-            .map(|c| c.reassembly_bytes + c.control_out.len() + c.decoder.buffered() + c.in_flight)
+            .map(|c| {
+                c.reassembly_bytes + c.control_bytes.len() + c.decoder.buffered() + c.in_flight
+            })
             .unwrap_or(0)
     }
 
@@ -553,7 +557,7 @@ impl Core {
                         error,
                         "dial failed"
                     );
-                    self.drop_conn(now, conn, format!("dial failed: {error}"), false);
+                    self.drop_conn(now, conn, CloseReason::DialFailed(error.to_owned()), false);
                 }
             }
             Input::Received { conn, bytes } => self.on_received(now, conn, bytes),
@@ -567,18 +571,19 @@ impl Core {
             }
             Input::Closed { conn, error } => {
                 if self.is_inbound_handshake(conn) {
-                    self.note_refusal(conn, outside::CLOSED, error.unwrap_or("end of stream"));
+                    self.note_refusal(conn, outside::CLOSED, &error.unwrap_or("end of stream"));
                 }
                 if self.conns.contains_key(&conn) {
                     let reason = match error {
-                        Some(e) => format!("connection error: {e}"),
-                        None => "connection closed by peer".to_owned(),
+                        Some(e) => CloseReason::ConnectionError(e.to_owned()),
+                        None => CloseReason::ClosedByPeer,
                     };
                     self.drop_conn(now, conn, reason, false);
                 }
             }
             Input::Timeout => self.run_timers(now),
         }
+        self.send_replies();
         self.tick_summaries(now);
     }
 
@@ -646,7 +651,7 @@ impl Core {
             .map(|(&id, _)| id)
             .collect();
         for id in unfinished {
-            self.drop_conn(now, id, LEAVING.into(), true);
+            self.drop_conn(now, id, CloseReason::ShuttingDown, true);
         }
         let queued: usize = self
             .node
@@ -681,7 +686,7 @@ impl Core {
         self.conns.values().all(|c| match c.peer() {
             Some(peer) => {
                 c.in_flight == 0
-                    && c.control_out.is_empty()
+                    && c.control_bytes.is_empty()
                     && network.outbox(peer).is_none_or(|o| o.lock().queued() == 0)
             }
             None => true,
@@ -747,7 +752,7 @@ impl Core {
                     Err(buf) => self.buffers.push(buf),
                 }
             }
-            self.drop_conn(now, id, LEAVING.into(), true);
+            self.drop_conn(now, id, CloseReason::ShuttingDown, true);
         }
         self.node.inner.close_all_mailboxes();
     }

@@ -65,10 +65,10 @@ pub(super) fn source_of(label: &str) -> String {
 }
 
 /// The summary cause of a refusal whose typed error was not kept.
-pub(super) fn cause_of(reason: &str) -> &'static str {
-    if reason.starts_with("malformed") {
+pub(super) fn cause_of(reason: &CloseReason) -> &'static str {
+    if reason.is_malformed() {
         MALFORMED_FRAMES
-    } else if reason.starts_with("handshake failed") {
+    } else if reason.is_handshake_refusal() {
         "refused by the reign handshake"
     } else {
         "failing otherwise"
@@ -160,9 +160,14 @@ impl Core {
 
     /// Counts and logs (at DEBUG) the refusal of inbound connection `id`,
     /// which has not authenticated, for `cause`.
-    pub(super) fn note_refusal(&mut self, id: ConnId, cause: &'static str, reason: &str) {
+    pub(super) fn note_refusal(
+        &mut self,
+        id: ConnId,
+        cause: &'static str,
+        reason: &dyn std::fmt::Display,
+    ) {
         let from = self.conns.get(&id).map(|c| c.label.as_str()).unwrap_or("");
-        tracing::debug!(node = self.me.0, conn = %id, from, cause, reason, "inbound connection refused during the handshake");
+        tracing::debug!(node = self.me.0, conn = %id, from, cause, reason = reason.to_string(), "inbound connection refused during the handshake");
         self.refused.record(cause);
     }
 

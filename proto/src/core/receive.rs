@@ -11,7 +11,7 @@ impl Core {
             return;
         };
         conn.last_recv = now;
-        let mut failure: Option<String> = None;
+        let mut failure: Option<CloseReason> = None;
         let result = conn.receive(bytes, |conn| loop {
             match conn.decoder.next_frame() {
                 Ok(Some(frame)) => {
@@ -22,7 +22,7 @@ impl Core {
                 }
                 Ok(None) => return true,
                 Err(e) => {
-                    failure = Some(frame_error(&e));
+                    failure = Some(CloseReason::MalformedFrame(e.to_string()));
                     return false;
                 }
             }
@@ -42,7 +42,7 @@ impl Core {
         let failure = match (result, failure) {
             (Err(tls_error), _) => {
                 self.refusal = Some(outside::tls_cause(&tls_error));
-                Some(format!("TLS error: {tls_error}"))
+                Some(CloseReason::Tls(tls_error.to_string()))
             }
             (Ok(()), f) => f,
         };
@@ -61,7 +61,7 @@ impl Core {
                 .get(&peer)
                 .is_some_and(|p| p.learned && p.up.is_none())
             {
-                self.remove_member(now, peer, "left the cluster");
+                self.remove_member(now, peer, Removal::LeftCluster);
                 self.departed.insert(peer, now + self.tuning.forget_after);
             }
         }
@@ -73,7 +73,7 @@ impl Core {
         now: Instant,
         conn: &mut Conn,
         frame: Frame,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let Some(peer) = conn.peer() else {
             return self.on_handshake_frame(now, conn, frame);
         };
@@ -101,9 +101,9 @@ impl Core {
             }
             Frame::Data { dest, tag, payload } => {
                 if conn.reassembly.contains_key(&dest) {
-                    return Err(format!(
+                    return Err(CloseReason::Protocol(format!(
                         "a whole message to {dest:?} arrived amid its fragments"
-                    ));
+                    )));
                 }
                 self.deliver(peer, dest, tag, payload);
             }
@@ -181,14 +181,17 @@ impl Core {
                 op,
             } => self.node.inner.on_tunnel_op(peer, id, from_opener, op),
             Frame::Goodbye(body) => {
-                let reason: String = crate::codec::payload::decode(&body)
+                let text: String = crate::codec::payload::decode(&body)
                     .unwrap_or_else(|_| "<unreadable reason>".into());
-                if reason == LEAVING {
+                let reason = CloseReason::goodbye(text);
+                if reason == CloseReason::PeerLeaving {
                     self.leaving.push(peer);
                 }
-                return Err(format!("{GOODBYE}: {reason}"));
+                return Err(reason);
             }
-            Frame::Hello(_) => return Err("a hello after the handshake".into()),
+            Frame::Hello(_) => {
+                return Err(CloseReason::Protocol("a hello after the handshake".into()))
+            }
         }
         Ok(())
     }
@@ -198,7 +201,7 @@ impl Core {
         now: Instant,
         conn: &mut Conn,
         frame: Frame,
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         let tls = &conn.tls;
         let step = conn
             .handshake
@@ -226,6 +229,8 @@ impl Core {
             }
             Err(e) => {
                 if let HandshakeError::RefusedByPeer(reason) = &e {
+                    // The peer's goodbye words are all the wire carries;
+                    // `ID_IN_USE` opening them is part of the protocol.
                     if reason.starts_with(ID_IN_USE) {
                         tracing::error!(
                             node = self.me.0,
@@ -254,7 +259,7 @@ impl Core {
                     self.refusal = Some(outside::handshake_cause(&e));
                 }
                 conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(&e.to_string())));
-                Err(format!("handshake failed: {e}"))
+                Err(CloseReason::Handshake(e))
             }
         }
     }
@@ -401,6 +406,8 @@ impl Core {
             }
             if pushed.tell_busy {
                 counters.busy_notices.fetch_add(1, Ordering::Relaxed);
+                self.replies
+                    .push((from, Control::Busy { target: mailbox.id }));
             }
             if pushed.closed > 0
                 && self
@@ -422,21 +429,21 @@ impl Core {
         peer: NodeId,
         conn: &mut Conn,
         body: Bytes,
-    ) -> Result<(), String> {
-        match crate::control::Control::decode(&body) {
-            Ok(crate::control::Control::Members { nodes, answer }) => {
+    ) -> Result<(), CloseReason> {
+        match Control::decode(&body) {
+            Ok(Control::Members { nodes, answer }) => {
                 self.on_members(now, peer, conn, nodes, answer);
                 Ok(())
             }
-            Ok(crate::control::Control::Busy { target }) => self.on_busy(peer, target, true),
-            Ok(crate::control::Control::Ready { target }) => self.on_busy(peer, target, false),
+            Ok(Control::Busy { target }) => self.on_busy(peer, target, true),
+            Ok(Control::Ready { target }) => self.on_busy(peer, target, false),
             Ok(msg) => {
                 // A rejected registry message is ignored and logged at
                 // DEBUG by the node; a peer repeating it is summarised here,
                 // never one line per message.
                 let rejected = &self.node.inner.counters.rejected_claims;
                 let before = rejected.load(Ordering::Relaxed);
-                let result = self.node.inner.handle_control(peer, msg);
+                let result = self.node.inner.handle_control(peer, msg, &mut self.replies);
                 let now_rejected = rejected.load(Ordering::Relaxed);
                 if now_rejected > before {
                     self.dropped
@@ -444,7 +451,7 @@ impl Core {
                 }
                 result
             }
-            Err(e) => Err(format!("malformed control message: {e}")),
+            Err(e) => Err(CloseReason::MalformedControl(e.to_string())),
         }
     }
 }
@@ -452,19 +459,15 @@ impl Core {
 impl Core {
     /// `peer` says its mailbox `target` is busy (sends to it fail with
     /// `Full` from now on) or ready again.
-    fn on_busy(&mut self, peer: NodeId, target: MailboxId, busy: bool) -> Result<(), String> {
+    fn on_busy(&mut self, peer: NodeId, target: MailboxId, busy: bool) -> Result<(), CloseReason> {
         if target.node != peer {
-            return Err(format!(
+            return Err(CloseReason::Protocol(format!(
                 "reported {target:?}, a mailbox of another node, busy or ready"
-            ));
+            )));
         }
         if let Some(outbox) = self.node.inner.network().outbox(peer) {
             outbox.set_busy(target, busy);
         }
         Ok(())
     }
-}
-
-fn frame_error(e: &FrameError) -> String {
-    format!("malformed frame: {e}")
 }

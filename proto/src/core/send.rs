@@ -13,11 +13,11 @@ impl Core {
         for peer in self.ready_scratch.drain(..) {
             self.active.insert(peer);
         }
-        for frame_peer in self.node.inner.take_control_outbox() {
-            let (peer, frame) = frame_peer;
+        self.send_replies();
+        for (peer, frame) in self.node.inner.take_user_control() {
             if let Some(conn_id) = self.peers.get(&peer).and_then(|p| p.up) {
                 if let Some(conn) = self.conns.get_mut(&conn_id) {
-                    frame.encode(&mut conn.control_out);
+                    frame.encode(&mut conn.control_bytes);
                     self.dirty.insert(conn_id);
                 }
             }
@@ -39,6 +39,21 @@ impl Core {
         }
     }
 
+    /// Encodes the control frames the core's own handlers produced (the
+    /// `replies` of the current input) into their peers' connections.
+    /// Frames for a peer that is not up are dropped, as `peer_down` drops
+    /// what was queued for it.
+    pub(super) fn send_replies(&mut self) {
+        for (peer, control) in self.replies.drain(..) {
+            if let Some(conn_id) = self.peers.get(&peer).and_then(|p| p.up) {
+                if let Some(conn) = self.conns.get_mut(&conn_id) {
+                    conn.queue_frame(&Frame::Control(control.encode()));
+                    self.dirty.insert(conn_id);
+                }
+            }
+        }
+    }
+
     pub(super) fn flush_conn(&mut self, now: Instant, id: ConnId) {
         let window = self.tuning.write_window;
         let Some(conn) = self.conns.get_mut(&id) else {
@@ -50,13 +65,12 @@ impl Core {
         if conn.in_flight >= window {
             // The driver has not written what it has; it reports Written and
             // the peer becomes active again.
-            if conn.control_out.len() > MAX_CONTROL_BACKLOG {
+            if conn.control_bytes.len() > MAX_CONTROL_BACKLOG {
                 // A peer that keeps asking (pings, syncs) but never reads
                 // would grow this without end: it loses its connection.
-                let reason = format!(
-                    "the peer does not read: {} bytes of replies are waiting",
-                    conn.control_out.len()
-                );
+                let reason = CloseReason::NotReading {
+                    waiting: conn.control_bytes.len(),
+                };
                 self.fail_conn(now, id, reason);
                 return;
             }

@@ -121,8 +121,10 @@ pub(crate) struct Pushed {
     /// Dropped because the mailbox already held its hard cap of unread
     /// bytes.
     pub(crate) over_share: u64,
-    /// The sender was told that the mailbox is busy (it went over its
-    /// share).
+    /// The sender is to be told that the mailbox is busy (it went over its
+    /// share): the caller sends it [`Control::Busy`].
+    ///
+    /// [`Control::Busy`]: crate::control::Control::Busy
     pub(crate) tell_busy: bool,
 }
 
@@ -270,12 +272,11 @@ impl MailboxShared {
                 state.told_busy.push(from);
                 self.busy_share.store(share, Ordering::Relaxed);
                 self.busy.store(true, Ordering::Release);
+                // The caller (the core, handling `from`'s input) sends the
+                // `Busy` before it next takes the frames user threads
+                // queued, so a `Ready` (queued after taking `told_busy`
+                // under this lock) always follows it.
                 pushed.tell_busy = true;
-                // Queued under the lock, so that a `Ready` (queued after
-                // taking `told_busy` under it) always follows it.
-                if let Some(node) = self.node.upgrade() {
-                    node.queue_control(from, &crate::control::Control::Busy { target: self.id });
-                }
             }
         }
         if !bounded && pushed.delivered > 0 {

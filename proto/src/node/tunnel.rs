@@ -671,6 +671,10 @@ impl Drop for OpeningTunnel {
     }
 }
 
+/// Tunnels one peer may have open to this node at once; more are rejected,
+/// so a peer cannot grow this node's memory without bound.
+pub const MAX_TUNNELS_PER_PEER: usize = 100_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,7 +785,3 @@ mod tests {
         assert!(send.as_mut().poll(&mut cx).is_pending());
     }
 }
-
-/// Tunnels one peer may have open to this node at once; more are rejected,
-/// so a peer cannot grow this node's memory without bound.
-pub const MAX_TUNNELS_PER_PEER: usize = 100_000;

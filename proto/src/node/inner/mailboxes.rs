@@ -65,7 +65,7 @@ impl MailboxTable {
         self.shards
             .iter()
             .flat_map(|s| {
-                lock(&s)
+                lock(s)
                     .values()
                     .filter_map(Weak::upgrade)
                     .collect::<Vec<_>>()
@@ -74,6 +74,6 @@ impl MailboxTable {
     }
 
     pub(in crate::node) fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(&s).len()).sum()
+        self.shards.iter().map(|s| lock(s).len()).sum()
     }
 }

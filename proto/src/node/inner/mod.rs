@@ -30,6 +30,7 @@ use serde::Serialize;
 
 use crate::poison::lock;
 
+use crate::close::CloseReason;
 use crate::codec::Frame;
 use crate::control::Control;
 use crate::error::SendError;
@@ -62,8 +63,12 @@ pub(crate) struct NodeInner {
     pub(in crate::node) shutting_down: AtomicBool,
     /// Mailboxes told about peers connecting and disconnecting.
     pub(in crate::node) status_watchers: Mutex<Vec<Address>>,
-    /// Control frames queued by user threads for the core to send.
-    pub(in crate::node) control_out: Mutex<Vec<(NodeId, Frame)>>,
+    /// Control frames queued by user threads for the core to send: watches
+    /// and unwatches ([`Address::on_close_notify`]), and what a mailbox
+    /// closed or read down by its user tells peers (`Closed`, `Ready`).
+    /// Frames the core produces while it handles input are returned to it
+    /// instead (see [`handle_control`](NodeInner::handle_control)).
+    pub(in crate::node) user_control: Mutex<Vec<(NodeId, Frame)>>,
     pub(in crate::node) registry: Mutex<Registry>,
     pub(in crate::node) links: Mutex<Links>,
     pub(in crate::node) syncs: Mutex<SyncBook>,
@@ -98,7 +103,7 @@ impl NodeInner {
             net,
             shutting_down: AtomicBool::new(false),
             status_watchers: Mutex::new(Vec::new()),
-            control_out: Mutex::new(Vec::new()),
+            user_control: Mutex::new(Vec::new()),
             registry: Mutex::new(Registry::new(id)),
             links: Mutex::new(Links::default()),
             syncs: Mutex::new(SyncBook::default()),
@@ -232,27 +237,35 @@ impl NodeInner {
         }
     }
 
-    /// Queues a control frame for a peer and wakes the core.
+    /// Queues a control frame for a peer and wakes the core. For user
+    /// threads only: the core's own handlers return their frames.
     pub(crate) fn queue_control(&self, peer: NodeId, control: &Control) {
         let frame = Frame::Control(control.encode());
-        lock(&self.control_out).push((peer, frame));
+        lock(&self.user_control).push((peer, frame));
         self.net.wake.notify();
     }
 
     /// Control frames queued by user threads, for the core.
-    pub(crate) fn take_control_outbox(&self) -> Vec<(NodeId, Frame)> {
-        std::mem::take(&mut *lock(&self.control_out))
+    pub(crate) fn take_user_control(&self) -> Vec<(NodeId, Frame)> {
+        std::mem::take(&mut *lock(&self.user_control))
     }
 
-    /// Handles a control message from a connected peer. `Err` closes the
-    /// connection (the peer broke the protocol).
-    pub(crate) fn handle_control(&self, peer: NodeId, control: Control) -> Result<(), String> {
+    /// Handles a control message from a connected peer (called by the
+    /// core). The frames it answers with (`Closed` for a watch of a closed
+    /// mailbox, registry replies) are pushed to `out`, for the core to
+    /// send. `Err` closes the connection (the peer broke the protocol).
+    pub(crate) fn handle_control(
+        &self,
+        peer: NodeId,
+        control: Control,
+        out: &mut Vec<(NodeId, Control)>,
+    ) -> Result<(), CloseReason> {
         match control {
             Control::Watch { target } => {
                 if target.node != self.id {
-                    return Err(format!(
+                    return Err(CloseReason::Protocol(format!(
                         "asked to watch {target:?}, a mailbox of another node"
-                    ));
+                    )));
                 }
                 let mut links = lock(&self.links);
                 let open = self.local_mailbox(target).is_some_and(|m| !m.is_closed());
@@ -260,7 +273,7 @@ impl NodeInner {
                     links.watched_by.entry(target).or_default().insert(peer);
                 } else {
                     drop(links);
-                    self.queue_control(peer, &Control::Closed { target });
+                    out.push((peer, Control::Closed { target }));
                 }
             }
             Control::Unwatch { target } => {
@@ -274,9 +287,9 @@ impl NodeInner {
             }
             Control::Closed { target } => {
                 if target.node != peer {
-                    return Err(format!(
+                    return Err(CloseReason::Protocol(format!(
                         "reported {target:?}, a mailbox of another node, closed"
-                    ));
+                    )));
                 }
                 let watchers = lock(&self.links).watching.remove(&target);
                 for watcher in watchers.into_iter().flatten() {
@@ -286,7 +299,7 @@ impl NodeInner {
             registry_message => {
                 let result = lock(&self.registry).on_control(peer, registry_message);
                 match result {
-                    Ok(effects) => self.apply(effects),
+                    Ok(effects) => self.apply_into(effects, out),
                     Err(PeerError::Rejected(e)) => {
                         // The claim is ignored; the connection carries on.
                         self.counters
@@ -303,7 +316,7 @@ impl NodeInner {
                         self.counters
                             .registry_cutoffs
                             .fetch_add(1, Ordering::Relaxed);
-                        return Err(format!("cut off for going over a registry cap: {e}"));
+                        return Err(CloseReason::RegistryCap(e.to_string()));
                     }
                 }
             }
@@ -315,20 +328,27 @@ impl NodeInner {
     /// the conversation with it.
     pub(crate) fn peer_up(&self, peer: NodeId, _incarnation: Incarnation) -> Vec<Frame> {
         let snapshot = lock(&self.registry).peer_up(peer);
-        self.notify_status(peer, true);
+        self.notify_status(peer, None);
         snapshot
             .iter()
             .map(|control| Frame::Control(control.encode()))
             .collect()
     }
 
-    /// A peer was lost: its claims vanish, watchers of its mailboxes are
-    /// told (exactly once: each watch is removed as it fires), and nothing
-    /// queued for it survives into its next connection.
-    pub(crate) fn peer_down(&self, peer: NodeId) {
-        lock(&self.control_out).retain(|(p, _)| *p != peer);
+    /// A peer was lost (called by the core): its claims vanish, watchers of
+    /// its mailboxes are told (exactly once: each watch is removed as it
+    /// fires), and nothing queued for it survives into its next connection.
+    /// Status watchers are told `reason`. Frames for other peers that this
+    /// produces are pushed to `out`.
+    pub(crate) fn peer_down(
+        &self,
+        peer: NodeId,
+        reason: &CloseReason,
+        out: &mut Vec<(NodeId, Control)>,
+    ) {
+        lock(&self.user_control).retain(|(p, _)| *p != peer);
         let effects = lock(&self.registry).peer_down(peer);
-        self.apply(effects);
+        self.apply_into(effects, out);
         self.requests_peer_down(peer);
         self.end_tunnels(Some(peer), TunnelError::Unreachable);
         let lost: Vec<(MailboxId, Vec<Address>)> = {
@@ -353,15 +373,18 @@ impl NodeInner {
                 self.notify_closed(&watcher, target);
             }
         }
-        self.notify_status(peer, false);
+        self.notify_status(peer, Some(reason));
     }
 
-    fn notify_status(&self, peer: NodeId, connected: bool) {
+    /// Tells status watchers that `peer` connected (no reason) or
+    /// disconnected for `reason`.
+    fn notify_status(&self, peer: NodeId, reason: Option<&CloseReason>) {
         let mut watchers = lock(&self.status_watchers);
         watchers.retain(|w| {
             w.send(ConnectionStatus {
                 node: peer,
-                connected,
+                connected: reason.is_none(),
+                reason: reason.cloned(),
             }) != Err(SendError::Closed)
         });
     }

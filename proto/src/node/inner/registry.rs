@@ -11,7 +11,8 @@ use std::task::{Context, Poll, Waker};
 
 use crate::poison::lock;
 
-use crate::id::MailboxId;
+use crate::control::Control;
+use crate::id::{MailboxId, NodeId};
 use crate::node::address::Address;
 use crate::node::NodeInner;
 use crate::registry::{Effect, Registry, RegistryError, RegistryLimits};
@@ -53,11 +54,23 @@ impl NodeInner {
         }
     }
 
-    /// Carries out what the registry asked for.
+    /// Carries out what the registry asked for, on a user thread: frames
+    /// for peers are queued for the core (which is woken).
     pub(in crate::node) fn apply(&self, effects: Vec<Effect>) {
+        self.apply_with(effects, |peer, control| self.queue_control(peer, &control));
+    }
+
+    /// Carries out what the registry asked for, on the core's path: frames
+    /// for peers are pushed to `out`, for the core to send.
+    pub(crate) fn apply_into(&self, effects: Vec<Effect>, out: &mut Vec<(NodeId, Control)>) {
+        self.apply_with(effects, |peer, control| out.push((peer, control)));
+    }
+
+    /// Carries out `effects`, handing each frame for a peer to `send`.
+    fn apply_with(&self, effects: Vec<Effect>, mut send: impl FnMut(NodeId, Control)) {
         for effect in effects {
             match effect {
-                Effect::Send(peer, control) => self.queue_control(peer, &control),
+                Effect::Send(peer, control) => send(peer, control),
                 Effect::MultipleClaim { name, claimant } => {
                     self.counters
                         .multiple_claim_notices
