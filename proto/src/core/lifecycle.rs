@@ -142,11 +142,7 @@ impl Core {
                 );
             }
             c.flush_control();
-            let buf = self.buffers.pop().unwrap_or_default();
-            match c.take_ciphertext(buf) {
-                Ok(data) => self.outputs.push_back(Output::Transmit { conn: id, data }),
-                Err(buf) => self.buffers.push(buf),
-            }
+            send::transmit(&mut self.buffers, &mut self.outputs, id, c);
         }
         self.drop_conn(now, id, reason, true);
     }

@@ -717,6 +717,10 @@ impl Core {
                 let mut state = outbox.lock();
                 let lost = lifecycle::queued_messages(&state);
                 state.clear();
+                // From here a send that passed the shutdown check before it
+                // was set is refused (`NodeShutdown`) instead of queued for
+                // a link about to close.
+                state.connected = false;
                 lost
             };
             if lost > 0 {
@@ -746,11 +750,7 @@ impl Core {
                 }
                 c.flush_control();
                 c.tls.send_close_notify();
-                let buf = self.buffers.pop().unwrap_or_default();
-                match c.take_ciphertext(buf) {
-                    Ok(data) => self.outputs.push_back(Output::Transmit { conn: id, data }),
-                    Err(buf) => self.buffers.push(buf),
-                }
+                send::transmit(&mut self.buffers, &mut self.outputs, id, c);
             }
             self.drop_conn(now, id, CloseReason::ShuttingDown, true);
         }

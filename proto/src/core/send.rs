@@ -80,14 +80,7 @@ impl Core {
             return;
         }
         if conn.tls.is_handshaking() {
-            let buf = self.buffers.pop().unwrap_or_default();
-            match conn.take_ciphertext(buf) {
-                Ok(data) => {
-                    conn.in_flight += data.len();
-                    self.outputs.push_back(Output::Transmit { conn: id, data });
-                }
-                Err(buf) => self.buffers.push(buf),
-            }
+            conn.in_flight += transmit(&mut self.buffers, &mut self.outputs, id, conn);
             return;
         }
         send_opening_once(conn);
@@ -107,14 +100,7 @@ impl Core {
                     .fetch_add(drained.bytes as u64, Ordering::Relaxed);
             }
         }
-        let buf = self.buffers.pop().unwrap_or_default();
-        match conn.take_ciphertext(buf) {
-            Ok(data) => {
-                conn.in_flight += data.len();
-                self.outputs.push_back(Output::Transmit { conn: id, data });
-            }
-            Err(buf) => self.buffers.push(buf),
-        }
+        conn.in_flight += transmit(&mut self.buffers, &mut self.outputs, id, conn);
     }
 }
 
@@ -212,5 +198,28 @@ fn drain_outbox(conn: &mut Conn, outbox: &crate::node::outbox::Outbox) -> Draine
     Drained {
         bytes: written,
         more,
+    }
+}
+
+/// Moves the TLS records `conn` has ready into an [`Output::Transmit`],
+/// written into a recycled buffer (the spare goes back when there is
+/// nothing to send); returns the bytes it moved.
+pub(super) fn transmit(
+    buffers: &mut Vec<Vec<u8>>,
+    outputs: &mut VecDeque<Output>,
+    id: ConnId,
+    conn: &mut Conn,
+) -> usize {
+    let buf = buffers.pop().unwrap_or_default();
+    match conn.take_ciphertext(buf) {
+        Ok(data) => {
+            let len = data.len();
+            outputs.push_back(Output::Transmit { conn: id, data });
+            len
+        }
+        Err(buf) => {
+            buffers.push(buf);
+            0
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::poison::lock;
 
+use crate::close::CloseReason;
 use crate::control::Control;
 use crate::id::{MailboxId, NodeId};
 use crate::node::address::Address;
@@ -57,5 +58,54 @@ impl NodeInner {
             drop(links);
             self.queue_control(target.node, &Control::Unwatch { target });
         }
+    }
+
+    /// Handles the close-watch messages of a peer (`Watch`, `Unwatch`,
+    /// `Closed`); the answers go to `out`. Anything else is ignored.
+    pub(in crate::node) fn on_link_control(
+        &self,
+        peer: NodeId,
+        control: Control,
+        out: &mut Vec<(NodeId, Control)>,
+    ) -> Result<(), CloseReason> {
+        match control {
+            Control::Watch { target } => {
+                if target.node != self.id {
+                    return Err(CloseReason::Protocol(format!(
+                        "asked to watch {target:?}, a mailbox of another node"
+                    )));
+                }
+                let mut links = lock(&self.links);
+                let open = self.local_mailbox(target).is_some_and(|m| !m.is_closed());
+                if open {
+                    links.watched_by.entry(target).or_default().insert(peer);
+                } else {
+                    drop(links);
+                    out.push((peer, Control::Closed { target }));
+                }
+            }
+            Control::Unwatch { target } => {
+                let mut links = lock(&self.links);
+                if let Some(nodes) = links.watched_by.get_mut(&target) {
+                    nodes.remove(&peer);
+                    if nodes.is_empty() {
+                        links.watched_by.remove(&target);
+                    }
+                }
+            }
+            Control::Closed { target } => {
+                if target.node != peer {
+                    return Err(CloseReason::Protocol(format!(
+                        "reported {target:?}, a mailbox of another node, closed"
+                    )));
+                }
+                let watchers = lock(&self.links).watching.remove(&target);
+                for watcher in watchers.into_iter().flatten() {
+                    self.notify_closed(&watcher, target);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }

@@ -40,7 +40,7 @@ use crate::node::mailbox::MailboxShared;
 use crate::node::outbox::{Network, Refused};
 use crate::node::services::Services;
 use crate::node::tunnel::TunnelError;
-use crate::registry::{PeerError, Registry};
+use crate::registry::Registry;
 use crate::stats::NodeCounters;
 use crate::system::{ConnectionStatus, MailboxClosed};
 pub(in crate::node) use links::Links;
@@ -217,6 +217,11 @@ impl NodeInner {
                 outbox.counters.messages_out.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
+            Err(Refused::Unreachable) if self.shutting_down.load(Ordering::Relaxed) => {
+                // The node began shutting down while this send was under
+                // way, and its link is already closed: not accepted.
+                Err(SendError::NodeShutdown)
+            }
             Err(Refused::Unreachable) => {
                 self.counters
                     .dropped_unreachable
@@ -261,65 +266,10 @@ impl NodeInner {
         out: &mut Vec<(NodeId, Control)>,
     ) -> Result<(), CloseReason> {
         match control {
-            Control::Watch { target } => {
-                if target.node != self.id {
-                    return Err(CloseReason::Protocol(format!(
-                        "asked to watch {target:?}, a mailbox of another node"
-                    )));
-                }
-                let mut links = lock(&self.links);
-                let open = self.local_mailbox(target).is_some_and(|m| !m.is_closed());
-                if open {
-                    links.watched_by.entry(target).or_default().insert(peer);
-                } else {
-                    drop(links);
-                    out.push((peer, Control::Closed { target }));
-                }
+            Control::Watch { .. } | Control::Unwatch { .. } | Control::Closed { .. } => {
+                self.on_link_control(peer, control, out)?;
             }
-            Control::Unwatch { target } => {
-                let mut links = lock(&self.links);
-                if let Some(nodes) = links.watched_by.get_mut(&target) {
-                    nodes.remove(&peer);
-                    if nodes.is_empty() {
-                        links.watched_by.remove(&target);
-                    }
-                }
-            }
-            Control::Closed { target } => {
-                if target.node != peer {
-                    return Err(CloseReason::Protocol(format!(
-                        "reported {target:?}, a mailbox of another node, closed"
-                    )));
-                }
-                let watchers = lock(&self.links).watching.remove(&target);
-                for watcher in watchers.into_iter().flatten() {
-                    self.notify_closed(&watcher, target);
-                }
-            }
-            registry_message => {
-                let result = lock(&self.registry).on_control(peer, registry_message);
-                match result {
-                    Ok(effects) => self.apply_into(effects, out),
-                    Err(PeerError::Rejected(e)) => {
-                        // The claim is ignored; the connection carries on.
-                        self.counters
-                            .rejected_claims
-                            .fetch_add(1, Ordering::Relaxed);
-                        // DEBUG: a peer can repeat this at will; the core
-                        // logs a summary per interval.
-                        tracing::debug!(node = self.id.0, peer = peer.0, error = %e, "rejected a registry message");
-                    }
-                    Err(PeerError::OverLimit(e)) => {
-                        // Cut off: the core closes the link with this reason
-                        // (its one log line), and `peer_down` drops
-                        // everything the peer held here.
-                        self.counters
-                            .registry_cutoffs
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Err(CloseReason::RegistryCap(e.to_string()));
-                    }
-                }
-            }
+            registry_message => self.on_registry_control(peer, registry_message, out)?,
         }
         Ok(())
     }

@@ -11,11 +11,12 @@ use std::task::{Context, Poll, Waker};
 
 use crate::poison::lock;
 
+use crate::close::CloseReason;
 use crate::control::Control;
 use crate::id::{MailboxId, NodeId};
 use crate::node::address::Address;
 use crate::node::NodeInner;
-use crate::registry::{Effect, Registry, RegistryError, RegistryLimits};
+use crate::registry::{Effect, PeerError, Registry, RegistryError, RegistryLimits};
 use crate::system::MultipleClaim;
 
 /// Completed registry syncs and the tasks waiting for them.
@@ -26,6 +27,40 @@ pub(in crate::node) struct SyncBook {
 }
 
 impl NodeInner {
+    /// Handles a registry message of a peer: its effects' frames go to
+    /// `out`; a rejected claim is counted and ignored; a peer over a
+    /// registry cap is cut off (`Err`).
+    pub(in crate::node) fn on_registry_control(
+        &self,
+        peer: NodeId,
+        registry_message: Control,
+        out: &mut Vec<(NodeId, Control)>,
+    ) -> Result<(), CloseReason> {
+        let result = lock(&self.registry).on_control(peer, registry_message);
+        match result {
+            Ok(effects) => self.apply_into(effects, out),
+            Err(PeerError::Rejected(e)) => {
+                // The claim is ignored; the connection carries on.
+                self.counters
+                    .rejected_claims
+                    .fetch_add(1, Ordering::Relaxed);
+                // DEBUG: a peer can repeat this at will; the core
+                // logs a summary per interval.
+                tracing::debug!(node = self.id.0, peer = peer.0, error = %e, "rejected a registry message");
+            }
+            Err(PeerError::OverLimit(e)) => {
+                // Cut off: the core closes the link with this reason
+                // (its one log line), and `peer_down` drops
+                // everything the peer held here.
+                self.counters
+                    .registry_cutoffs
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(CloseReason::RegistryCap(e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
     /// The id of `address` if it is a live mailbox of this node: only
     /// those may claim a name, join a group or subscribe.
     pub(crate) fn check_own_live(&self, address: &Address) -> Result<MailboxId, RegistryError> {
