@@ -57,6 +57,8 @@ pub(crate) struct Conn {
     pub(crate) ping_outstanding: bool,
     pub(crate) ping_failures: u32,
     pub(crate) ping_nonce: u64,
+    /// The nonce and send time of the last timer ping, for the round trip.
+    pub(crate) ping_sent: Option<(u64, Instant)>,
     /// Ciphertext handed to the driver and not yet reported written.
     pub(crate) in_flight: usize,
     /// Frames the core itself generated (hello, pings, control), sent
@@ -160,6 +162,7 @@ impl Conn {
             ping_outstanding: false,
             ping_failures: 0,
             ping_nonce: 0,
+            ping_sent: None,
             in_flight: 0,
             control_out: Vec::new(),
             spare_chunks: Vec::new(),
