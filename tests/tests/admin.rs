@@ -431,6 +431,10 @@ fn drawn(dom: &str, class: &str) -> Vec<(String, String)> {
 #[test]
 fn the_dashboard_draws_the_cluster_in_a_headless_browser() {
     let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("REIGN_REQUIRE_CHROMIUM").is_none(),
+            "REIGN_REQUIRE_CHROMIUM is set and no chromium binary is on PATH"
+        );
         println!("SKIPPED: no chromium binary on PATH (CI installs Debian's chromium)");
         return;
     };

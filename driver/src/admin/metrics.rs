@@ -87,11 +87,7 @@ pub(super) fn encode(status: &Status) -> String {
     for (name, value) in &status.counters {
         let counter = Counter::<u64>::default();
         counter.inc_by(*value);
-        registry.register(
-            name.as_str(),
-            format!("Node counter {name} (NodeStats::{name})"),
-            counter,
-        );
+        registry.register(name.as_str(), counter_help(name), counter);
     }
     for (name, value) in &status.requests {
         gauge(
@@ -106,6 +102,21 @@ pub(super) fn encode(status: &Status) -> String {
     match prometheus_client::encoding::text::encode(&mut text, &registry) {
         Ok(()) => text,
         Err(e) => format!("# encoding failed: {e}\n"),
+    }
+}
+
+/// A counter's help text: its `NodeStats` doc comment on one line.
+fn counter_help(name: &str) -> String {
+    let doc = reign_proto::NodeStats::DOCS
+        .iter()
+        .find(|(field, _)| *field == name)
+        .map_or("", |(_, doc)| doc);
+    let text = doc.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text = text.trim_end_matches('.');
+    if text.is_empty() {
+        format!("NodeStats::{name}")
+    } else {
+        text.to_owned()
     }
 }
 

@@ -69,8 +69,9 @@ pub struct PeerStatus {
     pub node: u16,
     /// `"up"` or `"down"`.
     pub state: String,
-    /// The last ping's round trip in microseconds (none before the first
-    /// answered ping, one ping interval after the link came up).
+    /// The last ping's round trip in microseconds while the link is up
+    /// (none before the first answered ping, one `Tuning::ping_interval`
+    /// after the link came up).
     pub rtt_us: Option<u64>,
     /// User messages sent to it.
     pub messages_out: u64,
@@ -112,7 +113,8 @@ pub struct Claimant {
 pub struct MailboxesStatus {
     /// Open mailboxes.
     pub count: usize,
-    /// The mailboxes with the most queued bytes, largest first.
+    /// The non-empty mailboxes with the most queued bytes (then
+    /// messages), largest first, at most 10.
     pub largest: Vec<MailboxQueue>,
 }
 
@@ -220,7 +222,7 @@ impl Source {
             .map(|p| PeerStatus {
                 node: p.node.0,
                 state: if p.connected { "up" } else { "down" }.to_owned(),
-                rtt_us: p.rtt_micros,
+                rtt_us: p.rtt_micros.filter(|_| p.connected),
                 messages_out: p.messages_out,
                 messages_in: p.messages_in,
                 bytes_out: p.bytes_out,
@@ -265,6 +267,7 @@ impl Source {
         let largest = node
             .largest_mailboxes(LARGEST_QUEUES)
             .into_iter()
+            .filter(|&(_, messages, _)| messages > 0)
             .map(|(id, messages, bytes)| MailboxQueue {
                 mailbox: id.to_string(),
                 messages,
@@ -413,7 +416,7 @@ fn links_report(node: &Node) -> LinksReport {
                 peer: p.node.0,
                 connected: p.connected,
                 messages: p.messages_out + p.messages_in,
-                rtt_us: p.rtt_micros,
+                rtt_us: p.rtt_micros.filter(|_| p.connected),
             })
             .collect(),
     )
