@@ -124,6 +124,22 @@ fn reign_status_prints_every_peer_of_a_live_node() {
         assert_eq!(row.split_whitespace().nth(1), Some("up"), "{row}");
     }
 
+    // --watch redraws until stopped.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_reign"))
+        .args(["status", "--admin", &admin, "--watch", "1"])
+        .env("REIGN_ADMIN_TOKEN", TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run reign status --watch");
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = watch.kill();
+    let output = watch.wait_with_output().unwrap();
+    let screens = String::from_utf8_lossy(&output.stdout);
+    assert!(screens.matches("\x1b[2J").count() >= 2, "{screens}");
+    assert!(screens.matches("peers 2/2 up").count() >= 2, "{screens}");
+
     // Without the token, or with a wrong one: refused, and told why.
     for token in [None, Some("wrong")] {
         let output = reign(&["status", "--admin", &admin], token);

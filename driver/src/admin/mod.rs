@@ -49,6 +49,7 @@ use crate::{Reign, Runtime};
 
 pub use status::{
     Claimant, ClusterView, LinkView, MailboxQueue, MailboxesStatus, NodeView, PeerStatus, Status,
+    ADMIN_GROUP, VIEW_TIMEOUT,
 };
 
 /// How the admin endpoint may be reached.
@@ -146,6 +147,11 @@ impl std::fmt::Debug for AdminHandle {
 /// Serves `node`'s admin endpoint on `bind` (see the module docs for the
 /// paths and the rule for non-loopback addresses). Port 0 picks a free one:
 /// read it back with [`AdminHandle::local_addr`].
+///
+/// It also makes `node` a member of the service group `reign.admin`, whose
+/// member answers other nodes' endpoints with this node's links; that task
+/// is spawned on the node's runtime, so call `serve` where the runtime can
+/// spawn (for tokio: inside the runtime, as the node's own start).
 pub fn serve<R: Runtime>(
     node: &Reign<R>,
     bind: SocketAddr,
