@@ -1,7 +1,7 @@
 //! `reign`: make cluster certificates, run a node, or run the demo.
 
 use clap::{Parser, Subcommand};
-use reign_cli::{demo, init, node};
+use reign_cli::{demo, init, node, status};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +20,8 @@ enum Command {
     Init(init::InitArgs),
     /// Run one node of a cluster until SIGINT or SIGTERM.
     Node(node::NodeArgs),
+    /// Show a running node and its peers, read from its admin endpoint.
+    Status(status::StatusArgs),
     /// Start a throw-away cluster on loopback and show every capability.
     Demo(demo::DemoArgs),
 }
@@ -47,6 +49,10 @@ fn main() -> std::process::ExitCode {
         Command::Node(args) => {
             init_logs("info");
             node::run(args)
+        }
+        Command::Status(args) => {
+            init_logs("error");
+            status::run(&args)
         }
         Command::Demo(args) => {
             init_logs("error");

@@ -1,9 +1,11 @@
 //! `reign node`: one node of a cluster as an OS process.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reign_proto::{ClusterSpec, NodeDescriptor, NodeId};
+use reign_tokio::admin::AdminOptions;
 use reign_tokio::Node;
 
 /// Which node to run.
@@ -27,6 +29,18 @@ pub struct NodeArgs {
     /// Log counters this often (seconds; 0 = never).
     #[arg(long, default_value_t = 0)]
     pub stats_every: u64,
+    /// Serve the admin endpoint (JSON status, /metrics, a live dashboard)
+    /// on this `IP:PORT`. Loopback only, unless --admin-public.
+    #[arg(long, value_name = "IP:PORT")]
+    pub admin: Option<SocketAddr>,
+    /// Allow a non-loopback --admin address; it then needs a token.
+    #[arg(long, requires = "admin")]
+    pub admin_public: bool,
+    /// The token every admin request must carry (`Authorization: Bearer`,
+    /// or as the Basic password in a browser). Prefer the environment
+    /// variable: other users can read command lines.
+    #[arg(long, env = "REIGN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Parses `ID@HOST:PORT`.
@@ -73,6 +87,13 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         Some(path) => Some(load_spec(path, &seeds)?),
         None => None,
     };
+    let admin_options = AdminOptions {
+        token: args.admin_token.clone(),
+        allow_public: args.admin_public,
+    };
+    if let Some(bind) = args.admin {
+        reign_tokio::admin::check_bind(bind, &admin_options).map_err(|e| e.to_string())?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,6 +108,12 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         let id = node.id().0;
         crate::service::start(&node)?;
         tracing::info!(node = id, "serving echo, broadcast, news and sink");
+        let admin = match args.admin {
+            Some(bind) => Some(
+                reign_tokio::admin::serve(&node, bind, admin_options).map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
         let stats = {
             let node = node.clone();
             let every = args.stats_every;
@@ -122,6 +149,7 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         stats.abort();
         reloads.abort();
         node.shutdown().await;
+        drop(admin);
         match node.failure() {
             Some(failure) => Err(failure),
             None => Ok(()),

@@ -64,6 +64,10 @@ pub(crate) enum DriverEvent<R: Runtime> {
 /// handles.
 pub(crate) type Failure = Arc<Mutex<Option<String>>>;
 
+/// Why each peer's last connection closed (from `Event::PeerDown`), shared
+/// with the node handles for the admin endpoint.
+pub(crate) type CloseReasons = Arc<Mutex<BTreeMap<reign_proto::NodeId, String>>>;
+
 /// An open socket and what the driver holds for it.
 struct Socket<R: Runtime> {
     reader: R::Reader,
@@ -104,6 +108,8 @@ pub(crate) struct Driver<R: Runtime> {
     failure: Failure,
     /// The core reported such a reason: shut down after this pump.
     must_stop: bool,
+    /// Why each peer's last connection closed (read by the admin endpoint).
+    pub(crate) close_reasons: CloseReasons,
 }
 
 /// What woke the driver.
@@ -138,6 +144,7 @@ impl<R: Runtime> Driver<R> {
             tasks_finished: false,
             failure,
             must_stop: false,
+            close_reasons: CloseReasons::default(),
         }
     }
 
@@ -380,6 +387,9 @@ impl<R: Runtime> Driver<R> {
                     self.must_stop = true;
                 }
                 Output::Event(event) => {
+                    if let Event::PeerDown { node, reason } = &event {
+                        lock(&self.close_reasons).insert(*node, reason.to_string());
+                    }
                     tracing::debug!(node = self.core.id().0, ?event, "core event");
                 }
             }

@@ -8,6 +8,8 @@
 //! [`adapter!`] call wraps `Reign` in the `Node` type applications use.
 
 mod accept;
+#[cfg(feature = "admin")]
+pub mod admin;
 mod dev;
 mod driver;
 mod runtime;
@@ -37,7 +39,7 @@ use reign_proto::{
     Node, NodeId, RecvError, ReloadError, Reloaded, RequestError, SpecError, Target, TunnelError,
 };
 
-use driver::{Driver, DriverEvent, Failure, EVENT_BACKLOG};
+use driver::{CloseReasons, Driver, DriverEvent, Failure, EVENT_BACKLOG};
 use reign_proto::poison::lock;
 pub use runtime::Runtime;
 use signal::{race, Either, Stop};
@@ -88,6 +90,9 @@ struct Running<R: Runtime> {
     finished: async_channel::Receiver<()>,
     local_addr: SocketAddr,
     failure: Failure,
+    /// Why each peer's last connection closed (read by the admin endpoint).
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
+    close_reasons: CloseReasons,
     /// A dev node's claim on its id, given up at shutdown.
     dev_claim: std::sync::Mutex<Option<dev::Claim>>,
 }
@@ -278,6 +283,7 @@ impl<R: Runtime> Reign<R> {
             stop_accept,
             failure.clone(),
         );
+        let close_reasons = driver.close_reasons.clone();
         rt.spawn(async move {
             driver.run().await;
             drop(finished_tx);
@@ -291,6 +297,7 @@ impl<R: Runtime> Reign<R> {
                 finished,
                 local_addr,
                 failure,
+                close_reasons,
                 dev_claim: std::sync::Mutex::new(None),
             })),
         })

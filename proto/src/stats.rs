@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// Live counters, updated with relaxed atomics.
         #[derive(Debug, Default)]
         pub(crate) struct NodeCounters {
@@ -15,7 +15,15 @@ macro_rules! counters {
         /// A snapshot of a node's counters.
         #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
         pub struct NodeStats {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        impl NodeStats {
+            /// Each counter's name and its documentation (the doc comment's
+            /// lines joined by newlines), in declaration order: the help
+            /// text of exported metrics.
+            pub const DOCS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($name), concat!($($doc, "\n"),*)),)*];
         }
 
         impl NodeCounters {

@@ -37,6 +37,9 @@
 //! }
 //! ```
 
+/// The admin endpoint (feature `admin`): JSON status, `/metrics`, a live dashboard.
+#[cfg(feature = "admin")]
+pub use reign_driver::admin;
 pub use reign_driver::api::*;
 pub use reign_driver::Runtime;
 

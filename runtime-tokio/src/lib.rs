@@ -33,6 +33,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The admin endpoint (feature `admin`): JSON status, `/metrics`, a live dashboard.
+#[cfg(feature = "admin")]
+pub use reign_driver::admin;
 pub use reign_driver::api::*;
 pub use reign_driver::Runtime;
 

@@ -58,6 +58,8 @@ pub(crate) struct Conn {
     pub(crate) ping_outstanding: bool,
     pub(crate) ping_failures: u32,
     pub(crate) ping_nonce: u64,
+    /// The nonce and send time of the last timer ping, for the round trip.
+    pub(crate) ping_sent: Option<(u64, Instant)>,
     /// Ciphertext handed to the driver and not yet reported written.
     pub(crate) in_flight: usize,
     /// Encoded frames the core itself generated (hello, pings, pongs,
@@ -162,6 +164,7 @@ impl Conn {
             ping_outstanding: false,
             ping_failures: 0,
             ping_nonce: 0,
+            ping_sent: None,
             in_flight: 0,
             control_bytes: Vec::new(),
             spare_chunks: Vec::new(),

@@ -398,6 +398,7 @@ impl Core {
                 conn.ping_nonce = conn.ping_nonce.wrapping_add(1);
                 conn.ping_outstanding = true;
                 let nonce = conn.ping_nonce;
+                conn.ping_sent = Some((nonce, now));
                 conn.queue_frame(&Frame::Ping(nonce));
                 conn.next_ping = now + tuning.ping_interval;
                 self.dirty.insert(id);

@@ -95,6 +95,11 @@ impl Core {
                 if nonce == conn.ping_nonce {
                     conn.ping_outstanding = false;
                 }
+                if let Some((_, sent)) = conn.ping_sent.filter(|&(n, _)| n == nonce) {
+                    self.node
+                        .network()
+                        .record_rtt(peer, now.saturating_duration_since(sent));
+                }
                 if !self.probes.is_empty() {
                     self.on_probe_pong(now, peer, nonce);
                 }

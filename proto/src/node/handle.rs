@@ -361,6 +361,22 @@ impl Node {
         lock(&self.inner.registry).local_claims()
     }
 
+    /// Every service group and its members, as this node sees them.
+    pub fn group_view(&self) -> BTreeMap<String, BTreeSet<MailboxId>> {
+        lock(&self.inner.registry).group_view()
+    }
+
+    /// Which nodes (this one included) have subscribers, per topic.
+    pub fn topic_view(&self) -> BTreeMap<String, BTreeSet<NodeId>> {
+        lock(&self.inner.registry).topic_view()
+    }
+
+    /// The `n` open mailboxes of this node with the most queued bytes
+    /// (then messages), as (id, messages, bytes), largest first.
+    pub fn largest_mailboxes(&self, n: usize) -> Vec<(MailboxId, usize, usize)> {
+        self.inner.mailboxes.largest(n)
+    }
+
     /// Counters and queue depth of every member.
     pub fn peer_stats(&self) -> Vec<PeerStats> {
         self.inner.net.outboxes().map(|o| o.stats()).collect()

@@ -366,6 +366,11 @@ impl MailboxShared {
         }
     }
 
+    /// Messages queued.
+    pub(crate) fn queued_messages(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
     /// Bytes of the messages queued.
     pub(crate) fn queued_bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)

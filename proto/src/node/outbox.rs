@@ -168,6 +168,8 @@ pub(crate) struct PeerCounters {
     pub(crate) dropped_full: AtomicU64,
     pub(crate) connects: AtomicU64,
     pub(crate) disconnects: AtomicU64,
+    /// The last ping's round trip in microseconds (0: none answered yet).
+    pub(crate) rtt_micros: AtomicU64,
 }
 
 /// A snapshot of one peer's counters and queue.
@@ -197,6 +199,10 @@ pub struct PeerStats {
     pub disconnects: u64,
     /// Bytes its messages hold on this node, delivered and not yet received.
     pub unread_bytes: u64,
+    /// The round trip of the last answered ping, in microseconds (`None`
+    /// until a ping was answered: the first goes `Tuning::ping_interval`
+    /// after the connection is up).
+    pub rtt_micros: Option<u64>,
 }
 
 pub(crate) struct Outbox {
@@ -347,6 +353,7 @@ impl Outbox {
             connects: get(&c.connects),
             disconnects: get(&c.disconnects),
             unread_bytes: self.unread.used() as u64,
+            rtt_micros: Some(get(&c.rtt_micros)).filter(|&us| us > 0),
         }
     }
 }
@@ -417,6 +424,14 @@ impl Network {
     }
 
     /// The outbox of a current member, if `peer` is one.
+    /// Records the round trip of a ping `peer` answered.
+    pub(crate) fn record_rtt(&self, peer: NodeId, rtt: std::time::Duration) {
+        if let Some(outbox) = self.outbox(peer) {
+            let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX).max(1);
+            outbox.counters.rtt_micros.store(micros, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn outbox(&self, peer: NodeId) -> Option<&Outbox> {
         self.slot(peer)?
             .get()

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
+use crate::id::MailboxId;
 use crate::node::mailbox::MailboxShared;
 use crate::poison::lock;
 
@@ -71,6 +72,19 @@ impl MailboxTable {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// The `n` mailboxes with the most queued bytes (then messages), as
+    /// (id, messages, bytes), largest first; read-only.
+    pub(in crate::node) fn largest(&self, n: usize) -> Vec<(MailboxId, usize, usize)> {
+        let mut all: Vec<_> = self
+            .all()
+            .iter()
+            .map(|m| (m.id, m.queued_messages(), m.queued_bytes()))
+            .collect();
+        all.sort_by(|a, b| (b.2, b.1, a.0).cmp(&(a.2, a.1, b.0)));
+        all.truncate(n);
+        all
     }
 
     pub(in crate::node) fn len(&self) -> usize {
