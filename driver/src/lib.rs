@@ -1,9 +1,10 @@
 //! The driver shared by reign's runtime adapters.
 //!
 //! Everything that is the same on tokio, async-std and smol lives here once:
-//! the loop that moves ciphertext between sockets and the Sans-IO
-//! [`Core`](reign_proto::Core), per-connection reader and writer tasks, the
-//! accept loop, clean shutdown, and the runtime-generic [`Reign`] node. An
+//! the driver task that owns the Sans-IO [`Core`] and
+//! polls every socket itself (reads go straight into the core, transmits
+//! straight into the sockets: see `driver.rs`), a task per dial, the accept
+//! loop, clean shutdown, and the runtime-generic [`Reign`] node. An
 //! adapter supplies only a [`Runtime`]: spawn, sockets and a timer; its
 //! [`adapter!`] call wraps `Reign` in the `Node` type applications use.
 
