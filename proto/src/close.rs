@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::ID_IN_USE;
 use crate::handshake::HandshakeError;
 use crate::id::NodeId;
 
@@ -217,6 +216,11 @@ impl fmt::Display for Removal {
         })
     }
 }
+
+/// The reason given to a second process that claims the id of a node that
+/// is live: the live node answered a ping after the newcomer arrived. Part
+/// of the protocol: a refused node recognises it and stops.
+pub const ID_IN_USE: &str = "node id is live in the cluster";
 
 /// What a newcomer refused with [`CloseReason::IdInUse`] is told (it
 /// starts with [`ID_IN_USE`], which the newcomer recognises).

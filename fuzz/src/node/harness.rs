@@ -23,7 +23,8 @@ use reign_proto::{
 };
 
 use super::grammar::{FuzzTarget, LocalOp, Name, NodeInput, Op};
-use super::wire::{with_value, Value};
+use super::value::{with_value, Value};
+use super::pick;
 use super::{tuning, MAX_OP_BYTES, MY_INCARNATION};
 use crate::certs;
 
@@ -83,10 +84,6 @@ pub(super) struct Harness {
     pub(super) shut_down: bool,
 }
 
-/// The item `index` picks (modulo their number), if there are any.
-pub(super) fn pick<T>(items: &[T], index: u8) -> Option<&T> {
-    (!items.is_empty()).then(|| &items[index as usize % items.len()])
-}
 
 /// Keeps `item` if `items` holds fewer than `cap`, else drops it.
 fn keep<T>(items: &mut Vec<T>, cap: usize, item: T) {

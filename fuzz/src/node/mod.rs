@@ -32,6 +32,7 @@
 //! The target is split by what each part owns:
 //! - `grammar.rs`: the input's steps ([`NodeInput`], [`Op`], ...), parsed by
 //!   `arbitrary` and written back for seeds, with their byte layout;
+//! - `value.rs`: the values of registered types the harness sends;
 //! - `wire.rs`: what a step's words stand for (ids, values, frames, control
 //!   messages);
 //! - `harness.rs`: the node and its surroundings, driven step by step;
@@ -43,6 +44,7 @@
 mod checks;
 mod grammar;
 mod harness;
+mod value;
 mod wire;
 
 use std::collections::BTreeSet;
@@ -117,4 +119,9 @@ pub fn node(data: &[u8]) {
         h.check_links_kept(&before, &exempt, op);
     }
     h.check_shutdown();
+}
+
+/// The item `index` picks (modulo their number), if there are any.
+pub(super) fn pick<T>(items: &[T], index: u8) -> Option<&T> {
+    (!items.is_empty()).then(|| &items[index as usize % items.len()])
 }

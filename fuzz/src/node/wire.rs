@@ -10,57 +10,19 @@
 
 use bytes::Bytes;
 use reign_proto::codec::frame::{PublishScope, ReplyStatus, TunnelOp, MAX_REMAINING_US};
-use reign_proto::codec::{payload, Frame};
+use reign_proto::codec::Frame;
 use reign_proto::control::Control;
 use reign_proto::system::MailboxClosed;
-use reign_proto::{Address, Incarnation, MailboxId, NodeId, TypeTag};
+use reign_proto::{Incarnation, MailboxId, NodeId, TypeTag};
 
 use super::grammar::{
     text, Body, Corr, Delta, FuzzControl, FuzzFrame, FuzzTunnelOp, FuzzValue, RemoteRef, Tag,
     TunnelRef, Who,
 };
-use super::harness::{pick, Harness};
+use super::harness::Harness;
+use super::pick;
+use super::value::Value;
 use super::{FLOOD_MAX_ENTRIES, FLOOD_NAME_CAP, MY_INCARNATION, PEER_INCARNATION};
-
-/// A value of one of the registered types the harness sends.
-pub(super) enum Value {
-    U64(u64),
-    Text(String),
-    Bytes(serde_bytes::ByteBuf),
-    Address(Address),
-    Closed(MailboxClosed),
-}
-
-/// Runs `$body` with `$x` bound to the value inside, whatever its type.
-macro_rules! with_value {
-    ($v:expr, |$x:ident| $body:expr) => {
-        match $v {
-            Value::U64($x) => $body,
-            Value::Text($x) => $body,
-            Value::Bytes($x) => $body,
-            Value::Address($x) => $body,
-            Value::Closed($x) => $body,
-        }
-    };
-}
-pub(super) use with_value;
-
-impl Value {
-    /// The value's type tag and payload bytes.
-    pub(super) fn encode(&self) -> (TypeTag, Vec<u8>) {
-        let name = match self {
-            Value::U64(_) => "u64",
-            Value::Text(_) => "string",
-            Value::Bytes(_) => "bytes",
-            Value::Address(_) => "reign.Address",
-            Value::Closed(_) => "reign.MailboxClosed",
-        };
-        (
-            TypeTag::of_name(name),
-            with_value!(self, |x| payload::to_vec(x)),
-        )
-    }
-}
 
 impl Harness {
     /// The peer mailbox `r` names, if there are peers.

@@ -15,11 +15,6 @@
 
 use super::*;
 
-/// The reason given to a second process that claims the id of a node that
-/// is live: the live node answered a ping after the newcomer arrived. Part
-/// of the protocol: a refused node recognises it and stops.
-pub const ID_IN_USE: &str = "node id is live in the cluster";
-
 /// Members this node admits at most, spec and learned together (node ids
 /// are 16 bits, but nobody should make a node allocate for 65,536
 /// members); also the most entries of one `Members` message looked at.

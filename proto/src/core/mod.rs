@@ -32,10 +32,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use rustls::time_provider::TimeProvider;
 
+pub use crate::close::ID_IN_USE;
 pub use backoff::Backoff;
 pub use conn::ConnId;
 use conn::{Conn, Phase};
-pub use membership::{ReloadError, Reloaded, ID_IN_USE};
+pub use membership::{ReloadError, Reloaded};
 use timer::Timer;
 
 use crate::close::{CloseReason, Removal, LEAVING};
