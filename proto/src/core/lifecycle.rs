@@ -392,17 +392,30 @@ impl Core {
                 self.note_refusal(id, cause, &reason);
             } else if let Some(c) = self.conns.get(&id) {
                 if c.peer().is_none() {
-                    // A peer that hangs (or a partition) repeats this at
-                    // every redial: DEBUG, counted as a failed dial in the
-                    // run's summaries by `drop_conn`.
-                    tracing::debug!(
-                        node = self.me.0,
-                        conn = %id,
-                        peer = c.dialed.map(|n| n.0),
-                        to = %c.label,
-                        reason = reason.to_string(),
-                        "handshake with a dialled peer timed out"
-                    );
+                    // Something that accepts and never answers (a wrong
+                    // port, another service) needs a human, but repeats at
+                    // every redial: ERROR when a run of failed dials begins
+                    // or its kind changes, DEBUG after (counted in the
+                    // run's summaries by `drop_conn`).
+                    let text = reason.to_string();
+                    let repeated = c
+                        .dialed
+                        .and_then(|p| self.peers.get(&p))
+                        .is_some_and(|p| p.dial_failures.repeats(&text));
+                    let to = &c.label;
+                    let peer = c.dialed.map(|n| n.0);
+                    if repeated {
+                        tracing::debug!(node = self.me.0, conn = %id, peer, to = %to, reason = text, "handshake with a dialled peer timed out");
+                    } else {
+                        tracing::error!(
+                            node = self.me.0,
+                            conn = %id,
+                            peer,
+                            to = %to,
+                            reason = text,
+                            "handshake with a dialled peer timed out"
+                        );
+                    }
                 }
             }
             self.drop_conn(now, id, reason, true);
