@@ -218,3 +218,71 @@ fn a_three_node_start_a_peer_down_and_a_reload_log_calmly() {
     println!("no-op reload: {error} ERROR, {warn} WARN, {info} INFO");
     assert_eq!((error, warn, info), (0, 0, 1), "{since:#?}");
 }
+
+/// A dialled peer that accepts and never answers (a wrong port, another
+/// service): the first handshake timeout of the run is one ERROR (it needs
+/// a human), the ones after it are DEBUG while the redials go on.
+#[tokio::test]
+async fn a_peer_that_never_answers_is_one_error_not_one_per_redial() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let (lines, _guard) = reign_tests::capture_thread_logs();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let holder = {
+        let (stop, accepted) = (stop.clone(), accepted.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match silent.accept() {
+                    Ok((stream, _)) => {
+                        held.push(stream);
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        })
+    };
+    let tuning = Tuning {
+        handshake_timeout: Duration::from_millis(300),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..Tuning::default()
+    };
+    let mut cluster = TestCluster::with_tuning(2, tuning);
+    cluster.addresses[1].1 = silent_addr.clone();
+    let node = reign_tokio::Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .expect("node starts");
+    // At least four timed-out handshakes, each a dial.
+    let deadline = Instant::now() + WAIT;
+    while accepted.load(Ordering::Relaxed) < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let dials = accepted.load(Ordering::Relaxed);
+    let errors = lines.matching(&["ERROR"]);
+    let warns = lines.matching(&["WARN"]);
+    println!(
+        "{dials} dials to a silent peer: {} ERROR, {} WARN",
+        errors.len(),
+        warns.len()
+    );
+    node.shutdown().await;
+    stop.store(true, Ordering::Relaxed);
+    holder.join().unwrap();
+    assert!(dials >= 5, "only {dials} dials");
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(errors[0].contains("handshake with a dialled peer timed out"));
+    assert!(
+        errors[0].contains(&format!("to={silent_addr}")),
+        "{}",
+        errors[0]
+    );
+    assert!(warns.is_empty(), "{warns:#?}");
+}
