@@ -5,7 +5,9 @@
 //!   dials to nodes not started yet are DEBUG);
 //! - one of them killed and kept down: one WARN (`connection lost`) on each
 //!   survivor while the redials go on at DEBUG; back again: one INFO;
-//! - a SIGHUP that changes nothing: one INFO line and nothing else.
+//! - a SIGHUP that changes nothing: one INFO line and nothing else;
+//! - (in-process) a dialled peer that accepts and never answers: one ERROR
+//!   for the run, not one per redial.
 //!
 //! The summaries that come while a peer stays down longer (30 s, then at
 //! doubling intervals) are counted over a virtual minute and hour in the
