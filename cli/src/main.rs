@@ -26,36 +26,45 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
-fn init_logs(default: &str) {
+/// Logs to stderr at `default` level (or `RUST_LOG`), in `format`.
+fn init_logs(default: &str, format: node::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        node::LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        node::LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(args) => {
-            init_logs("info");
+            init_logs("info", node::LogFormat::Text);
             init::run(&args).map(|spec| {
                 println!("wrote {}", spec.display());
             })
         }
         Command::Node(args) => {
-            init_logs("info");
+            init_logs("info", args.log_format);
             node::run(args)
         }
         Command::Status(args) => {
-            init_logs("error");
+            init_logs("error", node::LogFormat::Text);
             status::run(&args)
         }
         Command::Demo(args) => {
-            init_logs("error");
+            init_logs("error", node::LogFormat::Text);
             demo::run(args)
         }
     };

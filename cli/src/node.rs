@@ -41,6 +41,22 @@ pub struct NodeArgs {
     /// variable: other users can read command lines.
     #[arg(long, env = "REIGN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object a line, with the spans of each event) for log shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of `reign node`'s log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (ANSI colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object a line: `timestamp`, `level`, `target`, `fields`
+    /// (the message and its fields), `span` and `spans` (the connection
+    /// and request the event belongs to).
+    Json,
 }
 
 /// Parses `ID@HOST:PORT`.
@@ -173,6 +189,8 @@ async fn reload_on_hangup(node: &Node, path: Option<&Path>, seeds: &[NodeDescrip
                 tracing::info!("SIGHUP ignored: a --dev node re-reads its directory by itself");
                 continue;
             };
+            // The one INFO of a reload that changes nothing; the core logs
+            // what changed, if anything (INFO), so the outcome is DEBUG here.
             tracing::info!(spec = %path.display(), "SIGHUP: re-reading the cluster spec");
             let spec = match load_spec(path, seeds) {
                 Ok(spec) => spec,
@@ -182,7 +200,7 @@ async fn reload_on_hangup(node: &Node, path: Option<&Path>, seeds: &[NodeDescrip
                 }
             };
             match node.reload(&spec).await {
-                Ok(changes) => tracing::info!(
+                Ok(changes) => tracing::debug!(
                     added = ?changes.added,
                     removed = ?changes.removed,
                     readdressed = ?changes.readdressed,

@@ -324,7 +324,9 @@ impl<R: Runtime> Driver<R> {
             DriverEvent::Reload { spec, reply } => {
                 let outcome = self.core.reload(now, *spec);
                 if let Err(e) = &outcome {
-                    tracing::warn!(node = self.core.id().0, error = %e, "spec reload refused; keeping the old spec");
+                    // The caller gets the error and logs it (`reign node`
+                    // at WARN): a second WARN here would say it twice.
+                    tracing::debug!(node = self.core.id().0, error = %e, "spec reload refused; keeping the old spec");
                 }
                 let _ = reply.try_send(outcome);
             }

@@ -452,18 +452,25 @@ impl<R: Runtime> Reign<R> {
         // backstop fires calls the request off wherever it still waits.
         let timeout = timeout.min(reign_proto::services::MAX_REQUEST_TIMEOUT);
         let deadline = Instant::now() + timeout;
-        let reply = self.node.request(target, value, deadline);
+        // Whatever the request logs, here and in the node, is logged in
+        // its span (DEBUG: a span per request costs too much at INFO).
+        let span = tracing::debug_span!("request", node = self.node.id().0, ?timeout);
+        let reply = span.in_scope(|| self.node.request(target, value, deadline));
         // The core times requests out itself; the runtime's timer is the
         // backstop for nodes without a core (local-only).
-        match race(
-            reply,
+        let outcome = match race(
+            tracing::Instrument::instrument(reply, span.clone()),
             self.rt.sleep_until(deadline + Duration::from_millis(5)),
         )
         .await
         {
             Either::Left(result) => result,
             Either::Right(()) => Err(RequestError::Timeout),
+        };
+        if let Err(e) = &outcome {
+            span.in_scope(|| tracing::debug!(error = %e, "request failed"));
         }
+        outcome
     }
 
     /// Opens a tunnel to one member of a service group (or an address),

@@ -73,6 +73,11 @@ pub(crate) struct Conn {
     pub(crate) reassembly_bytes: usize,
     /// Plaintext bytes received, for the peer's counters.
     pub(crate) plaintext_in: u64,
+    /// The connection's tracing span (`conn{id, peer}`): what the core logs
+    /// while handling the connection's input is logged inside it. `peer` is
+    /// known from the start on a dialled connection, from the hello on an
+    /// accepted one.
+    pub(crate) span: tracing::Span,
 }
 
 /// What carries a connection's frames.
@@ -145,7 +150,9 @@ impl Conn {
         dialed: Option<NodeId>,
         now: Instant,
     ) -> Conn {
+        let span = tracing::info_span!("conn", id = %id, peer = dialed.map(|n| n.0));
         Conn {
+            span,
             id,
             label,
             tls,

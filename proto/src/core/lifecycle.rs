@@ -62,7 +62,8 @@ impl Core {
                 .is_some_and(|old| dialer_of(old) == preferred_dialer);
             let new_preferred = dialer_of(conn) == preferred_dialer;
             if old_preferred && !new_preferred {
-                tracing::info!(
+                // Both sides dialled at once: routine, one of the two goes.
+                tracing::debug!(
                     node = self.me.0,
                     peer = peer_id.0,
                     "closing a duplicate connection"
@@ -76,6 +77,9 @@ impl Core {
             self.drop_conn(now, old_id, CloseReason::Replaced, true);
         }
         conn.phase = Phase::Up { peer: peer_id };
+        if conn.dialed.is_none() {
+            conn.span.record("peer", peer_id.0);
+        }
         self.inbound.remove(&conn.id);
         conn.next_ping = now + self.tuning.ping_interval;
         conn.ping_outstanding = false;
@@ -90,18 +94,22 @@ impl Core {
         peer.retry_at = None;
         peer.backoff.reset();
         peer.incarnation = Some(hello.incarnation);
-        peer.down_since = None;
+        let down_since = peer.down_since.take();
+        let failed_dials = peer.dial_failures.end().map_or(0, |(n, _)| n);
         peer.hearsay_from = None;
         let node = &self.node.inner;
         if let Some(outbox) = node.network().outbox(peer_id) {
             outbox.lock().connected = true;
             outbox.counters.connects.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::warn!(
+        // Up (or found again after `connection lost`): one INFO.
+        tracing::info!(
             node = self.me.0,
             peer = peer_id.0,
             conn = %conn.id,
             peer_incarnation = hello.incarnation.0,
+            unreachable_for = down_since.map(|t| tracing::field::debug(now.saturating_duration_since(t))),
+            failed_dials,
             "connection established"
         );
         for frame in node.peer_up(peer_id, hello.incarnation) {
@@ -132,14 +140,27 @@ impl Core {
             } else if c.peer().is_some() {
                 tracing::error!(node = self.me.0, conn = %id, from = %c.label, reason = reason.to_string(), "closing connection");
             } else if !reason.is_handshake_refusal() {
-                tracing::error!(
-                    node = self.me.0,
-                    conn = %id,
-                    to = %c.label,
-                    peer = c.dialed.map(|n| n.0),
-                    reason = reason.to_string(),
-                    "dialled connection failed during the handshake"
-                );
+                // Needs a human (a certificate, a cluster mix-up), but
+                // would repeat at every redial: ERROR when a run of failed
+                // dials begins or its kind of failure changes, DEBUG after
+                // (counted in the run's summaries by `drop_conn`).
+                let text = reason.to_string();
+                let repeated = c
+                    .dialed
+                    .and_then(|p| self.peers.get(&p))
+                    .is_some_and(|p| p.dial_failures.repeats(&text));
+                if repeated {
+                    tracing::debug!(node = self.me.0, conn = %id, to = %c.label, peer = c.dialed.map(|n| n.0), reason = text, "dialled connection failed during the handshake");
+                } else {
+                    tracing::error!(
+                        node = self.me.0,
+                        conn = %id,
+                        to = %c.label,
+                        peer = c.dialed.map(|n| n.0),
+                        reason = text,
+                        "dialled connection failed during the handshake"
+                    );
+                }
             }
             c.flush_control();
             send::transmit(&mut self.buffers, &mut self.outputs, id, c);
@@ -178,6 +199,31 @@ impl Core {
             if let Some(peer) = self.peers.get_mut(&peer_id) {
                 if peer.dialing == Some(id) {
                     peer.dialing = None;
+                    if peer.up.is_none() && !self.shutting_down {
+                        let error = reason.to_string();
+                        let (summary, _) = peer.dial_failures.record(now, &error);
+                        tracing::debug!(
+                            node = self.me.0,
+                            peer = peer_id.0,
+                            conn = %id,
+                            error,
+                            "dial failed"
+                        );
+                        if let Some(s) = summary {
+                            tracing::warn!(
+                                node = self.me.0,
+                                peer = peer_id.0,
+                                failing_for = ?s.failing_for,
+                                failed_dials = s.total,
+                                "peer {} still unreachable after {} s: {} dials failed since the last report ({} in all); last: {}",
+                                peer_id.0,
+                                s.failing_for.as_secs(),
+                                s.since_summary,
+                                s.total,
+                                s.last_error
+                            );
+                        }
+                    }
                     self.schedule_redial(now, peer_id);
                 }
             }
@@ -335,6 +381,8 @@ impl Core {
             }
         }
         for (id, reason) in failures {
+            let span = self.conn_span(id);
+            let _entered = span.enter();
             if let Some(inbound) = self.inbound.get(&id) {
                 let cause = if inbound.heard {
                     outside::SLOW
@@ -344,14 +392,30 @@ impl Core {
                 self.note_refusal(id, cause, &reason);
             } else if let Some(c) = self.conns.get(&id) {
                 if c.peer().is_none() {
-                    tracing::error!(
-                        node = self.me.0,
-                        conn = %id,
-                        peer = c.dialed.map(|n| n.0),
-                        to = %c.label,
-                        reason = reason.to_string(),
-                        "handshake with a dialled peer timed out"
-                    );
+                    // Something that accepts and never answers (a wrong
+                    // port, another service) needs a human, but repeats at
+                    // every redial: ERROR when a run of failed dials begins
+                    // or its kind changes, DEBUG after (counted in the
+                    // run's summaries by `drop_conn`).
+                    let text = reason.to_string();
+                    let repeated = c
+                        .dialed
+                        .and_then(|p| self.peers.get(&p))
+                        .is_some_and(|p| p.dial_failures.repeats(&text));
+                    let to = &c.label;
+                    let peer = c.dialed.map(|n| n.0);
+                    if repeated {
+                        tracing::debug!(node = self.me.0, conn = %id, peer, to = %to, reason = text, "handshake with a dialled peer timed out");
+                    } else {
+                        tracing::error!(
+                            node = self.me.0,
+                            conn = %id,
+                            peer,
+                            to = %to,
+                            reason = text,
+                            "handshake with a dialled peer timed out"
+                        );
+                    }
                 }
             }
             self.drop_conn(now, id, reason, true);

@@ -164,13 +164,20 @@ impl Core {
                 }
             }
         }
-        tracing::warn!(
-            node = self.me.0,
-            added = ?changes.added,
-            removed = ?changes.removed,
-            readdressed = ?changes.readdressed,
-            "cluster spec reloaded"
-        );
+        // A reload that changes nothing is routine (a SIGHUP sent to be
+        // sure, a dev directory rescan): DEBUG. A change is INFO, once.
+        if changes.added.is_empty() && changes.removed.is_empty() && changes.readdressed.is_empty()
+        {
+            tracing::debug!(node = self.me.0, "cluster spec reloaded: no change");
+        } else {
+            tracing::info!(
+                node = self.me.0,
+                added = ?changes.added,
+                removed = ?changes.removed,
+                readdressed = ?changes.readdressed,
+                "cluster spec reloaded"
+            );
+        }
         Ok(changes)
     }
 
@@ -198,6 +205,7 @@ impl Core {
             hearsay_from: None,
             incarnation: None,
             down_since: Some(now),
+            dial_failures: Default::default(),
         };
         if !peer.descriptor.address.is_empty() {
             peer.retry_at = Some(peer.first_dial(&self.tuning, now));

@@ -21,6 +21,7 @@ mod lifecycle;
 mod membership;
 mod outside;
 mod receive;
+mod redial_log;
 mod send;
 mod timer;
 
@@ -256,6 +257,8 @@ struct Peer {
     incarnation: Option<Incarnation>,
     /// When the peer was last seen going down (or added while down).
     down_since: Option<Instant>,
+    /// The run of failed dials since it went down, for calm logs.
+    dial_failures: redial_log::DialFailures,
 }
 
 impl Peer {
@@ -533,6 +536,13 @@ impl Core {
         Some(id)
     }
 
+    /// The span of connection `id` (none if it is gone).
+    fn conn_span(&self, id: ConnId) -> tracing::Span {
+        self.conns
+            .get(&id)
+            .map_or_else(tracing::Span::none, |c| c.span.clone())
+    }
+
     fn new_conn_id(&mut self) -> ConnId {
         let id = ConnId(self.next_conn);
         self.next_conn += 1;
@@ -541,6 +551,16 @@ impl Core {
 
     /// Feeds one input.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        // What happens for a connection is logged inside its span (its
+        // id and peer); writes log nothing and skip the cost.
+        let span = match &input {
+            Input::Connected { conn }
+            | Input::ConnectFailed { conn, .. }
+            | Input::Received { conn, .. }
+            | Input::Closed { conn, .. } => self.conn_span(*conn),
+            Input::Written { .. } | Input::Timeout => tracing::Span::none(),
+        };
+        let entered = span.enter();
         match input {
             Input::Connected { conn } => {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -551,13 +571,9 @@ impl Core {
                 }
             }
             Input::ConnectFailed { conn, error } => {
-                if let Some(c) = self.conns.get(&conn) {
-                    tracing::warn!(
-                        node = self.me.0,
-                        peer = c.dialed.map(|n| n.0),
-                        error,
-                        "dial failed"
-                    );
+                if self.conns.contains_key(&conn) {
+                    // Logged (DEBUG, and a summary at growing intervals)
+                    // as a failed dial by `drop_conn`.
                     self.drop_conn(now, conn, CloseReason::DialFailed(error.to_owned()), false);
                 }
             }
@@ -584,6 +600,7 @@ impl Core {
             }
             Input::Timeout => self.run_timers(now),
         }
+        drop(entered);
         self.send_replies();
         self.tick_summaries(now);
     }

@@ -368,6 +368,9 @@ impl NodeInner {
         payload: Bytes,
         charge: Option<crate::node::outbox::Charge>,
     ) {
+        // The request's span on the member's node (inside the connection's).
+        let span = tracing::debug_span!("request", from = peer.0, corr);
+        let _entered = span.enter();
         if !types::is_registered_tag(tag) {
             let why = format!(
                 "request type {:#018x} is not registered on node {}",
