@@ -287,3 +287,65 @@ impl TlsContext {
 pub fn system_time() -> Arc<dyn TimeProvider> {
     Arc::new(rustls::time_provider::DefaultTimeProvider)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::certgen::ClusterCa;
+    use crate::spec::ClusterSpec;
+
+    fn spec_with(cert: &crate::certgen::CertAndKey, cas: &[&ClusterCa]) -> ClusterSpec {
+        ClusterSpec {
+            nodes: vec![crate::spec::NodeDescriptor {
+                id: 1,
+                address: "127.0.0.1:1".into(),
+                listen_address: String::new(),
+                local_address: String::new(),
+            }],
+            node_cert_pem: cert.cert_pem.clone(),
+            node_key_pem: cert.key_pem.clone(),
+            cluster_cert_pem: cas.iter().map(|ca| ca.cert_pem()).collect(),
+            ..ClusterSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_bundle_of_up_to_the_limit_resolves_and_one_more_is_refused() {
+        let cas: Vec<ClusterCa> = (0..=MAX_CLUSTER_CAS)
+            .map(|_| ClusterCa::generate().unwrap())
+            .collect();
+        let now = UnixTime::now();
+        // A certificate from the last CA of a bundle of 1, 2, …, the limit.
+        for n in 1..=MAX_CLUSTER_CAS {
+            let bundle: Vec<&ClusterCa> = cas[..n].iter().collect();
+            let cert = cas[n - 1].node_cert(NodeId(1)).unwrap();
+            let resolved = spec_with(&cert, &bundle).resolve(NodeId(1), now).unwrap();
+            assert_eq!(resolved.material.cluster_certs.len(), n);
+            let ids = ClusterIds::of(&resolved.material.cluster_certs);
+            assert_eq!(ClusterIds::from_bytes(&ids.to_bytes()), Some(ids));
+        }
+        let all: Vec<&ClusterCa> = cas.iter().collect();
+        let cert = cas[0].node_cert(NodeId(1)).unwrap();
+        let e = spec_with(&cert, &all).resolve(NodeId(1), now).unwrap_err();
+        assert!(e.to_string().contains("1 to 4 are allowed"), "{e}");
+        // A certificate from a CA outside the bundle.
+        let e = spec_with(&cas[2].node_cert(NodeId(1)).unwrap(), &all[..2])
+            .resolve(NodeId(1), now)
+            .unwrap_err();
+        assert!(
+            matches!(e, SpecError::NotSignedByCluster { id: 1, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn identities_sharing_a_ca_are_one_cluster() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let ids = |list: &[[u8; 32]]| ClusterIds(list.to_vec());
+        assert!(ids(&[a]).shares_ca(&ids(&[a, b])));
+        assert!(ids(&[a, b]).shares_ca(&ids(&[b])));
+        assert!(!ids(&[a]).shares_ca(&ids(&[b])));
+        assert!(!ids(&[a, b]).shares_ca(&ids(&[c])));
+        assert_eq!(ClusterIds::from(a).to_bytes(), a.to_vec());
+    }
+}
