@@ -520,9 +520,10 @@ fn renew(args: &InitArgs, layout: &Layout) -> Result<InitReport, String> {
             .into(),
     );
     if layout.previous_cert.exists() {
-        lines.push(
-            "  then, once every node runs its new certificate: reign init --drop-old-ca".into(),
-        );
+        lines.push(format!(
+            "  then, once every node runs its new certificate: reign init --dir {} --drop-old-ca",
+            layout.dir.display()
+        ));
     }
     Ok(InitReport {
         spec: layout.spec.clone(),
@@ -561,12 +562,16 @@ fn rollover(layout: &Layout) -> Result<InitReport, String> {
         ca_warning(layout),
         "next:".into(),
         "  1. copy cluster.crt to every node and reload each (kill -HUP <pid>)".into(),
-        "  2. when every node has it: reign init --renew, copy each node its node_N.crt and \
-         node_N.key, reload each"
-            .into(),
-        "  3. when every node runs its new certificate: reign init --drop-old-ca, copy \
-         cluster.crt to every node, reload each"
-            .into(),
+        format!(
+            "  2. when every node has it: reign init --dir {} --renew, copy each node its \
+             node_N.crt and node_N.key, reload each",
+            layout.dir.display()
+        ),
+        format!(
+            "  3. when every node runs its new certificate: reign init --dir {} --drop-old-ca, \
+             copy cluster.crt to every node, reload each",
+            layout.dir.display()
+        ),
     ];
     Ok(InitReport {
         spec: layout.spec.clone(),
