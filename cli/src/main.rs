@@ -16,7 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a cluster CA, node certificates and a spec (like reign_init).
+    /// Create a cluster CA, node certificates and a spec (like reign_init);
+    /// on an existing cluster: add nodes, renew certificates, roll the CA over.
     Init(init::InitArgs),
     /// Run one node of a cluster until SIGINT or SIGTERM.
     Node(node::NodeArgs),
@@ -51,8 +52,10 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Init(args) => {
             init_logs("info", node::LogFormat::Text);
-            init::run(&args).map(|spec| {
-                println!("wrote {}", spec.display());
+            init::run(&args).map(|report| {
+                for line in &report.lines {
+                    println!("{line}");
+                }
             })
         }
         Command::Node(args) => {

@@ -340,10 +340,13 @@ impl<R: Runtime> Reign<R> {
     /// Re-reads membership from `spec` while the node runs (what `reign
     /// node` does on SIGHUP): nodes it adds are connected, nodes it no
     /// longer lists are told goodbye and refused from then on, and changed
-    /// addresses are used for the next dial. An invalid spec, or one for
-    /// another node or cluster CA, is refused with the reason and the node
-    /// keeps its old view; tuning and TLS material keep their values from
-    /// the start. Members learned from peers (in none of this node's
+    /// addresses are used for the next dial. Renewed TLS material (a node
+    /// certificate and key, a CA bundle during a rollover) is used for new
+    /// connections, while links that are up keep theirs. An invalid spec,
+    /// one for another node, or one sharing no CA with this node's, is
+    /// refused with the reason and the node keeps its old view and
+    /// material; tuning keeps its values from the start. Members learned
+    /// from peers (in none of this node's
     /// specs) are not removed by being absent; see
     /// [`Core::reload`](reign_proto::Core::reload).
     ///

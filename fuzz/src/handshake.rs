@@ -180,7 +180,11 @@ impl Rules {
                 theirs: hello.version,
             });
         }
-        if hello.cluster != self.cluster {
+        // One CA in common is one cluster (a hello lists each CA's id).
+        let ours = reign_proto::tls::ClusterIds::from(self.cluster);
+        if !reign_proto::tls::ClusterIds::from_bytes(&hello.cluster)
+            .is_some_and(|c| c.shares_ca(&ours))
+        {
             return Err(HandshakeError::WrongCluster);
         }
         if hello.target != self.me {

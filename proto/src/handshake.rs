@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::payload;
 use crate::codec::{Frame, PROTOCOL_VERSION};
 use crate::id::{Incarnation, NodeId};
+use crate::tls::ClusterIds;
 
 /// What a node says about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +24,8 @@ pub struct Hello {
     pub node: NodeId,
     /// The sender's current start.
     pub incarnation: Incarnation,
-    /// SHA-256 of the sender's cluster CA certificate.
+    /// The SHA-256 of each cluster CA the sender trusts, concatenated
+    /// (32 bytes with one CA; see [`ClusterIds`]).
     #[serde(with = "serde_bytes")]
     pub cluster: Vec<u8>,
     /// The node the sender believes it is talking to.
@@ -40,7 +42,8 @@ pub enum HandshakeError {
         /// Theirs.
         theirs: u16,
     },
-    /// The peer belongs to another cluster (another CA).
+    /// The peer belongs to another cluster: it trusts none of this node's
+    /// CAs (or named them malformed).
     WrongCluster,
     /// The peer is not the node it should be (dialled node answered as
     /// another, or a dialer aimed at another node).
@@ -173,7 +176,7 @@ pub struct Handshake {
     role: Role,
     me: NodeId,
     incarnation: Incarnation,
-    cluster: [u8; 32],
+    cluster: ClusterIds,
     done: bool,
 }
 
@@ -185,13 +188,19 @@ impl Hello {
 }
 
 impl Handshake {
-    /// A handshake for this node in `role`.
-    pub fn new(role: Role, me: NodeId, incarnation: Incarnation, cluster: [u8; 32]) -> Handshake {
+    /// A handshake for this node in `role`, trusting the CAs of `cluster`
+    /// (one CA's id converts into it).
+    pub fn new(
+        role: Role,
+        me: NodeId,
+        incarnation: Incarnation,
+        cluster: impl Into<ClusterIds>,
+    ) -> Handshake {
         Handshake {
             role,
             me,
             incarnation,
-            cluster,
+            cluster: cluster.into(),
             done: false,
         }
     }
@@ -201,7 +210,7 @@ impl Handshake {
             version: PROTOCOL_VERSION,
             node: self.me,
             incarnation: self.incarnation,
-            cluster: self.cluster.to_vec(),
+            cluster: self.cluster.to_bytes(),
             target,
         }
     }
@@ -252,7 +261,9 @@ impl Handshake {
                 theirs: hello.version,
             });
         }
-        if hello.cluster.as_slice() != self.cluster.as_slice() {
+        // One CA in common is one cluster: during a CA rollover nodes
+        // trusting {old}, {old, new} and {new} meet (see `tls`).
+        if !ClusterIds::from_bytes(&hello.cluster).is_some_and(|c| c.shares_ca(&self.cluster)) {
             return Err(HandshakeError::WrongCluster);
         }
         if hello.target != self.me {
@@ -370,6 +381,17 @@ mod tests {
         let mut h = good.clone();
         h.cluster = vec![2; 32];
         assert_eq!(feed(&mut acceptor(), &h), Err(HandshakeError::WrongCluster));
+        // Malformed identities: empty, a partial id, more CAs than allowed.
+        let max = crate::tls::MAX_CLUSTER_CAS;
+        for bad in [vec![], vec![1; 31], vec![1; 33], vec![1; 32 * (max + 1)]] {
+            let mut h = good.clone();
+            h.cluster = bad;
+            assert_eq!(feed(&mut acceptor(), &h), Err(HandshakeError::WrongCluster));
+        }
+        // A bundle sharing one CA is the same cluster, at the limit too.
+        let mut h = good.clone();
+        h.cluster = [vec![2; 32 * (max - 1)], CLUSTER.to_vec()].concat();
+        assert!(feed(&mut acceptor(), &h).is_ok());
 
         let mut h = good.clone();
         h.target = NodeId(3);

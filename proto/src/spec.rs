@@ -304,7 +304,8 @@ pub struct ClusterSpec {
     /// Path of each node's private key, `%d` standing for its id.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_key_path: String,
-    /// Path of the cluster CA certificate.
+    /// Path of the cluster CA certificate: one PEM certificate, or during a
+    /// CA rollover a bundle of the old and the new (see `tls`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster_cert_path: String,
     /// This node's certificate as PEM text (wins over the path).
@@ -313,7 +314,7 @@ pub struct ClusterSpec {
     /// This node's private key as PEM text (wins over the path).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_key_pem: String,
-    /// The cluster CA certificate as PEM text (wins over the path).
+    /// The cluster CA certificate (or bundle) as PEM text (wins over the path).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cluster_cert_pem: String,
     /// ALPN protocol names nodes accept; empty means reign's own.
@@ -547,18 +548,29 @@ impl ClusterSpec {
                 &e,
             ),
         })?;
-        let cluster_cert =
-            CertificateDer::from_pem_slice(&ca_text).map_err(|e| SpecError::BadPem {
+        let cluster_certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_text)
+            .collect::<Result<_, _>>()
+            .map_err(|e| SpecError::BadPem {
                 field: "cluster_cert",
                 error: pem_error(
                     self.material_source(&self.cluster_cert_pem, &self.cluster_cert_path, node.0),
                     &e,
                 ),
             })?;
+        if cluster_certs.is_empty() {
+            return Err(SpecError::BadPem {
+                field: "cluster_cert",
+                error: pem_error(
+                    self.material_source(&self.cluster_cert_pem, &self.cluster_cert_path, node.0),
+                    &rustls::pki_types::pem::Error::NoItemsFound,
+                ),
+            });
+        }
+        // An overfull bundle is refused by check_node_material.
         let material = NodeMaterial {
             cert_chain,
             key,
-            cluster_cert,
+            cluster_certs,
         };
         crate::tls::check_node_material(node, &material, now)?;
         let protocols = if self.permitted_protocols.is_empty() {

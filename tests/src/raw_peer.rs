@@ -114,6 +114,15 @@ impl RawPeer {
         }
     }
 
+    /// The certificate the node presented (DER), to see which one it uses.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        self.stream
+            .conn
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|cert| cert.to_vec())
+    }
+
     /// Sends one frame.
     pub fn send_frame(&mut self, frame: &Frame) -> std::io::Result<()> {
         self.send_raw(&frame.to_vec())

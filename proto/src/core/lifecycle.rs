@@ -329,7 +329,7 @@ impl Core {
             Role::Dialer { target: peer_id },
             self.me,
             self.incarnation,
-            self.tls.cluster_id,
+            self.tls.cluster_id.clone(),
         );
         let conn = Conn::new(
             id,

@@ -47,6 +47,10 @@ pub struct Reloaded {
     pub removed: Vec<NodeId>,
     /// Members whose address changed.
     pub readdressed: Vec<NodeId>,
+    /// The new spec held other TLS material (a renewed certificate and key,
+    /// or another CA bundle during a rollover): new connections use it,
+    /// connections already up keep their sessions.
+    pub tls_renewed: bool,
 }
 
 /// Why a [`Core::reload`] was refused (the old membership stays).
@@ -59,7 +63,9 @@ pub enum ReloadError {
         /// The node the new spec was resolved for.
         theirs: NodeId,
     },
-    /// The new spec trusts another cluster CA; restart the node to change it.
+    /// The new spec trusts none of the CAs this node trusts now: it is
+    /// another cluster. A CA is changed in steps that keep one CA in common
+    /// (a bundle of the old and the new first), or by a restart.
     OtherCluster,
     /// The new spec does not resolve.
     Spec(SpecError),
@@ -77,7 +83,7 @@ impl std::fmt::Display for ReloadError {
             ),
             ReloadError::OtherCluster => write!(
                 f,
-                "the new spec names another cluster CA; restart the node to change it"
+                "the new spec trusts none of this node's cluster CAs; roll a CA over through a bundle of the old and the new, or restart the node"
             ),
             ReloadError::Spec(e) => write!(f, "{e}"),
             ReloadError::ShuttingDown => write!(f, "the node is shutting down"),
@@ -108,10 +114,14 @@ impl Core {
     /// Applies a new spec to the running node: members it adds are dialled
     /// (or awaited), members it drops are told goodbye, disconnected and
     /// refused from then on, and changed addresses are dialled at once if
-    /// the member is down. Tuning, TLS material and this node's own address
-    /// keep their values from the start. A spec for another node or another
-    /// cluster CA is refused and nothing changes. ("At once" for a member
-    /// with a higher id means after the usual dial grace, as at start.)
+    /// the member is down. New TLS material (a renewed certificate and key,
+    /// a CA bundle during a rollover) is used for new connections from now
+    /// on; connections already up keep their sessions and lose nothing.
+    /// Tuning, protocols and this node's own address keep their values from
+    /// the start. A spec for another node, one whose CAs share none with
+    /// this node's (another cluster), or material rustls refuses is refused
+    /// and nothing changes. ("At once" for a member with a higher id means
+    /// after the usual dial grace, as at start.)
     ///
     /// Removal compares with the previous spec: a member learned from peers
     /// (in no spec of this node) stays; list it once and drop it again to
@@ -126,9 +136,12 @@ impl Core {
                 theirs: spec.node_id,
             });
         }
-        if crate::tls::cluster_id(&spec.material.cluster_cert) != self.tls.cluster_id {
+        let cas = crate::tls::ClusterIds::of(&spec.material.cluster_certs);
+        if !cas.shares_ca(&self.tls.cluster_id) {
             return Err(ReloadError::OtherCluster);
         }
+        // Built before anything changes, so refused material changes nothing.
+        let renewed_tls = self.tls.renewed(&spec.material)?;
         let mut changes = Reloaded::default();
         let dropped: Vec<NodeId> = self
             .peers
@@ -163,6 +176,15 @@ impl Core {
                     changes.added.push(id);
                 }
             }
+        }
+        if let Some(tls) = renewed_tls {
+            self.tls = tls;
+            changes.tls_renewed = true;
+            tracing::info!(
+                node = self.me.0,
+                cas = spec.material.cluster_certs.len(),
+                "TLS material renewed; new connections use it"
+            );
         }
         // A reload that changes nothing is routine (a SIGHUP sent to be
         // sure, a dev directory rescan): DEBUG. A change is INFO, once.

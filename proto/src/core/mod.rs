@@ -478,7 +478,7 @@ impl Core {
             Role::Acceptor,
             self.me,
             self.incarnation,
-            self.tls.cluster_id,
+            self.tls.cluster_id.clone(),
         );
         let conn = Conn::new(
             id,
@@ -510,7 +510,7 @@ impl Core {
             Role::Acceptor,
             self.me,
             self.incarnation,
-            self.tls.cluster_id,
+            self.tls.cluster_id.clone(),
         );
         let mut conn = Conn::new(
             id,
@@ -525,7 +525,7 @@ impl Core {
             version: crate::codec::PROTOCOL_VERSION,
             node: peer,
             incarnation: Incarnation(1),
-            cluster: self.tls.cluster_id.to_vec(),
+            cluster: self.tls.cluster_id.to_bytes(),
             target: self.me,
         };
         let _ = conn
