@@ -255,7 +255,12 @@ async fn kill_9_a_node_under_traffic_then_restart_it() {
         .unwrap()
         .downcast()
         .unwrap();
-    assert_eq!(note, MailboxClosed(to2.id()));
+    assert_eq!(note.id, to2.id());
+    assert!(
+        matches!(note.reason, reign_tokio::ExitReason::Unreachable(Some(_))),
+        "{:?}",
+        note.reason
+    );
     assert!(
         watcher_box
             .recv_timeout(Duration::from_millis(100))

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reign_proto::{Address, Mailbox, MailboxClosed, Node, NodeId};
+use reign_proto::{Address, ExitReason, Mailbox, MailboxClosed, Node, NodeId};
 use reign_tests::TestCluster;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -90,11 +90,14 @@ fn tokio_async_std_and_smol_nodes_form_one_cluster() {
                     .unwrap()
             })
             .collect();
-        notes.sort_by_key(|n| n.0);
+        notes.sort_by_key(|n| n.id);
         let want: Vec<MailboxClosed> = targets
             .iter()
             .filter(|t| t.id().node != watcher_node.id())
-            .map(|t| MailboxClosed(t.id()))
+            .map(|t| MailboxClosed {
+                id: t.id(),
+                reason: ExitReason::Closed,
+            })
             .collect();
         assert_eq!(notes, want, "watchers on node {}", watcher_node.id().0);
     }
@@ -120,7 +123,10 @@ fn tokio_async_std_and_smol_nodes_form_one_cluster() {
             .unwrap();
         assert_eq!(
             note,
-            MailboxClosed(gone.id()),
+            MailboxClosed {
+                id: gone.id(),
+                reason: ExitReason::NodeShutdown
+            },
             "watcher on node {}",
             watcher_node.id().0
         );

@@ -104,7 +104,7 @@ impl Core {
             peer_incarnation = hello.incarnation.0,
             "connection established"
         );
-        for frame in node.peer_up(peer_id, hello.incarnation) {
+        for frame in node.peer_up(peer_id, hello.incarnation, hello.features) {
             frame.encode(&mut conn.control_bytes);
         }
         conn.queue_frame(&self.members_frame(false));

@@ -523,6 +523,7 @@ impl Core {
             incarnation: Incarnation(1),
             cluster: self.tls.cluster_id.to_vec(),
             target: self.me,
+            features: crate::handshake::FEATURES,
         };
         let _ = conn
             .handshake
