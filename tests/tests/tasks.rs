@@ -280,3 +280,111 @@ reign_tests::on_every_runtime!(
     node_shutdown_reaches_linked_tasks,
     shutdown_ends_tasks,
 );
+
+/// A peer that predates exit reasons (a hello without `FEATURE_EXITS`, as
+/// the raw peer sends) is sent only what it understands: `Closed` without
+/// a reason, never `Exited`, `Link` or `Kill`; its own reasonless `Closed`
+/// reads as `Unspecified` here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_exit_reasons_gets_the_old_messages() {
+    use reign_proto::codec::Frame;
+    use reign_proto::control::Control;
+    use reign_proto::{MailboxId, SendError};
+    use reign_tests::raw_peer::RawPeer;
+
+    // Default timers: the raw peer does not answer pings.
+    let cluster = TestCluster::with_tuning(3, reign_proto::Tuning::default());
+    let node = reign_tokio::Node::start(&cluster.spec(NodeId(1)), NodeId(1))
+        .await
+        .expect("node 1 starts");
+    let (target, target_box) = node.new_mailbox();
+    let (_, linker) = node.new_mailbox();
+    let (watcher, watcher_box) = node.new_mailbox();
+    let address = cluster.address(NodeId(1)).to_owned();
+    let ca = cluster.ca.cert_pem().to_owned();
+    let cert = cluster.cert(NodeId(2));
+    let mut peer = tokio::task::spawn_blocking(move || {
+        RawPeer::admitted(&address, NodeId(2), NodeId(1), &ca, &cert, WAIT)
+    })
+    .await
+    .unwrap();
+    assert!(eventually(WAIT, || node.is_connected(NodeId(2))));
+    let far = MailboxId {
+        node: NodeId(2),
+        incarnation: reign_proto::Incarnation(1),
+        serial: 1,
+    };
+    let far_addr = node.address_of(far);
+    assert_eq!(far_addr.kill(), Err(SendError::Unsupported));
+    linker.link(&far_addr);
+    far_addr.on_close_notify(&watcher);
+    let target_id = target.id();
+    let seen = tokio::task::spawn_blocking(move || {
+        peer.send_frame(&Frame::Control(
+            Control::Watch { target: target_id }.encode(),
+        ))
+        .unwrap();
+        // Waits for the watch of `far` (from the link and the watch).
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(Frame::Control(body)) = peer.next_frame(Duration::from_millis(200)) {
+                let control = Control::decode(&body).expect("a control this version reads");
+                let done = matches!(control, Control::Watch { .. });
+                seen.push(control);
+                if done {
+                    break;
+                }
+            }
+        }
+        (peer, seen)
+    })
+    .await
+    .unwrap();
+    let (mut peer, mut seen) = seen;
+    target_box.close_with(ExitReason::Panic("old peer".into()));
+    let (peer, more) = tokio::task::spawn_blocking(move || {
+        let mut more = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(Frame::Control(body)) = peer.next_frame(Duration::from_millis(200)) {
+                let control = Control::decode(&body).unwrap();
+                let done = matches!(control, Control::Closed { .. });
+                more.push(control);
+                if done {
+                    break;
+                }
+            }
+        }
+        peer.send_frame(&Frame::Control(Control::Closed { target: far }.encode()))
+            .unwrap();
+        (peer, more)
+    })
+    .await
+    .unwrap();
+    seen.extend(more);
+    assert!(seen.contains(&Control::Watch { target: far }), "{seen:?}");
+    assert!(
+        seen.contains(&Control::Closed { target: target_id }),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|c| matches!(
+            c,
+            Control::Exited { .. } | Control::Link { .. } | Control::Kill { .. }
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(
+        recv_on::<reign_tokio::Tokio, MailboxClosed>(&watcher_box, WAIT).await,
+        MailboxClosed {
+            id: far,
+            reason: ExitReason::Unspecified
+        }
+    );
+    // The link is one way with such a peer, and its unspecified exit is
+    // abnormal.
+    assert!(eventually(WAIT, || linker.is_closed()));
+    drop(peer);
+    node.shutdown().await;
+}
