@@ -388,6 +388,19 @@ impl MailboxShared {
     }
 
     /// Links this mailbox to `other` (this side only); `false` if it is
+    /// closed, or if it already has `limit` links.
+    pub(crate) fn add_link_within(&self, other: MailboxId, limit: usize) -> bool {
+        let mut state = self.lock();
+        if state.closed || (state.links.len() >= limit && !state.links.contains(&other)) {
+            return false;
+        }
+        if !state.links.contains(&other) {
+            state.links.push(other);
+        }
+        true
+    }
+
+    /// Links this mailbox to `other` (this side only); `false` if it is
     /// closed.
     pub(crate) fn add_link(&self, other: MailboxId) -> bool {
         let mut state = self.lock();

@@ -28,6 +28,13 @@ use crate::node::address::Address;
 use crate::node::NodeInner;
 use crate::system::ExitReason;
 
+/// Most links peers may make to one mailbox of this node (`Control::Link`):
+/// each costs an id in the mailbox and a watch entry here, and nothing a
+/// peer sends may grow memory without a bound. Beyond it a peer's link is
+/// one way (its side still hears this mailbox's exit, through its watch).
+/// Far above what a supervisor with its children needs.
+pub(crate) const MAX_PEER_LINKS: usize = 1 << 16;
+
 /// Close notifications that cross nodes.
 #[derive(Default)]
 pub(in crate::node) struct Links {
@@ -228,10 +235,17 @@ impl NodeInner {
                 // A target that is gone: the peer's own watch of it hears
                 // `NoMailbox`, which fires its side of the link.
                 if let Some(mailbox) = self.local_mailbox(target) {
-                    if mailbox.add_link(from) {
+                    if mailbox.add_link_within(from, MAX_PEER_LINKS) {
                         let from = self.bind(from);
                         let target = Address::local(mailbox);
                         from.on_close_notify(&target);
+                    } else if !mailbox.is_closed() {
+                        tracing::debug!(
+                            node = self.id.0,
+                            peer = peer.0,
+                            %target,
+                            "a peer's link refused: the mailbox has {MAX_PEER_LINKS} links"
+                        );
                     }
                 }
             }
@@ -290,5 +304,29 @@ impl NodeInner {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::id::Incarnation;
+    use crate::node::Node;
+
+    #[test]
+    fn peer_links_stop_at_the_limit() {
+        let node = Node::local(Incarnation(1));
+        let (_, target) = node.new_mailbox();
+        let limit = 3;
+        let others: Vec<_> = (0..limit + 1).map(|_| node.new_mailbox()).collect();
+        let shared = target.shared();
+        // Under the limit, and at it.
+        for (other, _) in &others[..limit] {
+            assert!(shared.add_link_within(other.id(), limit));
+        }
+        // A link it already has is no new link.
+        assert!(shared.add_link_within(others[0].0.id(), limit));
+        // Over it.
+        assert!(!shared.add_link_within(others[limit].0.id(), limit));
+        assert_eq!(target.links().len(), limit);
     }
 }
