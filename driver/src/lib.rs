@@ -318,8 +318,8 @@ impl<R: Runtime> Reign<R> {
     /// the node's shutdown.
     ///
     /// ```no_run
-    /// # async fn spawn(node: reign_tokio::Node) {
-    /// use reign_tokio::{ExitReason, MailboxClosed};
+    /// # async fn spawn<R: reign_driver::Runtime>(node: reign_driver::Reign<R>) {
+    /// use reign_driver::api::{ExitReason, MailboxClosed};
     ///
     /// let (watcher, notes) = node.new_mailbox();
     /// let worker = node.spawn(|mailbox| async move {
