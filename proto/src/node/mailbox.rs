@@ -672,7 +672,9 @@ impl MailboxShared {
 /// Checks a blocking receiver makes before it parks (about 10-20 µs).
 const SPINS: u32 = 200;
 
-/// The receiving end of a mailbox. Dropping it closes the mailbox.
+/// The receiving end of a mailbox. Dropping it closes the mailbox (with
+/// [`ExitReason::Closed`]), except a task's mailbox, which its task closes
+/// with the task's own reason (see [`Node::task`](crate::Node::task)).
 ///
 /// Methods take `&self`, so a mailbox can be shared (behind an `Arc`) by
 /// several receivers; each message goes to exactly one of them.
@@ -809,7 +811,9 @@ impl Mailbox {
     /// Closes the mailbox: queued messages are dropped, pending and future
     /// receives return [`RecvError::Closed`], sends return
     /// [`SendError::Closed`], names it holds are released, and every watcher
-    /// gets [`MailboxClosed`](crate::MailboxClosed). Idempotent.
+    /// gets [`MailboxClosed`](crate::MailboxClosed) with
+    /// [`ExitReason::Closed`]. Closing a task's mailbox ends the task.
+    /// Idempotent: the first close's reason is the one watchers hear.
     pub fn close(&self) {
         self.shared.close_and_notify(ExitReason::Closed);
     }
