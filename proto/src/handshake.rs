@@ -5,6 +5,10 @@
 //!
 //! The dialer speaks first; the acceptor answers only once the dialer's hello
 //! checks out, so an acceptor never tells a stranger who it is.
+//!
+//! Versions must match exactly; within a version, a hello's `features` bits
+//! say which later additions the sender understands (`FEATURE_EXITS`: exit
+//! reasons and links), so they are added without refusing older peers.
 
 use std::fmt;
 
