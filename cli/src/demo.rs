@@ -378,15 +378,16 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
         .downcast()
         .map_err(|_| "not a MailboxClosed")?;
     let detection = killed.elapsed();
-    if note.0 != node2.id() {
+    if note.id != node2.id() {
         return Err("MailboxClosed named another mailbox".into());
     }
     if !n0.wait_for_disconnect(NodeId(2), WAIT).await {
         return Err("node 2's loss was not detected".into());
     }
     println!(
-        "  MailboxClosed({:?}) after {:.0} ms; node-2 is gone from the registry: {}",
-        note.0,
+        "  MailboxClosed({:?}: {}) after {:.0} ms; node-2 is gone from the registry: {}",
+        note.id,
+        note.reason,
         detection.as_secs_f64() * 1e3,
         n0.lookup("node-2").is_none()
     );

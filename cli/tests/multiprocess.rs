@@ -206,6 +206,92 @@ fn clean(state: Option<&CountState>, sent: u64) -> bool {
     state.is_some_and(|s| s.received == sent && s.next == sent && s.gaps == 0 && s.duplicates == 0)
 }
 
+/// Tasks on this node linked to a mailbox of a `reign node` process hear
+/// of its kill -9 as an exit: one that traps exits as an `Exit` message,
+/// one that does not by being closed with `Linked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_reaches_linked_tasks() {
+    use reign_tokio::{Exit, ExitReason};
+    protocol::register();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = TestCluster::with_tuning(2, fast());
+    let mut n1 = Proc::spawn(dir.path(), &cluster.spec(NodeId(1)), 1);
+    let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    assert!(n0.wait_for_peers(&[NodeId(1)], WAIT).await);
+    wait_for_names(&n0, &["node-1"]).await;
+    let far = n0.lookup("node-1").unwrap();
+    let before = n0.mailbox_count();
+
+    // The trapping task reports the exit it receives, then returns.
+    let (report, report_box) = n0.new_mailbox();
+    let trapping = n0.spawn_linked(&far, move |mailbox| async move {
+        mailbox.trap_exits(true);
+        let exit: Exit = mailbox.recv_type().await.map_err(|e| e.to_string())?;
+        report.send(exit).map_err(|e| e.to_string())
+    });
+    let (watcher, watcher_box) = n0.new_mailbox();
+    let plain = n0.spawn_linked(&far, |mailbox| async move {
+        let _keep = mailbox;
+        std::future::pending::<()>().await
+    });
+    plain.on_close_notify(&watcher);
+    trapping.on_close_notify(&watcher);
+    // Both links reached node 1 before it dies (the trap flag is set by the
+    // task itself, so give it a moment too).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    n1.kill9();
+    let killed = Instant::now();
+    let detection = fast().ping_interval * (fast().max_ping_failures + 2);
+    let exit: Exit = report_box
+        .recv_timeout(detection + WAIT)
+        .await
+        .expect("the trapping task heard of the kill")
+        .downcast()
+        .unwrap();
+    let heard = killed.elapsed();
+    assert_eq!(exit.from, far.id());
+    assert!(
+        matches!(exit.reason, ExitReason::Unreachable(Some(_))),
+        "{exit:?}"
+    );
+    let mut notes = Vec::new();
+    for _ in 0..2 {
+        let note: MailboxClosed = watcher_box
+            .recv_timeout(WAIT)
+            .await
+            .unwrap()
+            .downcast()
+            .unwrap();
+        notes.push(note);
+    }
+    notes.sort_by_key(|n| n.id);
+    let mut want = vec![
+        MailboxClosed {
+            id: trapping.id(),
+            reason: ExitReason::Normal,
+        },
+        MailboxClosed {
+            id: plain.id(),
+            reason: ExitReason::Linked {
+                from: far.id(),
+                reason: Box::new(exit.reason.clone()),
+            },
+        },
+    ];
+    want.sort_by_key(|n| n.id);
+    assert_eq!(notes, want);
+    eprintln!("linked tasks heard of node 1's kill -9 after {heard:?}");
+    drop((report_box, watcher_box));
+    assert!(
+        reign_tests::eventually(WAIT, || n0.mailbox_count() == before),
+        "the tasks' mailboxes are gone"
+    );
+    n0.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_a_node_under_traffic_then_restart_it() {
     protocol::register();
@@ -255,7 +341,12 @@ async fn kill_9_a_node_under_traffic_then_restart_it() {
         .unwrap()
         .downcast()
         .unwrap();
-    assert_eq!(note, MailboxClosed(to2.id()));
+    assert_eq!(note.id, to2.id());
+    assert!(
+        matches!(note.reason, reign_tokio::ExitReason::Unreachable(Some(_))),
+        "{:?}",
+        note.reason
+    );
     assert!(
         watcher_box
             .recv_timeout(Duration::from_millis(100))

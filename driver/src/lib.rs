@@ -20,11 +20,11 @@ mod signal;
 /// adapter re-exports this module whole, so the three share one API.
 pub mod api {
     pub use reign_proto::{
-        register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus,
-        Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId, Message,
-        MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError, ReloadError,
-        Reloaded, Request, RequestError, RequestTables, Responder, SendError, Target, Tuning,
-        TunnelError,
+        register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus, Exit,
+        ExitReason, Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId,
+        Message, MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError,
+        ReloadError, Reloaded, Request, RequestError, RequestTables, Responder, SendError, Target,
+        TaskExit, Tuning, TunnelError,
     };
 
     pub use crate::StartError;
@@ -36,8 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reign_proto::{
-    ClusterSpec, ConnectionStatus, Core, CoreConfig, Incarnation, IncomingTunnel, Mailbox, Message,
-    Node, NodeId, RecvError, ReloadError, Reloaded, RequestError, SpecError, Target, TunnelError,
+    Address, ClusterSpec, ConnectionStatus, Core, CoreConfig, Incarnation, IncomingTunnel, Mailbox,
+    Message, Node, NodeId, RecvError, ReloadError, Reloaded, RequestError, SpecError, Target,
+    TaskExit, TunnelError,
 };
 
 use driver::{CloseReasons, Driver, DriverEvent, Failure, EVENT_BACKLOG};
@@ -307,6 +308,57 @@ impl<R: Runtime> Reign<R> {
     /// The node handle (also reachable through `Deref`).
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// Spawns a task with its own mailbox on this node's runtime and
+    /// returns the mailbox's address (see [`Node::task`] for the whole
+    /// contract). The mailbox closes with the task's exit reason: the
+    /// future returns (`()`/`Ok` normal, `Err` an error), panics (caught,
+    /// with its message), or is ended through its address
+    /// ([`Address::kill`](reign_proto::Address::kill)), a linked exit or
+    /// the node's shutdown.
+    ///
+    /// ```no_run
+    /// # async fn spawn<R: reign_driver::Runtime>(node: reign_driver::Reign<R>) {
+    /// use reign_driver::api::{ExitReason, MailboxClosed};
+    ///
+    /// let (watcher, notes) = node.new_mailbox();
+    /// let worker = node.spawn(|mailbox| async move {
+    ///     let n: u32 = mailbox.recv_type().await.map_err(|e| e.to_string())?;
+    ///     if n == 0 {
+    ///         return Err("zero".to_string());
+    ///     }
+    ///     Ok(())
+    /// });
+    /// worker.on_close_notify(&watcher);
+    /// worker.send(0u32).unwrap();
+    /// let note: MailboxClosed = notes.recv_type().await.unwrap();
+    /// assert_eq!(note.reason, ExitReason::Error("zero".into()));
+    /// # }
+    /// ```
+    pub fn spawn<F, Fut>(&self, f: F) -> Address
+    where
+        F: FnOnce(Mailbox) -> Fut + Send + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: TaskExit,
+    {
+        let (address, task) = self.node.task(f);
+        self.rt.spawn(task);
+        address
+    }
+
+    /// [`spawn`](Reign::spawn), with the task's mailbox linked to `to`
+    /// before the task starts (Erlang's `spawn_link`; see
+    /// [`Mailbox::link`]).
+    pub fn spawn_linked<F, Fut>(&self, to: &Address, f: F) -> Address
+    where
+        F: FnOnce(Mailbox) -> Fut + Send + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: TaskExit,
+    {
+        let (address, task) = self.node.task_linked(to, f);
+        self.rt.spawn(task);
+        address
     }
 
     /// The address the listener is bound to (useful with port 0).

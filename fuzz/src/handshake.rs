@@ -96,6 +96,7 @@ impl HsFrame {
                         other.clone()
                     },
                     target: if *target_ok { me } else { NodeId(*target) },
+                    features: reign_proto::handshake::FEATURES,
                 }
                 .to_frame_body(),
             ),
@@ -142,6 +143,7 @@ impl Rules {
             incarnation: self.incarnation,
             cluster: self.cluster.to_vec(),
             target,
+            features: reign_proto::handshake::FEATURES,
         }
     }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::payload;
 use crate::error::DecodeError;
 use crate::id::MailboxId;
+use crate::system::ExitReason;
 
 /// One control message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +110,41 @@ pub enum Control {
     /// may go again.
     Ready {
         /// A mailbox of the sending node.
+        target: MailboxId,
+    },
+    // Exit reasons and links (issue 18). Sent only to peers whose hello
+    // carries `handshake::FEATURE_EXITS`: a peer without it could not
+    // decode them, so it gets `Closed` instead of `Exited`, and never
+    // `Link`, `Unlink` or `Kill`.
+    /// [`Control::Closed`] with why: `target`, watched by the receiving
+    /// node, has closed (or never existed) for `reason`.
+    Exited {
+        /// A mailbox of the sending node.
+        target: MailboxId,
+        /// Why it closed.
+        reason: ExitReason,
+    },
+    /// `from`, a mailbox of the sender, links itself to `target`, a mailbox
+    /// of the receiver: the receiver links `target` back and watches
+    /// `from` (the sender already watches `target`).
+    Link {
+        /// A mailbox of the sending node.
+        from: MailboxId,
+        /// A mailbox of the receiving node.
+        target: MailboxId,
+    },
+    /// Undoes a [`Control::Link`] (the sender has stopped watching
+    /// `target`).
+    Unlink {
+        /// A mailbox of the sending node.
+        from: MailboxId,
+        /// A mailbox of the receiving node.
+        target: MailboxId,
+    },
+    /// Closes `target`, a mailbox of the receiver, with
+    /// [`ExitReason::Killed`] (aborting its task, if it has one).
+    Kill {
+        /// A mailbox of the receiving node.
         target: MailboxId,
     },
 }

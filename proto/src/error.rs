@@ -40,12 +40,16 @@ pub enum SendError {
     /// delivering what it accepted earlier) or has shut down: it accepts no
     /// new sends.
     NodeShutdown,
+    /// The target's node is connected but predates what was asked (it
+    /// did not advertise the feature in its hello).
+    Unsupported,
 }
 
 impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::Closed => write!(f, "the target mailbox is closed"),
+            SendError::Unsupported => write!(f, "the target's node does not support this"),
             SendError::Full => write!(f, "a bounded queue to the target is full"),
             SendError::Unregistered { type_name } => write!(
                 f,

@@ -5,6 +5,10 @@
 //!
 //! The dialer speaks first; the acceptor answers only once the dialer's hello
 //! checks out, so an acceptor never tells a stranger who it is.
+//!
+//! Versions must match exactly; within a version, a hello's `features` bits
+//! say which later additions the sender understands (`FEATURE_EXITS`: exit
+//! reasons and links), so they are added without refusing older peers.
 
 use std::fmt;
 
@@ -30,7 +34,27 @@ pub struct Hello {
     pub cluster: Vec<u8>,
     /// The node the sender believes it is talking to.
     pub target: NodeId,
+    /// What the sender understands beyond [`PROTOCOL_VERSION`], one bit per
+    /// feature (`FEATURE_*`). Absent in the hellos of nodes that predate
+    /// it, which read as no features; nodes that predate it ignore it. A
+    /// node sends a peer only the control messages its bits allow, so
+    /// features are added without refusing older peers.
+    #[serde(default, skip_serializing_if = "no_features")]
+    pub features: u64,
 }
+
+/// Whether a hello's features are empty (then left out of its encoding,
+/// which is then byte for byte a hello of the version before features).
+fn no_features(features: &u64) -> bool {
+    *features == 0
+}
+
+/// Feature bit: the node understands exit reasons and links
+/// (`Control::Exited`, `Link`, `Unlink`, `Kill`).
+pub const FEATURE_EXITS: u64 = 1;
+
+/// The features this build understands, sent in every hello.
+pub const FEATURES: u64 = FEATURE_EXITS;
 
 /// Why a handshake failed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -212,6 +236,7 @@ impl Handshake {
             incarnation: self.incarnation,
             cluster: self.cluster.to_bytes(),
             target,
+            features: FEATURES,
         }
     }
 

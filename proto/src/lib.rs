@@ -31,7 +31,7 @@ pub mod id;
 pub mod log_summary;
 pub mod node;
 pub mod poison;
-pub use node::{address, mailbox, message, services, tunnel};
+pub use node::{address, mailbox, message, services, task, tunnel};
 pub mod registry;
 pub mod rng;
 #[cfg(feature = "sim")]
@@ -57,6 +57,7 @@ pub use services::{
 };
 pub use spec::{ClusterSpec, NodeDescriptor, ResolvedSpec, SpecError, Tuning};
 pub use stats::NodeStats;
-pub use system::{ConnectionStatus, MailboxClosed, MultipleClaim};
+pub use system::{ConnectionStatus, Exit, ExitReason, MailboxClosed, MultipleClaim};
+pub use task::{Task, TaskExit};
 pub use tunnel::{IncomingTunnel, OpeningTunnel, Tunnel, TunnelError};
 pub use types::{register_type, register_type_named, TypeError, TypeTag};

@@ -7,10 +7,151 @@ use crate::id::{MailboxId, NodeId};
 
 /// Delivered to a watcher when the mailbox it watches closes, or when that
 /// mailbox's node becomes unreachable (see
-/// [`Address::on_close_notify`](crate::Address::on_close_notify)).
-/// Each watch produces it at most once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct MailboxClosed(pub MailboxId);
+/// [`Address::on_close_notify`](crate::Address::on_close_notify)), with
+/// why. Each watch produces it at most once; a watcher on another node
+/// sees the same `reason` as one on the mailbox's own node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "ClosedWire")]
+pub struct MailboxClosed {
+    /// The mailbox that closed.
+    pub id: MailboxId,
+    /// Why it closed.
+    pub reason: ExitReason,
+}
+
+/// The forms of [`MailboxClosed`] a peer may send: this version's, or the
+/// bare id of nodes that predate exit reasons (read as
+/// [`ExitReason::Unspecified`]).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClosedWire {
+    WithReason { id: MailboxId, reason: ExitReason },
+    IdOnly(MailboxId),
+}
+
+impl From<ClosedWire> for MailboxClosed {
+    fn from(wire: ClosedWire) -> MailboxClosed {
+        match wire {
+            ClosedWire::WithReason { id, reason } => MailboxClosed { id, reason },
+            ClosedWire::IdOnly(id) => MailboxClosed {
+                id,
+                reason: ExitReason::Unspecified,
+            },
+        }
+    }
+}
+
+/// Delivered to a mailbox that traps exits (see
+/// [`Mailbox::trap_exits`](crate::Mailbox::trap_exits)) when a mailbox it
+/// is linked to closes, for any reason, instead of closing it (Erlang's
+/// `{'EXIT', From, Reason}`). The link is gone once this is delivered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Exit {
+    /// The linked mailbox that closed.
+    pub from: MailboxId,
+    /// Why it closed.
+    pub reason: ExitReason,
+}
+
+/// Longest text an [`ExitReason`] keeps from a panic or an error (longer
+/// ones are cut at a character boundary): a reason travels in one control
+/// frame to every remote watcher, so it stays small whatever a task panics
+/// with.
+pub const MAX_REASON_TEXT: usize = 1024;
+
+/// Why a mailbox closed: carried by [`MailboxClosed`] and [`Exit`], the same
+/// on every node that hears of it.
+///
+/// [`is_normal`](ExitReason::is_normal) splits them as Erlang does: a
+/// normal exit does not take linked mailboxes down with it; every other
+/// reason does, unless they trap exits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// A spawned task's future returned normally (`()` or `Ok`).
+    Normal,
+    /// The mailbox was closed by its owner: [`Mailbox::close`] or dropping
+    /// the [`Mailbox`].
+    ///
+    /// [`Mailbox::close`]: crate::Mailbox::close
+    /// [`Mailbox`]: crate::Mailbox
+    Closed,
+    /// A spawned task's future returned an error, with its `Display` text.
+    Error(String),
+    /// A spawned task panicked, with the panic's message.
+    Panic(String),
+    /// Killed through its address ([`Address::kill`](crate::Address::kill)),
+    /// or its task was dropped by the runtime before it finished.
+    Killed,
+    /// Its node became unreachable or left the cluster, with the typed
+    /// reason the connection closed (`None`: the node was not connected
+    /// when the watch or link was made).
+    Unreachable(Option<CloseReason>),
+    /// Its node shut down.
+    NodeShutdown,
+    /// Closed because a mailbox it was linked to exited abnormally: `from`
+    /// is that mailbox and `reason` the exit that started the chain (never
+    /// itself `Linked`, so a chain of links does not grow the reason).
+    Linked {
+        /// The linked mailbox whose exit closed this one.
+        from: MailboxId,
+        /// The original exit.
+        reason: Box<ExitReason>,
+    },
+    /// The mailbox did not exist when it was watched or linked: it had
+    /// already closed, or never existed (Erlang's `noproc`).
+    NoMailbox,
+    /// Its node did not say why (a peer that predates exit reasons).
+    Unspecified,
+}
+
+impl ExitReason {
+    /// Whether this is a normal exit ([`Normal`](ExitReason::Normal) or
+    /// [`Closed`](ExitReason::Closed)), which linked mailboxes survive.
+    pub fn is_normal(&self) -> bool {
+        matches!(self, ExitReason::Normal | ExitReason::Closed)
+    }
+
+    /// The reason a mailbox linked to `from` closes with when `from` exits
+    /// with `self`: the chain's original reason is kept, not nested.
+    pub fn linked(self, from: MailboxId) -> ExitReason {
+        let reason = match self {
+            ExitReason::Linked { reason, .. } => reason,
+            other => Box::new(other),
+        };
+        ExitReason::Linked { from, reason }
+    }
+
+    /// A panic or error text, cut to [`MAX_REASON_TEXT`].
+    pub(crate) fn bounded_text(mut text: String) -> String {
+        if text.len() > MAX_REASON_TEXT {
+            let mut end = MAX_REASON_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::Normal => write!(f, "normal"),
+            ExitReason::Closed => write!(f, "closed by its owner"),
+            ExitReason::Error(text) => write!(f, "error: {text}"),
+            ExitReason::Panic(text) => write!(f, "panicked: {text}"),
+            ExitReason::Killed => write!(f, "killed"),
+            ExitReason::Unreachable(Some(reason)) => write!(f, "node unreachable: {reason}"),
+            ExitReason::Unreachable(None) => write!(f, "node unreachable"),
+            ExitReason::NodeShutdown => write!(f, "node shut down"),
+            ExitReason::Linked { from, reason } => write!(f, "linked {from} exited: {reason}"),
+            ExitReason::NoMailbox => write!(f, "no such mailbox"),
+            ExitReason::Unspecified => write!(f, "unspecified"),
+        }
+    }
+}
 
 /// Delivered to every claimant of a name that is claimed on more than one
 /// node at once, once per conflict (Go reign's semantics, but however the

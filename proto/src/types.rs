@@ -138,6 +138,7 @@ fn register_builtins(table: &mut Table) {
         serde_bytes::ByteBuf => "bytes",
         crate::address::Address => "reign.Address",
         crate::system::MailboxClosed => "reign.MailboxClosed",
+        crate::system::Exit => "reign.Exit",
         crate::system::MultipleClaim => "reign.MultipleClaim",
         crate::system::ConnectionStatus => "reign.ConnectionStatus",
     );

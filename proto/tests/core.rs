@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use reign_proto::core::AcceptError;
 use reign_proto::sim::{Sim, SimConfig, TraceEvent};
 use reign_proto::{
-    Address, CloseReason, ClusterSpec, ConnId, Core, CoreConfig, Event, Incarnation, Input,
-    Mailbox, MailboxClosed, NodeId, Output, Tuning,
+    Address, CloseReason, ClusterSpec, ConnId, Core, CoreConfig, Event, ExitReason, Incarnation,
+    Input, Mailbox, MailboxClosed, NodeId, Output, Tuning,
 };
 
 /// The next message already in `mailbox`, as a `T`.
@@ -500,7 +500,13 @@ fn close_notifications_reach_local_watchers_of_remote_nodes_unreachable() {
     let mut far = watcher.id();
     far.node = NodeId(0);
     node.address_of(far).on_close_notify(&watcher);
-    assert_eq!(queued::<MailboxClosed>(&watcher_box), MailboxClosed(far));
+    assert_eq!(
+        queued::<MailboxClosed>(&watcher_box),
+        MailboxClosed {
+            id: far,
+            reason: ExitReason::Unreachable(None)
+        }
+    );
 }
 
 #[test]
@@ -821,7 +827,13 @@ fn the_core_answers_within_the_input_without_waking_itself() {
         .expect("the watch was answered")
         .downcast::<MailboxClosed>()
         .unwrap();
-    assert_eq!(closed, MailboxClosed(gone.id()));
+    assert_eq!(
+        closed,
+        MailboxClosed {
+            id: gone.id(),
+            reason: ExitReason::NoMailbox
+        }
+    );
     assert!(sync.is_done(), "the sync was answered");
 }
 

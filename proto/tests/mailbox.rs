@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_lite::future::block_on;
 use reign_proto::{
-    Address, Capacity, Incarnation, MailboxClosed, Message, Node, RecvError, SendError,
+    Address, Capacity, ExitReason, Incarnation, MailboxClosed, Message, Node, RecvError, SendError,
 };
 
 struct CountingWaker(AtomicUsize);
@@ -189,7 +189,10 @@ fn watcher_is_notified_exactly_once() {
     let msg = watcher_box.try_recv().unwrap().unwrap();
     assert_eq!(
         msg.downcast::<MailboxClosed>().unwrap(),
-        MailboxClosed(target.id())
+        MailboxClosed {
+            id: target.id(),
+            reason: ExitReason::Closed
+        }
     );
     assert!(watcher_box.try_recv().unwrap().is_none());
 }

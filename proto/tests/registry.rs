@@ -10,7 +10,8 @@ use reign_proto::control::Control;
 use reign_proto::registry::{Effect, Registry};
 use reign_proto::sim::Sim;
 use reign_proto::{
-    Address, Incarnation, Mailbox, MailboxClosed, MailboxId, MultipleClaim, NodeId, RegistryError,
+    Address, ExitReason, Incarnation, Mailbox, MailboxClosed, MailboxId, MultipleClaim, NodeId,
+    RegistryError,
 };
 
 /// Runs until `node`'s sync completes.
@@ -214,10 +215,12 @@ fn node_loss_removes_its_names_and_closes_watches_exactly_once() {
             .into_iter()
             .filter_map(|m| m.downcast::<MailboxClosed>().ok())
             .collect();
-        assert_eq!(
-            notes,
-            vec![MailboxClosed(target.id())],
-            "node {n}: exactly once"
+        assert_eq!(notes.len(), 1, "node {n}: exactly once: {notes:?}");
+        assert_eq!(notes[0].id, target.id());
+        assert!(
+            matches!(notes[0].reason, ExitReason::Unreachable(Some(_))),
+            "node {n}: {:?}",
+            notes[0].reason
         );
     }
     sim.restart(NodeId(2));
@@ -252,7 +255,10 @@ fn remote_watches_fire_on_close_and_can_be_cancelled() {
             .into_iter()
             .map(|m| m.downcast::<MailboxClosed>().unwrap())
             .collect::<Vec<_>>(),
-        vec![MailboxClosed(target.id())]
+        vec![MailboxClosed {
+            id: target.id(),
+            reason: ExitReason::Closed
+        }]
     );
     assert!(drain(&cancelled_box).is_empty());
     // Watching a remote mailbox that is already closed reports at once.

@@ -111,6 +111,9 @@ impl RawPeer {
             incarnation: Incarnation(1),
             cluster: cluster_id(&ca).to_vec(),
             target,
+            // A raw peer speaks like a node that predates features: it is
+            // sent only what such a node understands.
+            features: 0,
         }
     }
 

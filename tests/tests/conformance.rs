@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use reign_driver::{recv_timeout, Reign, Runtime};
-use reign_proto::{Address, MailboxClosed, Message, NodeId, SendError};
+use reign_proto::{Address, ExitReason, MailboxClosed, Message, NodeId, SendError};
 use reign_tests::{recv_on, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,7 +29,10 @@ async fn local_messaging<R: Runtime + Default>() {
     mailbox.close();
     assert_eq!(
         recv_on::<R, MailboxClosed>(&watcher_box, WAIT).await,
-        MailboxClosed(addr.id())
+        MailboxClosed {
+            id: addr.id(),
+            reason: ExitReason::Closed
+        }
     );
     assert_eq!(addr.send(1u8), Err(SendError::Closed));
     node.shutdown().await;
@@ -61,13 +64,17 @@ async fn addresses_round_trip<R: Runtime + Default>() {
     back.send(String::from("home")).unwrap();
     assert_eq!(recv_on::<R, String>(&home_box, WAIT).await, "home");
     // A remote close notification too. No pause: the watch may reach the
-    // other node before or after the close, and both must notify.
+    // other node before or after the close, and both must notify: with
+    // the close's reason, or `NoMailbox` for a watch that came after.
     let (watcher, watcher_box) = a.new_mailbox();
     a.address_of(echo.id()).on_close_notify(&watcher);
     echo_box.close();
-    assert_eq!(
-        recv_on::<R, MailboxClosed>(&watcher_box, WAIT).await,
-        MailboxClosed(echo.id())
+    let note = recv_on::<R, MailboxClosed>(&watcher_box, WAIT).await;
+    assert_eq!(note.id, echo.id());
+    assert!(
+        matches!(note.reason, ExitReason::Closed | ExitReason::NoMailbox),
+        "{:?}",
+        note.reason
     );
     a.shutdown().await;
     b.shutdown().await;
@@ -108,7 +115,10 @@ async fn shutdown_leaves_nothing_behind<R: Runtime + Default>() {
     assert!(b.wait_for_disconnect(NodeId(0), WAIT).await);
     assert_eq!(
         recv_on::<R, MailboxClosed>(&watcher_box, WAIT).await,
-        MailboxClosed(addr.id())
+        MailboxClosed {
+            id: addr.id(),
+            reason: ExitReason::NodeShutdown
+        }
     );
     // Every task ended and dropped its socket: the port binds again.
     assert!(

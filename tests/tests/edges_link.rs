@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reign_tests::{capture_logs, recv_as, TestCluster};
-use reign_tokio::{MailboxClosed, MailboxExt, Node, NodeId, SendError, Tuning};
+use reign_tokio::{ExitReason, MailboxClosed, MailboxExt, Node, NodeId, SendError, Tuning};
 use serde_bytes::ByteBuf;
 
 /// Generous: nothing here should take more than a fraction of it.
@@ -473,7 +473,10 @@ async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
         .expect("node 0 hears of the close");
     assert_eq!(
         note.downcast::<MailboxClosed>().unwrap(),
-        MailboxClosed(watched1.id())
+        MailboxClosed {
+            id: watched1.id(),
+            reason: ExitReason::Closed
+        }
     );
     let note = notes1
         .recv_timeout(WAIT)
@@ -481,7 +484,10 @@ async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
         .expect("node 1 hears of the close");
     assert_eq!(
         note.downcast::<MailboxClosed>().unwrap(),
-        MailboxClosed(watched0.id())
+        MailboxClosed {
+            id: watched0.id(),
+            reason: ExitReason::Closed
+        }
     );
     eprintln!("close notifications both ways: {:.1?}", t.elapsed());
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reign_proto::{Address, Mailbox, MailboxClosed, Node, NodeId};
+use reign_proto::{Address, ExitReason, Mailbox, MailboxClosed, MailboxId, Node, NodeId};
 use reign_tests::TestCluster;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -90,13 +90,21 @@ fn tokio_async_std_and_smol_nodes_form_one_cluster() {
                     .unwrap()
             })
             .collect();
-        notes.sort_by_key(|n| n.0);
-        let want: Vec<MailboxClosed> = targets
+        notes.sort_by_key(|n| n.id);
+        let want: Vec<MailboxId> = targets
             .iter()
             .filter(|t| t.id().node != watcher_node.id())
-            .map(|t| MailboxClosed(t.id()))
+            .map(|t| t.id())
             .collect();
-        assert_eq!(notes, want, "watchers on node {}", watcher_node.id().0);
+        let ids: Vec<MailboxId> = notes.iter().map(|n| n.id).collect();
+        assert_eq!(ids, want, "watchers on node {}", watcher_node.id().0);
+        // The close's reason, or `NoMailbox` for a watch that came after.
+        assert!(
+            notes
+                .iter()
+                .all(|n| matches!(n.reason, ExitReason::Closed | ExitReason::NoMailbox)),
+            "{notes:?}"
+        );
     }
 
     // A node going away is noticed by the others, whatever their runtime:
@@ -120,7 +128,10 @@ fn tokio_async_std_and_smol_nodes_form_one_cluster() {
             .unwrap();
         assert_eq!(
             note,
-            MailboxClosed(gone.id()),
+            MailboxClosed {
+                id: gone.id(),
+                reason: ExitReason::NodeShutdown
+            },
             "watcher on node {}",
             watcher_node.id().0
         );

@@ -133,7 +133,12 @@ fn a_lost_node_loses_its_names_and_its_watchers_are_told_once() {
             assert!(node.wait_for_disconnect(NodeId(2), WAIT).await);
             assert!(node.lookup("worker").is_none());
             let note: MailboxClosed = w_box.recv_type().await.unwrap();
-            assert_eq!(note, MailboxClosed(target.id()));
+            assert_eq!(note.id, target.id());
+            assert!(
+                matches!(note.reason, reign_tokio::ExitReason::Unreachable(Some(_))),
+                "{:?}",
+                note.reason
+            );
         }
         let (rt2b, node2b) =
             tokio::task::spawn_blocking(move || start_on_own_runtime(&spec2, NodeId(2)))

@@ -77,7 +77,10 @@ impl Harness {
             FuzzValue::Address(who) => {
                 Value::Address(self.core.node().address_of(self.who(who, sender)))
             }
-            FuzzValue::Closed(who) => Value::Closed(MailboxClosed(self.who(who, sender))),
+            FuzzValue::Closed(who) => Value::Closed(MailboxClosed {
+                id: self.who(who, sender),
+                reason: reign_proto::ExitReason::Closed,
+            }),
         }
     }
 

@@ -112,7 +112,7 @@ impl Core {
             failed_dials,
             "connection established"
         );
-        for frame in node.peer_up(peer_id, hello.incarnation) {
+        for frame in node.peer_up(peer_id, hello.incarnation, hello.features) {
             frame.encode(&mut conn.control_bytes);
         }
         conn.queue_frame(&self.members_frame(false));

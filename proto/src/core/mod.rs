@@ -527,6 +527,7 @@ impl Core {
             incarnation: Incarnation(1),
             cluster: self.tls.cluster_id.to_bytes(),
             target: self.me,
+            features: crate::handshake::FEATURES,
         };
         let _ = conn
             .handshake

@@ -13,7 +13,7 @@ use crate::id::MailboxId;
 use crate::node::mailbox::MailboxShared;
 use crate::node::message::Message;
 use crate::node::NodeInner;
-use crate::system::MailboxClosed;
+use crate::system::{ExitReason, MailboxClosed};
 
 /// Where sends to an address go. Resolved once, when the address is made or
 /// deserialized, so a send never looks anything up.
@@ -37,7 +37,7 @@ enum Destination {
 /// and an address that comes back reaches the original mailbox.
 ///
 /// ```
-/// use reign_proto::{Incarnation, MailboxClosed, Node};
+/// use reign_proto::{ExitReason, Incarnation, MailboxClosed, Node};
 ///
 /// let node = Node::local(Incarnation(1));
 /// let (target, target_box) = node.new_mailbox();
@@ -45,7 +45,8 @@ enum Destination {
 /// target.on_close_notify(&watcher);
 /// target_box.close();
 /// let note = watcher_box.try_recv().unwrap().unwrap();
-/// assert_eq!(note.downcast::<MailboxClosed>().unwrap(), MailboxClosed(target.id()));
+/// let note = note.downcast::<MailboxClosed>().unwrap();
+/// assert_eq!((note.id, note.reason), (target.id(), ExitReason::Closed));
 /// assert!(target.send(1u8).is_err());
 /// ```
 #[derive(Clone)]
@@ -116,25 +117,112 @@ impl Address {
     }
 
     /// Asks for [`MailboxClosed`] to be sent to `watcher` when this address's
-    /// mailbox closes, or when its node becomes unreachable (Erlang's link,
-    /// one way; reign's `OnCloseNotify`). If the mailbox is already closed or
-    /// unreachable, the notification is sent at once. Each watch fires once.
+    /// mailbox closes, or when its node becomes unreachable (Erlang's
+    /// monitor; reign's `OnCloseNotify`), with the [`ExitReason`]. If the
+    /// mailbox is already closed or gone, the notification is sent at once
+    /// with [`ExitReason::NoMailbox`]; if its node is not connected, with
+    /// [`ExitReason::Unreachable`]. Each watch fires once.
     pub fn on_close_notify(&self, watcher: &Address) {
         match &self.destination {
             Destination::Local(mailbox) => {
                 if !mailbox.add_watcher(watcher) {
-                    let _ = watcher.send(MailboxClosed(self.id));
+                    watcher.deliver_close(self.id, &ExitReason::NoMailbox);
                 }
             }
             Destination::Remote(node) => match node.upgrade() {
                 Some(node) => node.watch_remote(self.id, watcher),
                 None => {
-                    let _ = watcher.send(MailboxClosed(self.id));
+                    watcher.deliver_close(self.id, &ExitReason::NodeShutdown);
                 }
             },
             Destination::Gone | Destination::Unbound => {
-                let _ = watcher.send(MailboxClosed(self.id));
+                watcher.deliver_close(self.id, &ExitReason::NoMailbox);
             }
+        }
+    }
+
+    /// Closes this address's mailbox with [`ExitReason::Killed`], on this
+    /// node or another: a spawned task's future is dropped at once (a task
+    /// stuck in an `.await` that never completes is ended this way), its
+    /// watchers hear `Killed`, and linked mailboxes exit too. Kills cannot
+    /// be trapped. Killing a closed mailbox does nothing.
+    ///
+    /// Fails with [`SendError::Unbound`] for an unbound address,
+    /// [`SendError::NodeShutdown`] when this node is gone, and
+    /// [`SendError::Unsupported`] when the mailbox's node is connected but
+    /// predates kills; a kill to a node that is down is dropped (its
+    /// mailboxes are unreachable anyway) and `Ok`.
+    pub fn kill(&self) -> Result<(), SendError> {
+        match &self.destination {
+            Destination::Local(mailbox) => {
+                mailbox.close_and_notify(ExitReason::Killed);
+                Ok(())
+            }
+            Destination::Remote(node) => match node.upgrade() {
+                Some(node) => node.kill_remote(self.id),
+                None => Err(SendError::NodeShutdown),
+            },
+            Destination::Gone => Ok(()),
+            Destination::Unbound => Err(SendError::Unbound),
+        }
+    }
+
+    /// Tells this address's mailbox that `target` closed for `reason`: an
+    /// exit signal if it is linked to `target` (see
+    /// [`Mailbox::link`](crate::Mailbox::link)), else a [`MailboxClosed`]
+    /// message. Whether anything was delivered.
+    pub(crate) fn deliver_close(&self, target: MailboxId, reason: &ExitReason) -> bool {
+        if let Destination::Local(mailbox) = &self.destination {
+            if mailbox.take_link(target) {
+                return mailbox.exit_signal(target, reason);
+            }
+        }
+        self.send(MailboxClosed {
+            id: target,
+            reason: reason.clone(),
+        })
+        .is_ok()
+    }
+
+    /// The other half of [`Mailbox::link`](crate::Mailbox::link): `me`
+    /// (local, already linked on its side) links to this address's
+    /// mailbox.
+    pub(crate) fn link_from(&self, me: &Address) {
+        match &self.destination {
+            Destination::Local(other) => {
+                if !other.add_link(me.id) {
+                    me.deliver_close(self.id, &ExitReason::NoMailbox);
+                    return;
+                }
+                self.on_close_notify(me);
+                me.on_close_notify(self);
+            }
+            Destination::Remote(node) => match node.upgrade() {
+                Some(node) => node.link_remote(me, self.id),
+                None => {
+                    me.deliver_close(self.id, &ExitReason::NodeShutdown);
+                }
+            },
+            Destination::Gone | Destination::Unbound => {
+                me.deliver_close(self.id, &ExitReason::NoMailbox);
+            }
+        }
+    }
+
+    /// The other half of [`Mailbox::unlink`](crate::Mailbox::unlink).
+    pub(crate) fn unlink_from(&self, me: &Address) {
+        match &self.destination {
+            Destination::Local(other) => {
+                other.take_link(me.id);
+                self.remove_notify(me);
+                me.remove_notify(self);
+            }
+            Destination::Remote(node) => {
+                if let Some(node) = node.upgrade() {
+                    node.unlink_remote(me, self.id);
+                }
+            }
+            Destination::Gone | Destination::Unbound => {}
         }
     }
 

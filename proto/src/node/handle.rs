@@ -120,7 +120,8 @@ impl Node {
         with_decode_context(&Arc::downgrade(&self.inner), f)
     }
 
-    /// Closes every mailbox of this node (their watchers are notified).
+    /// Closes every mailbox of this node with [`ExitReason::NodeShutdown`](crate::ExitReason::NodeShutdown)
+    /// (their watchers are notified, their tasks end), as a shutdown does.
     pub fn close_all_mailboxes(&self) {
         self.inner.close_all_mailboxes();
     }

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread::Thread;
 use std::time::Duration;
@@ -28,8 +28,10 @@ use crate::error::{RecvError, SendError};
 use crate::id::{MailboxId, NodeId};
 use crate::node::address::Address;
 use crate::node::message::Message;
+use crate::node::task::TaskAbort;
 use crate::node::NodeInner;
 use crate::poison::lock;
+use crate::system::{Exit, ExitReason};
 
 /// Optional bounds on a mailbox. Unbounded by default.
 ///
@@ -90,6 +92,13 @@ pub(crate) struct MailboxShared {
     busy: AtomicBool,
     /// The share it was told busy under, to tell when it is under half.
     busy_share: AtomicUsize,
+    /// Exits of linked mailboxes arrive as [`Exit`] messages instead of
+    /// closing this one.
+    trap_exits: AtomicBool,
+    /// The task this mailbox belongs to (see `Node::task`): closing the
+    /// mailbox aborts it, and the task, not the [`Mailbox`] handle's drop,
+    /// closes the mailbox with its exit reason.
+    pub(crate) task: OnceLock<Arc<TaskAbort>>,
 }
 
 #[derive(Default)]
@@ -110,6 +119,9 @@ struct State {
     /// Threads parked in a blocking receive.
     parked: Vec<Thread>,
     watchers: Vec<Address>,
+    /// Mailboxes linked to this one (each also watches the other): a close
+    /// notice from one of them is an exit signal, not a message.
+    links: Vec<MailboxId>,
 }
 
 /// How a batch of deliveries went (see [`MailboxShared::push_many`]).
@@ -147,6 +159,8 @@ impl MailboxShared {
             capacity,
             busy: AtomicBool::new(false),
             busy_share: AtomicUsize::new(0),
+            trap_exits: AtomicBool::new(false),
+            task: OnceLock::new(),
         }
     }
 
@@ -317,9 +331,9 @@ impl MailboxShared {
         }
     }
 
-    /// Closes the mailbox; returns the watchers to notify if this call closed
-    /// it, `None` if it was already closed.
-    fn close(&self) -> Option<Vec<Address>> {
+    /// Closes the mailbox; returns the watchers to notify and the linked
+    /// mailboxes if this call closed it, `None` if it was already closed.
+    fn close(&self) -> Option<(Vec<Address>, Vec<MailboxId>)> {
         let mut taken = self.lock_taken();
         let mut state = self.lock();
         if state.closed {
@@ -331,6 +345,7 @@ impl MailboxShared {
         self.len.store(0, Ordering::Release);
         self.bytes.store(0, Ordering::Release);
         let watchers = std::mem::take(&mut state.watchers);
+        let links = std::mem::take(&mut state.links);
         let told_busy = std::mem::take(&mut state.told_busy);
         self.busy.store(false, Ordering::Release);
         let wakers = std::mem::take(&mut state.wakers);
@@ -349,21 +364,85 @@ impl MailboxShared {
                 node.queue_control(peer, &crate::control::Control::Ready { target: self.id });
             }
         }
-        Some(watchers)
+        Some((watchers, links))
     }
 
-    pub(crate) fn close_and_notify(&self) {
-        if let Some(watchers) = self.close() {
+    /// Closes the mailbox for `reason` (the first close's reason is the
+    /// one every watcher hears), aborts its task if it has one, and tells
+    /// watchers and linked mailboxes.
+    pub(crate) fn close_and_notify(&self, reason: ExitReason) {
+        if let Some((watchers, links)) = self.close() {
+            if let Some(task) = self.task.get() {
+                task.abort();
+            }
             match self.node.upgrade() {
-                Some(node) => node.mailbox_closed(self.id, watchers),
+                Some(node) => node.mailbox_closed(self.id, &reason, watchers, links),
                 None => {
                     // The node is gone; local watchers can still be told.
                     for watcher in watchers {
-                        let _ = watcher.send(crate::system::MailboxClosed(self.id));
+                        watcher.deliver_close(self.id, &reason);
                     }
                 }
             }
         }
+    }
+
+    /// Links this mailbox to `other` (this side only); `false` if it is
+    /// closed, or if it already has `limit` links.
+    pub(crate) fn add_link_within(&self, other: MailboxId, limit: usize) -> bool {
+        let mut state = self.lock();
+        if state.closed || (state.links.len() >= limit && !state.links.contains(&other)) {
+            return false;
+        }
+        if !state.links.contains(&other) {
+            state.links.push(other);
+        }
+        true
+    }
+
+    /// Links this mailbox to `other` (this side only); `false` if it is
+    /// closed.
+    pub(crate) fn add_link(&self, other: MailboxId) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        if !state.links.contains(&other) {
+            state.links.push(other);
+        }
+        true
+    }
+
+    /// Removes the link to `other` (this side only); whether there was one.
+    pub(crate) fn take_link(&self, other: MailboxId) -> bool {
+        let mut state = self.lock();
+        match state.links.iter().position(|l| *l == other) {
+            Some(index) => {
+                state.links.swap_remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// An exit signal from `from`, a linked mailbox that closed for
+    /// `reason` (its link already removed): an [`Exit`] message if this
+    /// mailbox traps exits, else closes it if the exit is abnormal.
+    /// Whether it had an effect.
+    pub(crate) fn exit_signal(&self, from: MailboxId, reason: &ExitReason) -> bool {
+        if self.trap_exits.load(Ordering::Acquire) {
+            return self
+                .push(Message::local(Exit {
+                    from,
+                    reason: reason.clone(),
+                }))
+                .is_ok();
+        }
+        if reason.is_normal() {
+            return false;
+        }
+        self.close_and_notify(reason.clone().linked(from));
+        true
     }
 
     /// Messages queued.
@@ -593,7 +672,9 @@ impl MailboxShared {
 /// Checks a blocking receiver makes before it parks (about 10-20 µs).
 const SPINS: u32 = 200;
 
-/// The receiving end of a mailbox. Dropping it closes the mailbox.
+/// The receiving end of a mailbox. Dropping it closes the mailbox (with
+/// [`ExitReason::Closed`]), except a task's mailbox, which its task closes
+/// with the task's own reason (see [`Node::task`](crate::Node::task)).
 ///
 /// Methods take `&self`, so a mailbox can be shared (behind an `Arc`) by
 /// several receivers; each message goes to exactly one of them.
@@ -627,6 +708,10 @@ impl Mailbox {
     /// The mailbox's cluster-wide id.
     pub fn id(&self) -> MailboxId {
         self.shared.id
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<MailboxShared> {
+        &self.shared
     }
 
     /// A new address of this mailbox.
@@ -726,9 +811,64 @@ impl Mailbox {
     /// Closes the mailbox: queued messages are dropped, pending and future
     /// receives return [`RecvError::Closed`], sends return
     /// [`SendError::Closed`], names it holds are released, and every watcher
-    /// gets [`MailboxClosed`](crate::MailboxClosed). Idempotent.
+    /// gets [`MailboxClosed`](crate::MailboxClosed) with
+    /// [`ExitReason::Closed`]. Closing a task's mailbox ends the task.
+    /// Idempotent: the first close's reason is the one watchers hear.
     pub fn close(&self) {
-        self.shared.close_and_notify();
+        self.shared.close_and_notify(ExitReason::Closed);
+    }
+
+    /// Closes the mailbox with `reason` (see [`close`](Mailbox::close)):
+    /// watchers hear `reason`, and linked mailboxes that do not trap exits
+    /// close too if it is abnormal ([`ExitReason::is_normal`]). The first
+    /// close's reason is the one that counts.
+    pub fn close_with(&self, reason: ExitReason) {
+        self.shared.close_and_notify(reason);
+    }
+
+    /// Links this mailbox and `other`, both ways (Erlang's `link`): when
+    /// either closes abnormally, the other is closed with
+    /// [`ExitReason::Linked`] — unless it traps exits
+    /// ([`trap_exits`](Mailbox::trap_exits)), in which case it gets an
+    /// [`Exit`] message (for any exit, normal ones too). A link fires once
+    /// and is then gone; a normal exit removes it quietly. `other` may be
+    /// on another node: losing that node is an exit with
+    /// [`ExitReason::Unreachable`], within the ping deadline or at once on
+    /// a reset. Linking to a mailbox that is closed or gone is an exit
+    /// with [`ExitReason::NoMailbox`] at once; linking a closed mailbox,
+    /// or a mailbox to itself, does nothing.
+    ///
+    /// A link is also a close watch of each side by the other, so a
+    /// separate [`Address::on_close_notify`] between the same two mailboxes
+    /// is delivered as the link's exit signal, not as a message. A peer
+    /// that predates links (no `FEATURE_EXITS` in its hello) cannot link
+    /// back: the link is then one way, from its mailbox's exit to this one.
+    pub fn link(&self, other: &Address) {
+        if other.id() == self.id() || !self.shared.add_link(other.id()) {
+            return;
+        }
+        other.link_from(&self.address());
+    }
+
+    /// Removes a link made with [`link`](Mailbox::link), on both sides.
+    /// Does nothing if there is none.
+    pub fn unlink(&self, other: &Address) {
+        if self.shared.take_link(other.id()) {
+            other.unlink_from(&self.address());
+        }
+    }
+
+    /// Whether exits of linked mailboxes arrive as [`Exit`] messages
+    /// (`true`) or close this mailbox when abnormal (`false`, the default),
+    /// as Erlang's `process_flag(trap_exit, ...)`. Kills through
+    /// [`Address::kill`] are never trapped.
+    pub fn trap_exits(&self, trap: bool) {
+        self.shared.trap_exits.store(trap, Ordering::Release);
+    }
+
+    /// The ids of the mailboxes linked to this one.
+    pub fn links(&self) -> Vec<MailboxId> {
+        self.shared.lock().links.clone()
     }
 
     /// Whether the mailbox is closed.
@@ -739,7 +879,10 @@ impl Mailbox {
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.shared.close_and_notify();
+        // A task's mailbox is closed by its task, with the task's reason.
+        if self.shared.task.get().is_none() {
+            self.shared.close_and_notify(ExitReason::Closed);
+        }
     }
 }
 

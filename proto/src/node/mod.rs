@@ -11,8 +11,9 @@
 //! | [`address`], [`mailbox`], [`message`] | the user's handles on mailboxes and the dynamic message |
 //! | [`services`] | the user's side of request/reply, broadcast and publish, and the per-node request tables |
 //! | [`tunnel`] | the user's tunnel handles and one tunnel end's flow control |
+//! | [`task`] | tasks tied to mailboxes: [`Node::task`], the abortable [`task::Task`] future, exit reasons from outputs and panics |
 //! | `outbox` | the network as user threads see it: one outbound queue per peer, the receive budget, the wake signal |
-//! | `inner` | `NodeInner`: the mailbox table, the close-watch protocol (`links`), the registry's effects and syncs (`registry`), and the node's side of services and tunnels |
+//! | `inner` | `NodeInner`: the mailbox table, the close-watch and link protocol (`links`), the registry's effects and syncs (`registry`), and the node's side of services and tunnels |
 //!
 //! The handles hold a `Weak<NodeInner>` and `NodeInner` hands out handles,
 //! so the files of this folder import each other; nothing outside it is
@@ -26,6 +27,7 @@ pub mod mailbox;
 pub mod message;
 pub(crate) mod outbox;
 pub mod services;
+pub mod task;
 pub mod tunnel;
 
 pub use handle::Node;

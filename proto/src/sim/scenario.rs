@@ -13,7 +13,8 @@
 //! - after partitions heal and the network is quiet, every node's registry
 //!   view equals the union of the live nodes' claims;
 //! - every watcher of a mailbox on a crashed or unreachable node receives
-//!   `MailboxClosed` exactly once (and never twice for one watch);
+//!   `MailboxClosed` exactly once (and never twice for one watch), with a
+//!   reason that crossed the wire (never `Unspecified`);
 //! - every request ends, and a reply never reaches another request;
 //! - tunnel messages arrive in order, each once;
 //! - memory held per peer stays under its configured bounds.
@@ -42,7 +43,7 @@ use crate::mailbox::Mailbox;
 use crate::message::Message;
 use crate::rng::Rng;
 use crate::services::{Request, RequestFuture};
-use crate::system::MailboxClosed;
+use crate::system::{ExitReason, MailboxClosed};
 use crate::tunnel::{IncomingTunnel, OpeningTunnel, Tunnel};
 use crate::Tuning;
 
@@ -841,8 +842,18 @@ impl World {
             std::iter::from_fn(|| app.watcher.1.try_recv().ok().flatten())
                 .filter_map(|m| m.downcast::<MailboxClosed>().ok())
                 .collect();
-        for MailboxClosed(target) in notes {
+        for MailboxClosed { id: target, reason } in notes {
             self.report.notifications += 1;
+            // Every simulated node speaks this version: a reason always
+            // crosses the wire, and a node's own mailboxes are never
+            // reported unreachable.
+            if reason == ExitReason::Unspecified
+                || (target.node == me.node && matches!(reason, ExitReason::Unreachable(_)))
+            {
+                return Err(self.violation(format!(
+                    "{me:?} told {target:?} closed with reason {reason:?}"
+                )));
+            }
             let mut matched = false;
             // The oldest watch that has not fired yet takes the notification.
             let pending = self

@@ -11,7 +11,7 @@
 //! |---|---|
 //! | this file | the struct, binding ids to addresses, remote sends, peers up and down, shutdown |
 //! | `mailboxes.rs` | the sharded id → mailbox table |
-//! | `links.rs` | close watches across nodes (the `Watch`/`Unwatch`/`Closed` protocol) |
+//! | `links.rs` | close watches and links across nodes (the `Watch`/`Unwatch`/`Closed`/`Exited` and `Link`/`Unlink`/`Kill` protocol), which peers understand exit reasons |
 //! | `registry.rs` | carrying out the pure registry's effects; registry syncs |
 //! | `services.rs` | routing requests, replies, broadcasts and publications; the request tables' deadline |
 //! | `tunnels.rs` | the table of tunnel ends and the routing of tunnel frames |
@@ -42,7 +42,7 @@ use crate::node::services::Services;
 use crate::node::tunnel::TunnelError;
 use crate::registry::Registry;
 use crate::stats::NodeCounters;
-use crate::system::{ConnectionStatus, MailboxClosed};
+use crate::system::{ConnectionStatus, ExitReason};
 pub(in crate::node) use links::Links;
 pub(in crate::node) use mailboxes::MailboxTable;
 pub(in crate::node) use registry::SyncBook;
@@ -136,26 +136,36 @@ impl NodeInner {
         self.mailboxes.get(id.serial)
     }
 
-    /// Called once when a local mailbox closes.
-    pub(crate) fn mailbox_closed(&self, id: MailboxId, watchers: Vec<Address>) {
+    /// Called once when a local mailbox closes for `reason`: tells its
+    /// watchers (local, and remote through their nodes) and drops the
+    /// watches it held on the mailboxes it was linked to.
+    pub(crate) fn mailbox_closed(
+        &self,
+        id: MailboxId,
+        reason: &ExitReason,
+        watchers: Vec<Address>,
+        links: Vec<MailboxId>,
+    ) {
         self.mailboxes.remove(id.serial);
         self.counters
             .mailboxes_closed
             .fetch_add(1, Ordering::Relaxed);
+        self.unwatch_links(id, links);
         for watcher in watchers {
-            self.notify_closed(&watcher, id);
+            self.notify_closed(&watcher, id, reason);
         }
         let watching_nodes = lock(&self.links).watched_by.remove(&id);
         for node in watching_nodes.into_iter().flatten() {
-            self.queue_control(node, &Control::Closed { target: id });
+            let control = self.closed_control(node, id, reason.clone());
+            self.queue_control(node, &control);
         }
         let effects = lock(&self.registry).mailbox_closed(id);
         self.apply(effects);
         self.drop_gate(id);
     }
 
-    fn notify_closed(&self, watcher: &Address, target: MailboxId) {
-        if watcher.send(MailboxClosed(target)).is_ok() {
+    fn notify_closed(&self, watcher: &Address, target: MailboxId, reason: &ExitReason) {
+        if watcher.deliver_close(target, reason) {
             self.counters
                 .close_notifications_sent
                 .fetch_add(1, Ordering::Relaxed);
@@ -266,7 +276,13 @@ impl NodeInner {
         out: &mut Vec<(NodeId, Control)>,
     ) -> Result<(), CloseReason> {
         match control {
-            Control::Watch { .. } | Control::Unwatch { .. } | Control::Closed { .. } => {
+            Control::Watch { .. }
+            | Control::Unwatch { .. }
+            | Control::Closed { .. }
+            | Control::Exited { .. }
+            | Control::Link { .. }
+            | Control::Unlink { .. }
+            | Control::Kill { .. } => {
                 self.on_link_control(peer, control, out)?;
             }
             registry_message => self.on_registry_control(peer, registry_message, out)?,
@@ -274,9 +290,16 @@ impl NodeInner {
         Ok(())
     }
 
-    /// A peer connected: tell status watchers; return the frames that open
-    /// the conversation with it.
-    pub(crate) fn peer_up(&self, peer: NodeId, _incarnation: Incarnation) -> Vec<Frame> {
+    /// A peer connected: note what it understands (its hello's
+    /// `features`), tell status watchers; return the frames that open the
+    /// conversation with it.
+    pub(crate) fn peer_up(
+        &self,
+        peer: NodeId,
+        _incarnation: Incarnation,
+        features: u64,
+    ) -> Vec<Frame> {
+        self.set_peer_features(peer, features);
         let snapshot = lock(&self.registry).peer_up(peer);
         self.notify_status(peer, None);
         snapshot
@@ -303,6 +326,7 @@ impl NodeInner {
         self.end_tunnels(Some(peer), TunnelError::Unreachable);
         let lost: Vec<(MailboxId, Vec<Address>)> = {
             let mut links = lock(&self.links);
+            links.exit_peers.remove(&peer);
             for nodes in links.watched_by.values_mut() {
                 nodes.remove(&peer);
             }
@@ -318,9 +342,16 @@ impl NodeInner {
                 .filter_map(|t| links.watching.remove(&t).map(|w| (t, w)))
                 .collect()
         };
+        // A peer that said goodbye because it is shutting down closed its
+        // mailboxes for that reason too (`close_all_mailboxes`): watchers
+        // here hear what watchers there heard.
+        let exit = match reason {
+            CloseReason::PeerLeaving => ExitReason::NodeShutdown,
+            other => ExitReason::Unreachable(Some(other.clone())),
+        };
         for (target, watchers) in lost {
             for watcher in watchers {
-                self.notify_closed(&watcher, target);
+                self.notify_closed(&watcher, target, &exit);
             }
         }
         self.notify_status(peer, Some(reason));
@@ -347,7 +378,7 @@ impl NodeInner {
 
     pub(crate) fn close_all_mailboxes(&self) {
         for mailbox in self.mailboxes.all() {
-            mailbox.close_and_notify();
+            mailbox.close_and_notify(ExitReason::NodeShutdown);
         }
     }
 }
