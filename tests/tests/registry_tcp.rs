@@ -124,11 +124,13 @@ fn a_lost_node_loses_its_names_and_its_watchers_are_told_once() {
             node.address_of(target.id()).on_close_notify(&w);
             watcher_boxes.push(w_box);
         }
-        // Let the watches reach node 2, then kill its runtime.
+        // Let the watches reach node 2, then kill its runtime. The mailbox
+        // stays open until the node is gone, so the watchers can only hear
+        // of the node's loss (closing it first would race a `Closed`).
         tokio::time::sleep(Duration::from_millis(100)).await;
-        drop(target_box);
         drop(node2);
         rt2.shutdown_background();
+        drop(target_box);
         for (node, w_box) in nodes.iter().zip(&watcher_boxes) {
             assert!(node.wait_for_disconnect(NodeId(2), WAIT).await);
             assert!(node.lookup("worker").is_none());

@@ -238,6 +238,7 @@ impl Core {
         peer.incarnation = None;
         peer.down_since = Some(now);
         let node = &self.node.inner;
+        node.forget_peer_claims(peer_id, &mut self.replies);
         if let Some(outbox) = node.network().outbox(peer_id) {
             let dropped = {
                 let mut state = outbox.lock();
@@ -275,7 +276,7 @@ impl Core {
                 "connection lost"
             );
         }
-        node.peer_down(peer_id, &reason, &mut self.replies);
+        node.peer_down(peer_id, &reason);
         self.outputs.push_back(Output::Event(Event::PeerDown {
             node: peer_id,
             reason,

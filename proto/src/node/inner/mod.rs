@@ -308,20 +308,22 @@ impl NodeInner {
             .collect()
     }
 
-    /// A peer was lost (called by the core): its claims vanish, watchers of
-    /// its mailboxes are told (exactly once: each watch is removed as it
-    /// fires), and nothing queued for it survives into its next connection.
-    /// Status watchers are told `reason`. Frames for other peers that this
-    /// produces are pushed to `out`.
-    pub(crate) fn peer_down(
-        &self,
-        peer: NodeId,
-        reason: &CloseReason,
-        out: &mut Vec<(NodeId, Control)>,
-    ) {
-        lock(&self.user_control).retain(|(p, _)| *p != peer);
+    /// A peer was lost, first step: the names, groups and topics it held
+    /// vanish. The core takes this step before it marks the peer
+    /// disconnected, so whoever sees the peer gone (`Node::is_connected`,
+    /// `wait_for_disconnect`) sees its names gone too.
+    pub(crate) fn forget_peer_claims(&self, peer: NodeId, out: &mut Vec<(NodeId, Control)>) {
         let effects = lock(&self.registry).peer_down(peer);
         self.apply_into(effects, out);
+    }
+
+    /// A peer was lost (called by the core, after `forget_peer_claims` and
+    /// after marking the peer disconnected): watchers of its mailboxes are
+    /// told (exactly once: each watch is removed as it fires), and nothing
+    /// queued for it survives into its next connection. Status watchers
+    /// are told `reason`.
+    pub(crate) fn peer_down(&self, peer: NodeId, reason: &CloseReason) {
+        lock(&self.user_control).retain(|(p, _)| *p != peer);
         self.requests_peer_down(peer);
         self.end_tunnels(Some(peer), TunnelError::Unreachable);
         let lost: Vec<(MailboxId, Vec<Address>)> = {
