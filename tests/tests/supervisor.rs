@@ -314,6 +314,7 @@ async fn strategies_restart_the_right_siblings_in_order<R: Runtime + Default>() 
 
 async fn shutdown_is_reverse_order_and_kills_after_the_timeout<R: Runtime + Default>() {
     let node = Reign::<R>::local();
+    let before = node.mailbox_count();
     let log = events();
     let spec = SupervisorSpec::new(Strategy::OneForOne)
         .child(polite("a", &log))
@@ -351,6 +352,68 @@ async fn shutdown_is_reverse_order_and_kills_after_the_timeout<R: Runtime + Defa
             ChildState::Stopped(ExitReason::Killed),
         ]
     );
+    // Nothing is left behind but the watcher's mailbox.
+    assert!(
+        until::<R>(|| node.mailbox_count() == before + 1).await,
+        "{} mailboxes, {before} before",
+        node.mailbox_count()
+    );
+    node.shutdown().await;
+}
+
+async fn intensity_counts_restarts_within_the_period<R: Runtime + Default>() {
+    let node = Reign::<R>::local();
+    // At the limit: no restart allowed, the first exit ends the supervisor.
+    let (_, parent) = node.new_mailbox();
+    parent.trap_exits(true);
+    let none = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(0, Duration::from_secs(60))
+        .child(ChildSpec::worker("crash", |_: Mailbox| async {
+            Err::<(), _>("once")
+        }));
+    let sup = node.supervise_linked(&parent.address(), "strict", none);
+    let exit: Exit = recv_on::<R, _>(&parent, WAIT).await;
+    assert_eq!(exit.from, sup.address().id());
+    assert!(
+        matches!(exit.reason, ExitReason::Error(_)),
+        "{:?}",
+        exit.reason
+    );
+    assert_eq!(sup.restarts(), 0);
+    assert_eq!(
+        child(&sup, "crash").state,
+        ChildState::Stopped(ExitReason::Error("once".into()))
+    );
+
+    // Under it: one restart per period allowed, and the backoff spaces the
+    // restarts wider than the period, so four failures in a row never
+    // exceed it (only lower bounds of sleeps are relied on).
+    let starts = Arc::new(AtomicU32::new(0));
+    let counted = starts.clone();
+    let spaced = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(1, Duration::from_millis(20))
+        .backoff(Duration::from_millis(60))
+        .child(ChildSpec::worker("flaky", move |mailbox: Mailbox| {
+            let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                if n <= 4 {
+                    return Err(format!("start {n} fails"));
+                }
+                let _ = mailbox.recv_type::<Shutdown>().await;
+                Ok(())
+            }
+        }));
+    let sup = node.supervise("spaced", spaced);
+    assert!(
+        until::<R>(|| child(&sup, "flaky").restarts == 4
+            && child(&sup, "flaky").state == ChildState::Running)
+        .await,
+        "{:?}",
+        sup.which_children()
+    );
+    assert_eq!(sup.exit_reason(), None, "still running");
+    assert_eq!(starts.load(Ordering::SeqCst), 5);
+    sup.shutdown();
     node.shutdown().await;
 }
 
@@ -468,5 +531,6 @@ reign_tests::on_every_runtime!(
     strategies_restart_the_right_siblings_in_order,
     shutdown_is_reverse_order_and_kills_after_the_timeout,
     restart_policies,
+    intensity_counts_restarts_within_the_period,
     a_parent_exit_takes_the_tree_down,
 );
