@@ -109,7 +109,7 @@ pub enum Restart {
 pub enum ChildState {
     /// Not started yet (the supervisor is starting its children in order).
     NotStarted,
-    /// Running at [`ChildInfo::address`].
+    /// Running at [`ChildInfo::address`] (its start closure has run).
     Running,
     /// Exited and waiting for its restart (during a backoff).
     Restarting,
@@ -596,9 +596,9 @@ impl<R: Runtime> Supervisor<R> {
         }
         self.node.rt.spawn(task);
         child.address = Some(address.clone());
-        self.set_state(i, ChildState::Running, Some(address));
         // Err when the task ended before its start (killed at once): go on.
         let _ = race(has_started.recv(), self.node.rt.sleep(START_TIMEOUT)).await;
+        self.set_state(i, ChildState::Running, Some(address));
     }
 
     /// Child `i` exited with `reason`: restarts what the policy and the

@@ -145,13 +145,15 @@ async fn crashed_child_comes_back_under_its_name_on_another_node<R: Runtime + De
     old.send(0u32).expect("send the crash order");
     let note: MailboxClosed = recv_on::<R, _>(&notes, WAIT).await;
     assert_eq!(note.reason, ExitReason::Panic("asked to crash".into()));
+    let noticed = t.elapsed();
     assert!(
         until::<R>(|| a.lookup("sup.echo").is_some_and(|n| n.id() != old.id())).await,
         "the name moves to the new address on node a"
     );
     let visible = t.elapsed();
     println!(
-        "restart to visible on the other node: {:?} ({})",
+        "crash order to close notice on the other node {:?}, to the name on the new address there {:?} ({})",
+        noticed,
         visible,
         std::any::type_name::<R>()
     );
