@@ -186,7 +186,9 @@ async fn intensity_exceeded_escalates_to_the_parent<R: Runtime + Default>() {
         .child(ChildSpec::worker("crash", |_: Mailbox| async {
             Err::<(), _>("always")
         }));
-    let sup = node.supervise_linked(&parent.address(), "fragile", crashing);
+    reign_tests::capture_logs();
+    let name = format!("fragile-{}", std::any::type_name::<R>());
+    let sup = node.supervise_linked(&parent.address(), name.clone(), crashing);
     let exit: Exit = recv_on::<R, _>(&parent, WAIT).await;
     assert_eq!(exit.from, sup.address().id());
     let ExitReason::Error(text) = &exit.reason else {
@@ -195,6 +197,14 @@ async fn intensity_exceeded_escalates_to_the_parent<R: Runtime + Default>() {
     assert!(text.starts_with("restart intensity exceeded"), "{text}");
     assert_eq!(sup.exit_reason(), Some(exit.reason.clone()));
     assert_eq!(sup.restarts(), 2, "two restarts, the third is refused");
+    // Restarts at INFO, the escalation at ERROR, each naming the supervisor.
+    let me = format!("supervisor={name}");
+    assert!(reign_tests::logged(&["INFO", "restarting child", &me]));
+    assert!(reign_tests::logged(&[
+        "ERROR",
+        "restart intensity exceeded",
+        &me
+    ]));
 
     // Nested: the inner supervisor gives up, the outer restarts it, and the
     // new inner tree runs (the worker stops crashing after three starts).
