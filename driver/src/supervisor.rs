@@ -161,7 +161,10 @@ impl ChildSpec {
     /// A supervisor as a child (a nested tree) running on `node`: it is
     /// restarted by its parent like a worker, with its own children
     /// started anew. Permanent; its shutdown timeout is the sum of its
-    /// children's plus a second, so its own shutdown has time to run.
+    /// children's plus a second, so its own shutdown has time to run. The
+    /// nested report its parent's
+    /// [`which_children`](SupervisorHandle::which_children) shows is shared
+    /// by clones of the returned spec: give each place in a tree its own.
     pub fn supervisor<R: Runtime>(
         name: impl Into<String>,
         node: &Reign<R>,
@@ -688,13 +691,14 @@ impl<R: Runtime> Supervisor<R> {
         address.on_close_notify(&self.me);
         let timeout = self.children[j].spec.shutdown;
         let mut reason = None;
-        if !timeout.is_zero() && address.send(Shutdown).is_ok() {
+        let asked = !timeout.is_zero() && address.send(Shutdown).is_ok();
+        if asked {
             reason = self.wait_closed(id, timeout).await;
         }
         let reason = match reason {
             Some(reason) => reason,
             None => {
-                if !timeout.is_zero() {
+                if asked {
                     tracing::warn!(supervisor = %self.name, child = %self.children[j].spec.name, ?timeout, "child ignored its shutdown: killed");
                 }
                 let _ = address.kill();
