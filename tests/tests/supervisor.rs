@@ -175,6 +175,47 @@ async fn crashed_child_comes_back_under_its_name_on_another_node<R: Runtime + De
     b.shutdown().await;
 }
 
+async fn a_parent_on_another_node_gets_the_escalation<R: Runtime + Default>() {
+    let cluster = TestCluster::new(2);
+    let (a, b) = cluster.pair_on::<R>(WAIT).await;
+    let (_, parent) = a.new_mailbox();
+    parent.trap_exits(true);
+    let gate = Arc::new(AtomicU32::new(0));
+    let open = gate.clone();
+    let spec = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(1, Duration::from_secs(60))
+        .child(ChildSpec::worker("crash", move |mailbox: Mailbox| {
+            let open = open.clone();
+            async move {
+                // Crash only once the link to the other node is in place.
+                while open.load(Ordering::SeqCst) == 0 {
+                    let _ = mailbox.recv_type::<u32>().await;
+                }
+                Err::<(), _>("remote trouble")
+            }
+        }));
+    let sup = b.supervise_linked(&b.address_of(parent.id()), "remote-child", spec);
+    // The link's other half reaches node a before a later sync round trip.
+    b.sync().await;
+    assert!(
+        until::<R>(|| parent.links().contains(&sup.address().id())).await,
+        "node a holds the link"
+    );
+    gate.store(1, Ordering::SeqCst);
+    address_of(&sup, "crash")
+        .send(1u32)
+        .expect("wake the child");
+    let exit: Exit = recv_on::<R, _>(&parent, WAIT).await;
+    assert_eq!(exit.from, sup.address().id());
+    let ExitReason::Error(text) = &exit.reason else {
+        panic!("an error reason across the nodes, not {:?}", exit.reason);
+    };
+    assert!(text.starts_with("restart intensity exceeded"), "{text}");
+    assert_eq!(sup.restarts(), 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 async fn intensity_exceeded_escalates_to_the_parent<R: Runtime + Default>() {
     let node = Reign::<R>::local();
     // A bare parent that traps exits sees the supervisor's reason.
@@ -540,6 +581,7 @@ async fn a_parent_exit_takes_the_tree_down<R: Runtime + Default>() {
 reign_tests::on_every_runtime!(
     crashed_child_comes_back_under_its_name_on_another_node,
     intensity_exceeded_escalates_to_the_parent,
+    a_parent_on_another_node_gets_the_escalation,
     strategies_restart_the_right_siblings_in_order,
     shutdown_is_reverse_order_and_kills_after_the_timeout,
     restart_policies,
