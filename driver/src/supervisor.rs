@@ -295,7 +295,8 @@ impl SupervisorSpec {
 pub struct ChildInfo {
     /// The child's name from its spec.
     pub name: String,
-    /// Its current address (`None` when it is not running).
+    /// Its current address, from its start (`None` when it is not
+    /// running).
     pub address: Option<Address>,
     /// How many times it has been restarted.
     pub restarts: u32,
@@ -592,6 +593,10 @@ impl<R: Runtime> Supervisor<R> {
             let _ = started.try_send(());
             future
         });
+        // Reported before its names can lead anyone to it.
+        if let Some(info) = lock(&self.report).children.get_mut(i) {
+            info.address = Some(address.clone());
+        }
         for name in &child.spec.names {
             if let Err(e) = self.node.register(name, &address) {
                 tracing::warn!(supervisor = %self.name, child = %child.spec.name, %name, error = %e, "cannot register the child's name");

@@ -168,7 +168,7 @@ async fn crashed_child_comes_back_under_its_name_on_another_node<R: Runtime + De
     assert_eq!(note.reason, ExitReason::NoMailbox);
     new.send(7u32).expect("the new incarnation takes messages");
     a.sync().await;
-    assert_eq!(child(&sup, "echo").state, ChildState::Running);
+    assert!(until::<R>(|| child(&sup, "echo").state == ChildState::Running).await);
 
     sup.shutdown();
     a.shutdown().await;
@@ -195,6 +195,7 @@ async fn a_parent_on_another_node_gets_the_escalation<R: Runtime + Default>() {
             }
         }));
     let sup = b.supervise_linked(&b.address_of(parent.id()), "remote-child", spec);
+    started::<R>(&sup, 1).await;
     // The link's other half reaches node a before a later sync round trip.
     b.sync().await;
     assert!(
