@@ -15,6 +15,7 @@ mod dev;
 mod driver;
 mod runtime;
 mod signal;
+mod supervisor;
 
 /// Everything an application needs besides the node type itself. Each
 /// adapter re-exports this module whole, so the three share one API.
@@ -27,6 +28,10 @@ pub mod api {
         TaskExit, Tuning, TunnelError,
     };
 
+    pub use crate::supervisor::{
+        ChildInfo, ChildSpec, ChildState, Restart, Shutdown, Strategy, SupervisorHandle,
+        SupervisorSpec, DEFAULT_MAX_RESTARTS, DEFAULT_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT,
+    };
     pub use crate::StartError;
 }
 
