@@ -10,8 +10,7 @@ use crate::id::{MailboxId, NodeId};
 /// [`Address::on_close_notify`](crate::Address::on_close_notify)), with
 /// why. Each watch produces it at most once; a watcher on another node
 /// sees the same `reason` as one on the mailbox's own node.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(from = "ClosedWire")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct MailboxClosed {
     /// The mailbox that closed.
     pub id: MailboxId,
@@ -19,25 +18,82 @@ pub struct MailboxClosed {
     pub reason: ExitReason,
 }
 
-/// The forms of [`MailboxClosed`] a peer may send: this version's, or the
-/// bare id of nodes that predate exit reasons (read as
-/// [`ExitReason::Unspecified`]).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ClosedWire {
-    WithReason { id: MailboxId, reason: ExitReason },
-    IdOnly(MailboxId),
-}
+/// A [`MailboxClosed`] is read in either of the forms a peer may send:
+/// this version's (`{id, reason}`), or the bare id of nodes that predate
+/// exit reasons (read as [`ExitReason::Unspecified`]): a 3-element array in
+/// the binary form, its text in a human-readable one.
+///
+/// Written by hand rather than with `#[serde(untagged)]`: an untagged enum
+/// buffers its input first, and that buffer trusts the length a CBOR array
+/// announces, so a few dozen hostile bytes of nested arrays made it
+/// allocate megabytes (found by the `payload` fuzz target). This visitor
+/// reads the input once and allocates nothing it was not sent.
+impl<'de> Deserialize<'de> for MailboxClosed {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<MailboxClosed, D::Error> {
+        use serde::de::{Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-impl From<ClosedWire> for MailboxClosed {
-    fn from(wire: ClosedWire) -> MailboxClosed {
-        match wire {
-            ClosedWire::WithReason { id, reason } => MailboxClosed { id, reason },
-            ClosedWire::IdOnly(id) => MailboxClosed {
-                id,
-                reason: ExitReason::Unspecified,
-            },
+        struct Closed;
+
+        impl<'de> Visitor<'de> for Closed {
+            type Value = MailboxClosed;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "a mailbox close notice ({{id, reason}} or a bare mailbox id)"
+                )
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MailboxClosed, A::Error> {
+                let (mut id, mut reason) = (None, None);
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match &*key {
+                        "id" if id.is_none() => id = Some(map.next_value::<MailboxId>()?),
+                        "reason" if reason.is_none() => {
+                            reason = Some(map.next_value::<ExitReason>()?)
+                        }
+                        "id" | "reason" => {
+                            return Err(A::Error::custom(format!("duplicate field `{key}`")))
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(MailboxClosed {
+                    id: id.ok_or_else(|| A::Error::missing_field("id"))?,
+                    reason: reason.ok_or_else(|| A::Error::missing_field("reason"))?,
+                })
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MailboxClosed, A::Error> {
+                let mut next = |i: usize| -> Result<u64, A::Error> {
+                    seq.next_element::<u64>()?
+                        .ok_or_else(|| A::Error::invalid_length(i, &"a mailbox id of 3 numbers"))
+                };
+                let (node, incarnation, serial) = (next(0)?, next(1)?, next(2)?);
+                let node = u16::try_from(node)
+                    .map_err(|_| A::Error::custom("a node id is a 16-bit number"))?;
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(4, &"a mailbox id of 3 numbers"));
+                }
+                Ok(MailboxClosed {
+                    id: MailboxId::from((node, incarnation, serial)),
+                    reason: ExitReason::Unspecified,
+                })
+            }
+
+            fn visit_str<E: Error>(self, text: &str) -> Result<MailboxClosed, E> {
+                Ok(MailboxClosed {
+                    id: text.parse().map_err(E::custom)?,
+                    reason: ExitReason::Unspecified,
+                })
+            }
         }
+
+        deserializer.deserialize_any(Closed)
     }
 }
 
