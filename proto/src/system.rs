@@ -235,3 +235,52 @@ pub struct ConnectionStatus {
     /// `connected`).
     pub reason: Option<CloseReason>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::payload;
+    use crate::id::Incarnation;
+
+    fn id() -> MailboxId {
+        MailboxId {
+            node: NodeId(3),
+            incarnation: Incarnation(7),
+            serial: 9,
+        }
+    }
+
+    /// This version's form round-trips; the bare id of older nodes, binary
+    /// or text, reads as `Unspecified`; anything else is an error.
+    #[test]
+    fn mailbox_closed_reads_both_forms() {
+        let now = MailboxClosed {
+            id: id(),
+            reason: ExitReason::Panic("boom".into()),
+        };
+        assert_eq!(
+            payload::decode::<MailboxClosed>(&payload::to_vec(&now)).unwrap(),
+            now
+        );
+        let old = MailboxClosed {
+            id: id(),
+            reason: ExitReason::Unspecified,
+        };
+        assert_eq!(
+            payload::decode::<MailboxClosed>(&payload::to_vec(&id())).unwrap(),
+            old
+        );
+        let json = serde_json::to_string(&now).unwrap();
+        assert_eq!(serde_json::from_str::<MailboxClosed>(&json).unwrap(), now);
+        let text = serde_json::to_string(&id()).unwrap();
+        assert_eq!(serde_json::from_str::<MailboxClosed>(&text).unwrap(), old);
+        for bad in [
+            payload::to_vec(&(3u64, 7u64)),
+            payload::to_vec(&(3u64, 7u64, 9u64, 1u64)),
+            payload::to_vec(&(70_000u64, 7u64, 9u64)),
+            payload::to_vec(&"not an id"),
+        ] {
+            assert!(payload::decode::<MailboxClosed>(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
