@@ -41,6 +41,16 @@ pub struct NodeArgs {
     /// variable: other users can read command lines.
     #[arg(long, env = "REIGN_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Serve an Iris relay (protocol v1.0-draft2) on this `IP:PORT`, so
+    /// programs using an Iris binding use this node's cluster (Iris's port
+    /// is 55555). Loopback only, unless --relay-public: the protocol has no
+    /// authentication. See docs/IRIS.md.
+    #[arg(long, value_name = "IP:PORT")]
+    pub relay: Option<SocketAddr>,
+    /// Allow a non-loopback --relay address (anyone who can reach it uses
+    /// the cluster).
+    #[arg(long, requires = "relay")]
+    pub relay_public: bool,
     /// How log lines are written to stderr: `text` for people, `json` (one
     /// object a line, with the spans of each event) for log shippers.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -130,6 +140,19 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
             ),
             None => None,
         };
+        let relay = match args.relay {
+            Some(bind) => {
+                let options = reign_tokio::RelayOptions {
+                    allow_public: args.relay_public,
+                };
+                Some(
+                    node.serve_relay(bind, options)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                )
+            }
+            None => None,
+        };
         let stats = {
             let node = node.clone();
             let every = args.stats_every;
@@ -164,6 +187,7 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
         }
         stats.abort();
         reloads.abort();
+        drop(relay);
         node.shutdown().await;
         drop(admin);
         match node.failure() {

@@ -13,6 +13,7 @@ mod accept;
 pub mod admin;
 mod dev;
 mod driver;
+pub mod relay;
 mod runtime;
 mod signal;
 mod supervisor;
@@ -28,6 +29,7 @@ pub mod api {
         TaskExit, Tuning, TunnelError,
     };
 
+    pub use crate::relay::{Relay, RelayError, RelayOptions};
     pub use crate::supervisor::{
         ChildInfo, ChildSpec, ChildState, Restart, Shutdown, Strategy, SupervisorHandle,
         SupervisorSpec, DEFAULT_MAX_RESTARTS, DEFAULT_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT,
