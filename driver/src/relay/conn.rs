@@ -114,7 +114,7 @@ struct Sub {
 /// One attached client.
 pub(crate) struct Client<R: Runtime> {
     pub(crate) node: Reign<R>,
-    relay: Arc<RelayShared>,
+    pub(crate) relay: Arc<RelayShared>,
     pub(crate) id: u64,
     peer: String,
     pub(crate) out: Arc<Outbox>,
@@ -433,7 +433,13 @@ impl<R: Runtime> Client<R> {
             if left.is_zero() {
                 return Outcome::Timeout;
             }
-            match self.node.request(cluster, request.clone(), left).await {
+            let Some(member) = self.relay.pick_member(&self.node, cluster) else {
+                // Perhaps a member registered on another node that this
+                // node's directory has not heard of yet.
+                self.node.rt.sleep(left.min(NO_MEMBER_RETRY)).await;
+                continue;
+            };
+            match self.node.request(&member, request.clone(), left).await {
                 Ok(reply) => return reply_outcome(reply),
                 Err(RequestError::Remote(fault)) if fault.is_empty() => {
                     // An empty fault reads as a timeout in Iris bindings.
@@ -442,8 +448,7 @@ impl<R: Runtime> Client<R> {
                 Err(RequestError::Remote(fault)) => return Outcome::Fault(fault),
                 Err(RequestError::Timeout) => return Outcome::Timeout,
                 Err(RequestError::NoMember) => {
-                    // Perhaps a member registered on another node that this
-                    // node's directory has not heard of yet.
+                    // The member left since the directory listed it.
                     self.node.rt.sleep(left.min(NO_MEMBER_RETRY)).await;
                 }
                 Err(e) => {

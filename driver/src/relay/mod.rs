@@ -160,6 +160,28 @@ pub(crate) struct RelayShared {
     pub(crate) dropped: AtomicU64,
     /// Closed (never sent on) when the relay stops.
     pub(crate) stopped: async_channel::Receiver<()>,
+    /// Turns of the members' rotation.
+    pub(crate) turn: AtomicU64,
+}
+
+impl RelayShared {
+    /// The member of `cluster` the next request or tunnel goes to: the
+    /// members this node knows of on every node, in turn (Iris balances
+    /// over the whole cluster; reign's own `Target::Service` prefers local
+    /// members). `None` when the cluster has no member.
+    pub(crate) fn pick_member<R: Runtime>(
+        &self,
+        node: &Reign<R>,
+        cluster: &str,
+    ) -> Option<reign_proto::Address> {
+        let mut members = node.members(cluster);
+        if members.is_empty() {
+            return None;
+        }
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let at = (turn % members.len() as u64) as usize;
+        Some(members.swap_remove(at))
+    }
 }
 
 /// A relay serving Iris clients from a node. Dropping it (or
@@ -240,6 +262,7 @@ impl<R: Runtime> Reign<R> {
             next_client: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
             stopped,
+            turn: AtomicU64::new(0),
         });
         tracing::info!(node = self.node.id().0, %local_addr, "Iris relay listening");
         let node = self.clone();

@@ -200,7 +200,11 @@ impl<R: Runtime> Client<R> {
             if left.is_zero() {
                 return Err(TunnelError::Timeout);
             }
-            match self.node.tunnel(cluster, left).await {
+            let Some(member) = self.relay.pick_member(&self.node, cluster) else {
+                self.node.rt.sleep(left.min(super::NO_MEMBER_RETRY)).await;
+                continue;
+            };
+            match self.node.tunnel(&member, left).await {
                 Err(TunnelError::NoMember) => {
                     self.node.rt.sleep(left.min(super::NO_MEMBER_RETRY)).await;
                 }

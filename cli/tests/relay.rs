@@ -1,0 +1,667 @@
+//! The Iris relay of `reign node --relay`, from outside: real `reign node`
+//! processes with mutual TLS between them, clients on real loopback
+//! sockets.
+//!
+//! - The protocol byte by byte (a client written here, from the protocol
+//!   notes): the handshake (accept, version mismatch → `opDeny` with
+//!   Iris's text, bad magic → dropped), every opcode both ways, the error
+//!   paths (a request's fault and timeout, a tunnel to an empty cluster,
+//!   an unsubscription from a topic never subscribed), the graceful close
+//!   echo, and hostile clients (an oversized chunk, a chunk beyond its
+//!   credit, an unconfirmed inbound tunnel after 3 s, an unknown opcode, a
+//!   bad boolean, an oversized payload), with the memory a hostile client
+//!   can make the node hold measured and printed.
+//! - The unmodified iris-go binding's own suite, from the compatibility kit
+//!   (`REIGN_IRIS_KIT`, else `../shared/iris-relay` beside the workspace):
+//!   against one node, and against relays on a three-node cluster behind a
+//!   round-robin TCP splitter, so a suite's clients and services sit on
+//!   different nodes. Without the kit these print one line and pass.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reign_proto::{ClusterSpec, NodeId, Tuning};
+use reign_tests::{free_ports, TestCluster};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The kit's suite runs one at a time: its timing tests (1 ms budgets)
+/// want the machine to themselves.
+static SUITE: Mutex<()> = Mutex::new(());
+
+/// A `reign node --relay` child process.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    relay: u16,
+}
+
+impl Proc {
+    fn spawn(dir: &Path, spec: &ClusterSpec, id: u16, relay: u16) -> Proc {
+        let spec_path = dir.join(format!("spec_{id}.json"));
+        std::fs::write(&spec_path, spec.to_json()).unwrap();
+        let log = dir.join(format!("node_{id}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_reign"))
+            .arg("node")
+            .args(["--spec", &spec_path.to_string_lossy(), "--id"])
+            .arg(id.to_string())
+            .args(["--relay", &format!("127.0.0.1:{relay}")])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .expect("spawn reign node");
+        let proc = Proc { child, log, relay };
+        proc.wait_for_log("Iris relay listening");
+        proc
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.log().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "never logged {text:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The process's resident memory, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tuning() -> Tuning {
+    Tuning {
+        ping_interval: Duration::from_millis(200),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(300),
+        ..Tuning::default()
+    }
+}
+
+/// `n` nodes of one cluster, each serving a relay.
+fn start_cluster(dir: &Path, n: u16) -> Vec<Proc> {
+    let cluster = TestCluster::with_tuning(n, tuning());
+    let relays = free_ports(n as usize);
+    (0..n)
+        .map(|id| Proc::spawn(dir, &cluster.spec(NodeId(id)), id, relays[id as usize]))
+        .collect()
+}
+
+// ---------------------------------------------------------------------
+// A client speaking the relay protocol byte by byte.
+
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v > 127 {
+        out.push(0x80 | (v & 0x7f) as u8);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn binary(out: &mut Vec<u8>, data: &[u8]) {
+    varint(out, data.len() as u64);
+    out.extend_from_slice(data);
+}
+
+struct Raw {
+    stream: TcpStream,
+}
+
+impl Raw {
+    fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream }
+    }
+
+    /// Connects and completes the handshake as `cluster` ("" = a client).
+    fn attach(port: u16, cluster: &str) -> Raw {
+        let mut raw = Raw::connect(port);
+        raw.send(&init("iris-client-magic", "v1.0-draft2", cluster));
+        let mut accept = vec![0x00];
+        binary(&mut accept, b"iris-relay-magic");
+        binary(&mut accept, b"v1.0-draft2");
+        assert_eq!(raw.read_n(accept.len()), accept, "the relay's acceptance");
+        raw
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.read_n(1)[0]
+    }
+
+    fn varint(&mut self) -> u64 {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.byte();
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    }
+
+    fn binary(&mut self) -> Vec<u8> {
+        let n = self.varint() as usize;
+        self.read_n(n)
+    }
+
+    fn string(&mut self) -> String {
+        String::from_utf8(self.binary()).unwrap()
+    }
+
+    /// Expects opcode `op` next.
+    fn expect_op(&mut self, op: u8) {
+        let got = self.byte();
+        assert_eq!(got, op, "expected opcode {op:#04x}, got {got:#04x}");
+    }
+
+    /// Reads to the end of the stream: what the relay sent before closing.
+    fn rest(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        let _ = self.stream.read_to_end(&mut all);
+        all
+    }
+
+    /// Expects `opClose(reason)` and the end of the stream; returns the reason.
+    fn expect_dropped(&mut self) -> String {
+        self.expect_op(0x02);
+        let reason = self.string();
+        assert!(self.rest().is_empty(), "nothing after the close");
+        reason
+    }
+}
+
+fn init(magic: &str, version: &str, cluster: &str) -> Vec<u8> {
+    let mut p = vec![0x00];
+    binary(&mut p, magic.as_bytes());
+    binary(&mut p, version.as_bytes());
+    binary(&mut p, cluster.as_bytes());
+    p
+}
+
+fn packet(op: u8, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut p = vec![op];
+    fill(&mut p);
+    p
+}
+
+/// Polls `cond` every 10 ms until it holds or `WAIT` passes.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
+#[test]
+fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 1);
+    let node = &nodes[0];
+    let port = node.relay;
+
+    // Handshake: acceptance is exactly opInit, the relay magic, the version.
+    let mut client = Raw::attach(port, "");
+
+    // A version mismatch: opDeny with Iris's text, then the close.
+    let mut old = Raw::connect(port);
+    old.send(&init("iris-client-magic", "v0.9", ""));
+    old.expect_op(0x01);
+    assert_eq!(old.string(), "iris-relay-magic");
+    assert_eq!(
+        old.string(),
+        "Unsupported protocol. Client: v0.9. Iris: v1.0-draft2."
+    );
+    assert!(old.rest().is_empty());
+
+    // A bad magic string: dropped without a word.
+    let mut bad = Raw::connect(port);
+    bad.send(&init("not-iris", "v1.0-draft2", ""));
+    assert!(bad.rest().is_empty(), "a bad magic gets no answer");
+    node.wait_for_log("bad magic string");
+
+    // A service registered as a member of "svc".
+    let mut service = Raw::attach(port, "svc");
+
+    // Broadcast, from a plain client to the cluster: opBroadcast(msg).
+    client.send(&packet(0x03, |p| {
+        binary(p, b"svc");
+        binary(p, b"hello members");
+    }));
+    service.expect_op(0x03);
+    assert_eq!(service.binary(), b"hello members");
+
+    // Request → the member gets opRequest(relay id, req, original timeout);
+    // its opReply reaches the caller as opReply(id, !timeout, success, reply).
+    client.send(&packet(0x04, |p| {
+        varint(p, 41);
+        binary(p, b"svc");
+        binary(p, b"ping");
+        varint(p, 5000);
+    }));
+    service.expect_op(0x04);
+    let relay_id = service.varint();
+    assert_eq!(service.binary(), b"ping");
+    assert_eq!(service.varint(), 5000, "the original timeout");
+    service.send(&packet(0x05, |p| {
+        varint(p, relay_id);
+        p.push(1);
+        binary(p, b"pong");
+    }));
+    client.expect_op(0x05);
+    assert_eq!(client.varint(), 41);
+    assert_eq!(client.read_n(2), [0, 1], "not timed out, a success");
+    assert_eq!(client.binary(), b"pong");
+
+    // A fault travels as a fault.
+    client.send(&packet(0x04, |p| {
+        varint(p, 42);
+        binary(p, b"svc");
+        binary(p, b"fail");
+        varint(p, 5000);
+    }));
+    service.expect_op(0x04);
+    let relay_id = service.varint();
+    let _ = (service.binary(), service.varint());
+    service.send(&packet(0x05, |p| {
+        varint(p, relay_id);
+        p.push(0);
+        binary(p, b"it failed");
+    }));
+    client.expect_op(0x05);
+    assert_eq!(client.varint(), 42);
+    assert_eq!(client.read_n(2), [0, 0]);
+    assert_eq!(client.string(), "it failed");
+
+    // A request nobody answers times out at its deadline (and the member's
+    // late reply is dropped).
+    let asked = Instant::now();
+    client.send(&packet(0x04, |p| {
+        varint(p, 43);
+        binary(p, b"svc");
+        binary(p, b"slow");
+        varint(p, 200);
+    }));
+    service.expect_op(0x04);
+    let late_id = service.varint();
+    let _ = (service.binary(), service.varint());
+    client.expect_op(0x05);
+    assert_eq!(client.varint(), 43);
+    assert_eq!(client.byte(), 1, "timed out");
+    let waited = asked.elapsed();
+    assert!(waited >= Duration::from_millis(190), "{waited:?}");
+    service.send(&packet(0x05, |p| {
+        varint(p, late_id);
+        p.push(1);
+        binary(p, b"too late");
+    }));
+
+    // A request to an empty cluster waits out its timeout.
+    client.send(&packet(0x04, |p| {
+        varint(p, 44);
+        binary(p, b"nobody");
+        binary(p, b"x");
+        varint(p, 100);
+    }));
+    client.expect_op(0x05);
+    assert_eq!(client.varint(), 44);
+    assert_eq!(client.byte(), 1);
+
+    // Subscribe, publish, receive one's own event: opPublish(topic, event).
+    client.send(&packet(0x06, |p| binary(p, b"news")));
+    std::thread::sleep(Duration::from_millis(100));
+    client.send(&packet(0x08, |p| {
+        binary(p, b"news");
+        binary(p, b"extra!");
+    }));
+    client.expect_op(0x08);
+    assert_eq!(client.string(), "news");
+    assert_eq!(client.binary(), b"extra!");
+    client.send(&packet(0x07, |p| binary(p, b"news")));
+
+    // A tunnel: the client opens tunnel 5 to "svc"; the member is offered
+    // it as build id b with the chunk limit, confirms it as its tunnel 7.
+    client.send(&packet(0x09, |p| {
+        varint(p, 5);
+        binary(p, b"svc");
+        varint(p, 1000);
+    }));
+    service.expect_op(0x09);
+    let build = service.varint();
+    assert_eq!(service.varint(), 65536, "the chunk limit");
+    service.send(&packet(0x0a, |p| {
+        varint(p, build);
+        varint(p, 7);
+    }));
+    service.expect_op(0x0b);
+    assert_eq!((service.varint(), service.varint()), (7, 4 << 20));
+    client.expect_op(0x0a);
+    assert_eq!(client.varint(), 5);
+    assert_eq!(client.byte(), 0, "not timed out");
+    assert_eq!(client.varint(), 65536);
+    client.expect_op(0x0b);
+    assert_eq!((client.varint(), client.varint()), (5, 4 << 20));
+    // The client grants 10 bytes; a two-chunk message of 6 bytes crosses.
+    client.send(&packet(0x0b, |p| {
+        varint(p, 5);
+        varint(p, 10);
+    }));
+    service.send(&packet(0x0c, |p| {
+        varint(p, 7);
+        varint(p, 6);
+        binary(p, b"abc");
+    }));
+    service.send(&packet(0x0c, |p| {
+        varint(p, 7);
+        varint(p, 0);
+        binary(p, b"def");
+    }));
+    for (size, chunk) in [(6, b"abc"), (0, b"def")] {
+        client.expect_op(0x0c);
+        assert_eq!((client.varint(), client.varint()), (5, size));
+        assert_eq!(client.binary(), chunk);
+    }
+    // Each forwarded chunk's credit comes back to the sender.
+    for _ in 0..2 {
+        service.expect_op(0x0b);
+        assert_eq!((service.varint(), service.varint()), (7, 3));
+    }
+    // The client closes: its relay acks with opTunClose(5, ""), the far
+    // end hears opTunClose(7, "").
+    client.send(&packet(0x0d, |p| varint(p, 5)));
+    client.expect_op(0x0d);
+    assert_eq!((client.varint(), client.string()), (5, String::new()));
+    service.expect_op(0x0d);
+    assert_eq!((service.varint(), service.string()), (7, String::new()));
+
+    // A tunnel to an empty cluster: opTunConfirm(id, timeout) at its deadline.
+    client.send(&packet(0x09, |p| {
+        varint(p, 6);
+        binary(p, b"nobody");
+        varint(p, 100);
+    }));
+    client.expect_op(0x0a);
+    assert_eq!((client.varint(), client.byte()), (6, 1));
+
+    // Graceful close: the relay echoes opClose("") and closes.
+    client.send(&[0x02]);
+    assert_eq!(client.expect_dropped(), "");
+
+    // Unsubscribing from a topic never subscribed drops the client (Iris).
+    let mut c = Raw::attach(port, "");
+    c.send(&packet(0x07, |p| binary(p, b"never")));
+    assert!(c.expect_dropped().contains("not subscribed"));
+
+    // --- Hostile clients: each is dropped with opClose(reason) and one
+    // log line; the service attached all along is unaffected.
+
+    // A chunk over the chunk limit (on a tunnel the client opened).
+    let mut h = Raw::attach(port, "");
+    h.send(&packet(0x09, |p| {
+        varint(p, 1);
+        binary(p, b"svc");
+        varint(p, 1000);
+    }));
+    service.expect_op(0x09);
+    let build = service.varint();
+    let _ = service.varint();
+    service.send(&packet(0x0a, |p| {
+        varint(p, build);
+        varint(p, 8);
+    }));
+    service.expect_op(0x0b);
+    let _ = (service.varint(), service.varint());
+    h.expect_op(0x0a);
+    let _ = (h.varint(), h.byte(), h.varint());
+    h.expect_op(0x0b);
+    let _ = (h.varint(), h.varint());
+    h.send(&packet(0x0c, |p| {
+        varint(p, 1);
+        varint(p, 70_000);
+        binary(p, &[0; 65537]);
+    }));
+    let reason = h.expect_dropped();
+    assert!(reason.contains("tunnel chunk"), "{reason}");
+    // The far end hears its tunnel close with the reason.
+    service.expect_op(0x0d);
+    assert_eq!(service.varint(), 8);
+    let _ = service.string();
+
+    // An unknown opcode, a bad boolean.
+    let mut h = Raw::attach(port, "");
+    h.send(&[0x42]);
+    assert!(h.expect_dropped().contains("unknown opcode 0x42"));
+    let mut h = Raw::attach(port, "");
+    h.send(&packet(0x05, |p| {
+        varint(p, 0);
+        p.push(2);
+    }));
+    assert!(h.expect_dropped().contains("invalid boolean"));
+
+    // A payload announced over the limit is refused before any allocation.
+    let mut h = Raw::attach(port, "");
+    h.send(&packet(0x03, |p| {
+        binary(p, b"svc");
+        varint(p, 1 << 40);
+    }));
+    assert!(h.expect_dropped().contains("over the limit"));
+
+    // A member that never confirms an offered tunnel: its whole connection
+    // is dropped after 3 s, and the opener's tunnel times out.
+    let mut lazy = Raw::attach(port, "lazy");
+    let mut opener = Raw::attach(port, "");
+    let offered = Instant::now();
+    opener.send(&packet(0x09, |p| {
+        varint(p, 1);
+        binary(p, b"lazy");
+        varint(p, 10_000);
+    }));
+    lazy.expect_op(0x09);
+    let _ = (lazy.varint(), lazy.varint());
+    let reason = lazy.expect_dropped();
+    let after = offered.elapsed();
+    assert!(reason.contains("not confirmed"), "{reason}");
+    assert!(
+        after >= Duration::from_millis(2900) && after < Duration::from_secs(10),
+        "{after:?}"
+    );
+    opener.send(&[0x02]);
+    let _ = opener.rest();
+
+    // Memory: 200 clients each announce a 64 MiB broadcast and send one
+    // byte of it; the node holds a read buffer each, not the payloads.
+    let before = node.rss_kib();
+    let hostile: Vec<Raw> = (0..200)
+        .map(|_| {
+            let mut h = Raw::attach(port, "");
+            h.send(&packet(0x03, |p| {
+                binary(p, b"svc");
+                varint(p, 64 << 20);
+                p.push(0);
+            }));
+            h
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let during = node.rss_kib();
+    drop(hostile);
+    let grew = during.saturating_sub(before);
+    println!(
+        "relay memory: 200 clients each announcing a 64 MiB payload: RSS {before} KiB → \
+         {during} KiB (+{grew} KiB, {} KiB a client)",
+        grew / 200
+    );
+    assert!(grew < 200 * 1024, "{grew} KiB for 200 hostile clients");
+
+    // The service saw none of it: it still answers.
+    let mut c = Raw::attach(port, "");
+    c.send(&packet(0x04, |p| {
+        varint(p, 0);
+        binary(p, b"svc");
+        binary(p, b"still there?");
+        varint(p, 5000);
+    }));
+    service.expect_op(0x04);
+    let id = service.varint();
+    let _ = (service.binary(), service.varint());
+    service.send(&packet(0x05, |p| {
+        varint(p, id);
+        p.push(1);
+        binary(p, b"yes");
+    }));
+    c.expect_op(0x05);
+    assert_eq!(c.varint(), 0);
+    assert_eq!(c.read_n(2), [0, 1]);
+    assert_eq!(c.binary(), b"yes");
+    // One WARN line per dropped client.
+    let log = node.log();
+    let drops = log.matches("Iris client dropped").count();
+    assert!((7..=9).contains(&drops), "{drops} drop lines:\n{log}");
+}
+
+// ---------------------------------------------------------------------
+// The binding's own suite.
+
+/// The compatibility kit, if this checkout has it.
+fn kit() -> Option<PathBuf> {
+    let path = match std::env::var_os("REIGN_IRIS_KIT") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/iris-relay"),
+    };
+    path.join("run-binding-tests.sh").is_file().then_some(path)
+}
+
+/// Runs the kit's script against `port`; returns its output.
+fn run_suite(kit: &Path, port: u16, cache: &Path) -> String {
+    let started = Instant::now();
+    let out = Command::new("bash")
+        .arg(kit.join("run-binding-tests.sh"))
+        .arg("-v")
+        .env("IRIS_RELAY_PORT", port.to_string())
+        .env("IRIS_GOCACHE", cache)
+        .output()
+        .expect("run the binding's suite");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passed = text.matches("--- PASS").count();
+    println!(
+        "binding suite on port {port}: {passed} tests passed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(out.status.success(), "the binding's suite failed:\n{text}");
+    text
+}
+
+/// Splits connections on `listen` over `targets` in turn, piping bytes
+/// both ways with a thread each (a test fixture: the suite opens a few
+/// hundred connections at most).
+struct Splitter {
+    port: u16,
+}
+
+impl Splitter {
+    fn start(targets: Vec<u16>) -> Splitter {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let turn = Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let target = targets[turn.fetch_add(1, Ordering::Relaxed) % targets.len()];
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = upstream.set_nodelay(true);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Splitter { port }
+    }
+}
+
+#[test]
+fn the_binding_suite_passes_against_one_node() {
+    let Some(kit) = kit() else {
+        println!("skipped: no Iris compatibility kit (set REIGN_IRIS_KIT)");
+        return;
+    };
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 1);
+    run_suite(&kit, nodes[0].relay, &dir.path().join("gocache"));
+}
+
+#[test]
+fn the_binding_suite_passes_against_relays_on_three_nodes() {
+    let Some(kit) = kit() else {
+        println!("skipped: no Iris compatibility kit (set REIGN_IRIS_KIT)");
+        return;
+    };
+    let _one = SUITE.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3);
+    // Every node is connected to both others before the suite starts.
+    assert!(eventually(|| nodes.iter().all(|n| n
+        .log()
+        .matches("connection established")
+        .count()
+        >= 2)));
+    let splitter = Splitter::start(nodes.iter().map(|n| n.relay).collect());
+    run_suite(&kit, splitter.port, &dir.path().join("gocache"));
+}
