@@ -6,9 +6,11 @@
 //! its own between nodes:
 //!
 //! - a **cluster** is a reign service group: a client that registers as a
-//!   member gets a mailbox joined to the group, so requests load-balance
-//!   over every member cluster-wide (local first, as reign does) and a
-//!   broadcast reaches every member, its sender included;
+//!   member gets a mailbox joined to the group; requests and tunnels go to
+//!   the members in turn, cluster-wide (`RelayShared::pick_member`: Iris
+//!   balances over the whole cluster, where reign's `Target::Service`
+//!   prefers local members), and a broadcast reaches every member, its
+//!   sender included;
 //! - a **topic** is a reign topic (one subscriber mailbox per subscription);
 //! - a **tunnel** is a reign tunnel; each Iris chunk travels as one tunnel
 //!   message, so the relay never reassembles a message and the receiving
