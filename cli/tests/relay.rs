@@ -17,7 +17,6 @@
 //!   round-robin TCP splitter, so a suite's clients and services sit on
 //!   different nodes. Without the kit these print one line and pass.
 
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reign_proto::{ClusterSpec, NodeId, Tuning};
+use reign_tests::iris::{binary, init, packet, varint, Raw};
 use reign_tests::{free_ports, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -113,116 +113,6 @@ fn start_cluster(dir: &Path, n: u16) -> Vec<Proc> {
     (0..n)
         .map(|id| Proc::spawn(dir, &cluster.spec(NodeId(id)), id, relays[id as usize]))
         .collect()
-}
-
-// ---------------------------------------------------------------------
-// A client speaking the relay protocol byte by byte.
-
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v > 127 {
-        out.push(0x80 | (v & 0x7f) as u8);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn binary(out: &mut Vec<u8>, data: &[u8]) {
-    varint(out, data.len() as u64);
-    out.extend_from_slice(data);
-}
-
-struct Raw {
-    stream: TcpStream,
-}
-
-impl Raw {
-    fn connect(port: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(WAIT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        Raw { stream }
-    }
-
-    /// Connects and completes the handshake as `cluster` ("" = a client).
-    fn attach(port: u16, cluster: &str) -> Raw {
-        let mut raw = Raw::connect(port);
-        raw.send(&init("iris-client-magic", "v1.0-draft2", cluster));
-        let mut accept = vec![0x00];
-        binary(&mut accept, b"iris-relay-magic");
-        binary(&mut accept, b"v1.0-draft2");
-        assert_eq!(raw.read_n(accept.len()), accept, "the relay's acceptance");
-        raw
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn read_n(&mut self, n: usize) -> Vec<u8> {
-        let mut buf = vec![0; n];
-        self.stream.read_exact(&mut buf).unwrap();
-        buf
-    }
-
-    fn byte(&mut self) -> u8 {
-        self.read_n(1)[0]
-    }
-
-    fn varint(&mut self) -> u64 {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let b = self.byte();
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                break;
-            }
-        }
-        v
-    }
-
-    fn binary(&mut self) -> Vec<u8> {
-        let n = self.varint() as usize;
-        self.read_n(n)
-    }
-
-    fn string(&mut self) -> String {
-        String::from_utf8(self.binary()).unwrap()
-    }
-
-    /// Expects opcode `op` next.
-    fn expect_op(&mut self, op: u8) {
-        let got = self.byte();
-        assert_eq!(got, op, "expected opcode {op:#04x}, got {got:#04x}");
-    }
-
-    /// Reads to the end of the stream: what the relay sent before closing.
-    fn rest(&mut self) -> Vec<u8> {
-        let mut all = Vec::new();
-        let _ = self.stream.read_to_end(&mut all);
-        all
-    }
-
-    /// Expects `opClose(reason)` and the end of the stream; returns the reason.
-    fn expect_dropped(&mut self) -> String {
-        self.expect_op(0x02);
-        let reason = self.string();
-        assert!(self.rest().is_empty(), "nothing after the close");
-        reason
-    }
-}
-
-fn init(magic: &str, version: &str, cluster: &str) -> Vec<u8> {
-    let mut p = vec![0x00];
-    binary(&mut p, magic.as_bytes());
-    binary(&mut p, version.as_bytes());
-    binary(&mut p, cluster.as_bytes());
-    p
-}
-
-fn packet(op: u8, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut p = vec![op];
-    fill(&mut p);
-    p
 }
 
 /// Polls `cond` every 10 ms until it holds or `WAIT` passes.
@@ -410,6 +300,19 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
         service.expect_op(0x0b);
         assert_eq!((service.varint(), service.varint()), (7, 3));
     }
+    // A chunk of exactly the chunk limit crosses (the first chunk of a
+    // message needs credit, and the client still has some).
+    let full = vec![7u8; 65536];
+    service.send(&packet(0x0c, |p| {
+        varint(p, 7);
+        varint(p, 65536);
+        binary(p, &full);
+    }));
+    client.expect_op(0x0c);
+    assert_eq!((client.varint(), client.varint()), (5, 65536));
+    assert_eq!(client.binary(), full);
+    service.expect_op(0x0b);
+    assert_eq!((service.varint(), service.varint()), (7, 65536));
     // The client closes: its relay acks with opTunClose(5, ""), the far
     // end hears opTunClose(7, "").
     client.send(&packet(0x0d, |p| varint(p, 5)));
@@ -481,6 +384,14 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
         p.push(2);
     }));
     assert!(h.expect_dropped().contains("invalid boolean"));
+
+    // A varint of ten bytes whose last carries more than bit 63.
+    let mut h = Raw::attach(port, "");
+    h.send(&packet(0x0b, |p| {
+        p.extend_from_slice(&[0xff; 9]);
+        p.push(0x02);
+    }));
+    assert!(h.expect_dropped().contains("varint over 64 bits"));
 
     // A payload announced over the limit is refused before any allocation.
     let mut h = Raw::attach(port, "");
@@ -560,7 +471,7 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
     // One WARN line per dropped client.
     let log = node.log();
     let drops = log.matches("Iris client dropped").count();
-    assert!((7..=9).contains(&drops), "{drops} drop lines:\n{log}");
+    assert!((8..=10).contains(&drops), "{drops} drop lines:\n{log}");
 }
 
 // ---------------------------------------------------------------------

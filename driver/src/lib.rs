@@ -29,7 +29,7 @@ pub mod api {
         TaskExit, Tuning, TunnelError,
     };
 
-    pub use crate::relay::{Relay, RelayError, RelayOptions};
+    pub use crate::relay::{IrisRequest, Relay, RelayError, RelayOptions};
     pub use crate::supervisor::{
         ChildInfo, ChildSpec, ChildState, Restart, Shutdown, Strategy, SupervisorHandle,
         SupervisorSpec, DEFAULT_MAX_RESTARTS, DEFAULT_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT,

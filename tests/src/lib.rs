@@ -2,6 +2,7 @@
 //! certificates, started and connected in one call on any runtime, a
 //! captured log, and a raw TLS peer for hostile-input tests.
 
+pub mod iris;
 pub mod proxy;
 pub mod raw_peer;
 

@@ -17,8 +17,10 @@
 //!   binding does, as in Iris;
 //! - payloads are `serde_bytes::ByteBuf` (reign's builtin `bytes` type), so
 //!   reign's own members and publishers can talk to Iris clients; a request
-//!   from a relay carries the caller's original timeout ([`IrisRequest`]),
-//!   which the member's relay hands to its binding as Iris does.
+//!   from a relay is an [`IrisRequest`], carrying the caller's original
+//!   timeout, which the member's relay hands to its binding as Iris does
+//!   (a reign member downcasts it; a reign caller's plain `ByteBuf`
+//!   request reaches an Iris service with the time remaining).
 //!
 //! What the binding enforces itself (its `ServiceLimits` and `TopicLimits`:
 //! handler threads, queued bytes, dropping a request queued past its

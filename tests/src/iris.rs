@@ -1,0 +1,131 @@
+//! A client speaking the Iris relay protocol v1.0-draft2 byte by byte over
+//! a real socket, written from the protocol notes (not from any binding):
+//! the relay's tests drive `reign node --relay` and `Reign::serve_relay`
+//! with it, one field at a time.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// How long a read waits before the test fails.
+pub const READ_WAIT: Duration = Duration::from_secs(15);
+
+/// Appends an unsigned LEB128 varint.
+pub fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v > 127 {
+        out.push(0x80 | (v & 0x7f) as u8);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Appends a length-prefixed byte string.
+pub fn binary(out: &mut Vec<u8>, data: &[u8]) {
+    varint(out, data.len() as u64);
+    out.extend_from_slice(data);
+}
+
+/// A raw relay client on a loopback socket.
+pub struct Raw {
+    /// The socket.
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    /// Connects to the relay on `port` (no handshake yet).
+    pub fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(READ_WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream }
+    }
+
+    /// Connects and completes the handshake as `cluster` ("" = a client).
+    pub fn attach(port: u16, cluster: &str) -> Raw {
+        let mut raw = Raw::connect(port);
+        raw.send(&init("iris-client-magic", "v1.0-draft2", cluster));
+        let mut accept = vec![0x00];
+        binary(&mut accept, b"iris-relay-magic");
+        binary(&mut accept, b"v1.0-draft2");
+        assert_eq!(raw.read_n(accept.len()), accept, "the relay's acceptance");
+        raw
+    }
+
+    /// Writes bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads exactly `n` bytes.
+    pub fn read_n(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).unwrap();
+        buf
+    }
+
+    /// Reads one byte.
+    pub fn byte(&mut self) -> u8 {
+        self.read_n(1)[0]
+    }
+
+    /// Reads a varint.
+    pub fn varint(&mut self) -> u64 {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = self.byte();
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        v
+    }
+
+    /// Reads a length-prefixed byte string.
+    pub fn binary(&mut self) -> Vec<u8> {
+        let n = self.varint() as usize;
+        self.read_n(n)
+    }
+
+    /// Reads a length-prefixed UTF-8 string.
+    pub fn string(&mut self) -> String {
+        String::from_utf8(self.binary()).unwrap()
+    }
+
+    /// Expects opcode `op` next.
+    pub fn expect_op(&mut self, op: u8) {
+        let got = self.byte();
+        assert_eq!(got, op, "expected opcode {op:#04x}, got {got:#04x}");
+    }
+
+    /// Reads to the end of the stream: what the relay sent before closing.
+    pub fn rest(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        let _ = self.stream.read_to_end(&mut all);
+        all
+    }
+
+    /// Expects `opClose(reason)` and the end of the stream; returns the reason.
+    pub fn expect_dropped(&mut self) -> String {
+        self.expect_op(0x02);
+        let reason = self.string();
+        assert!(self.rest().is_empty(), "nothing after the close");
+        reason
+    }
+}
+
+/// The init packet: the magic, the version, the cluster ("" = a client).
+pub fn init(magic: &str, version: &str, cluster: &str) -> Vec<u8> {
+    let mut p = vec![0x00];
+    binary(&mut p, magic.as_bytes());
+    binary(&mut p, version.as_bytes());
+    binary(&mut p, cluster.as_bytes());
+    p
+}
+
+/// A packet: `op`, then what `fill` appends.
+pub fn packet(op: u8, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut p = vec![op];
+    fill(&mut p);
+    p
+}
