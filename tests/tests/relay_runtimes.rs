@@ -144,3 +144,39 @@ fn a_relay_serves_on_smol() {
         node.shutdown().await;
     });
 }
+
+#[test]
+fn a_node_shutting_down_closes_its_relay_clients_with_the_reason() {
+    let cluster = TestCluster::new(1);
+    let rt = reign_tests::tokio_runtime(2);
+    rt.block_on(async {
+        let node = reign_tokio::Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+            .await
+            .unwrap();
+        let relay = node
+            .serve_relay("127.0.0.1:0".parse().unwrap(), RelayOptions::default())
+            .await
+            .unwrap();
+        let port = relay.local_addr().port();
+        let (attached_tx, attached) = async_channel::bounded(1);
+        let (done_tx, done) = async_channel::bounded::<std::thread::Result<()>>(1);
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(|| {
+                // A service (its binding would run HandleDrop) and a client.
+                let mut service = Raw::attach(port, "svc");
+                let mut client = Raw::attach(port, "");
+                attached_tx.send_blocking(()).unwrap();
+                for raw in [&mut service, &mut client] {
+                    assert_eq!(raw.expect_dropped(), "the node is shutting down");
+                }
+            });
+            let _ = done_tx.send_blocking(outcome);
+        });
+        attached.recv().await.unwrap();
+        node.shutdown().await;
+        if let Err(panic) = done.recv().await.unwrap() {
+            std::panic::resume_unwind(panic);
+        }
+        drop(relay);
+    });
+}

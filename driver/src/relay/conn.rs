@@ -243,7 +243,10 @@ impl<R: Runtime> Client<R> {
             });
         }
         let end = loop {
-            let stop = race(self.kill_rx.recv(), self.relay.stopped.recv());
+            let stop = race(
+                self.kill_rx.recv(),
+                race(self.relay.stopped.recv(), self.node.stopped()),
+            );
             match race(self.read_packet(&mut rd), stop).await {
                 Either::Left(Ok(true)) => continue,
                 Either::Left(Ok(false)) => break End::Graceful,
@@ -253,9 +256,10 @@ impl<R: Runtime> Client<R> {
                     break End::Dropped(format!("protocol violation: {why}"))
                 }
                 Either::Right(Either::Left(Ok(reason))) => break End::Dropped(reason),
-                Either::Right(Either::Left(Err(_))) | Either::Right(Either::Right(_)) => {
-                    break End::Dropped("the relay stopped".into())
+                Either::Right(Either::Right(Either::Right(()))) => {
+                    break End::Dropped("the node is shutting down".into())
                 }
+                Either::Right(_) => break End::Dropped("the relay stopped".into()),
             }
         };
         self.clean_up();

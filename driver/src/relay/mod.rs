@@ -51,7 +51,9 @@ use crate::signal::{race, Either};
 use crate::Reign;
 
 pub use outbox::SOFT_CAP as OUTBOX_SOFT_CAP;
-pub use tunnel::{CHUNK_LIMIT, FULL_GRANT_TUNNELS, TUNNEL_CONFIRM_TIMEOUT, TUNNEL_GRANT};
+pub use tunnel::{
+    CHUNK_LIMIT, FULL_GRANT_TUNNELS, MAX_TUNNELS, TUNNEL_CONFIRM_TIMEOUT, TUNNEL_GRANT,
+};
 
 /// Iris's relay port, the binding's default.
 pub const DEFAULT_PORT: u16 = 55555;
