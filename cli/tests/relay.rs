@@ -2,15 +2,15 @@
 //! processes with mutual TLS between them, clients on real loopback
 //! sockets.
 //!
-//! - The protocol byte by byte (a client written here, from the protocol
-//!   notes): the handshake (accept, version mismatch → `opDeny` with
+//! - The protocol byte by byte (`reign_tests::iris::Raw`, written from the
+//!   protocol notes): the handshake (accept, version mismatch → `opDeny` with
 //!   Iris's text, bad magic → dropped), every opcode both ways, the error
 //!   paths (a request's fault and timeout, a tunnel to an empty cluster,
 //!   an unsubscription from a topic never subscribed), the graceful close
-//!   echo, and hostile clients (an oversized chunk, a chunk beyond its
-//!   credit, an unconfirmed inbound tunnel after 3 s, an unknown opcode, a
-//!   bad boolean, an oversized payload), with the memory a hostile client
-//!   can make the node hold measured and printed.
+//!   echo, and hostile clients (an oversized chunk, an unconfirmed inbound
+//!   tunnel after 3 s, an unknown opcode, a bad boolean, a varint over 64
+//!   bits, an oversized payload, no handshake in 10 s), with the memory a
+//!   hostile client can make the node hold measured and printed.
 //! - The unmodified iris-go binding's own suite, from the compatibility kit
 //!   (`REIGN_IRIS_KIT`, else `../shared/iris-relay` beside the workspace):
 //!   against one node, and against relays on a three-node cluster behind a
@@ -135,6 +135,11 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
     let nodes = start_cluster(dir.path(), 1);
     let node = &nodes[0];
     let port = node.relay;
+
+    // A client that never sends its handshake (checked at the end: it is
+    // dropped after HANDSHAKE_TIMEOUT, 10 s).
+    let mut silent = Raw::connect(port);
+    let silent_since = Instant::now();
 
     // Handshake: acceptance is exactly opInit, the relay magic, the version.
     let mut client = Raw::attach(port, "");
@@ -470,10 +475,19 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
     assert_eq!(c.varint(), 0);
     assert_eq!(c.read_n(2), [0, 1]);
     assert_eq!(c.binary(), b"yes");
+    // The silent client: closed without a word at 10 s.
+    assert!(silent.rest().is_empty());
+    let silent_for = silent_since.elapsed();
+    assert!(
+        silent_for >= Duration::from_millis(9900) && silent_for < WAIT,
+        "{silent_for:?}"
+    );
+    node.wait_for_log("no handshake within 10s");
+
     // One WARN line per dropped client.
     let log = node.log();
     let drops = log.matches("Iris client dropped").count();
-    assert!((8..=10).contains(&drops), "{drops} drop lines:\n{log}");
+    assert!((9..=11).contains(&drops), "{drops} drop lines:\n{log}");
 }
 
 // ---------------------------------------------------------------------
