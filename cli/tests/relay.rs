@@ -7,7 +7,8 @@
 //!   Iris's text, bad magic → dropped), every opcode both ways, the error
 //!   paths (a request's fault and timeout, a tunnel to an empty cluster,
 //!   an unsubscription from a topic never subscribed), the graceful close
-//!   echo, and hostile clients (an oversized chunk, an unconfirmed inbound
+//!   echo, and hostile clients (an oversized chunk, a chunk beyond its
+//!   credit, an unconfirmed inbound
 //!   tunnel after 3 s, an unknown opcode, a bad boolean, a varint over 64
 //!   bits, an oversized payload, no handshake in 10 s), with the memory a
 //!   hostile client can make the node hold measured and printed.
@@ -17,6 +18,7 @@
 //!   round-robin TCP splitter, so a suite's clients and services sit on
 //!   different nodes. Without the kit these print one line and pass.
 
+use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -381,6 +383,42 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
     assert_eq!(service.varint(), 8);
     let _ = service.string();
 
+    // A chunk beyond the credit granted. The far end ("hold") confirms
+    // the tunnel but never grants credit, so its relay stops taking chunks
+    // once reign's tunnel window fills, and the opener's 4 MiB grant is
+    // not renewed: 8 MiB sent in 64 KiB chunks overruns it.
+    let mut hold = Raw::attach(port, "hold");
+    let mut h = Raw::attach(port, "");
+    h.send(&packet(0x09, |p| {
+        varint(p, 1);
+        binary(p, b"hold");
+        varint(p, 1000);
+    }));
+    hold.expect_op(0x09);
+    let build = hold.varint();
+    let _ = hold.varint();
+    hold.send(&packet(0x0a, |p| {
+        varint(p, build);
+        varint(p, 1);
+    }));
+    h.expect_op(0x0a);
+    let _ = (h.varint(), h.byte(), h.varint());
+    h.expect_op(0x0b);
+    assert_eq!((h.varint(), h.varint()), (1, 4 << 20));
+    let chunk = vec![0u8; 65536];
+    for i in 0..128u64 {
+        let sent = h.stream.write_all(&packet(0x0c, |p| {
+            varint(p, 1);
+            varint(p, if i == 0 { 8 << 20 } else { 0 });
+            binary(p, &chunk);
+        }));
+        if sent.is_err() {
+            break; // dropped already
+        }
+    }
+    node.wait_for_log("beyond the credit granted");
+    drop((h, hold));
+
     // An unknown opcode, a bad boolean.
     let mut h = Raw::attach(port, "");
     h.send(&[0x42]);
@@ -487,7 +525,7 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
     // One WARN line per dropped client.
     let log = node.log();
     let drops = log.matches("Iris client dropped").count();
-    assert!((9..=11).contains(&drops), "{drops} drop lines:\n{log}");
+    assert!((10..=12).contains(&drops), "{drops} drop lines:\n{log}");
 }
 
 // ---------------------------------------------------------------------
