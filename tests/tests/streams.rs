@@ -278,3 +278,43 @@ async fn a_tunnel_on_a_node_without_network_carries_bytes() {
         .unwrap();
     assert!(got == writer.await.unwrap());
 }
+
+#[test]
+fn futures_io_copy_through_a_tunnel_on_smol() {
+    // The async-std/smol way: futures-io traits, futures_lite::io::copy.
+    smol::block_on(async {
+        capture_logs();
+        let cluster = TestCluster::new(2);
+        let (a, b) = cluster.pair_on::<reign_smol::Smol>(WAIT).await;
+        let (member, offers) = b.new_mailbox();
+        b.join("smol-files", &member).unwrap();
+        a.sync().await;
+        b.sync().await;
+        let accept = async {
+            let incoming = offers.recv_tunnel().await.unwrap();
+            b.accept_tunnel(incoming).unwrap()
+        };
+        let (client, server) =
+            futures_lite::future::zip(a.tunnel("smol-files", WAIT), accept).await;
+        let (mut client, mut server) = (client.unwrap().into_io(), server.into_io());
+        let data = pattern(1 << 20);
+        let sent = data.clone();
+        let writer = smol::spawn(async move {
+            let n = futures_lite::io::copy(&mut &sent[..], &mut client)
+                .await
+                .unwrap();
+            futures_lite::io::AsyncWriteExt::close(&mut client)
+                .await
+                .unwrap();
+            n
+        });
+        let mut got = Vec::new();
+        futures_lite::io::AsyncReadExt::read_to_end(&mut server, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(writer.await as usize, data.len());
+        assert!(got == data, "the bytes arrive whole and in order");
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}
