@@ -387,7 +387,7 @@ pub fn pubsub(subscribers: u32, messages: u64) -> Result {
         tokio::task::spawn_blocking(move || -> Result {
             let mut seq = 0;
             while seq < messages {
-                match node.publish(topic, &Event { seq }) {
+                match node.publish(topic, Event { seq }) {
                     Ok(()) => seq += 1,
                     Err(e) => return Err(e.to_string()),
                 }

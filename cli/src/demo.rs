@@ -280,9 +280,9 @@ async fn demo(args: &DemoArgs, dir: &Path, children: &mut Children) -> Result<()
 
     step(5, "broadcast and publish/subscribe: 100 events each");
     for seq in 0..100 {
-        n0.broadcast(protocol::BROADCAST, &Event { seq })
+        n0.broadcast(protocol::BROADCAST, Event { seq })
             .map_err(|e| e.to_string())?;
-        n0.publish(protocol::NEWS, &Event { seq })
+        n0.publish(protocol::NEWS, Event { seq })
             .map_err(|e| e.to_string())?;
     }
     let deadline = Instant::now() + WAIT;

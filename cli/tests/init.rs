@@ -180,6 +180,43 @@ fn adding_nodes_keeps_the_ca_the_spec_and_the_other_nodes_files() {
     );
 }
 
+#[test]
+fn init_writes_only_the_tuning_that_differs_from_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(init(d, &["--nodes", "0-1"]));
+    let text = file(d, "cluster.json");
+    assert!(
+        !text.contains("tuning"),
+        "a new spec leaves every default out: {text}"
+    );
+    // A hand edit in human units (and one value set to its default)...
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value["tuning"] = serde_json::json!({
+        "ping_interval": "5s",
+        "drain_timeout": "5s",
+        "accept_joins": false
+    });
+    std::fs::write(d.join("cluster.json"), value.to_string()).unwrap();
+    let spec = ClusterSpec::load(d.join("cluster.json")).unwrap();
+    assert_eq!(spec.tuning.ping_interval, std::time::Duration::from_secs(5));
+    // ... is kept by a rewrite, which writes only what differs.
+    ok(init(d, &["--add-nodes", "1"]));
+    let value: serde_json::Value = serde_json::from_str(&file(d, "cluster.json")).unwrap();
+    assert_eq!(
+        value["tuning"],
+        serde_json::json!({"ping_interval": 5000, "accept_joins": false})
+    );
+    // A bad unit is refused with the units the spec takes.
+    let mut value = value;
+    value["tuning"]["ping_interval"] = serde_json::json!("5 sec");
+    std::fs::write(d.join("cluster.json"), value.to_string()).unwrap();
+    let e = ClusterSpec::load(d.join("cluster.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ms, s, m or h"), "{e}");
+}
+
 /// Days from now to the certificate's notAfter.
 fn days_valid(pem: &str) -> f64 {
     let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();

@@ -502,7 +502,7 @@ async fn sustained_mixed_load_loses_nothing_and_memory_stays_flat() {
             .unwrap();
             requests += 1;
         }
-        n0.publish(protocol::NEWS, &protocol::Event { seq: round })
+        n0.publish(protocol::NEWS, protocol::Event { seq: round })
             .unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         if rss_after_warmup.is_none() && started.elapsed() > Duration::from_secs(1) {

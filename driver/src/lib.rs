@@ -17,6 +17,7 @@ pub mod relay;
 mod runtime;
 mod signal;
 mod supervisor;
+mod tunnel_io;
 
 /// Everything an application needs besides the node type itself. Each
 /// adapter re-exports this module whole, so the three share one API.
@@ -28,12 +29,14 @@ pub mod api {
         ReloadError, Reloaded, Request, RequestError, RequestTables, Responder, SendError, Target,
         TaskExit, Tuning, TunnelError,
     };
+    pub use reign_proto::{Call, TypedAddress, TypedMailbox, TypedResponder};
 
     pub use crate::relay::{IrisRequest, Relay, RelayError, RelayOptions};
     pub use crate::supervisor::{
         ChildInfo, ChildSpec, ChildState, Restart, Shutdown, Strategy, SupervisorHandle,
         SupervisorSpec, DEFAULT_MAX_RESTARTS, DEFAULT_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT,
     };
+    pub use crate::tunnel_io::TunnelIo;
     pub use crate::StartError;
 }
 
@@ -52,9 +55,11 @@ use driver::{CloseReasons, Driver, DriverEvent, Failure, EVENT_BACKLOG};
 use reign_proto::poison::lock;
 pub use runtime::Runtime;
 use signal::{race, Either, Stop};
+pub use tunnel_io::TunnelIo;
 
 /// Why a node could not start.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum StartError {
     /// The cluster spec is invalid for this node.
     Spec(SpecError),
@@ -86,7 +91,16 @@ impl std::fmt::Display for StartError {
     }
 }
 
-impl std::error::Error for StartError {}
+/// Every variant wraps its cause: the [`SpecError`], or the OS error of the
+/// dev directory or the listener.
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Spec(e) => Some(e),
+            StartError::Dev { error, .. } | StartError::Bind { error, .. } => Some(error),
+        }
+    }
+}
 
 impl From<SpecError> for StartError {
     fn from(e: SpecError) -> StartError {
@@ -535,6 +549,38 @@ impl<R: Runtime> Reign<R> {
         outcome
     }
 
+    /// A typed [`request`](Reign::request): sends a `Q`, waits at most
+    /// `timeout`, and returns its [`Call::Reply`](reign_proto::Call::Reply)
+    /// (see [`reign_proto::typed`]); a reply of another type is
+    /// [`RequestError::UnexpectedReply`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use reign_driver::api::Call;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Double(u64);
+    /// impl Call for Double {
+    ///     type Reply = u64;
+    /// }
+    ///
+    /// # async fn demo<R: reign_driver::Runtime>(node: reign_driver::Reign<R>) {
+    /// let reply: u64 = node
+    ///     .call("doubler", Double(21), Duration::from_secs(1))
+    ///     .await
+    ///     .unwrap();
+    /// # }
+    /// ```
+    pub async fn call<'a, Q: reign_proto::Call>(
+        &self,
+        target: impl Into<Target<'a>>,
+        request: Q,
+        timeout: Duration,
+    ) -> Result<Q::Reply, RequestError> {
+        let reply = self.request(target, request, timeout).await?;
+        reign_proto::typed::reply_as::<Q::Reply>(reply)
+    }
+
     /// Opens a tunnel to one member of a service group (or an address),
     /// waiting at most `timeout` for the member to accept. On a timeout (or
     /// if this future is dropped) the half-open tunnel is closed: its entry
@@ -632,6 +678,15 @@ impl<R: Runtime> Tunnel<R> {
     /// The tunnel without timeouts.
     pub fn inner(&self) -> &reign_proto::Tunnel {
         &self.inner
+    }
+
+    /// This tunnel as a byte stream, message boundaries dropped: a
+    /// [`TunnelIo`] implements `tokio::io::{AsyncRead, AsyncWrite}` and the
+    /// `futures::io` traits, for `tokio::io::copy`, codecs or a TLS session
+    /// inside the tunnel. Its reads and writes have no timeout of their own;
+    /// wrap them in the runtime's.
+    pub fn into_io(self) -> TunnelIo {
+        TunnelIo::new(self.inner)
     }
 }
 

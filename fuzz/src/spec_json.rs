@@ -74,7 +74,8 @@ fn known_keys(within: &str) -> Vec<String> {
         permitted_protocols: vec!["x".into()],
         ..Default::default()
     };
-    let value: serde_json::Value = serde_json::from_str(&full.to_json()).expect("valid JSON");
+    // Every key, tuning's included (`to_json` leaves out default tuning).
+    let value = serde_json::to_value(&full).expect("a spec serializes");
     let object = match within {
         "a node" => &value["nodes"][0],
         "tuning" => &value["tuning"],

@@ -31,6 +31,7 @@ pub struct CertAndKey {
 
 /// Why a CA could not be loaded from its PEM files.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum CaError {
     /// The key file is not a PEM private key rcgen can use.
     Key(rcgen::Error),
@@ -51,7 +52,15 @@ impl std::fmt::Display for CaError {
     }
 }
 
-impl std::error::Error for CaError {}
+/// The rcgen error behind [`CaError::Key`] and [`CaError::Certificate`].
+impl std::error::Error for CaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CaError::Key(e) | CaError::Certificate(e) => Some(e),
+            CaError::KeyMismatch => None,
+        }
+    }
+}
 
 /// A cluster CA able to issue node certificates.
 pub struct ClusterCa {

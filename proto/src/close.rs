@@ -205,7 +205,15 @@ impl fmt::Display for CloseReason {
     }
 }
 
-impl std::error::Error for CloseReason {}
+/// [`CloseReason::Handshake`] exposes the [`HandshakeError`] it wraps.
+impl std::error::Error for CloseReason {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CloseReason::Handshake(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl fmt::Display for Removal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,4 +1,19 @@
 //! Typed errors of the local half: sending, receiving and decoding.
+//!
+//! Every public error type of reign follows the same conventions:
+//!
+//! - **It can grow.** The enums are `#[non_exhaustive]`: a new failure is a
+//!   new variant in a minor release, so a `match` outside the crate ends
+//!   with a `_` arm.
+//! - **Causes are reachable.** An error that wraps another (a
+//!   [`RequestError::Send`](crate::RequestError::Send), a `StartError::Bind`
+//!   and its `io::Error`, …) returns it from
+//!   [`source()`](std::error::Error::source), so error reporters and
+//!   `downcast_ref` find it. Its `Display` still ends with the cause's text,
+//!   because the logs print one error per line and must read whole; a
+//!   reporter that walks the chain shows the cause again on its own line.
+//! - **Texts** are lower case (acronyms such as TLS aside) with no trailing
+//!   period, so they compose as `context: error`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,6 +24,7 @@ use crate::codec::DEFAULT_PROTOCOL;
 /// `Ok` is not a delivery guarantee (delivery is at most once, as in Erlang);
 /// an error guarantees the message was not delivered.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// The target mailbox is closed, or the address names a mailbox of an
     /// earlier incarnation of its node.
@@ -81,6 +97,7 @@ impl SendError {
 
 /// Why a receive returned no message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecvError {
     /// The mailbox is closed; no message will ever arrive.
     Closed,
@@ -101,6 +118,7 @@ impl std::error::Error for RecvError {}
 
 /// A payload or control body that could not be decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The CBOR is malformed, too deeply nested, or of the wrong shape.
     Cbor(String),
@@ -124,6 +142,7 @@ impl std::error::Error for DecodeError {}
 
 /// Everything wrong a spec can be, each naming the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SpecError {
     /// The JSON does not parse, or a field has the wrong type.
     Json {

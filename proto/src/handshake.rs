@@ -58,6 +58,7 @@ pub const FEATURES: u64 = FEATURE_EXITS;
 
 /// Why a handshake failed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// The peer speaks another protocol version.
     VersionMismatch {

@@ -126,6 +126,7 @@ impl fmt::Display for MailboxId {
 
 /// Why a text is not a mailbox id (`<node.incarnation.serial>`).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ParseIdError {
     /// The text is not wrapped in `<` and `>`.
     NotBracketed,

@@ -122,6 +122,7 @@ pub enum Effect {
 
 /// Why a directory change was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RegistryError {
     /// Only live mailboxes of this node can be registered, join a service
     /// or subscribe.
@@ -159,6 +160,7 @@ impl std::error::Error for RegistryError {}
 
 /// Why a registry message from a peer was not applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PeerError {
     /// The message broke the protocol (for instance it claimed a mailbox of
     /// another node): it is ignored, the link carries on.

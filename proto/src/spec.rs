@@ -19,7 +19,9 @@
 //! `%d` in a path is replaced by the node id. Each `*_path` has a `*_pem`
 //! twin holding the PEM text itself, which wins when both are set. Relative
 //! paths in a spec loaded from a file are relative to that file's folder.
-//! An optional `tuning` object overrides [`Tuning`] fields.
+//! An optional `tuning` object overrides [`Tuning`] fields; its durations
+//! are milliseconds (`250`) or a whole number with a unit (`"30s"`,
+//! `"500ms"`, `"2m"`, `"1h"`: [`parse_duration`]).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -274,16 +276,95 @@ impl Tuning {
     }
 }
 
+/// The longest duration text [`parse_duration`] reads: far more than any
+/// real value needs ("18446744073709551615ms" is 22 characters), and it keeps
+/// a hostile spec's error message short.
+pub const MAX_DURATION_TEXT: usize = 32;
+
+/// The units a tuning duration may be written in, with their milliseconds.
+const DURATION_UNITS: [(&str, u64); 4] = [("ms", 1), ("s", 1_000), ("m", 60_000), ("h", 3_600_000)];
+
+/// Reads a tuning duration written with a unit: a whole number followed by
+/// `ms`, `s`, `m` or `h` (`"500ms"`, `"30s"`, `"2m"`, `"1h"`; no space, no
+/// fraction). The bound is the one a plain number of milliseconds has:
+/// `u64::MAX` milliseconds. Used for every duration of [`Tuning`], which
+/// also takes a plain number of milliseconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use reign_proto::spec::parse_duration;
+///
+/// assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+/// assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+/// assert!(parse_duration("30 seconds").unwrap_err().contains("ms, s, m or h"));
+/// ```
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const WANT: &str = "a duration is a number of milliseconds or a whole number with a unit: \
+                        ms, s, m or h (\"500ms\", \"30s\")";
+    if text.len() > MAX_DURATION_TEXT {
+        return Err(format!(
+            "a duration of {} characters is too long (at most {MAX_DURATION_TEXT})",
+            text.len()
+        ));
+    }
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let Some(&(_, per_unit)) = DURATION_UNITS.iter().find(|(name, _)| *name == unit) else {
+        return Err(format!("{text:?}: {WANT}"));
+    };
+    if number.is_empty() {
+        return Err(format!("{text:?}: {WANT}"));
+    }
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(per_unit))
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            format!(
+                "{text:?} is longer than the longest duration, {} ms",
+                u64::MAX
+            )
+        })
+}
+
 mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::de::{self, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
     use std::time::Duration;
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// A number of milliseconds, or a text with a unit (`parse_duration`).
+    struct Millis;
+
+    impl Visitor<'_> for Millis {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a number of milliseconds or a duration with a unit (\"30s\", \"500ms\")")
+        }
+
+        fn visit_u64<E: de::Error>(self, ms: u64) -> Result<Duration, E> {
+            Ok(Duration::from_millis(ms))
+        }
+
+        fn visit_i64<E: de::Error>(self, ms: i64) -> Result<Duration, E> {
+            u64::try_from(ms)
+                .map(Duration::from_millis)
+                .map_err(|_| E::custom(format!("a duration cannot be negative ({ms})")))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            super::parse_duration(text).map_err(E::custom)
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
+        d.deserialize_any(Millis)
     }
 }
 
@@ -412,9 +493,28 @@ impl ClusterSpec {
         Ok(spec)
     }
 
-    /// The spec as pretty JSON.
+    /// The spec as pretty JSON, with only the tuning fields that differ from
+    /// [`Tuning::default`] (none: no `tuning` object at all), so that a
+    /// written spec says what was chosen and later releases' defaults reach
+    /// the rest. Reading it back gives this spec.
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+        let Ok(mut value) = serde_json::to_value(self) else {
+            return String::new();
+        };
+        let defaults = serde_json::to_value(Tuning::default()).ok();
+        if let (Some(spec), Some(serde_json::Value::Object(defaults))) =
+            (value.as_object_mut(), defaults)
+        {
+            let mut keep_tuning = true;
+            if let Some(serde_json::Value::Object(tuning)) = spec.get_mut("tuning") {
+                tuning.retain(|field, v| defaults.get(field) != Some(v));
+                keep_tuning = !tuning.is_empty();
+            }
+            if !keep_tuning {
+                spec.remove("tuning");
+            }
+        }
+        serde_json::to_string_pretty(&value).unwrap_or_default()
     }
 
     /// Checks the node list alone: ids unique, addresses well formed.
@@ -768,6 +868,84 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn ping(value: &str) -> Result<Duration, String> {
+        let json = format!(
+            r#"{{"nodes":[{{"id":0,"address":"h:1"}}],"tuning":{{"ping_interval":{value}}}}}"#
+        );
+        spec(&json)
+            .map(|s| s.tuning.ping_interval)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tuning_reads_durations_with_units_beside_milliseconds() {
+        assert_eq!(ping("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(ping(r#""250ms""#), Ok(Duration::from_millis(250)));
+        assert_eq!(ping(r#""30s""#), Ok(Duration::from_secs(30)));
+        assert_eq!(ping(r#""2m""#), Ok(Duration::from_secs(120)));
+        assert_eq!(ping(r#""1h""#), Ok(Duration::from_secs(3600)));
+        assert_eq!(ping(r#""0s""#), Ok(Duration::ZERO));
+        // The bound is u64::MAX milliseconds, as for a plain number: just
+        // under, at and over it, in each form.
+        let max = Duration::from_millis(u64::MAX);
+        assert_eq!(ping(&u64::MAX.to_string()), Ok(max));
+        assert_eq!(ping(&format!("\"{}ms\"", u64::MAX)), Ok(max));
+        assert_eq!(
+            ping(&format!("\"{}ms\"", u64::MAX - 1)),
+            Ok(max - Duration::from_millis(1))
+        );
+        let over = ping(&format!("\"{}ms\"", u128::from(u64::MAX) + 1)).unwrap_err();
+        assert!(over.contains("longer than the longest duration"), "{over}");
+        let seconds = u64::MAX / 1000;
+        assert_eq!(
+            ping(&format!("\"{seconds}s\"")),
+            Ok(Duration::from_secs(seconds))
+        );
+        let over = ping(&format!("\"{}s\"", seconds + 1)).unwrap_err();
+        assert!(over.contains("longer than the longest duration"), "{over}");
+        assert!(ping(&(u128::from(u64::MAX) + 1).to_string()).is_err());
+        // The text's own bound: at it (zeros pad a valid number), over it.
+        let at = format!("{}1s", "0".repeat(MAX_DURATION_TEXT - 2));
+        assert_eq!(parse_duration(&at), Ok(Duration::from_secs(1)));
+        let over = format!("0{at}");
+        assert!(parse_duration(&over).unwrap_err().contains("too long"));
+        // Bad units and shapes: one clear error naming the units, with the
+        // spec's line and column.
+        for bad in ["30", "30x", "30 s", "s", "1.5s", "-5s", "30S", "30sec", ""] {
+            let e = ping(&format!("{bad:?}")).unwrap_err();
+            assert!(
+                e.contains("ms, s, m or h") && e.contains("line 1"),
+                "{bad:?}: {e}"
+            );
+        }
+        let e = ping("-5").unwrap_err();
+        assert!(e.contains("cannot be negative"), "{e}");
+        let e = ping("1.5").unwrap_err();
+        assert!(
+            e.contains("a number of milliseconds or a duration with a unit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn to_json_writes_only_the_tuning_that_differs_from_the_defaults() {
+        let mut s = spec(r#"{"nodes":[{"id":0,"address":"h:1"}]}"#).unwrap();
+        let json = s.to_json();
+        assert!(!json.contains("tuning"), "{json}");
+        assert_eq!(ClusterSpec::from_json(&json).unwrap(), s);
+        s.tuning.ping_interval = Duration::from_secs(1);
+        s.tuning.accept_joins = false;
+        let json = s.to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let tuning = value["tuning"].as_object().unwrap();
+        assert_eq!(tuning.len(), 2, "{json}");
+        assert_eq!(tuning["ping_interval"], 1000);
+        assert_eq!(ClusterSpec::from_json(&json).unwrap(), s);
+        // The fast tuning of tests round-trips too.
+        s.tuning = Tuning::fast();
+        assert_eq!(ClusterSpec::from_json(&s.to_json()).unwrap(), s);
     }
 
     #[test]

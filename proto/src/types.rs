@@ -22,6 +22,7 @@ pub use crate::codec::TypeTag;
 
 /// Why a type could not be registered.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TypeError {
     /// The type is already registered under another name.
     AlreadyNamed {

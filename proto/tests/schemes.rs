@@ -227,7 +227,7 @@ fn broadcasts_reach_every_member_once_in_order() {
     }
     sync_all(&mut sim);
     for i in 0..20u32 {
-        sim.node(NodeId(1)).broadcast("all", &i).unwrap();
+        sim.node(NodeId(1)).broadcast("all", i).unwrap();
     }
     sim.run_for(Duration::from_millis(50));
     for m_box in &boxes {
@@ -246,7 +246,7 @@ fn publications_reach_every_subscriber_once_until_unsubscribed() {
     }
     sync_all(&mut sim);
     for i in 0..10u32 {
-        sim.node(NodeId(0)).publish("news", &i).unwrap();
+        sim.node(NodeId(0)).publish("news", i).unwrap();
     }
     sim.run_for(Duration::from_millis(50));
     for (_, _, s_box) in &subs {
@@ -265,7 +265,7 @@ fn publications_reach_every_subscriber_once_until_unsubscribed() {
         .unsubscribe("no such topic", s)
         .is_err());
     sync_all(&mut sim);
-    sim.node(NodeId(0)).publish("news", &99u32).unwrap();
+    sim.node(NodeId(0)).publish("news", 99u32).unwrap();
     sim.run_for(Duration::from_millis(50));
     assert!(received::<u32>(s_box).is_empty());
     assert_eq!(received::<u32>(&subs[1].2), vec![99]);
@@ -285,7 +285,7 @@ fn a_subscriber_over_its_byte_cap_misses_events_and_they_are_counted() {
     sync_all(&mut sim);
     for _ in 0..10 {
         sim.node(NodeId(0))
-            .publish("flood", &serde_bytes::ByteBuf::from(vec![0u8; 30]))
+            .publish("flood", serde_bytes::ByteBuf::from(vec![0u8; 30]))
             .unwrap();
     }
     sim.run_for(Duration::from_millis(50));

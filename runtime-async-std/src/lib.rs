@@ -9,6 +9,12 @@
 //! the same on one node or across a cluster, over mutual TLS.
 //!
 //! Start with [`Node`]: its page lists every method a node has.
+//! A [`Mailbox`] is a `futures::Stream`, and
+//! [`Tunnel::into_io`](reign_driver::Tunnel::into_io) gives a tunnel's byte
+//! stream with the `futures::io` `AsyncRead`/`AsyncWrite` traits (for
+//! `futures_lite::io::copy` and friends). The guides for people coming from
+//! Go reign, Iris, Erlang and NATS are in the tokio adapter's docs
+//! (`reign_tokio::guide`): the API is the same on every runtime.
 //!
 //! ```
 //! use std::time::Duration;

@@ -7,6 +7,12 @@
 //! Tasks run on smol's global executor (`SMOL_THREADS` sets its threads).
 //!
 //! Start with [`Node`]: its page lists every method a node has.
+//! A [`Mailbox`] is a `futures::Stream`, and
+//! [`Tunnel::into_io`](reign_driver::Tunnel::into_io) gives a tunnel's byte
+//! stream with the `futures::io` `AsyncRead`/`AsyncWrite` traits (for
+//! `futures_lite::io::copy` and friends). The guides for people coming from
+//! Go reign, Iris, Erlang and NATS are in the tokio adapter's docs
+//! (`reign_tokio::guide`): the API is the same on every runtime.
 //!
 //! ```
 //! use std::time::Duration;

@@ -5,7 +5,19 @@
 //! binds reign's Sans-IO core to tokio's sockets and timer; everything else
 //! is shared with the async-std and smol adapters, which have the same API.
 //!
-//! Start with [`Node`]: its page lists every method a node has.
+//! Start with [`Node`]: its page lists every method a node has. Coming
+//! from Go reign, Iris, Erlang or NATS? The [`guide`] maps what you know
+//! onto reign, row by row.
+//!
+//! In the ecosystem's terms: a [`Mailbox`] is a `futures::Stream` of its
+//! messages; a [`Tunnel`] is a stream of messages, and
+//! [`Tunnel::into_io`](reign_driver::Tunnel::into_io) turns it into a
+//! byte stream implementing `tokio::io::{AsyncRead, AsyncWrite}` (for
+//! `tokio::io::copy`, codecs, TLS); errors are `#[non_exhaustive]` enums
+//! with their causes behind `source()`; messages go by value (see
+//! `reign_proto`'s *One call style*); and [`TypedAddress`] and
+//! [`call`](reign_driver::Reign::call) add compile-time types over the
+//! dynamic messages.
 //!
 //! ```
 //! use std::time::Duration;
@@ -32,6 +44,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+
+pub mod guide;
 
 /// The admin endpoint (feature `admin`): JSON status, `/metrics`, a live dashboard.
 #[cfg(feature = "admin")]

@@ -130,8 +130,8 @@ async fn broadcast_and_pubsub_reach_everyone_once_in_order() {
     }
     sync_all(&nodes, WAIT).await;
     for i in 0..100u32 {
-        nodes[0].broadcast("all", &i).unwrap();
-        nodes[2].publish("news", &i).unwrap();
+        nodes[0].broadcast("all", i).unwrap();
+        nodes[2].publish("news", i).unwrap();
     }
     for m_box in &members {
         assert_eq!(drain::<u32>(m_box, 100).await, (0..100).collect::<Vec<_>>());
@@ -142,7 +142,7 @@ async fn broadcast_and_pubsub_reach_everyone_once_in_order() {
     let (s1, s1_box) = &subscribers[1];
     nodes[1].unsubscribe("news", s1).unwrap();
     sync_all(&nodes, WAIT).await;
-    nodes[2].publish("news", &7u32).unwrap();
+    nodes[2].publish("news", 7u32).unwrap();
     assert_eq!(drain::<u32>(&subscribers[0].1, 1).await, vec![7]);
     assert!(s1_box
         .recv_timeout(Duration::from_millis(100))

@@ -66,6 +66,7 @@ pub struct AdminOptions {
 
 /// Why the admin endpoint did not start.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum AdminError {
     /// A non-loopback address without [`AdminOptions::allow_public`].
     NotLoopback(SocketAddr),
@@ -103,7 +104,15 @@ impl std::fmt::Display for AdminError {
     }
 }
 
-impl std::error::Error for AdminError {}
+/// [`AdminError::Registry`] exposes the [`RegistryError`](reign_proto::RegistryError) it wraps.
+impl std::error::Error for AdminError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdminError::Registry(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// A running admin endpoint. Dropping it (or [`stop`](AdminHandle::stop))
 /// stops the server and its responder.

@@ -398,11 +398,11 @@ impl Harness {
             }
             LocalOp::Broadcast { group, value } => {
                 let group = group.resolve();
-                let _ = with_value!(self.value(value, None), |x| node.broadcast(&group, &x));
+                let _ = with_value!(self.value(value, None), |x| node.broadcast(&group, x));
             }
             LocalOp::Publish { topic, value } => {
                 let topic = topic.resolve();
-                let _ = with_value!(self.value(value, None), |x| node.publish(&topic, &x));
+                let _ = with_value!(self.value(value, None), |x| node.publish(&topic, x));
             }
             LocalOp::Request {
                 to,

@@ -254,6 +254,7 @@ pub enum Frame {
 
 /// Malformed input at the framing layer. Any of these ends the connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FrameError {
     /// The length prefix announces a frame over the maximum.
     TooLarge {

@@ -55,6 +55,7 @@ pub struct Reloaded {
 
 /// Why a [`Core::reload`] was refused (the old membership stays).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReloadError {
     /// The new spec is for another node.
     OtherNode {
@@ -91,7 +92,15 @@ impl std::fmt::Display for ReloadError {
     }
 }
 
-impl std::error::Error for ReloadError {}
+/// [`ReloadError::Spec`] exposes the [`SpecError`] it wraps.
+impl std::error::Error for ReloadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ReloadError::Spec(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<SpecError> for ReloadError {
     fn from(e: SpecError) -> ReloadError {

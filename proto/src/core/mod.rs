@@ -196,6 +196,7 @@ pub enum Event {
 
 /// Why an inbound connection was refused at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AcceptError {
     /// Too many connections are handshaking already.
     TooManyHandshakes {

@@ -47,7 +47,10 @@ impl Node {
     }
 
     fn new(id: NodeId, incarnation: Incarnation) -> Node {
-        Node::networked(id, incarnation, Network::new([], 0, 0, 0))
+        // No peers and no outbound queues; tunnels between its own
+        // mailboxes still take messages up to the default maximum.
+        let max_message_len = crate::spec::Tuning::default().max_message_len;
+        Node::networked(id, incarnation, Network::new([], 0, 0, max_message_len))
     }
 
     pub(crate) fn networked(id: NodeId, incarnation: Incarnation, net: Network) -> Node {
@@ -72,6 +75,18 @@ impl Node {
     /// A new unbounded mailbox and its address.
     pub fn new_mailbox(&self) -> (Address, Mailbox) {
         self.new_mailbox_with_capacity(Capacity::UNBOUNDED)
+    }
+
+    /// A new unbounded mailbox for `T`s and its typed address (see
+    /// [`typed`](crate::typed)): the compiler checks what is sent to it.
+    pub fn new_typed_mailbox<T: crate::typed::Payload>(
+        &self,
+    ) -> (crate::TypedAddress<T>, crate::TypedMailbox<T>) {
+        let (address, mailbox) = self.new_mailbox();
+        (
+            crate::TypedAddress::new(address),
+            crate::TypedMailbox::new(mailbox),
+        )
     }
 
     /// A new mailbox with bounds (see [`Capacity`] for the overflow policy).
@@ -284,18 +299,36 @@ impl Node {
         self.inner.request(target.into(), value, deadline)
     }
 
+    /// A typed [`request`](Node::request): sends a `Q` and completes with
+    /// its [`Call::Reply`](crate::Call::Reply), or
+    /// [`RequestError::UnexpectedReply`](crate::RequestError::UnexpectedReply)
+    /// if the member answered with another type. The runtime adapters'
+    /// `call` takes a timeout instead of a deadline.
+    pub fn call<'a, Q: crate::Call>(
+        &self,
+        target: impl Into<Target<'a>>,
+        request: Q,
+        deadline: std::time::Instant,
+    ) -> impl std::future::Future<Output = Result<Q::Reply, crate::RequestError>> + Send + 'static
+    {
+        let reply = self.request(target, request, deadline);
+        async move { crate::typed::reply_as::<Q::Reply>(reply.await?) }
+    }
+
     /// Delivers `value` to every member of service `group` on every node:
     /// encoded once, one copy per node on the wire, fanned out there. Order
     /// holds per (sender, receiver). Members over their byte cap miss it
     /// (counted in [`NodeStats::dropped_events`](crate::NodeStats::dropped_events)).
-    /// The sender's own mailbox gets it too if it is a member.
+    /// The sender's own mailbox gets it too if it is a member. Takes the
+    /// value like [`Address::send`](crate::Address::send) does (see the
+    /// crate docs' *One call style*).
     pub fn broadcast<T: std::any::Any + Serialize>(
         &self,
         group: &str,
-        value: &T,
+        value: T,
     ) -> Result<(), SendError> {
         self.inner
-            .publish(crate::codec::frame::PublishScope::Group, group, value)
+            .publish(crate::codec::frame::PublishScope::Group, group, &value)
     }
 
     /// Delivers `value` to every subscriber of `topic` on every node, like
@@ -304,10 +337,10 @@ impl Node {
     pub fn publish<T: std::any::Any + Serialize>(
         &self,
         topic: &str,
-        value: &T,
+        value: T,
     ) -> Result<(), SendError> {
         self.inner
-            .publish(crate::codec::frame::PublishScope::Topic, topic, value)
+            .publish(crate::codec::frame::PublishScope::Topic, topic, &value)
     }
 
     /// Opens a tunnel to one member of a service group (or to an address);

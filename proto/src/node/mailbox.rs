@@ -894,6 +894,62 @@ impl std::fmt::Debug for Mailbox {
     }
 }
 
+/// A mailbox is a [`Stream`](futures_core::Stream) of its messages, in
+/// arrival order, ending when the mailbox closes (where [`Mailbox::recv`]
+/// returns [`RecvError::Closed`]). Polling is cancel-safe like `recv`: a
+/// message leaves the queue only in the poll that returns it, so a
+/// `select!` that drops the `next()` future, or a stream combinator that
+/// stops polling, loses nothing. The stream is implemented for `&Mailbox`
+/// too, so a mailbox can be streamed without giving it up.
+///
+/// ```
+/// use futures_lite::StreamExt;
+/// use reign_proto::{Incarnation, Node};
+///
+/// # futures_lite::future::block_on(async {
+/// let node = Node::local(Incarnation(1));
+/// let (addr, mut mailbox) = node.new_mailbox();
+/// for n in 0..3u32 {
+///     addr.send(n).unwrap();
+/// }
+/// let first: Vec<u32> = (&mailbox)
+///     .take(2)
+///     .map(|msg| msg.downcast::<u32>().unwrap())
+///     .collect()
+///     .await;
+/// assert_eq!(first, [0, 1]);
+/// assert_eq!(mailbox.next().await.unwrap().downcast::<u32>().unwrap(), 2);
+/// mailbox.close();
+/// assert!(mailbox.next().await.is_none()); // a closed mailbox ends the stream
+/// # });
+/// ```
+impl futures_core::Stream for Mailbox {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.shared.poll_next(cx)
+    }
+}
+
+/// The same stream as `Mailbox`'s, through a shared reference.
+impl futures_core::Stream for &Mailbox {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.shared.poll_next(cx)
+    }
+}
+
+impl MailboxShared {
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        match self.poll_take(cx, None) {
+            Poll::Ready(Ok(msg)) => Poll::Ready(Some(msg)),
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// The future of [`Mailbox::recv`] and [`Mailbox::recv_match`].
 #[must_use = "futures do nothing unless polled"]
 pub struct Recv<'a, F> {

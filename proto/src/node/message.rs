@@ -201,4 +201,11 @@ impl fmt::Display for DowncastError {
     }
 }
 
-impl std::error::Error for DowncastError {}
+/// A malformed payload exposes its [`DecodeError`].
+impl std::error::Error for DowncastError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.reason
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

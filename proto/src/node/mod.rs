@@ -29,6 +29,7 @@ pub(crate) mod outbox;
 pub mod services;
 pub mod task;
 pub mod tunnel;
+pub mod typed;
 
 pub use handle::Node;
 pub(crate) use inner::NodeInner;

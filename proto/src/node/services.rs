@@ -167,6 +167,7 @@ pub struct RequestTables {
 
 /// Why a request failed. Each failure has its own variant.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RequestError {
     /// The service group has no member, or the addressed mailbox does not
     /// exist.
@@ -185,6 +186,14 @@ pub enum RequestError {
     Closed,
     /// The request could not be sent (unregistered type, full queue, …).
     Send(SendError),
+    /// A typed call's reply is not of the call's reply type (the member
+    /// answered with another type, or a payload that does not decode).
+    UnexpectedReply {
+        /// The call's reply type.
+        expected: &'static str,
+        /// The type the reply holds, as registered.
+        found: &'static str,
+    },
 }
 
 impl fmt::Display for RequestError {
@@ -200,11 +209,22 @@ impl fmt::Display for RequestError {
             RequestError::Unreachable => write!(f, "the member's node became unreachable"),
             RequestError::Closed => write!(f, "the node shut down"),
             RequestError::Send(e) => write!(f, "the request could not be sent: {e}"),
+            RequestError::UnexpectedReply { expected, found } => {
+                write!(f, "the reply holds {found}, not the expected {expected}")
+            }
         }
     }
 }
 
-impl std::error::Error for RequestError {}
+/// [`RequestError::Send`] exposes the [`SendError`] it wraps.
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::Send(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<SendError> for RequestError {
     fn from(e: SendError) -> RequestError {
@@ -682,6 +702,11 @@ impl Request {
         (self.message, self.responder)
     }
 
+    /// The inverse of [`into_parts`](Request::into_parts).
+    pub(crate) fn from_parts(message: Message, responder: Responder) -> Request {
+        Request { message, responder }
+    }
+
     /// When the caller stops waiting, on this node's clock. For a request
     /// from another node it is the time remaining that came with the request
     /// counted from its arrival (clocks need not agree; the transit time is
@@ -756,14 +781,31 @@ impl Responder {
         self.slot = None;
     }
 
-    /// Answers with a value.
+    /// Answers with a value. A value that cannot cross the wire to a
+    /// remote caller (its type unregistered, too large, failing to encode)
+    /// is an error here, and the caller gets [`RequestError::Remote`] saying
+    /// why at once rather than a timeout.
     pub fn reply<T: Any + Send + Serialize>(mut self, value: T) -> Result<(), SendError> {
         match self.route.take() {
             Some(Route::Local { node, corr }) => {
                 complete_local(&node, corr, Ok(Message::local(value)))
             }
             Some(Route::Remote { node, peer, corr }) => {
-                send_remote(&node, peer, corr, RemoteAnswer::Value(&value))
+                match send_remote(&node, peer, corr, RemoteAnswer::Value(&value)) {
+                    // The value cannot cross the wire (unregistered type,
+                    // too large, fails to encode): the caller would wait
+                    // out its timeout, so it hears why at once instead.
+                    Err(
+                        e @ (SendError::Unregistered { .. }
+                        | SendError::Encode(_)
+                        | SendError::TooLarge { .. }),
+                    ) => {
+                        let why = format!("the reply could not be sent: {e}");
+                        let _ = send_remote(&node, peer, corr, RemoteAnswer::Error(why));
+                        Err(e)
+                    }
+                    other => other,
+                }
             }
             None => Ok(()),
         }

@@ -69,6 +69,7 @@ use crate::poison::lock;
 
 /// Why a tunnel operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TunnelError {
     /// The other end closed the tunnel (or this end did).
     Closed,
@@ -112,7 +113,15 @@ impl fmt::Display for TunnelError {
     }
 }
 
-impl std::error::Error for TunnelError {}
+/// [`TunnelError::Send`] exposes the [`SendError`] it wraps.
+impl std::error::Error for TunnelError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TunnelError::Send(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Identifies a tunnel on one node: the node at the other end, the id the
 /// opener chose, and whether this node opened it.
@@ -406,6 +415,59 @@ impl Tunnel {
         }
     }
 
+    /// The poll form of [`recv`](Tunnel::recv), for byte-stream adapters
+    /// and hand-written futures: `Ready` with the next message or the
+    /// tunnel's end, or `Pending` with `cx`'s waker kept for the next
+    /// arrival. Nothing is taken from the tunnel unless it returns `Ready`.
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Bytes, TunnelError>> {
+        poll_recv(&self.shared, cx)
+    }
+
+    /// Sends a prefix of `buf` as one whole message without waiting: as many
+    /// bytes as the credit, a piece ([`FRAGMENT_LEN`]) and `max_message_len`
+    /// allow at once, and returns how many (`Ok(0)` for an empty `buf`).
+    /// With no credit it returns `Pending` and wakes `cx` when credit
+    /// comes back. Nothing is half sent, so dropping the caller between
+    /// polls needs no abort: this is what a byte stream's `poll_write`
+    /// calls.
+    pub fn poll_send_some(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<Result<usize, TunnelError>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let len = {
+            let mut state = self.shared.lock();
+            if let Some(e) = TunnelShared::closed_error(&state.phase) {
+                return Poll::Ready(Err(e));
+            }
+            if state.phase != EndPhase::Open || state.credit == 0 {
+                state.send_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let len = buf
+                .len()
+                .min(FRAGMENT_LEN)
+                .min(state.credit)
+                .min(self.shared.max_message_len.max(1));
+            state.credit -= len;
+            state.unacknowledged += len;
+            len
+        };
+        let chunk = Bytes::copy_from_slice(&buf[..len]);
+        let op = TunnelOp::Data {
+            flags: TUNNEL_LAST,
+            chunk,
+        };
+        if let Err(e) = self.shared.send_op(op) {
+            let closed = TunnelShared::closed_error(&self.shared.lock().phase);
+            return Poll::Ready(Err(closed.unwrap_or(TunnelError::Send(e))));
+        }
+        Poll::Ready(Ok(len))
+    }
+
     /// Closes the tunnel; the other end sees [`TunnelError::Closed`].
     pub fn close(&self) {
         self.shared.close_with("");
@@ -531,27 +593,31 @@ impl Future for TunnelRecv<'_> {
     type Output = Result<Bytes, TunnelError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let tunnel = self.tunnel;
-        let (message, grant) = {
-            let mut state = tunnel.lock();
-            match state.inbox.pop_front() {
-                Some(message) => {
-                    state.inbox_bytes -= message.len();
-                    let grant = state.take_grant(tunnel.window, false);
-                    (message, grant)
-                }
-                None => {
-                    if let Some(e) = TunnelShared::closed_error(&state.phase) {
-                        return Poll::Ready(Err(e));
-                    }
-                    state.recv_waker = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-            }
-        };
-        tunnel.grant(grant);
-        Poll::Ready(Ok(message))
+        poll_recv(self.tunnel, cx)
     }
+}
+
+/// Takes the next message of `tunnel`, or keeps `cx`'s waker.
+fn poll_recv(tunnel: &TunnelShared, cx: &mut Context<'_>) -> Poll<Result<Bytes, TunnelError>> {
+    let (message, grant) = {
+        let mut state = tunnel.lock();
+        match state.inbox.pop_front() {
+            Some(message) => {
+                state.inbox_bytes -= message.len();
+                let grant = state.take_grant(tunnel.window, false);
+                (message, grant)
+            }
+            None => {
+                if let Some(e) = TunnelShared::closed_error(&state.phase) {
+                    return Poll::Ready(Err(e));
+                }
+                state.recv_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+    };
+    tunnel.grant(grant);
+    Poll::Ready(Ok(message))
 }
 
 /// A tunnel offered to a member: delivered to its mailbox (test with

@@ -638,7 +638,7 @@ impl World {
                         incarnation: key.1,
                         seq: *seq,
                     };
-                    if self.sim.node(*from).publish(TOPIC, &publication).is_ok() {
+                    if self.sim.node(*from).publish(TOPIC, publication).is_ok() {
                         *seq += 1;
                     }
                 }
