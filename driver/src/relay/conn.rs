@@ -324,7 +324,7 @@ impl<R: Runtime> Client<R> {
             wire::OP_BROADCAST => {
                 let cluster = rd.string(MAX_NAME_FIELD, "cluster name").await?;
                 let message = rd.binary(MAX_PAYLOAD, "broadcast").await?;
-                if let Err(e) = self.node.broadcast(&cluster, &ByteBuf::from(message)) {
+                if let Err(e) = self.node.broadcast(&cluster, ByteBuf::from(message)) {
                     tracing::debug!(client = self.id, error = %e, "broadcast not sent");
                 }
             }
@@ -362,7 +362,7 @@ impl<R: Runtime> Client<R> {
             wire::OP_PUBLISH => {
                 let topic = rd.string(MAX_NAME_FIELD, "topic name").await?;
                 let event = rd.binary(MAX_PAYLOAD, "event").await?;
-                if let Err(e) = self.node.publish(&topic, &ByteBuf::from(event)) {
+                if let Err(e) = self.node.publish(&topic, ByteBuf::from(event)) {
                     tracing::debug!(client = self.id, error = %e, "event not published");
                 }
             }
