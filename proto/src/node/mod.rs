@@ -32,4 +32,4 @@ pub mod tunnel;
 
 pub use handle::Node;
 pub(crate) use inner::NodeInner;
-pub use inner::SyncFuture;
+pub use inner::{SyncFuture, MAX_RECENT_EXITS};
