@@ -27,14 +27,15 @@ pub mod api {
         ExitReason, Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId,
         Message, MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError,
         ReloadError, Reloaded, Request, RequestError, RequestTables, Responder, SendError, Target,
-        TaskExit, Tuning, TunnelError,
+        TaskExit, Tuning, TunnelError, MAX_RECENT_EXITS,
     };
     pub use reign_proto::{Call, TypedAddress, TypedMailbox, TypedResponder};
 
     pub use crate::relay::{IrisRequest, Relay, RelayError, RelayOptions};
     pub use crate::supervisor::{
-        ChildInfo, ChildSpec, ChildState, Restart, Shutdown, Strategy, SupervisorHandle,
-        SupervisorSpec, DEFAULT_MAX_RESTARTS, DEFAULT_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT,
+        ChildError, ChildInfo, ChildSpec, ChildState, IntoReign, Restart, Shutdown, Strategy,
+        SupervisorHandle, SupervisorSpec, DEFAULT_MAX_CHILDREN, DEFAULT_MAX_RESTARTS,
+        DEFAULT_NODE_SHUTDOWN_TIMEOUT, DEFAULT_PERIOD, DEFAULT_SHUTDOWN_TIMEOUT,
     };
     pub use crate::tunnel_io::TunnelIo;
     pub use crate::StartError;
@@ -42,6 +43,7 @@ pub mod api {
 
 use std::net::SocketAddr;
 use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -307,8 +309,22 @@ impl<R: Runtime> Reign<R> {
             failure.clone(),
         );
         let close_reasons = driver.close_reasons.clone();
+        let stop_on_panic = driver.stop_accept.clone();
+        let panic_failure = failure.clone();
+        let panic_node = node.clone();
         rt.spawn(async move {
-            driver.run().await;
+            // A panic in the driver task is a failure of the node (what a
+            // supervisor restarts), not a clean stop: it is recorded before
+            // `stopped` returns, the listener is let go and the mailboxes
+            // close.
+            let run = futures_lite::FutureExt::catch_unwind(AssertUnwindSafe(driver.run()));
+            if let Err(payload) = run.await {
+                let text = panic_text(&*payload);
+                tracing::error!(node = id.0, panic = %text, "the driver task panicked: the node stops");
+                lock(&panic_failure).get_or_insert(format!("the driver task panicked: {text}"));
+                stop_on_panic.stop();
+                panic_node.close_all_mailboxes();
+            }
             drop(finished_tx);
         });
         tracing::info!(node = id.0, %local_addr, "node started");
@@ -410,6 +426,25 @@ impl<R: Runtime> Reign<R> {
         }
     }
 
+    /// Stops the node with a failure: what the node does by itself when
+    /// another process holds its id, here for the application's own reason
+    /// (a failed health check; Go reign's `Cluster` panics so that suture
+    /// restarts it). The node shuts down as [`shutdown`](Reign::shutdown)
+    /// does, and [`failure`](Reign::failure) returns `reason` from then on
+    /// (the first failure wins), so a supervisor running it as a
+    /// [`ChildSpec::node`](crate::api::ChildSpec::node) starts it again,
+    /// where a clean shutdown would leave it stopped. Returns once the node
+    /// has stopped. A local node has nothing to restart: it closes its
+    /// mailboxes and records nothing.
+    pub async fn fail(&self, reason: impl Into<String>) {
+        if let Some(running) = &self.running {
+            let reason = reason.into();
+            tracing::error!(node = self.node.id().0, %reason, "node failed: stopping");
+            lock(&running.failure).get_or_insert(reason);
+        }
+        self.shutdown().await;
+    }
+
     /// Re-reads membership from `spec` while the node runs (what `reign
     /// node` does on SIGHUP): nodes it adds are connected, nodes it no
     /// longer lists are told goodbye and refused from then on, and changed
@@ -451,8 +486,10 @@ impl<R: Runtime> Reign<R> {
             .unwrap_or(Err(ReloadError::ShuttingDown))
     }
 
-    /// Why the node stopped by itself, if it did: another process with its
-    /// id was live in the cluster (see `Event::IdentityConflict`).
+    /// Why the node stopped with a failure, if it did: another process with
+    /// its id was live in the cluster (see `Event::IdentityConflict`), its
+    /// driver task panicked, or [`fail`](Reign::fail) was called. `None`
+    /// after a clean [`shutdown`](Reign::shutdown).
     pub fn failure(&self) -> Option<String> {
         let running = self.running.as_ref()?;
         let failure = lock(&running.failure);
@@ -696,6 +733,16 @@ impl<R: Runtime> std::fmt::Debug for Tunnel<R> {
     }
 }
 
+/// The text of a panic's payload (a `&str` or a `String`, as `panic!`
+/// makes them).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_string())
+}
+
 async fn recv_until<R: Runtime>(
     rt: &R,
     mailbox: &Mailbox,
@@ -801,6 +848,14 @@ macro_rules! adapter {
         impl From<Node> for $crate::Reign<$runtime> {
             fn from(node: Node) -> $crate::Reign<$runtime> {
                 node.0
+            }
+        }
+
+        impl $crate::api::IntoReign for Node {
+            type Runtime = $runtime;
+
+            fn into_reign(self) -> $crate::Reign<$runtime> {
+                self.0
             }
         }
 

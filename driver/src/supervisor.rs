@@ -24,6 +24,7 @@
 //! Time is the caller's: the intensity window, the backoff and the
 //! shutdown timeouts are durations in the spec, so tests use short ones.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -54,12 +55,31 @@ const KILL_CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 /// refused for it.
 const START_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The default most children a supervisor holds ([`SupervisorSpec::
+/// max_children`]): its report, its restart groups and its shutdown are
+/// linear in its children, so a loop that adds children without end meets
+/// [`ChildError::TooManyChildren`] instead of growing the supervisor
+/// without bound. Ten thousand workers under one supervisor is already
+/// more than a report can show usefully; a larger pool is a tree.
+pub const DEFAULT_MAX_CHILDREN: usize = 10_000;
+
+/// How many changes to its children ([`SupervisorHandle::start_child`] and
+/// the rest) may wait for a supervisor that is busy (restarting, or in a
+/// backoff); further callers wait for room, so the queue stays bounded.
+const COMMAND_BACKLOG: usize = 64;
+
 /// Erlang's default restart intensity: at most 3 restarts …
 pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// … in 5 seconds.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(5);
 /// Erlang's default per-child shutdown timeout for workers (5 s).
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default shutdown timeout of a [`ChildSpec::node`]: a node's graceful
+/// shutdown drains its outbound queues for up to `Tuning::drain_timeout`
+/// (5 s by default) and then gives each connection 2 s to flush its
+/// goodbye; 15 s covers both with room before the node is left to finish
+/// on its own.
+pub const DEFAULT_NODE_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Asks a supervised child (or a supervisor) to stop. A supervisor sends it
 /// to each child it shuts down; a child that wants to clean up receives it
@@ -75,6 +95,76 @@ fn register_types() {
             tracing::error!(error = %e, "cannot register the supervisor's Shutdown message");
         }
     });
+}
+
+/// A node handle a supervisor can run ([`ChildSpec::node`]): [`Reign`]
+/// and each adapter's `Node`.
+pub trait IntoReign: Send + 'static {
+    /// The runtime the node runs on.
+    type Runtime: Runtime;
+    /// The runtime-generic node.
+    fn into_reign(self) -> Reign<Self::Runtime>;
+}
+
+impl<R: Runtime> IntoReign for Reign<R> {
+    type Runtime = R;
+
+    fn into_reign(self) -> Reign<R> {
+        self
+    }
+}
+
+/// The body of a [`ChildSpec::node`] child: starts the node, then waits
+/// for it to stop (the exit says whether with a failure) or for a
+/// [`Shutdown`] (the node is shut down gracefully).
+async fn run_node<N, E, Fut>(mailbox: Mailbox, starting: Fut) -> ExitReason
+where
+    N: IntoReign,
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<N, E>>,
+{
+    let node = match starting.await {
+        Ok(node) => node.into_reign(),
+        Err(e) => return ExitReason::Error(format!("the node did not start: {e}")),
+    };
+    // A kill drops this future: the node is shut down anyway.
+    let mut guard = ShutdownOnDrop(Some(node.clone()));
+    let reason = loop {
+        match race(mailbox.recv(), node.stopped()).await {
+            Either::Left(Ok(msg)) => {
+                if msg.is::<Shutdown>() {
+                    node.shutdown().await;
+                    break ExitReason::Normal;
+                }
+            }
+            // Closed from outside: the task ends at its next poll and the
+            // guard shuts the node down.
+            Either::Left(Err(_)) => break ExitReason::Killed,
+            Either::Right(()) => {
+                break match node.failure() {
+                    Some(failure) => ExitReason::Error(format!("the node stopped: {failure}")),
+                    None => ExitReason::Normal,
+                }
+            }
+        }
+    };
+    if !matches!(reason, ExitReason::Killed) {
+        guard.0 = None;
+    }
+    reason
+}
+
+/// Shuts a supervised node down (on its own runtime) when its child's
+/// future is dropped before the node stopped.
+struct ShutdownOnDrop<R: Runtime>(Option<Reign<R>>);
+
+impl<R: Runtime> Drop for ShutdownOnDrop<R> {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.take() {
+            let rt = node.rt.clone();
+            rt.spawn(async move { node.shutdown().await });
+        }
+    }
 }
 
 /// Which children a supervisor restarts when one of them exits and is to
@@ -189,6 +279,7 @@ impl ChildSpec {
                     sup_name.clone(),
                     spec.clone(),
                     shared.clone(),
+                    async_channel::bounded(COMMAND_BACKLOG),
                 ))
             }),
             restart: Restart::Permanent,
@@ -196,6 +287,59 @@ impl ChildSpec {
             names: Vec::new(),
             nested: Some(report),
         }
+    }
+
+    /// A whole node as a child (Go reign's `Cluster` under suture): `start`
+    /// is called at each (re)start and starts the node (`Node::start(&spec,
+    /// id)`, or anything that returns one). The child runs as long as the
+    /// node does: a node that stops with a failure (its
+    /// [`failure`](Reign::failure): another process took its id, its driver
+    /// task panicked, [`Reign::fail`] was called) exits the child with
+    /// [`ExitReason::Error`] and is started again; one that cannot start
+    /// exits it the same way (so a port that stays taken ends in the
+    /// restart intensity, not in a loop); a clean
+    /// [`shutdown`](Reign::shutdown) exits it normally. Shutting the child
+    /// down shuts its node down gracefully; killing it (after its timeout)
+    /// lets the node finish its shutdown on its own runtime.
+    ///
+    /// [`Restart::Transient`] (a clean shutdown is not restarted), with a
+    /// shutdown timeout of [`DEFAULT_NODE_SHUTDOWN_TIMEOUT`]. The
+    /// supervisor may run on another node of any runtime, usually a local
+    /// one (`Node::local()`). To reach the node of the current
+    /// incarnation, `start` keeps it where the application finds it:
+    ///
+    /// ```no_run
+    /// # async fn tree<R: reign_driver::Runtime + Default>(spec: reign_driver::api::ClusterSpec) {
+    /// use std::sync::{Arc, Mutex};
+    /// use reign_driver::api::{ChildSpec, NodeId, Strategy, SupervisorSpec};
+    /// use reign_driver::Reign;
+    ///
+    /// let current: Arc<Mutex<Option<Reign<R>>>> = Arc::default();
+    /// let slot = current.clone();
+    /// let child = ChildSpec::node("node-1", move || {
+    ///     let (spec, slot) = (spec.clone(), slot.clone());
+    ///     async move {
+    ///         let node = Reign::<R>::start(&spec, NodeId(1)).await?;
+    ///         *slot.lock().unwrap() = Some(node.clone());
+    ///         Ok::<_, reign_driver::StartError>(node)
+    ///     }
+    /// });
+    /// let host = Reign::<R>::local();
+    /// let supervisor = host.supervise("cluster", SupervisorSpec::new(Strategy::OneForOne).child(child));
+    /// # let _ = supervisor;
+    /// # }
+    /// ```
+    pub fn node<N, E, F, Fut>(name: impl Into<String>, start: F) -> ChildSpec
+    where
+        N: IntoReign,
+        E: std::fmt::Display + Send + 'static,
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<N, E>> + Send + 'static,
+    {
+        let start = Arc::new(start);
+        ChildSpec::worker(name, move |mailbox| run_node(mailbox, start()))
+            .restart(Restart::Transient)
+            .shutdown_timeout(DEFAULT_NODE_SHUTDOWN_TIMEOUT)
     }
 
     /// The restart policy (default [`Restart::Permanent`]).
@@ -249,6 +393,25 @@ pub struct SupervisorSpec {
     period: Duration,
     backoff: Duration,
     children: Vec<ChildSpec>,
+    template: Option<Template>,
+    max_children: usize,
+}
+
+/// Makes a child spec from a [`SupervisorHandle::start_child_with`]
+/// argument; `None` when the argument is not of the template's type.
+type TemplateFn = Arc<dyn Fn(Box<dyn Any + Send>) -> Option<ChildSpec> + Send + Sync>;
+
+/// A supervisor's template for children started with an argument.
+#[derive(Clone)]
+struct Template {
+    make: TemplateFn,
+    argument: &'static str,
+}
+
+impl std::fmt::Debug for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Template(fn({}) -> ChildSpec)", self.argument)
+    }
 }
 
 impl SupervisorSpec {
@@ -262,7 +425,72 @@ impl SupervisorSpec {
             period: DEFAULT_PERIOD,
             backoff: Duration::ZERO,
             children: Vec::new(),
+            template: None,
+            max_children: DEFAULT_MAX_CHILDREN,
         }
+    }
+
+    /// Erlang's `simple_one_for_one`: a supervisor with no children of its
+    /// own whose children are all made from `template`, one per
+    /// [`SupervisorHandle::start_child_with`] argument, and restarted one
+    /// for one. It is [`new`](SupervisorSpec::new)`(Strategy::OneForOne)`
+    /// with [`template`](SupervisorSpec::template): children of other
+    /// kinds may still be added, and the template's children have names
+    /// (from the spec it makes) by which they are terminated or deleted.
+    ///
+    /// ```no_run
+    /// # async fn pool<R: reign_driver::Runtime>(node: reign_driver::Reign<R>) {
+    /// use reign_driver::api::{ChildSpec, SupervisorSpec};
+    ///
+    /// let spec = SupervisorSpec::simple_one_for_one(|n: u32| {
+    ///     ChildSpec::worker(format!("conn-{n}"), move |mailbox| async move {
+    ///         while let Ok(msg) = mailbox.recv().await {
+    ///             let _ = (n, msg);
+    ///         }
+    ///     })
+    /// })
+    /// .max_children(100);
+    /// let pool = node.supervise("connections", spec);
+    /// let conn = pool.start_child_with(7u32).await.unwrap();
+    /// pool.terminate_child("conn-7").await.unwrap();
+    /// pool.delete_child("conn-7").await.unwrap();
+    /// # let _ = conn;
+    /// # }
+    /// ```
+    pub fn simple_one_for_one<A, F>(template: F) -> SupervisorSpec
+    where
+        A: Any + Send,
+        F: Fn(A) -> ChildSpec + Send + Sync + 'static,
+    {
+        SupervisorSpec::new(Strategy::OneForOne).template(template)
+    }
+
+    /// The template [`SupervisorHandle::start_child_with`] makes children
+    /// from: called with the argument, it returns the child's spec (its
+    /// name must differ from the other children's). The children it makes
+    /// are added after the others, in the order they are started, and
+    /// restarted by the supervisor's strategy like any child.
+    pub fn template<A, F>(mut self, template: F) -> SupervisorSpec
+    where
+        A: Any + Send,
+        F: Fn(A) -> ChildSpec + Send + Sync + 'static,
+    {
+        self.template = Some(Template {
+            make: Arc::new(move |argument: Box<dyn Any + Send>| {
+                argument.downcast::<A>().ok().map(|a| template(*a))
+            }),
+            argument: std::any::type_name::<A>(),
+        });
+        self
+    }
+
+    /// At most `max` children, those of the spec included (default
+    /// [`DEFAULT_MAX_CHILDREN`]): adding one more at run time fails with
+    /// [`ChildError::TooManyChildren`]. A stopped child counts until it is
+    /// deleted.
+    pub fn max_children(mut self, max: usize) -> SupervisorSpec {
+        self.max_children = max;
+        self
     }
 
     /// At most `max_restarts` restarts in any `period`: the one more
@@ -289,6 +517,66 @@ impl SupervisorSpec {
         self
     }
 }
+
+/// Why a change to a running supervisor's children was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChildError {
+    /// A child of that name is running, at this address (Erlang's
+    /// `already_started`).
+    AlreadyStarted(Address),
+    /// A child of that name is stopped and its spec kept (Erlang's
+    /// `already_present`): restart or delete it.
+    AlreadyPresent,
+    /// No child of that name (`not_found`).
+    NotFound,
+    /// The child is running (`running`): terminate it first.
+    Running,
+    /// The supervisor holds its [`max_children`](SupervisorSpec::max_children)
+    /// already.
+    TooManyChildren(usize),
+    /// The supervisor has no [`template`](SupervisorSpec::template).
+    NoTemplate,
+    /// The argument is not of the type the template takes (named here).
+    WrongArgument(&'static str),
+    /// The supervisor has exited, or exited before it answered.
+    SupervisorGone,
+}
+
+impl std::fmt::Display for ChildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChildError::AlreadyStarted(address) => {
+                write!(f, "a child of that name is running at {}", address.id())
+            }
+            ChildError::AlreadyPresent => write!(f, "a stopped child of that name is kept"),
+            ChildError::NotFound => write!(f, "no child of that name"),
+            ChildError::Running => write!(f, "the child is running"),
+            ChildError::TooManyChildren(max) => {
+                write!(f, "the supervisor holds its {max} children already")
+            }
+            ChildError::NoTemplate => write!(f, "the supervisor has no template"),
+            ChildError::WrongArgument(expected) => {
+                write!(f, "the template takes a {expected}")
+            }
+            ChildError::SupervisorGone => write!(f, "the supervisor has exited"),
+        }
+    }
+}
+
+impl std::error::Error for ChildError {}
+
+/// A change to a running supervisor's children, with where its outcome
+/// goes.
+enum Command {
+    Start(ChildSpec, Reply<Address>),
+    StartWith(Box<dyn Any + Send>, Reply<Address>),
+    Terminate(String, Reply<()>),
+    Restart(String, Reply<Address>),
+    Delete(String, Reply<()>),
+}
+
+type Reply<T> = async_channel::Sender<Result<T, ChildError>>;
 
 /// What a supervisor reports about one child.
 #[derive(Clone, Debug)]
@@ -357,6 +645,7 @@ impl Report {
 pub struct SupervisorHandle {
     address: Address,
     report: Arc<Mutex<Report>>,
+    commands: async_channel::Sender<Command>,
 }
 
 impl SupervisorHandle {
@@ -389,6 +678,66 @@ impl SupervisorHandle {
     /// done.
     pub fn shutdown(&self) {
         let _ = self.address.send(Shutdown);
+    }
+
+    /// Adds `child` after the others and starts it (Erlang's
+    /// `start_child`); returns its address once its start closure has run.
+    /// From then on it is a child like those of the spec: restarted by its
+    /// policy and the strategy (a one-for-all restart includes it, a
+    /// rest-for-one restart of an earlier child too), shut down first
+    /// (it is the last started). Refused when a child has its name
+    /// ([`ChildError::AlreadyStarted`], [`ChildError::AlreadyPresent`]) or
+    /// the supervisor is full ([`ChildError::TooManyChildren`]). A
+    /// supervisor busy restarting answers when it is done.
+    pub async fn start_child(&self, child: ChildSpec) -> Result<Address, ChildError> {
+        self.ask(|reply| Command::Start(child, reply)).await
+    }
+
+    /// Starts a child made by the supervisor's
+    /// [`template`](SupervisorSpec::template) from `argument` (Erlang's
+    /// `start_child` of a `simple_one_for_one`), as
+    /// [`start_child`](SupervisorHandle::start_child) does.
+    pub async fn start_child_with<A: Any + Send>(
+        &self,
+        argument: A,
+    ) -> Result<Address, ChildError> {
+        self.ask(|reply| Command::StartWith(Box::new(argument), reply))
+            .await
+    }
+
+    /// Shuts the child named `name` down as the supervisor's own shutdown
+    /// does ([`Shutdown`], then a kill after its timeout) and keeps its
+    /// spec, stopped: it is not restarted, not even with its siblings,
+    /// until [`restart_child`](SupervisorHandle::restart_child). Its names
+    /// go with its mailbox. `Ok` if it was not running.
+    pub async fn terminate_child(&self, name: &str) -> Result<(), ChildError> {
+        let name = name.to_string();
+        self.ask(|reply| Command::Terminate(name, reply)).await
+    }
+
+    /// Starts a stopped child again, in its place in the start order
+    /// (Erlang's `restart_child`); [`ChildError::Running`] if it runs.
+    pub async fn restart_child(&self, name: &str) -> Result<Address, ChildError> {
+        let name = name.to_string();
+        self.ask(|reply| Command::Restart(name, reply)).await
+    }
+
+    /// Forgets a stopped child's spec (Erlang's `delete_child`):
+    /// [`ChildError::Running`] if it runs (terminate it first).
+    pub async fn delete_child(&self, name: &str) -> Result<(), ChildError> {
+        let name = name.to_string();
+        self.ask(|reply| Command::Delete(name, reply)).await
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, ChildError> {
+        let (reply, outcome) = async_channel::bounded(1);
+        if self.commands.send(command(reply)).await.is_err() {
+            return Err(ChildError::SupervisorGone);
+        }
+        outcome
+            .recv()
+            .await
+            .unwrap_or(Err(ChildError::SupervisorGone))
     }
 }
 
@@ -462,12 +811,18 @@ impl<R: Runtime> Reign<R> {
         let report = Arc::new(Mutex::new(Report::new(&name, &spec)));
         let node = self.clone();
         let shared = report.clone();
-        let body = move |mailbox| run(node, mailbox, name, spec, shared);
+        let (commands, inbox) = async_channel::bounded(COMMAND_BACKLOG);
+        let queue = (commands.clone(), inbox);
+        let body = move |mailbox| run(node, mailbox, name, spec, shared, queue);
         let address = match parent {
             Some(parent) => self.spawn_linked(parent, body),
             None => self.spawn(body),
         };
-        SupervisorHandle { address, report }
+        SupervisorHandle {
+            address,
+            report,
+            commands,
+        }
     }
 }
 
@@ -475,6 +830,9 @@ impl<R: Runtime> Reign<R> {
 struct Child {
     spec: ChildSpec,
     address: Option<Address>,
+    /// Stopped by [`SupervisorHandle::terminate_child`]: not restarted
+    /// with its siblings until it is restarted by name.
+    terminated: bool,
 }
 
 /// A running supervisor's state.
@@ -491,6 +849,14 @@ struct Supervisor<R: Runtime> {
     /// When each restart within the current window happened.
     recent: VecDeque<Instant>,
     report: Arc<Mutex<Report>>,
+    template: Option<Template>,
+    max_children: usize,
+    /// Changes to the children from the handles; the sender is kept so
+    /// the queue never reads as closed while the supervisor runs.
+    commands: (
+        async_channel::Sender<Command>,
+        async_channel::Receiver<Command>,
+    ),
 }
 
 /// The supervisor's task body.
@@ -500,6 +866,10 @@ async fn run<R: Runtime>(
     name: String,
     spec: SupervisorSpec,
     report: Arc<Mutex<Report>>,
+    commands: (
+        async_channel::Sender<Command>,
+        async_channel::Receiver<Command>,
+    ),
 ) -> ExitReason {
     register_types();
     mailbox.trap_exits(true);
@@ -521,10 +891,14 @@ async fn run<R: Runtime>(
             .map(|spec| Child {
                 spec,
                 address: None,
+                terminated: false,
             })
             .collect(),
         recent: VecDeque::new(),
         report,
+        template: spec.template,
+        max_children: spec.max_children,
+        commands,
     };
     let reason = sup.supervise().await;
     lock(&sup.report).exit = Some(reason.clone());
@@ -537,9 +911,16 @@ impl<R: Runtime> Supervisor<R> {
             self.start_child(i).await;
         }
         loop {
-            let Ok(msg) = self.mailbox.recv().await else {
+            let msg = match race(self.mailbox.recv(), self.commands.1.recv()).await {
+                Either::Left(Ok(msg)) => msg,
                 // Closed from outside: the task ends at its next poll.
-                return ExitReason::Killed;
+                Either::Left(Err(_)) => return ExitReason::Killed,
+                Either::Right(Ok(command)) => {
+                    self.command(command).await;
+                    continue;
+                }
+                // Never: the supervisor holds a sender.
+                Either::Right(Err(_)) => continue,
             };
             if msg.is::<Shutdown>() {
                 tracing::info!(supervisor = %self.name, "supervisor shutting down");
@@ -566,6 +947,98 @@ impl<R: Runtime> Supervisor<R> {
         }
     }
 
+    /// Carries out a change to the children and answers it.
+    async fn command(&mut self, command: Command) {
+        match command {
+            Command::Start(spec, reply) => {
+                let outcome = self.add_child(spec).await;
+                let _ = reply.try_send(outcome);
+            }
+            Command::StartWith(argument, reply) => {
+                let outcome = match &self.template {
+                    None => Err(ChildError::NoTemplate),
+                    Some(template) => match (template.make)(argument) {
+                        None => Err(ChildError::WrongArgument(template.argument)),
+                        Some(spec) => self.add_child(spec).await,
+                    },
+                };
+                let _ = reply.try_send(outcome);
+            }
+            Command::Terminate(name, reply) => {
+                let outcome = match self.named(&name) {
+                    None => Err(ChildError::NotFound),
+                    Some(i) => {
+                        tracing::info!(supervisor = %self.name, child = %name, "terminating child");
+                        self.children[i].terminated = true;
+                        self.stop_child(i).await;
+                        Ok(())
+                    }
+                };
+                let _ = reply.try_send(outcome);
+            }
+            Command::Restart(name, reply) => {
+                let outcome = match self.named(&name) {
+                    None => Err(ChildError::NotFound),
+                    Some(i) if self.children[i].address.is_some() => Err(ChildError::Running),
+                    Some(i) => {
+                        self.children[i].terminated = false;
+                        Ok(self.start_child(i).await)
+                    }
+                };
+                let _ = reply.try_send(outcome);
+            }
+            Command::Delete(name, reply) => {
+                let outcome = match self.named(&name) {
+                    None => Err(ChildError::NotFound),
+                    Some(i) if self.children[i].address.is_some() => Err(ChildError::Running),
+                    Some(i) => {
+                        self.children.remove(i);
+                        let mut report = lock(&self.report);
+                        report.children.remove(i);
+                        report.nested.remove(i);
+                        Ok(())
+                    }
+                };
+                let _ = reply.try_send(outcome);
+            }
+        }
+    }
+
+    /// Adds `spec` after the other children and starts it.
+    async fn add_child(&mut self, spec: ChildSpec) -> Result<Address, ChildError> {
+        if let Some(i) = self.named(&spec.name) {
+            return Err(match &self.children[i].address {
+                Some(address) => ChildError::AlreadyStarted(address.clone()),
+                None => ChildError::AlreadyPresent,
+            });
+        }
+        if self.children.len() >= self.max_children {
+            return Err(ChildError::TooManyChildren(self.max_children));
+        }
+        {
+            let mut report = lock(&self.report);
+            report.children.push(ChildInfo {
+                name: spec.name.clone(),
+                address: None,
+                restarts: 0,
+                state: ChildState::NotStarted,
+                children: Vec::new(),
+            });
+            report.nested.push(spec.nested.clone());
+        }
+        tracing::debug!(supervisor = %self.name, child = %spec.name, "adding a child");
+        self.children.push(Child {
+            spec,
+            address: None,
+            terminated: false,
+        });
+        Ok(self.start_child(self.children.len() - 1).await)
+    }
+
+    fn named(&self, name: &str) -> Option<usize> {
+        self.children.iter().position(|c| c.spec.name == name)
+    }
+
     fn child_index(&self, id: MailboxId) -> Option<usize> {
         self.children
             .iter()
@@ -584,7 +1057,7 @@ impl<R: Runtime> Supervisor<R> {
     /// names registered before it runs; returns once its start closure has
     /// run (on the runtime, at the task's first poll), so children start in
     /// order.
-    async fn start_child(&mut self, i: usize) {
+    async fn start_child(&mut self, i: usize) -> Address {
         let child = &mut self.children[i];
         let start = child.spec.start.clone();
         let (started, has_started) = async_channel::bounded::<()>(1);
@@ -606,7 +1079,8 @@ impl<R: Runtime> Supervisor<R> {
         child.address = Some(address.clone());
         // Err when the task ended before its start (killed at once): go on.
         let _ = race(has_started.recv(), self.node.rt.sleep(START_TIMEOUT)).await;
-        self.set_state(i, ChildState::Running, Some(address));
+        self.set_state(i, ChildState::Running, Some(address.clone()));
+        address
     }
 
     /// Child `i` exited with `reason`: restarts what the policy and the
@@ -639,6 +1113,7 @@ impl<R: Runtime> Supervisor<R> {
                 self.max_restarts, self.period, self.children[i].spec.name
             );
             tracing::error!(supervisor = %self.name, child = %self.children[i].spec.name, %reason, max_restarts = self.max_restarts, period = ?self.period, "restart intensity exceeded: the supervisor shuts its children down and exits");
+            self.node.count_supervisor_escalation();
             self.set_state(i, ChildState::Stopped(reason), None);
             self.stop_all(0).await;
             return Some(ExitReason::Error(why));
@@ -660,13 +1135,15 @@ impl<R: Runtime> Supervisor<R> {
         }
         for &j in &group {
             let spec = &self.children[j].spec;
-            let comes_back = j == i || spec.restart != Restart::Temporary;
+            let comes_back =
+                j == i || (spec.restart != Restart::Temporary && !self.children[j].terminated);
             if !comes_back {
                 continue;
             }
             let restarts = {
                 let mut report = lock(&self.report);
                 report.restarts += 1;
+                self.node.count_supervisor_restart();
                 let info = &mut report.children[j];
                 info.restarts += 1;
                 info.restarts

@@ -13,8 +13,8 @@ use reign_proto::{Incarnation, MailboxId, NodeId, TypeTag};
 
 use crate::handshake::{HandshakeInput, HsFrame};
 use crate::node::{
-    Body, Chunk, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzTarget, FuzzTunnelOp,
-    FuzzValue, LocalOp, Name, NodeInput, Op, RemoteRef, Tag, TunnelRef, Who,
+    Body, Chunk, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzReason, FuzzTarget,
+    FuzzTunnelOp, FuzzValue, LocalOp, Name, NodeInput, Op, RemoteRef, Tag, TunnelRef, Who,
 };
 use crate::payload::{Choice, Nested, NESTED_NAME};
 use crate::unarb::Unarbitrary;
@@ -386,6 +386,92 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                     drain(1, 0),
                 ],
             ),
+        ),
+        (
+            "exits",
+            session(false, 0, {
+                let peer = |serial| Who::Sender { serial };
+                let mut ops = vec![
+                    Op::Local(LocalOp::TrapExits {
+                        mailbox: 1,
+                        on: true,
+                    }),
+                    Op::Local(LocalOp::Link {
+                        target: remote(1),
+                        mailbox: 0,
+                    }),
+                    Op::Local(LocalOp::Link {
+                        target: remote(2),
+                        mailbox: 1,
+                    }),
+                    // A panic text over the cap, a linked exit wrapped
+                    // deeper than a well-formed chain.
+                    control(FuzzControl::Exited {
+                        target: peer(1),
+                        reason: FuzzReason::Panic {
+                            len: 1030,
+                            fill: b'x',
+                        },
+                    }),
+                    control(FuzzControl::Exited {
+                        target: peer(2),
+                        reason: FuzzReason::Linked {
+                            from: peer(9),
+                            depth: 3,
+                        },
+                    }),
+                    control(FuzzControl::Link {
+                        from: peer(4),
+                        target: ours(2),
+                    }),
+                    control(FuzzControl::Unlink {
+                        from: peer(4),
+                        target: ours(2),
+                    }),
+                    control(FuzzControl::Link {
+                        from: peer(5),
+                        target: ours(2),
+                    }),
+                    Op::Local(LocalOp::CloseWith {
+                        mailbox: 2,
+                        reason: FuzzReason::Error(b"bad".to_vec()),
+                    }),
+                    control(FuzzControl::Watch { target: ours(2) }),
+                    control(FuzzControl::Kill { target: ours(1) }),
+                    Op::Local(LocalOp::Kill { target: remote(3) }),
+                    Op::Local(LocalOp::Unlink {
+                        target: remote(2),
+                        mailbox: 1,
+                    }),
+                ];
+                for (serial, reason) in [
+                    FuzzReason::Normal,
+                    FuzzReason::Closed,
+                    FuzzReason::Killed,
+                    FuzzReason::Unreachable,
+                    FuzzReason::NodeShutdown,
+                    FuzzReason::NoMailbox,
+                    FuzzReason::Unspecified,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    ops.push(control(FuzzControl::Exited {
+                        target: peer(10 + serial as u8),
+                        reason,
+                    }));
+                }
+                // A kill of a mailbox of another node: a protocol error.
+                ops.push(control(FuzzControl::Kill {
+                    target: Who::Raw {
+                        node: 9,
+                        incarnation: 1,
+                        serial: 1,
+                    },
+                }));
+                ops.extend([drain(0, 0), drain(1, 0), Op::Timeout { ms: 600 }]);
+                ops
+            }),
         ),
         (
             "registry-caps",

@@ -83,7 +83,7 @@ pub use id::{Incarnation, MailboxId, NodeId, ParseIdError};
 pub use mailbox::{Capacity, Mailbox};
 pub use message::{DowncastError, Message};
 pub use node::outbox::{PeerStats, WakeSignal};
-pub use node::{Node, SyncFuture};
+pub use node::{Node, SyncFuture, MAX_RECENT_EXITS};
 pub use registry::{RegistryDump, RegistryError};
 pub use services::{
     Limits, Request, RequestError, RequestFuture, RequestTables, Responder, Target,

@@ -103,4 +103,13 @@ counters! {
     /// and told a sending node it is busy (that node's later sends to it
     /// fail with `Full` until it is read down to half its share).
     busy_notices,
+    // supervision (issue 18)
+    /// Children restarted by the supervisors running on this node (each
+    /// child started again counts once: a one-for-all restart of three
+    /// children counts three).
+    supervisor_restarts,
+    /// Supervisors on this node that gave up because more restarts than
+    /// their intensity allows came within its period: each shut its
+    /// children down and exited with an error for its parent to handle.
+    supervisor_escalations,
 }

@@ -831,7 +831,8 @@ fn the_core_answers_within_the_input_without_waking_itself() {
         closed,
         MailboxClosed {
             id: gone.id(),
-            reason: ExitReason::NoMailbox
+            // A recent close: its reason is still known.
+            reason: ExitReason::Closed
         }
     );
     assert!(sync.is_done(), "the sync was answered");

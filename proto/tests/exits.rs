@@ -170,11 +170,26 @@ fn every_reason_reaches_local_and_remote_watchers_alike() {
     );
     assert!(mailbox.is_closed());
 
-    // Watching a mailbox that is gone.
+    // Watching a mailbox that is gone: the reason it closed for while it
+    // is among the last closes, `NoMailbox` for one that never existed.
     let (target, mailbox) = w.n(1).new_mailbox();
+    mailbox.close_with(ExitReason::Error("gone before the watch".into()));
     drop(mailbox);
     w.watch(&target);
-    w.expect(&target, ExitReason::NoMailbox);
+    w.expect(&target, ExitReason::Error("gone before the watch".into()));
+    let never = reign_proto::MailboxId {
+        serial: u64::MAX,
+        ..target.id()
+    };
+    let (watcher, notes_box) = w.n(1).new_mailbox();
+    w.n(1).address_of(never).on_close_notify(&watcher);
+    assert_eq!(
+        notes(&notes_box),
+        vec![MailboxClosed {
+            id: never,
+            reason: ExitReason::NoMailbox
+        }]
+    );
 }
 
 #[test]
@@ -282,8 +297,9 @@ fn local_links() {
     );
     assert!(!trapper.is_closed() && trapper.links().is_empty());
 
-    // Unlinked: nothing fires. Linked to a gone mailbox: a `NoMailbox`
-    // exit at once. Linked to itself: nothing.
+    // Unlinked: nothing fires. Linked to a gone mailbox: an exit at once,
+    // with the reason it closed for (still known). Linked to itself:
+    // nothing.
     let (g, g_box) = node.new_mailbox();
     trapper.link(&g);
     trapper.unlink(&g);
@@ -298,7 +314,7 @@ fn local_links() {
             .collect::<Vec<_>>(),
         vec![Exit {
             from: g.id(),
-            reason: ExitReason::NoMailbox
+            reason: ExitReason::Killed
         }]
     );
     trapper.link(&trapper.address());

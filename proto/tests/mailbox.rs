@@ -414,3 +414,96 @@ fn an_unregistered_type_fails_locally_as_it_would_remotely() {
     addr.send(7u64).unwrap();
     addr.send(String::from("s")).unwrap();
 }
+
+/// The close note waiting in `notes`.
+fn closed_note(notes: &reign_proto::Mailbox) -> MailboxClosed {
+    notes
+        .try_recv()
+        .unwrap()
+        .expect("a note at once")
+        .downcast::<MailboxClosed>()
+        .unwrap()
+}
+
+/// A watch that comes after its mailbox closed and left the table hears
+/// the reason it closed for while that close is among the node's last
+/// [`MAX_RECENT_EXITS`](reign_proto::MAX_RECENT_EXITS): just under and at
+/// the bound it is known, one close over it is `NoMailbox`.
+#[test]
+fn late_watches_hear_recent_exit_reasons_up_to_the_bound() {
+    let bound = reign_proto::MAX_RECENT_EXITS;
+    for (later_closes, expected) in [
+        (bound - 2, Some("under")),
+        (bound - 1, Some("at")),
+        (bound, None),
+    ] {
+        let node = node();
+        let (target, mailbox) = node.new_mailbox();
+        let text = expected.unwrap_or("over");
+        mailbox.close_with(ExitReason::Error(text.into()));
+        drop(mailbox);
+        for _ in 0..later_closes {
+            let (_, other) = node.new_mailbox();
+            other.close();
+        }
+        // The target is now the oldest of `later_closes + 1` kept reasons.
+        let (watcher, notes) = node.new_mailbox();
+        let late = node.address_of(target.id());
+        late.on_close_notify(&watcher);
+        let note = closed_note(&notes);
+        let heard = match expected {
+            Some(text) => ExitReason::Error(text.into()),
+            None => ExitReason::NoMailbox,
+        };
+        assert_eq!(note.reason, heard, "{later_closes} later closes");
+        // A handle that still holds the mailbox knows its reason whatever
+        // the table says.
+        target.on_close_notify(&watcher);
+        let note = closed_note(&notes);
+        assert_eq!(note.reason, ExitReason::Error(text.into()));
+    }
+}
+
+/// A chain of 100,000 linked mailboxes closes from one end without
+/// recursion: on a thread with a 256 KiB stack (a close by recursion
+/// takes several frames per link and overflows it within a few thousand
+/// links), every mailbox closes with the first one's reason carried along.
+#[test]
+fn a_long_link_chain_closes_without_recursion() {
+    const CHAIN: usize = 100_000;
+    let started = std::time::Instant::now();
+    let handle = std::thread::Builder::new()
+        .stack_size(256 * 1024)
+        .spawn(|| {
+            let node = node();
+            let boxes: Vec<_> = (0..CHAIN).map(|_| node.new_mailbox().1).collect();
+            for pair in boxes.windows(2) {
+                pair[0].link(&pair[1].address());
+            }
+            let (watcher, notes) = node.new_mailbox();
+            let last = boxes[CHAIN - 1].address();
+            last.on_close_notify(&watcher);
+            boxes[0].close_with(ExitReason::Panic("the head".into()));
+            assert!(
+                boxes.iter().all(|b| b.is_closed()),
+                "the whole chain closed"
+            );
+            // The tail's reason names its neighbour and carries the head's.
+            assert_eq!(
+                closed_note(&notes).reason,
+                ExitReason::Linked {
+                    from: boxes[CHAIN - 2].id(),
+                    reason: Box::new(ExitReason::Panic("the head".into())),
+                }
+            );
+            drop(boxes);
+            drop(notes);
+            assert_eq!(node.mailbox_count(), 0, "nothing left behind");
+        })
+        .expect("a thread");
+    handle.join().expect("no stack overflow");
+    println!(
+        "a chain of {CHAIN} linked mailboxes built and closed in {:?}",
+        started.elapsed()
+    );
+}

@@ -231,6 +231,8 @@ fn status_and_metrics_of_a_real_three_node_cluster() {
         "dropped_full",
         "dropped_at_shutdown",
         "busy_notices",
+        "supervisor_restarts",
+        "supervisor_escalations",
     ] {
         assert!(status.counters.contains_key(counter), "{counter} missing");
     }
@@ -251,6 +253,10 @@ fn status_and_metrics_of_a_real_three_node_cluster() {
         Some(0.0)
     );
     assert_eq!(sample(&metrics, "reign_peers_up", None), Some(2.0));
+    assert_eq!(
+        sample(&metrics, "reign_supervisor_restarts_total", None),
+        Some(0.0)
+    );
     assert_eq!(sample(&metrics, "reign_peer_up", Some("1")), Some(1.0));
     assert_eq!(sample(&metrics, "reign_peer_up", Some("2")), Some(1.0));
     assert!(sample(&metrics, "reign_peer_messages_sent_total", Some("1")).unwrap() >= 25.0);

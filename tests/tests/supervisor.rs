@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reign_driver::api::{
-    ChildSpec, ChildState, Exit, ExitReason, MailboxClosed, Restart, Shutdown, Strategy,
-    SupervisorHandle, SupervisorSpec,
+    ChildError, ChildSpec, ChildState, ConnectionStatus, Exit, ExitReason, MailboxClosed, NodeId,
+    Restart, Shutdown, Strategy, SupervisorHandle, SupervisorSpec,
 };
 use reign_driver::{Reign, Runtime};
 use reign_proto::{Address, Mailbox};
@@ -161,11 +161,12 @@ async fn crashed_child_comes_back_under_its_name_on_another_node<R: Runtime + De
     assert_eq!(new.id(), address_of(&sup, "echo").id());
     assert_eq!(child(&sup, "echo").restarts, 1);
     assert_eq!(sup.restarts(), 1);
-    // The old address stays dead; the new one works.
+    // The old address stays dead (a late watch hears why it died, the
+    // close being recent); the new one works.
     let (watcher2, notes2) = a.new_mailbox();
     a.address_of(old.id()).on_close_notify(&watcher2);
     let note: MailboxClosed = recv_on::<R, _>(&notes2, WAIT).await;
-    assert_eq!(note.reason, ExitReason::NoMailbox);
+    assert_eq!(note.reason, ExitReason::Panic("asked to crash".into()));
     new.send(7u32).expect("the new incarnation takes messages");
     a.sync().await;
     assert!(until::<R>(|| child(&sup, "echo").state == ChildState::Running).await);
@@ -579,7 +580,371 @@ async fn a_parent_exit_takes_the_tree_down<R: Runtime + Default>() {
     node.shutdown().await;
 }
 
+/// Starts node 1 of `cluster` at each call, with a task named `svc`
+/// (echoing `u32`s back to the sender's address in the message), and keeps
+/// the node in `slot`.
+fn node_one<R: Runtime + Default>(
+    cluster: &TestCluster,
+    slot: &Arc<Mutex<Option<Reign<R>>>>,
+    starts: &Arc<AtomicU32>,
+) -> ChildSpec {
+    let spec = cluster.spec(NodeId(1));
+    let (slot, starts) = (slot.clone(), starts.clone());
+    ChildSpec::node("node-1", move || {
+        let (spec, slot, starts) = (spec.clone(), slot.clone(), starts.clone());
+        async move {
+            let node = Reign::<R>::start(&spec, NodeId(1))
+                .await
+                .map_err(|e| e.to_string())?;
+            let svc = node.spawn(|mailbox: Mailbox| async move {
+                while let Ok(msg) = mailbox.recv().await {
+                    let _ = msg;
+                }
+            });
+            node.register("svc", &svc).map_err(|e| e.to_string())?;
+            starts.fetch_add(1, Ordering::SeqCst);
+            *slot.lock().expect("slot") = Some(node.clone());
+            Ok::<_, String>(node)
+        }
+    })
+}
+
+fn current<R: Runtime>(slot: &Arc<Mutex<Option<Reign<R>>>>) -> Reign<R> {
+    slot.lock().expect("slot").clone().expect("a node started")
+}
+
+/// Waits for `ConnectionStatus` of node 1 on `notes` until one says
+/// `connected`.
+async fn status_of_one<R: Runtime + Default>(notes: &Mailbox, connected: bool) {
+    loop {
+        let status: ConnectionStatus = recv_on::<R, _>(notes, WAIT).await;
+        if status.node == NodeId(1) && status.connected == connected {
+            return;
+        }
+    }
+}
+
+async fn a_failed_node_is_restarted_and_rejoins<R: Runtime + Default>() {
+    let cluster = TestCluster::new(2);
+    let a = cluster.start_on::<R>(&[0], WAIT).await.remove(0);
+    let host = Reign::<R>::local();
+    let slot = Arc::new(Mutex::new(None));
+    let starts = Arc::new(AtomicU32::new(0));
+    let spec = SupervisorSpec::new(Strategy::OneForOne)
+        .intensity(3, Duration::from_secs(60))
+        .child(node_one::<R>(&cluster, &slot, &starts));
+    let sup = host.supervise("cluster", spec);
+    assert!(a.wait_for_peers(&[NodeId(1)], WAIT).await, "node 1 joins");
+    started::<R>(&sup, 1).await;
+    let first = current(&slot);
+    first.sync().await;
+    a.sync().await;
+    let old_svc = a.lookup("svc").expect("node 1's name seen on node 0");
+    let (_, statuses) = a.new_mailbox();
+    a.subscribe_connection_status(&statuses.address());
+    let (watcher, notes) = host.new_mailbox();
+    address_of(&sup, "node-1").on_close_notify(&watcher);
+
+    // A failure: the node stops, the supervisor starts it again, and node
+    // 0 sees it leave and come back with a new incarnation and its name.
+    let t = Instant::now();
+    first.fail("health check failed").await;
+    let note: MailboxClosed = recv_on::<R, _>(&notes, WAIT).await;
+    assert_eq!(
+        note.reason,
+        ExitReason::Error("the node stopped: health check failed".into())
+    );
+    assert_eq!(first.failure().as_deref(), Some("health check failed"));
+    status_of_one::<R>(&statuses, false).await;
+    status_of_one::<R>(&statuses, true).await;
+    let rejoined = t.elapsed();
+    assert!(
+        until::<R>(|| a.lookup("svc").is_some_and(|s| s.id() != old_svc.id())).await,
+        "node 1's name comes back with the new incarnation"
+    );
+    let visible = t.elapsed();
+    let second = current(&slot);
+    assert_ne!(second.incarnation(), first.incarnation());
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
+    assert_eq!(child(&sup, "node-1").restarts, 1);
+    assert_eq!(sup.restarts(), 1);
+    assert!(until::<R>(|| child(&sup, "node-1").state == ChildState::Running).await);
+    a.lookup("svc")
+        .expect("the name")
+        .send(1u32)
+        .expect("the new incarnation takes messages");
+    println!(
+        "node failure to peer reconnected {rejoined:?}, to its name on the new incarnation {visible:?} ({})",
+        std::any::type_name::<R>()
+    );
+
+    // Shutting the supervisor down shuts the node down, cleanly.
+    sup.shutdown();
+    status_of_one::<R>(&statuses, false).await;
+    assert!(
+        until::<R>(|| child(&sup, "node-1").state == ChildState::Stopped(ExitReason::Normal)).await
+    );
+    assert_eq!(second.failure(), None);
+    assert_eq!(sup.restarts(), 1);
+
+    // A clean shutdown of the node itself is not restarted.
+    let sup = host.supervise(
+        "cluster-again",
+        SupervisorSpec::new(Strategy::OneForOne).child(node_one::<R>(&cluster, &slot, &starts)),
+    );
+    status_of_one::<R>(&statuses, true).await;
+    started::<R>(&sup, 1).await;
+    current(&slot).shutdown().await;
+    assert!(
+        until::<R>(|| child(&sup, "node-1").state == ChildState::Stopped(ExitReason::Normal)).await
+    );
+    assert_eq!(sup.restarts(), 0);
+    assert_eq!(starts.load(Ordering::SeqCst), 3);
+    sup.shutdown();
+    a.shutdown().await;
+}
+
+/// Waits until `sup` has `n` children and all run.
+async fn all_running<R: Runtime + Default>(sup: &SupervisorHandle, n: usize) -> bool {
+    until::<R>(|| {
+        let children = sup.which_children();
+        children.len() == n && children.iter().all(|c| c.state == ChildState::Running)
+    })
+    .await
+}
+
+async fn restarts_and_escalations_are_counted_in_node_stats<R: Runtime + Default>() {
+    let node = Reign::<R>::local();
+    let log = events();
+    let spec = SupervisorSpec::new(Strategy::OneForAll)
+        .intensity(2, Duration::from_secs(60))
+        .child(polite("a", &log))
+        .child(polite("b", &log))
+        .child(polite("c", &log));
+    let (_, parent) = node.new_mailbox();
+    parent.trap_exits(true);
+    let sup = node.supervise_linked(&parent.address(), "counted", spec);
+    started::<R>(&sup, 3).await;
+    let before = node.stats();
+    assert_eq!(
+        (before.supervisor_restarts, before.supervisor_escalations),
+        (0, 0)
+    );
+    // Each child started again counts once: a one-for-all restart of three
+    // counts three; the intensity allows two such restarts.
+    for round in 1..=2u64 {
+        address_of(&sup, "b").kill().expect("kill b");
+        assert!(
+            until::<R>(|| sup.restarts() == 3 * round).await && all_running::<R>(&sup, 3).await
+        );
+        let stats = node.stats();
+        assert_eq!(stats.supervisor_restarts, 3 * round);
+        assert_eq!(stats.supervisor_escalations, 0);
+    }
+    // The third exceeds it: one escalation, no more restarts.
+    address_of(&sup, "b").kill().expect("kill b");
+    let exit: Exit = recv_on::<R, _>(&parent, WAIT).await;
+    assert!(matches!(exit.reason, ExitReason::Error(_)), "{exit:?}");
+    let stats = node.stats();
+    assert_eq!(stats.supervisor_restarts, 6);
+    assert_eq!(stats.supervisor_escalations, 1);
+    node.shutdown().await;
+}
+
+/// A worker that records its start and its stop when asked to shut
+/// down, and panics on any `u32`.
+fn crashy(name: String, log: &Events) -> ChildSpec {
+    let log = log.clone();
+    ChildSpec::worker(name.clone(), move |mailbox: Mailbox| {
+        push(&log, format!("start {name}"));
+        let (log, name) = (log.clone(), name.clone());
+        async move {
+            while let Ok(msg) = mailbox.recv().await {
+                if msg.is::<Shutdown>() {
+                    push(&log, format!("stop {name}"));
+                    return;
+                }
+                if msg.is::<u32>() {
+                    panic!("{name} asked to crash");
+                }
+            }
+        }
+    })
+}
+
+async fn simple_one_for_one_starts_children_from_a_template<R: Runtime + Default>() {
+    let node = Reign::<R>::local();
+    let log = events();
+    let made = log.clone();
+    let spec = SupervisorSpec::simple_one_for_one(move |n: u32| {
+        crashy(format!("w{n}"), &made).register(format!("pool.w{n}"))
+    })
+    .intensity(10, Duration::from_secs(60))
+    .max_children(3);
+    let sup = node.supervise("pool", spec);
+    assert_eq!(sup.which_children().len(), 0, "no children of its own");
+    // Up to the limit, in order; a name taken is refused; over the limit.
+    let mut addresses = Vec::new();
+    for n in 1..=3u32 {
+        let address = sup
+            .start_child_with(n)
+            .await
+            .expect("a child from the template");
+        assert_eq!(node.lookup(&format!("pool.w{n}")), Some(address.clone()));
+        addresses.push(address);
+    }
+    assert_eq!(taken(&log), ["start w1", "start w2", "start w3"]);
+    assert_eq!(
+        sup.start_child_with(1u32).await,
+        Err(ChildError::AlreadyStarted(addresses[0].clone()))
+    );
+    assert_eq!(
+        sup.start_child_with(4u32).await,
+        Err(ChildError::TooManyChildren(3))
+    );
+    assert_eq!(
+        sup.start_child_with("w4").await,
+        Err(ChildError::WrongArgument("u32"))
+    );
+    // A crash restarts that child only, under its name.
+    addresses[1].send(0u32).expect("crash w2");
+    assert!(until::<R>(|| child(&sup, "w2").restarts == 1).await);
+    assert!(all_running::<R>(&sup, 3).await);
+    assert_eq!(taken(&log), ["start w2"]);
+    assert_eq!(child(&sup, "w1").restarts + child(&sup, "w3").restarts, 0);
+    // Terminated: stopped, kept, counted, not restarted; deleted: gone.
+    assert_eq!(sup.delete_child("w1").await, Err(ChildError::Running));
+    sup.terminate_child("w1").await.expect("terminate w1");
+    assert_eq!(taken(&log), ["stop w1"]);
+    assert_eq!(
+        child(&sup, "w1").state,
+        ChildState::Stopped(ExitReason::Normal)
+    );
+    assert!(until::<R>(|| node.lookup("pool.w1").is_none()).await);
+    assert_eq!(
+        sup.start_child_with(1u32).await,
+        Err(ChildError::AlreadyPresent)
+    );
+    assert_eq!(
+        sup.start_child_with(4u32).await,
+        Err(ChildError::TooManyChildren(3))
+    );
+    sup.terminate_child("w1")
+        .await
+        .expect("terminating a stopped child is ok");
+    sup.delete_child("w1").await.expect("delete w1");
+    assert_eq!(sup.delete_child("w1").await, Err(ChildError::NotFound));
+    assert_eq!(sup.terminate_child("w1").await, Err(ChildError::NotFound));
+    assert_eq!(sup.restart_child("w1").await, Err(ChildError::NotFound));
+    let w4 = sup.start_child_with(4u32).await.expect("room again");
+    let names: Vec<String> = sup.which_children().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["w2", "w3", "w4"]);
+    assert_eq!(sup.restart_child("w4").await, Err(ChildError::Running));
+    // Restarted by name: a new address under its name.
+    sup.terminate_child("w4").await.expect("terminate w4");
+    let w4_again = sup.restart_child("w4").await.expect("restart w4");
+    assert_ne!(w4_again.id(), w4.id());
+    assert_eq!(node.lookup("pool.w4"), Some(w4_again));
+    assert_eq!(
+        sup.start_child(polite("plain", &log)).await,
+        Err(ChildError::TooManyChildren(3))
+    );
+    // Without a template, and once the supervisor is gone.
+    let plain = node.supervise("plain", SupervisorSpec::new(Strategy::OneForOne));
+    assert_eq!(
+        plain.start_child_with(1u32).await,
+        Err(ChildError::NoTemplate)
+    );
+    let (watcher, notes) = node.new_mailbox();
+    sup.address().on_close_notify(&watcher);
+    sup.shutdown();
+    let _: MailboxClosed = recv_on::<R, _>(&notes, WAIT).await;
+    assert_eq!(
+        sup.start_child_with(5u32).await,
+        Err(ChildError::SupervisorGone)
+    );
+    assert_eq!(
+        sup.terminate_child("w2").await,
+        Err(ChildError::SupervisorGone)
+    );
+    plain.shutdown();
+    node.shutdown().await;
+}
+
+/// Children added at run time, under `strategy`: static `a` and `b`,
+/// then `c` and `d` added, `d` terminated; `b` crashes.
+async fn dynamic_children_under<R: Runtime + Default>(
+    node: &Reign<R>,
+    strategy: Strategy,
+    expected: &[&str],
+) {
+    let log = events();
+    let spec = SupervisorSpec::new(strategy)
+        .intensity(10, Duration::from_secs(60))
+        .child(crashy("a".into(), &log))
+        .child(crashy("b".into(), &log));
+    let sup = node.supervise(format!("dynamic {strategy:?}"), spec);
+    started::<R>(&sup, 2).await;
+    sup.start_child(crashy("c".into(), &log))
+        .await
+        .expect("add c");
+    sup.start_child(crashy("d".into(), &log))
+        .await
+        .expect("add d");
+    sup.terminate_child("d").await.expect("terminate d");
+    assert_eq!(
+        taken(&log),
+        ["start a", "start b", "start c", "start d", "stop d"]
+    );
+    address_of(&sup, "b").send(0u32).expect("crash b");
+    assert!(
+        until::<R>(|| child(&sup, "b").restarts == 1
+            && ["a", "b", "c"]
+                .iter()
+                .all(|n| child(&sup, n).state == ChildState::Running))
+        .await,
+        "{strategy:?}: {:?}",
+        sup.which_children()
+    );
+    assert!(until::<R>(|| log.lock().expect("log").len() >= expected.len()).await);
+    assert_eq!(taken(&log), expected, "{strategy:?}");
+    // The terminated child stays stopped whatever the strategy.
+    assert_eq!(
+        child(&sup, "d").state,
+        ChildState::Stopped(ExitReason::Normal),
+        "{strategy:?}"
+    );
+    // Shutdown: reverse start order, the added children first.
+    let (watcher, notes) = node.new_mailbox();
+    sup.address().on_close_notify(&watcher);
+    sup.shutdown();
+    let _: MailboxClosed = recv_on::<R, _>(&notes, WAIT).await;
+    assert_eq!(taken(&log), ["stop c", "stop b", "stop a"], "{strategy:?}");
+}
+
+async fn dynamic_children_follow_each_strategy<R: Runtime + Default>() {
+    let node = Reign::<R>::local();
+    dynamic_children_under(&node, Strategy::OneForOne, &["start b"]).await;
+    dynamic_children_under(
+        &node,
+        Strategy::RestForOne,
+        &["stop c", "start b", "start c"],
+    )
+    .await;
+    dynamic_children_under(
+        &node,
+        Strategy::OneForAll,
+        &["stop c", "stop a", "start a", "start b", "start c"],
+    )
+    .await;
+    node.shutdown().await;
+}
+
 reign_tests::on_every_runtime!(
+    restarts_and_escalations_are_counted_in_node_stats,
+    simple_one_for_one_starts_children_from_a_template,
+    dynamic_children_follow_each_strategy,
+    a_failed_node_is_restarted_and_rejoins,
     crashed_child_comes_back_under_its_name_on_another_node,
     intensity_exceeded_escalates_to_the_parent,
     a_parent_on_another_node_gets_the_escalation,

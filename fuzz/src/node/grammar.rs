@@ -255,6 +255,40 @@ unarbitrary! {
             /// Which mailbox.
             mailbox: u8,
         },
+        /// A mailbox links to a remote mailbox (`Link` on the wire).
+        Link {
+            /// The remote mailbox.
+            target: RemoteRef,
+            /// The linking mailbox.
+            mailbox: u8,
+        },
+        /// Undoes a link (`Unlink` on the wire).
+        Unlink {
+            /// The remote mailbox.
+            target: RemoteRef,
+            /// The linked mailbox.
+            mailbox: u8,
+        },
+        /// A mailbox traps exits, or stops trapping them.
+        TrapExits {
+            /// Which mailbox.
+            mailbox: u8,
+            /// Trap or not.
+            on: bool,
+        },
+        /// Kills a remote mailbox (`Kill` on the wire).
+        Kill {
+            /// The remote mailbox.
+            target: RemoteRef,
+        },
+        /// Closes a local mailbox with a reason (an `Exited` to the peers
+        /// that watch it, a linked exit to the mailboxes linked to it).
+        CloseWith {
+            /// Which mailbox.
+            mailbox: u8,
+            /// Why.
+            reason: FuzzReason,
+        },
     }
 }
 
@@ -593,6 +627,71 @@ unarbitrary! {
             /// Bytes per name.
             len: u8,
         },
+        /// A mailbox the node watched closed, with why.
+        Exited {
+            /// The mailbox.
+            target: Who,
+            /// Why it closed.
+            reason: FuzzReason,
+        },
+        /// The peer's mailbox `from` links to `target`, one of the node's.
+        Link {
+            /// The peer's mailbox.
+            from: Who,
+            /// The node's mailbox.
+            target: Who,
+        },
+        /// Undoes a link.
+        Unlink {
+            /// The peer's mailbox.
+            from: Who,
+            /// The node's mailbox.
+            target: Who,
+        },
+        /// Kills a mailbox of the node.
+        Kill {
+            /// The mailbox.
+            target: Who,
+        },
+    }
+}
+
+unarbitrary! {
+    /// An exit reason, as a peer may send one.
+    #[derive(Arbitrary, Clone, Debug, PartialEq, Eq)]
+    pub enum FuzzReason {
+        /// A normal return.
+        Normal,
+        /// Closed by its owner.
+        Closed,
+        /// An error with this text (any bytes, made UTF-8).
+        Error(Vec<u8>),
+        /// A panic whose text is `len` bytes of `fill` (under, at and over
+        /// `MAX_REASON_TEXT` as `len` varies).
+        Panic {
+            /// Bytes of text.
+            len: u16,
+            /// The byte repeated (made ASCII).
+            fill: u8,
+        },
+        /// Killed.
+        Killed,
+        /// Its node became unreachable.
+        Unreachable,
+        /// Its node shut down.
+        NodeShutdown,
+        /// A linked exit from `from`, wrapped `depth` times (a well-formed
+        /// chain keeps one level; a peer may send more).
+        Linked {
+            /// The mailbox the exit came from.
+            from: Who,
+            /// How many times the inner reason is wrapped.
+            depth: u8,
+        },
+        /// No such mailbox.
+        NoMailbox,
+        /// No reason given.
+        Unspecified,
     }
 }
 

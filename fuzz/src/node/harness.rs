@@ -23,8 +23,8 @@ use reign_proto::{
 };
 
 use super::grammar::{FuzzTarget, LocalOp, Name, NodeInput, Op};
-use super::value::{with_value, Value};
 use super::pick;
+use super::value::{with_value, Value};
 use super::{tuning, MAX_OP_BYTES, MY_INCARNATION};
 use crate::certs;
 
@@ -83,7 +83,6 @@ pub(super) struct Harness {
     pub(super) tunnels: Vec<Tunnel>,
     pub(super) shut_down: bool,
 }
-
 
 /// Keeps `item` if `items` holds fewer than `cap`, else drops it.
 fn keep<T>(items: &mut Vec<T>, cap: usize, item: T) {
@@ -369,6 +368,32 @@ impl Harness {
             LocalOp::Watch { target, watcher } => {
                 if let (Some(id), Some((w, _))) = (self.remote_id(target), self.mailbox(*watcher)) {
                     node.address_of(id).on_close_notify(w);
+                }
+            }
+            LocalOp::Link { target, mailbox } => {
+                if let (Some(id), Some((_, m))) = (self.remote_id(target), self.mailbox(*mailbox)) {
+                    m.link(&node.address_of(id));
+                }
+            }
+            LocalOp::Unlink { target, mailbox } => {
+                if let (Some(id), Some((_, m))) = (self.remote_id(target), self.mailbox(*mailbox)) {
+                    m.unlink(&node.address_of(id));
+                }
+            }
+            LocalOp::TrapExits { mailbox, on } => {
+                if let Some((_, m)) = self.mailbox(*mailbox) {
+                    m.trap_exits(*on);
+                }
+            }
+            LocalOp::Kill { target } => {
+                if let Some(id) = self.remote_id(target) {
+                    let _ = node.address_of(id).kill();
+                }
+            }
+            LocalOp::CloseWith { mailbox, reason } => {
+                let reason = self.reason(reason, None);
+                if let Some((_, m)) = self.mailbox(*mailbox) {
+                    m.close_with(reason);
                 }
             }
             LocalOp::Unwatch { target, watcher } => {

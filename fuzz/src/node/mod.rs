@@ -53,8 +53,8 @@ use arbitrary::{Arbitrary, Unstructured};
 use reign_proto::{Incarnation, NodeId, Tuning};
 
 pub use grammar::{
-    Body, Chunk, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzTarget, FuzzTunnelOp,
-    FuzzValue, LocalOp, Name, NodeInput, Op, RemoteRef, Tag, TunnelRef, Who,
+    Body, Chunk, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzReason, FuzzTarget,
+    FuzzTunnelOp, FuzzValue, LocalOp, Name, NodeInput, Op, RemoteRef, Tag, TunnelRef, Who,
 };
 use harness::Harness;
 

@@ -13,11 +13,11 @@ use reign_proto::codec::frame::{PublishScope, ReplyStatus, TunnelOp, MAX_REMAINI
 use reign_proto::codec::Frame;
 use reign_proto::control::Control;
 use reign_proto::system::MailboxClosed;
-use reign_proto::{Incarnation, MailboxId, NodeId, TypeTag};
+use reign_proto::{ExitReason, Incarnation, MailboxId, NodeId, TypeTag};
 
 use super::grammar::{
-    text, Body, Corr, Delta, FuzzControl, FuzzFrame, FuzzTunnelOp, FuzzValue, RemoteRef, Tag,
-    TunnelRef, Who,
+    text, Body, Corr, Delta, FuzzControl, FuzzFrame, FuzzReason, FuzzTunnelOp, FuzzValue,
+    RemoteRef, Tag, TunnelRef, Who,
 };
 use super::harness::Harness;
 use super::pick;
@@ -254,6 +254,39 @@ impl Harness {
         }
     }
 
+    /// The exit reason `reason` describes, from `peer` (`None` for a
+    /// reason of this node's own).
+    pub(super) fn reason(&self, reason: &FuzzReason, peer: Option<NodeId>) -> ExitReason {
+        match reason {
+            FuzzReason::Normal => ExitReason::Normal,
+            FuzzReason::Closed => ExitReason::Closed,
+            FuzzReason::Error(bytes) => ExitReason::Error(text(bytes)),
+            FuzzReason::Panic { len, fill } => ExitReason::Panic(
+                char::from(*fill & 0x7f)
+                    .to_string()
+                    .repeat(usize::from(*len)),
+            ),
+            FuzzReason::Killed => ExitReason::Killed,
+            FuzzReason::Unreachable => ExitReason::Unreachable(None),
+            FuzzReason::NodeShutdown => ExitReason::NodeShutdown,
+            FuzzReason::Linked { from, depth } => {
+                let from = self.who(from, peer);
+                (0..*depth % 4).fold(
+                    ExitReason::Linked {
+                        from,
+                        reason: Box::new(ExitReason::Panic("linked".into())),
+                    },
+                    |inner, _| ExitReason::Linked {
+                        from,
+                        reason: Box::new(inner),
+                    },
+                )
+            }
+            FuzzReason::NoMailbox => ExitReason::NoMailbox,
+            FuzzReason::Unspecified => ExitReason::Unspecified,
+        }
+    }
+
     /// The encoded control body `control` describes from `peer`.
     pub(super) fn control(&self, control: &FuzzControl, peer: NodeId) -> Bytes {
         let who = |w: &Who| self.who(w, Some(peer));
@@ -281,6 +314,21 @@ impl Harness {
                 target: who(target),
             },
             FuzzControl::Raw(body) => return body.clone().into(),
+            FuzzControl::Exited { target, reason } => Control::Exited {
+                target: who(target),
+                reason: self.reason(reason, Some(peer)),
+            },
+            FuzzControl::Link { from, target } => Control::Link {
+                from: who(from),
+                target: who(target),
+            },
+            FuzzControl::Unlink { from, target } => Control::Unlink {
+                from: who(from),
+                target: who(target),
+            },
+            FuzzControl::Kill { target } => Control::Kill {
+                target: who(target),
+            },
             FuzzControl::Members { nodes, answer } => Control::Members {
                 nodes: nodes
                     .iter()

@@ -24,8 +24,9 @@ enum Destination {
     /// A mailbox of another node, reached through this node's connections.
     Remote(Weak<NodeInner>),
     /// A mailbox of this node that no longer exists, or one of an earlier
-    /// incarnation of this node: sends fail with `Closed`.
-    Gone,
+    /// incarnation of this node: sends fail with `Closed`. The node is
+    /// kept to learn why the mailbox closed, while that is remembered.
+    Gone(Weak<NodeInner>),
     /// Deserialized with no node to bind to.
     Unbound,
 }
@@ -70,10 +71,23 @@ impl Address {
         }
     }
 
-    pub(crate) fn gone(id: MailboxId) -> Address {
+    pub(crate) fn gone(id: MailboxId, node: Weak<NodeInner>) -> Address {
         Address {
             id,
-            destination: Destination::Gone,
+            destination: Destination::Gone(node),
+        }
+    }
+
+    /// Why this local mailbox closed, as far as it is known (see
+    /// `NodeInner::exit_reason_of`): its own reason, a recent one, else
+    /// `NoMailbox`.
+    fn late_reason(&self) -> ExitReason {
+        match &self.destination {
+            Destination::Local(mailbox) => mailbox.exit_reason().unwrap_or(ExitReason::NoMailbox),
+            Destination::Gone(node) => node
+                .upgrade()
+                .map_or(ExitReason::NoMailbox, |node| node.exit_reason_of(self.id)),
+            Destination::Remote(_) | Destination::Unbound => ExitReason::NoMailbox,
         }
     }
 
@@ -84,7 +98,10 @@ impl Address {
 
     /// Whether the mailbox lives on the node this address is bound to.
     pub fn is_local(&self) -> bool {
-        matches!(self.destination, Destination::Local(_) | Destination::Gone)
+        matches!(
+            self.destination,
+            Destination::Local(_) | Destination::Gone(_)
+        )
     }
 
     /// Sends a message. Never blocks.
@@ -111,7 +128,7 @@ impl Address {
                 Some(node) => node.send_remote(self.id, &value),
                 None => Err(SendError::NodeShutdown),
             },
-            Destination::Gone => Err(SendError::Closed),
+            Destination::Gone(_) => Err(SendError::Closed),
             Destination::Unbound => Err(SendError::Unbound),
         }
     }
@@ -120,13 +137,16 @@ impl Address {
     /// mailbox closes, or when its node becomes unreachable (Erlang's
     /// monitor; reign's `OnCloseNotify`), with the [`ExitReason`]. If the
     /// mailbox is already closed or gone, the notification is sent at once
-    /// with [`ExitReason::NoMailbox`]; if its node is not connected, with
+    /// with the reason it closed for if that is still known (this handle
+    /// holds the mailbox, or it is one of its node's last
+    /// [`MAX_RECENT_EXITS`](crate::MAX_RECENT_EXITS) closes), else with
+    /// [`ExitReason::NoMailbox`]; if its node is not connected, with
     /// [`ExitReason::Unreachable`]. Each watch fires once.
     pub fn on_close_notify(&self, watcher: &Address) {
         match &self.destination {
             Destination::Local(mailbox) => {
                 if !mailbox.add_watcher(watcher) {
-                    watcher.deliver_close(self.id, &ExitReason::NoMailbox);
+                    watcher.deliver_close(self.id, &self.late_reason());
                 }
             }
             Destination::Remote(node) => match node.upgrade() {
@@ -135,8 +155,8 @@ impl Address {
                     watcher.deliver_close(self.id, &ExitReason::NodeShutdown);
                 }
             },
-            Destination::Gone | Destination::Unbound => {
-                watcher.deliver_close(self.id, &ExitReason::NoMailbox);
+            Destination::Gone(_) | Destination::Unbound => {
+                watcher.deliver_close(self.id, &self.late_reason());
             }
         }
     }
@@ -162,7 +182,7 @@ impl Address {
                 Some(node) => node.kill_remote(self.id),
                 None => Err(SendError::NodeShutdown),
             },
-            Destination::Gone => Ok(()),
+            Destination::Gone(_) => Ok(()),
             Destination::Unbound => Err(SendError::Unbound),
         }
     }
@@ -191,7 +211,7 @@ impl Address {
         match &self.destination {
             Destination::Local(other) => {
                 if !other.add_link(me.id) {
-                    me.deliver_close(self.id, &ExitReason::NoMailbox);
+                    me.deliver_close(self.id, &self.late_reason());
                     return;
                 }
                 self.on_close_notify(me);
@@ -203,8 +223,8 @@ impl Address {
                     me.deliver_close(self.id, &ExitReason::NodeShutdown);
                 }
             },
-            Destination::Gone | Destination::Unbound => {
-                me.deliver_close(self.id, &ExitReason::NoMailbox);
+            Destination::Gone(_) | Destination::Unbound => {
+                me.deliver_close(self.id, &self.late_reason());
             }
         }
     }
@@ -222,7 +242,7 @@ impl Address {
                     node.unlink_remote(me, self.id);
                 }
             }
-            Destination::Gone | Destination::Unbound => {}
+            Destination::Gone(_) | Destination::Unbound => {}
         }
     }
 
@@ -235,7 +255,7 @@ impl Address {
                     node.unwatch_remote(self.id, watcher);
                 }
             }
-            Destination::Gone | Destination::Unbound => {}
+            Destination::Gone(_) | Destination::Unbound => {}
         }
     }
 }
@@ -271,7 +291,7 @@ impl fmt::Debug for Address {
         let kind = match self.destination {
             Destination::Local(_) => "local",
             Destination::Remote(_) => "remote",
-            Destination::Gone => "gone",
+            Destination::Gone(_) => "gone",
             Destination::Unbound => "unbound",
         };
         write!(f, "Address({:?}, {kind})", self.id)

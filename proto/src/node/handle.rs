@@ -440,6 +440,27 @@ impl Node {
         self.inner.counters.snapshot()
     }
 
+    /// Counts a child restarted by a supervisor running on this node, in
+    /// [`NodeStats::supervisor_restarts`](crate::NodeStats::supervisor_restarts).
+    /// The driver's supervisors call it at each restart; a supervisor
+    /// written by hand may too.
+    pub fn count_supervisor_restart(&self) {
+        self.inner
+            .counters
+            .supervisor_restarts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a supervisor of this node that exceeded its restart
+    /// intensity and gave up, in
+    /// [`NodeStats::supervisor_escalations`](crate::NodeStats::supervisor_escalations).
+    pub fn count_supervisor_escalation(&self) {
+        self.inner
+            .counters
+            .supervisor_escalations
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The sizes of this node's request tables: replies it waits for,
     /// requests queued for its members' handler slots, slots in use. All
     /// zero on an idle node, however its callers gave up.

@@ -33,6 +33,56 @@ use crate::node::NodeInner;
 use crate::poison::lock;
 use crate::system::{Exit, ExitReason};
 
+/// Linked closes waiting on this thread for the close that caused them to
+/// finish notifying: `None` when no linked close runs on this thread.
+type ClosingQueue = Option<VecDeque<(Arc<MailboxShared>, ExitReason)>>;
+
+thread_local! {
+    static CLOSING: std::cell::RefCell<ClosingQueue> = const { std::cell::RefCell::new(None) };
+}
+
+/// Closes `mailbox` for a linked exit. A close notifies its linked
+/// mailboxes, whose exits close them, which notify theirs: done by
+/// recursion, a chain of 100,000 linked mailboxes would take 100,000 nested
+/// closes and overflow the stack. The first linked close on a thread runs a
+/// worklist instead; the closes it causes are queued and run by it, one
+/// after another, before it returns, so every caller still finds the whole
+/// cascade done when its close returns.
+pub(crate) fn close_linked(mailbox: Arc<MailboxShared>, reason: ExitReason) {
+    let nested = CLOSING.with(|closing| {
+        let mut closing = closing.borrow_mut();
+        match closing.as_mut() {
+            Some(queue) => {
+                queue.push_back((mailbox.clone(), reason.clone()));
+                true
+            }
+            None => {
+                *closing = Some(VecDeque::new());
+                false
+            }
+        }
+    });
+    if nested {
+        return;
+    }
+    // Ends the worklist even if a close panics (a queued message's
+    // destructor): the closes still queued go with the panic, and later
+    // closes on this thread start a worklist of their own.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            CLOSING.with(|closing| closing.borrow_mut().take());
+        }
+    }
+    let _done = Done;
+    mailbox.close_and_notify(reason);
+    while let Some((mailbox, reason)) =
+        CLOSING.with(|closing| closing.borrow_mut().as_mut().and_then(VecDeque::pop_front))
+    {
+        mailbox.close_and_notify(reason);
+    }
+}
+
 /// Optional bounds on a mailbox. Unbounded by default.
 ///
 /// When a send would take a bounded mailbox over either limit the send fails
@@ -105,6 +155,9 @@ pub(crate) struct MailboxShared {
 struct State {
     queue: VecDeque<Message>,
     closed: bool,
+    /// Why it closed (set with `closed`): what a watch that comes after
+    /// the close hears, for as long as someone holds the mailbox.
+    exit: Option<ExitReason>,
     /// The mailbox reached its hard cap and drops messages from other
     /// nodes (see [`MailboxShared::push_many`]); cleared once it takes one
     /// again, so a slow consumer is logged once per episode, not once per
@@ -333,13 +386,14 @@ impl MailboxShared {
 
     /// Closes the mailbox; returns the watchers to notify and the linked
     /// mailboxes if this call closed it, `None` if it was already closed.
-    fn close(&self) -> Option<(Vec<Address>, Vec<MailboxId>)> {
+    fn close(&self, reason: &ExitReason) -> Option<(Vec<Address>, Vec<MailboxId>)> {
         let mut taken = self.lock_taken();
         let mut state = self.lock();
         if state.closed {
             return None;
         }
         state.closed = true;
+        state.exit = Some(reason.clone());
         let queue = std::mem::take(&mut state.queue);
         let older = std::mem::take(&mut *taken);
         self.len.store(0, Ordering::Release);
@@ -371,7 +425,7 @@ impl MailboxShared {
     /// one every watcher hears), aborts its task if it has one, and tells
     /// watchers and linked mailboxes.
     pub(crate) fn close_and_notify(&self, reason: ExitReason) {
-        if let Some((watchers, links)) = self.close() {
+        if let Some((watchers, links)) = self.close(&reason) {
             if let Some(task) = self.task.get() {
                 task.abort();
             }
@@ -429,7 +483,11 @@ impl MailboxShared {
     /// `reason` (its link already removed): an [`Exit`] message if this
     /// mailbox traps exits, else closes it if the exit is abnormal.
     /// Whether it had an effect.
-    pub(crate) fn exit_signal(&self, from: MailboxId, reason: &ExitReason) -> bool {
+    ///
+    /// The close a linked exit causes runs in a loop, not by recursion
+    /// (see [`close_linked`]): a chain of any length closes in constant
+    /// stack.
+    pub(crate) fn exit_signal(self: &Arc<Self>, from: MailboxId, reason: &ExitReason) -> bool {
         if self.trap_exits.load(Ordering::Acquire) {
             return self
                 .push(Message::local(Exit {
@@ -441,7 +499,7 @@ impl MailboxShared {
         if reason.is_normal() {
             return false;
         }
-        self.close_and_notify(reason.clone().linked(from));
+        close_linked(self.clone(), reason.clone().linked(from));
         true
     }
 
@@ -457,6 +515,11 @@ impl MailboxShared {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Why the mailbox closed; `None` while it is open.
+    pub(crate) fn exit_reason(&self) -> Option<ExitReason> {
+        self.lock().exit.clone()
     }
 
     /// Adds a watcher; `false` if the mailbox is already closed (the caller

@@ -33,4 +33,4 @@ pub mod typed;
 
 pub use handle::Node;
 pub(crate) use inner::NodeInner;
-pub use inner::SyncFuture;
+pub use inner::{SyncFuture, MAX_RECENT_EXITS};

@@ -130,7 +130,7 @@ impl NodeInner {
     /// of a link, on the mailboxes in `links` (the other sides learn of the
     /// close from their own watches of `id`).
     pub(in crate::node) fn unwatch_links(&self, id: MailboxId, links: Vec<MailboxId>) {
-        let me = Address::gone(id);
+        let me = Address::gone(id, self.me.clone());
         for other in links {
             if other.node == self.id {
                 if let Some(mailbox) = self.local_mailbox(other) {
@@ -209,7 +209,7 @@ impl NodeInner {
                         if has_exits {
                             Control::Exited {
                                 target,
-                                reason: ExitReason::NoMailbox,
+                                reason: self.exit_reason_of(target),
                             }
                         } else {
                             Control::Closed { target }

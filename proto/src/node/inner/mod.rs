@@ -15,9 +15,11 @@
 //! | `registry.rs` | carrying out the pure registry's effects; registry syncs |
 //! | `services.rs` | routing requests, replies, broadcasts and publications; the request tables' deadline |
 //! | `tunnels.rs` | the table of tunnel ends and the routing of tunnel frames |
+//! | `recent_exits.rs` | the exit reasons of the last closed mailboxes, for watches that come late |
 
 mod links;
 mod mailboxes;
+mod recent_exits;
 mod registry;
 mod services;
 mod tunnels;
@@ -45,6 +47,7 @@ use crate::stats::NodeCounters;
 use crate::system::{ConnectionStatus, ExitReason};
 pub(in crate::node) use links::Links;
 pub(in crate::node) use mailboxes::MailboxTable;
+pub use recent_exits::MAX_RECENT_EXITS;
 pub(in crate::node) use registry::SyncBook;
 pub use registry::SyncFuture;
 pub(crate) use tunnels::TunnelTable;
@@ -78,6 +81,8 @@ pub(crate) struct NodeInner {
     /// The request tables' next deadline, for the core's timer.
     pub(in crate::node) request_deadline: services::DeadlineCell,
     pub(crate) tunnels: Mutex<TunnelTable>,
+    /// Why the last closed mailboxes closed, for late watches.
+    pub(in crate::node) recent_exits: Mutex<recent_exits::RecentExits>,
 }
 
 thread_local! {
@@ -110,6 +115,7 @@ impl NodeInner {
             services: Mutex::new(Services::default()),
             request_deadline: services::DeadlineCell::new(),
             tunnels: Mutex::new(TunnelTable::default()),
+            recent_exits: Mutex::new(recent_exits::RecentExits::default()),
         })
     }
 
@@ -120,11 +126,11 @@ impl NodeInner {
             return Address::remote(id, self.me.clone());
         }
         if id.incarnation != self.incarnation {
-            return Address::gone(id);
+            return Address::gone(id, self.me.clone());
         }
         match self.mailboxes.get(id.serial) {
             Some(mailbox) => Address::local(mailbox),
-            None => Address::gone(id),
+            None => Address::gone(id, self.me.clone()),
         }
     }
 
@@ -146,6 +152,9 @@ impl NodeInner {
         watchers: Vec<Address>,
         links: Vec<MailboxId>,
     ) {
+        // Kept before the mailbox leaves the table: a watch finds either
+        // the mailbox (and its reason) or this.
+        lock(&self.recent_exits).record(id, reason);
         self.mailboxes.remove(id.serial);
         self.counters
             .mailboxes_closed
@@ -162,6 +171,19 @@ impl NodeInner {
         let effects = lock(&self.registry).mailbox_closed(id);
         self.apply(effects);
         self.drop_gate(id);
+    }
+
+    /// Why local mailbox `id` closed, if it did recently: its own reason
+    /// while it is in the table, else the recent exits' (see
+    /// [`MAX_RECENT_EXITS`]); `NoMailbox` when neither knows (never
+    /// existed, or closed too long ago).
+    pub(crate) fn exit_reason_of(&self, id: MailboxId) -> ExitReason {
+        if let Some(reason) = self.local_mailbox(id).and_then(|m| m.exit_reason()) {
+            return reason;
+        }
+        lock(&self.recent_exits)
+            .get(id)
+            .unwrap_or(ExitReason::NoMailbox)
     }
 
     fn notify_closed(&self, watcher: &Address, target: MailboxId, reason: &ExitReason) {
