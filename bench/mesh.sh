@@ -18,7 +18,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REIGN="${REIGN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/reign}"
 IDLE_SECS="${IDLE_SECS:-30}"
 FORM_TIMEOUT_SECS="${FORM_TIMEOUT_SECS:-180}"
-BASE_PORT="${BASE_PORT:-31000}"
+# Below the usual ephemeral range (32768–60999), where a dial's local port
+# could take a node's listening port before the node binds it.
+BASE_PORT="${BASE_PORT:-20000}"
 SIZES=("$@")
 [ ${#SIZES[@]} -eq 0 ] && SIZES=(32 64)
 WORK="$(mktemp -d /tmp/reign-mesh.XXXXXX)"
@@ -97,6 +99,12 @@ for n in "${SIZES[@]}"; do
       formed=$waited
     elif [ "$alive" -lt "$n" ] || [ "$waited" -gt $((FORM_TIMEOUT_SECS * 1000)) ]; then
       echo "name=reign_mesh nodes=$n formed=no after_ms=$waited nodes_short_of_a_full_mesh=$short alive=$alive"
+      if [ "$alive" -lt "$n" ]; then
+        echo "# last lines of the nodes that exited:"
+        for i in $(seq 0 $((n - 1))); do
+          kill -0 "${PIDS[$i]}" 2>/dev/null || tail -1 "$dir/node-$i.log"
+        done | sed -E 's/^[^ ]+ +//; s/[0-9]+/N/g' | cut -c1-160 | sort | uniq -c | sort -rn | head -3
+      fi
       grep -h -E 'WARN|ERROR' "$dir"/node-*.log | sed -E 's/^[^ ]+ +//' | cut -c1-160 | sort | uniq -c | sort -rn | head -5
       break
     fi

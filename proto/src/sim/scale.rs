@@ -193,14 +193,16 @@ pub struct IdleReport {
     /// idle: pings and membership gossip.
     pub idle_bytes_per_sec: u64,
     /// Ciphertext bytes the cluster sent to replicate one name registered
-    /// on one node to every other (over the idle traffic of as long).
+    /// on one node to every other (over the idle traffic of as long; the
+    /// mean of ten names registered at once on ten nodes).
     pub registry_bytes_per_name: u64,
     /// Resident memory of this process at the end, KiB (0 where unknown).
     pub rss_kb: u64,
 }
 
 /// Connects a full mesh, sends one message each way over every link (so
-/// every buffer a link uses has been used), lets it idle for `idle` of
+/// every buffer a link uses has been used), registers one name (and
+/// measures what replicating it costs), lets the mesh idle for `idle` of
 /// virtual time and measures what the idle mesh holds. The simulation is
 /// handed back with the report, for the caller to measure more before it
 /// drops.
@@ -210,6 +212,7 @@ pub struct IdleReport {
 pub fn idle_mesh(config: SimConfig, idle: Duration) -> (IdleReport, Sim) {
     let wall = Instant::now();
     let nodes = config.nodes;
+    let ping_interval = config.tuning.ping_interval;
     let mut sim = Sim::new(config);
     let connected_after = connect(&mut sim);
     let wall_connect = wall.elapsed();
@@ -237,28 +240,38 @@ pub fn idle_mesh(config: SimConfig, idle: Duration) -> (IdleReport, Sim) {
         }
         assert_eq!(got, ids.len() - 1, "a message was lost");
     }
+    // Names: what replicating one costs, over the idle traffic of a window
+    // as long. A window of one ping interval holds one ping each way on
+    // every link whatever its phase, so the two windows differ by the
+    // registrations (and gossip's random picks) only.
+    const NAMES: usize = 10;
+    let window = ping_interval;
+    let before = sim.bytes_transmitted();
+    sim.run_for(window);
+    let quiet = sim.bytes_transmitted() - before;
+    let mut named = Vec::new();
+    for (i, &id) in ids.iter().cycle().take(NAMES).enumerate() {
+        let (addr, mailbox) = sim.node(id).new_mailbox();
+        sim.node(id)
+            .register(&format!("scale.name-{i}"), &addr)
+            .expect("register");
+        named.push(mailbox);
+    }
+    let before = sim.bytes_transmitted();
+    sim.run_for(window);
+    let registry_bytes_per_name =
+        (sim.bytes_transmitted() - before).saturating_sub(quiet) / NAMES as u64;
+    assert!(
+        ids.iter().all(|&id| {
+            let view = sim.node(id).registry_view();
+            (0..NAMES).all(|i| view.contains_key(&format!("scale.name-{i}")))
+        }),
+        "a name did not reach every node"
+    );
     let before = sim.bytes_transmitted();
     sim.run_for(idle);
     let idle_bytes = sim.bytes_transmitted() - before;
     let idle_bytes_per_sec = (idle_bytes as f64 / idle.as_secs_f64().max(1e-9)) as u64;
-    // One name: what replicating it costs, over the idle traffic of a
-    // window as long.
-    let window = Duration::from_millis(200);
-    let before = sim.bytes_transmitted();
-    sim.run_for(window);
-    let quiet = sim.bytes_transmitted() - before;
-    let (named, _named_mailbox) = sim.node(ids[0]).new_mailbox();
-    sim.node(ids[0])
-        .register("scale.one", &named)
-        .expect("register");
-    let before = sim.bytes_transmitted();
-    sim.run_for(window);
-    let registry_bytes_per_name = (sim.bytes_transmitted() - before).saturating_sub(quiet);
-    assert!(
-        ids.iter()
-            .all(|&id| sim.node(id).registry_view().contains_key("scale.one")),
-        "a name did not reach every node"
-    );
     let max_node_buffers = ids
         .iter()
         .filter_map(|&id| sim.core(id))
