@@ -75,7 +75,6 @@ struct Socket<R: Runtime> {
     /// Transmits not yet fully written; `written` bytes of the first are.
     outgoing: VecDeque<Vec<u8>>,
     written: usize,
-    read_buf: Vec<u8>,
     /// The core wants no input from this connection for now.
     paused: bool,
     /// The core closed the connection: flush, shut the write side, read
@@ -110,6 +109,10 @@ pub(crate) struct Driver<R: Runtime> {
     must_stop: bool,
     /// Why each peer's last connection closed (read by the admin endpoint).
     pub(crate) close_reasons: CloseReasons,
+    /// The one buffer every socket is read into: reads happen one at a
+    /// time in this task and the core copies what it keeps, so a buffer
+    /// per socket would only cost an idle link [`READ_CHUNK`] bytes.
+    read_buf: Vec<u8>,
 }
 
 /// What woke the driver.
@@ -145,6 +148,7 @@ impl<R: Runtime> Driver<R> {
             failure,
             must_stop: false,
             close_reasons: CloseReasons::default(),
+            read_buf: vec![0u8; READ_CHUNK],
         }
     }
 
@@ -220,7 +224,7 @@ impl<R: Runtime> Driver<R> {
             let SocketSlot::Open(link) = slot else {
                 continue;
             };
-            match poll_link::<R>(&mut self.core, id, link, cx, now) {
+            match poll_link::<R>(&mut self.core, id, link, &mut self.read_buf, cx, now) {
                 LinkState::Idle => {}
                 LinkState::Progress => progress = true,
                 LinkState::Done => {
@@ -279,7 +283,6 @@ impl<R: Runtime> Driver<R> {
                 writer,
                 outgoing: VecDeque::new(),
                 written: 0,
-                read_buf: vec![0u8; READ_CHUNK],
                 paused: false,
                 closing: None,
                 write_shut: false,
@@ -437,6 +440,7 @@ fn poll_link<R: Runtime>(
     core: &mut Core,
     id: ConnId,
     link: &mut Socket<R>,
+    read_buf: &mut [u8],
     cx: &mut Context<'_>,
     now: Instant,
 ) -> LinkState {
@@ -499,7 +503,7 @@ fn poll_link<R: Runtime>(
         // throws away what it has not sent yet — the goodbye and the last
         // messages a shutdown drained. The closing deadline bounds this.
         for _ in 0..READS_PER_TURN {
-            match R::poll_read(&mut link.reader, cx, &mut link.read_buf) {
+            match R::poll_read(&mut link.reader, cx, read_buf) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return LinkState::Done,
                 Poll::Ready(Ok(_)) => progress = true,
@@ -513,7 +517,7 @@ fn poll_link<R: Runtime>(
     }
     if !link.paused {
         for _ in 0..READS_PER_TURN {
-            match R::poll_read(&mut link.reader, cx, &mut link.read_buf) {
+            match R::poll_read(&mut link.reader, cx, read_buf) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(0)) => {
                     core.handle_input(
@@ -530,7 +534,7 @@ fn poll_link<R: Runtime>(
                         now,
                         Input::Received {
                             conn: id,
-                            bytes: &link.read_buf[..n],
+                            bytes: &read_buf[..n],
                         },
                     );
                     progress = true;

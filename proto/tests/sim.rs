@@ -262,7 +262,11 @@ fn joins_leaves_and_replacements_under_partitions_converge_to_one_membership_vie
 
 #[test]
 fn sixty_four_nodes_converge_after_a_full_partition_heals() {
-    let report = reign_proto::sim::scale::partition_heal(64, 64);
+    let report = reign_proto::sim::scale::partition_heal(SimConfig {
+        nodes: 64,
+        seed: 64,
+        ..SimConfig::default()
+    });
     eprintln!("{report:?}");
     // The reconnection backoff (up to 500 ms here) dominates convergence.
     assert!(report.converged_after < Duration::from_secs(10));
@@ -294,4 +298,148 @@ fn traces_record_faults_and_peer_events() {
         .count();
     assert_eq!(faults, 1);
     assert!(downs >= 2, "both survivors saw node 1 go");
+}
+
+/// The simulator's tuning with pings every second: a big mesh pings every
+/// link ten times a second under `Tuning::fast()`, which is most of what
+/// such a run costs and nothing these tests look at.
+fn slow_pings() -> reign_proto::Tuning {
+    reign_proto::Tuning {
+        ping_interval: Duration::from_secs(1),
+        read_deadline: Duration::from_secs(5),
+        ..reign_proto::Tuning::fast()
+    }
+}
+
+#[test]
+fn over_256_members_with_ids_past_255_connect_and_deliver() {
+    // 260 members, the last of them id 65535: more members than one page
+    // of 256, ids whose high byte is not 0, and the highest id there is.
+    // Every member's spec lists all 260; 38 of them run (a full mesh of
+    // 260 takes minutes of CPU: `sim_scale -- 260 idle 65276` runs one),
+    // the others stay down and are dialled with backoff, so every table
+    // of a running node holds 260 members.
+    let nodes: u16 = 260;
+    let first_id = u16::MAX - (nodes - 1);
+    let wall = std::time::Instant::now();
+    let mut sim = Sim::new(SimConfig {
+        nodes,
+        first_id,
+        seed: 22,
+        tuning: slow_pings(),
+        ..SimConfig::default()
+    });
+    let all = sim.running();
+    assert_eq!(all.len(), usize::from(nodes));
+    assert_eq!(all.first(), Some(&NodeId(first_id)));
+    assert_eq!(all.last(), Some(&NodeId(u16::MAX)));
+    // Every 7th member runs, and the last (id 65535); the ids that run
+    // span the id 65280 where the table's page changes.
+    for (i, &id) in all.iter().enumerate() {
+        if i % 7 != 0 && id != NodeId(u16::MAX) {
+            sim.crash(id);
+        }
+    }
+    let ids = sim.running();
+    assert_eq!(ids.len(), 38);
+    let connected_after = reign_proto::sim::scale::connect(&mut sim);
+    for &id in &ids {
+        let members = sim.core(id).unwrap().members();
+        assert_eq!(members.len(), usize::from(nodes), "node {}", id.0);
+    }
+    // Around the ring and back: every node sends to the next and to the
+    // previous one.
+    let mut mailboxes = Vec::new();
+    for &id in &ids {
+        mailboxes.push(sim.node(id).new_mailbox());
+    }
+    let n = ids.len();
+    for (i, &from) in ids.iter().enumerate() {
+        for j in [(i + 1) % n, (i + n - 1) % n] {
+            let to = sim.node(from).address_of(mailboxes[j].0.id());
+            to.send(u64::from(from.0)).expect("send over an up link");
+        }
+    }
+    sim.run_for(Duration::from_millis(100));
+    for (j, (_, mailbox)) in mailboxes.iter().enumerate() {
+        let mut from: Vec<u64> = std::iter::from_fn(|| mailbox.try_recv().unwrap())
+            .map(|m| m.downcast::<u64>().unwrap())
+            .collect();
+        from.sort_unstable();
+        let mut expected = vec![
+            u64::from(ids[(j + 1) % n].0),
+            u64::from(ids[(j + n - 1) % n].0),
+        ];
+        expected.sort_unstable();
+        assert_eq!(from, expected, "node {} got {from:?}", ids[j].0);
+    }
+    // Idle for over two ping intervals: every link gave its buffers back
+    // (what stays is at most the last ping's and pong's few bytes each),
+    // and the members that never ran are still members.
+    sim.run_for(Duration::from_millis(2500));
+    let core = sim.core(NodeId(u16::MAX)).unwrap();
+    assert_eq!(core.members().len(), usize::from(nodes));
+    let peers = core.connected_peers();
+    assert_eq!(peers.len(), n - 1);
+    let held: usize = peers.iter().map(|&p| core.idle_buffer_bytes(p)).sum();
+    let per_link = held / peers.len();
+    eprintln!(
+        "{n} of {nodes} members: connected after {connected_after:?} (virtual), {:.1} s wall, {per_link} B of buffers per idle link",
+        wall.elapsed().as_secs_f64()
+    );
+    assert!(per_link <= 600, "{per_link} bytes of buffers per idle link");
+}
+
+#[test]
+fn a_link_gives_its_buffers_back_once_idle_and_keeps_them_while_busy() {
+    let mut sim = Sim::new(SimConfig {
+        nodes: 2,
+        seed: 7,
+        ..SimConfig::default()
+    });
+    sim.run_for(Duration::from_millis(500));
+    assert!(sim.fully_connected());
+    let (a, b) = (NodeId(0), NodeId(1));
+    let (addr, mailbox) = sim.node(b).new_mailbox();
+    let to_b = sim.node(a).address_of(addr.id());
+    // Traffic both ways fills the sender's queue, the receiver's decoder
+    // and, for the large message, its reassembly.
+    for _ in 0..200 {
+        to_b.send(serde_bytes::ByteBuf::from(vec![3u8; 2000]))
+            .unwrap();
+    }
+    to_b.send(serde_bytes::ByteBuf::from(vec![4u8; 300_000]))
+        .unwrap();
+    let busy = sim.core(a).unwrap().idle_buffer_bytes(b);
+    assert!(busy > 0, "a queue with messages holds memory");
+    // The most the receiving end held while the traffic arrived.
+    let mut receiving = 0;
+    for _ in 0..100 {
+        sim.run_for(Duration::from_millis(1));
+        receiving = receiving.max(sim.core(b).unwrap().idle_buffer_bytes(a));
+    }
+    let mut got = 0;
+    while let Ok(Some(_)) = mailbox.try_recv() {
+        got += 1;
+    }
+    assert_eq!(got, 201);
+    // Two ping intervals of quiet: both ends gave everything back but the
+    // last ping's and pong's bytes.
+    sim.run_for(Duration::from_millis(250));
+    let idle_a = sim.core(a).unwrap().idle_buffer_bytes(b);
+    let idle_b = sim.core(b).unwrap().idle_buffer_bytes(a);
+    eprintln!("busy sender {busy} B, receiving {receiving} B, idle {idle_a} B and {idle_b} B");
+    assert!(
+        receiving > 16 * 1024,
+        "the receiver's buffers grew with the traffic"
+    );
+    assert!(
+        idle_a <= 600 && idle_b <= 600,
+        "idle links hold {idle_a} and {idle_b} bytes"
+    );
+    // And the link works as before.
+    to_b.send(serde_bytes::ByteBuf::from(vec![5u8; 100]))
+        .unwrap();
+    sim.run_for(Duration::from_millis(50));
+    assert!(mailbox.try_recv().unwrap().is_some());
 }

@@ -9,6 +9,12 @@ use crate::id::MailboxId;
 /// Buffer growth step: one socket read's worth.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// The first allocation of an empty decoder (new, or given back with
+/// [`FrameDecoder::release`]): enough for the pings, pongs and small control
+/// frames of an idle link, so an idle link never holds a whole read chunk.
+/// A link that gets busy grows by [`READ_CHUNK`] from the second fill on.
+const FIRST_FILL: usize = 512;
+
 /// Splits a byte stream into frames.
 ///
 /// Input may arrive in chunks of any size, one byte at a time included.
@@ -52,7 +58,9 @@ impl FrameDecoder {
 
     /// Appends received bytes.
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.buf.capacity() - self.buf.len() < bytes.len() {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(bytes.len().max(FIRST_FILL));
+        } else if self.buf.capacity() - self.buf.len() < bytes.len() {
             // Grow by whole read chunks: frames handed out keep older
             // chunks alive, so the buffer moves on to fresh ones.
             self.buf.reserve(bytes.len().max(READ_CHUNK));
@@ -150,6 +158,19 @@ impl FrameDecoder {
         self.buf.capacity()
     }
 
+    /// Gives the buffer back to the allocator if it holds no partial frame
+    /// (a link gone idle); the next [`feed`](FrameDecoder::feed) allocates
+    /// again, small at first. Frames already handed out keep their own
+    /// bytes alive. Whether the buffer was given back.
+    pub fn release(&mut self) -> bool {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+            true
+        } else {
+            false
+        }
+    }
+
     /// The configured maximum frame length.
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
@@ -164,6 +185,39 @@ mod tests {
     use crate::id::{Incarnation, MailboxId, NodeId};
     use bytes::Bytes;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_idle_decoder_gives_its_buffer_back_and_a_partial_frame_keeps_it() {
+        let mut wire = Vec::new();
+        Frame::Ping(1).encode(&mut wire);
+        let mut decoder = FrameDecoder::new(1 << 20);
+        assert_eq!(decoder.capacity(), 0, "a new decoder holds nothing");
+        assert!(!decoder.release(), "nothing to give back");
+        // A ping on an idle link takes the small first fill, not a read chunk.
+        decoder.feed(&wire);
+        assert_eq!(decoder.capacity(), FIRST_FILL);
+        // Half a frame stays: releasing it would lose the stream's framing.
+        let mut two = wire.clone();
+        Frame::Pong(2).encode(&mut two);
+        decoder.feed(&two[..wire.len() + 3]);
+        assert_eq!(decoder.next_frame().unwrap(), Some(Frame::Ping(1)));
+        assert_eq!(decoder.next_frame().unwrap(), Some(Frame::Ping(1)));
+        assert_eq!(decoder.next_frame().unwrap(), None);
+        assert!(!decoder.release());
+        assert_eq!(decoder.buffered(), 3);
+        decoder.feed(&two[wire.len() + 3..]);
+        assert_eq!(decoder.next_frame().unwrap(), Some(Frame::Pong(2)));
+        // Everything read: the buffer goes back, and the next frame still decodes.
+        assert!(decoder.release());
+        assert_eq!(decoder.capacity(), 0);
+        decoder.feed(&wire);
+        assert_eq!(decoder.next_frame().unwrap(), Some(Frame::Ping(1)));
+        // A fill larger than the first step is taken whole.
+        assert!(decoder.release());
+        let big = vec![0u8; FIRST_FILL + 1];
+        decoder.feed(&big);
+        assert!(decoder.capacity() > FIRST_FILL);
+    }
 
     fn arb_id() -> impl Strategy<Value = MailboxId> {
         (any::<u16>(), any::<u64>(), any::<u64>()).prop_map(|(n, i, s)| MailboxId {

@@ -247,6 +247,36 @@ impl Conn {
         }
     }
 
+    /// Gives back the buffers an idle connection does not need (called at
+    /// each ping): the decoder's buffer if it holds no partial frame, the
+    /// control buffer if it is empty, and the spare outbox chunks. A buffer
+    /// that holds something stays; an empty one goes back even on a busy
+    /// connection, which grows it again (once per ping interval, a cost
+    /// too small to measure). A quiet connection holds none of them until
+    /// it has something to read or send again. What stays is rustls' own
+    /// (its receive buffer shrinks to 4 KiB by itself when nothing is
+    /// pending).
+    pub(crate) fn release_idle(&mut self) {
+        self.decoder.release();
+        if self.control_bytes.is_empty() {
+            self.control_bytes = Vec::new();
+        }
+        self.spare_chunks = Vec::new();
+    }
+
+    /// Bytes of buffer capacity the connection holds outside rustls (see
+    /// [`release_idle`](Conn::release_idle)).
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.decoder.capacity()
+            + self.control_bytes.capacity()
+            + self.spare_chunks.iter().map(Vec::capacity).sum::<usize>()
+            + self
+                .reassembly
+                .values()
+                .map(|r| r.buf.capacity())
+                .sum::<usize>()
+    }
+
     /// Queues a core-generated frame.
     pub(crate) fn queue_frame(&mut self, frame: &Frame) {
         frame.encode(&mut self.control_bytes);

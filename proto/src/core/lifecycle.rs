@@ -460,6 +460,15 @@ impl Core {
                 if conn.ping_failures >= tuning.max_ping_failures {
                     return Some(CloseReason::PingsUnanswered(conn.ping_failures));
                 }
+                // A ping interval is the moment to give back what an idle
+                // link does not need; a busy one keeps its buffers.
+                conn.release_idle();
+                if let Some(outbox) = conn
+                    .peer()
+                    .and_then(|p| self.node.inner.network().outbox(p))
+                {
+                    outbox.lock().release_idle();
+                }
                 conn.ping_nonce = conn.ping_nonce.wrapping_add(1);
                 conn.ping_outstanding = true;
                 let nonce = conn.ping_nonce;

@@ -461,6 +461,28 @@ impl Core {
             .unwrap_or(0)
     }
 
+    /// Bytes of buffer capacity the link to `peer` holds outside rustls:
+    /// the connection's frame decoder, control and spare buffers, partial
+    /// messages, and the peer's outbound queue. An idle link gives these
+    /// back at its next ping (see `Tuning::ping_interval`), so this is 0
+    /// for a link that stayed idle one ping interval, bar the last ping's
+    /// few bytes.
+    pub fn idle_buffer_bytes(&self, peer: NodeId) -> usize {
+        let conn = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.up)
+            .and_then(|c| self.conns.get(&c))
+            .map_or(0, |c| c.buffer_capacity());
+        let outbox = self
+            .node
+            .inner
+            .network()
+            .outbox(peer)
+            .map_or(0, |o| o.lock().capacity());
+        conn + outbox
+    }
+
     /// A new inbound connection. `label` (the remote socket address, say)
     /// only appears in logs.
     pub fn accept(&mut self, now: Instant, label: &str) -> Result<ConnId, AcceptError> {

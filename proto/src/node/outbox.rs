@@ -109,6 +109,12 @@ pub(crate) struct OutboxState {
 /// Bytes of small frames per chunk of the outbound queue.
 pub(crate) const SMALL_CHUNK: usize = 256 * 1024;
 
+/// The capacity a fresh chunk starts with; it doubles as frames arrive, up
+/// to [`SMALL_CHUNK`]. A few messages to a peer (most of a large cluster's
+/// peers, most of the time) must not reserve a whole chunk each; a busy
+/// peer's chunks reach full size once and are reused from then on.
+const FIRST_CHUNK: usize = 4 * 1024;
+
 /// Busy mailboxes remembered per peer. A peer naming more (only a
 /// misbehaving one would: each stands for a mailbox holding its share of
 /// unread bytes) is not remembered past it; sends to those mailboxes go
@@ -127,7 +133,7 @@ impl OutboxState {
             let chunk = self
                 .spare_chunks
                 .pop()
-                .unwrap_or_else(|| Vec::with_capacity(SMALL_CHUNK));
+                .unwrap_or_else(|| Vec::with_capacity(framed.clamp(FIRST_CHUNK, SMALL_CHUNK)));
             self.small.push_back(chunk);
         }
         self.small.back_mut().expect("just ensured")
@@ -136,6 +142,32 @@ impl OutboxState {
     /// Bytes waiting in all.
     pub(crate) fn queued(&self) -> usize {
         self.queued_small + self.queued_bulk
+    }
+
+    /// Gives the queue's memory back to the allocator if nothing waits in
+    /// it (a link gone idle; the core calls this at each ping). Whether
+    /// anything was given back.
+    pub(crate) fn release_idle(&mut self) -> bool {
+        if self.queued() > 0 || self.capacity() == 0 {
+            return false;
+        }
+        self.small = VecDeque::new();
+        self.spare_chunks = Vec::new();
+        self.lanes = VecDeque::new();
+        true
+    }
+
+    /// Bytes of memory the queue holds (capacity, used or not).
+    pub(crate) fn capacity(&self) -> usize {
+        let chunks: usize = self
+            .small
+            .iter()
+            .chain(&self.spare_chunks)
+            .map(Vec::capacity)
+            .sum();
+        chunks
+            + self.small.capacity() * std::mem::size_of::<Vec<u8>>()
+            + self.lanes.capacity() * std::mem::size_of::<Lane>()
     }
 
     /// Drops everything queued (the connection went down); returns how many
@@ -600,5 +632,73 @@ impl Network {
         state.queued_small += added;
         self.announce(outbox, state);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Incarnation;
+
+    fn dest() -> MailboxId {
+        MailboxId {
+            node: NodeId(300),
+            incarnation: Incarnation(1),
+            serial: 1,
+        }
+    }
+
+    #[test]
+    fn an_idle_queue_gives_its_memory_back_and_a_waiting_one_keeps_it() {
+        let network = Network::new([NodeId(300)], 1 << 20, 1 << 20, 1 << 20);
+        let outbox = network.outbox(NodeId(300)).expect("a member");
+        outbox.lock().connected = true;
+        assert_eq!(outbox.lock().capacity(), 0);
+        assert!(!outbox.lock().release_idle(), "nothing to give back");
+        // One small message reserves a small chunk, not a whole one.
+        let mut payload = vec![1u8; 10];
+        assert!(network
+            .push_message(outbox, dest(), TypeTag(1), &mut payload)
+            .is_ok());
+        let held = outbox.lock().capacity();
+        assert!(
+            held > 0 && held < SMALL_CHUNK,
+            "{held} bytes for one message"
+        );
+        // Queued bytes are never given back.
+        assert!(!outbox.lock().release_idle());
+        assert_eq!(outbox.lock().queued(), 10 + DATA_HEADER_LEN);
+        // Drained (as the core drains it): the chunk goes to the spares,
+        // and the next idle check gives everything back.
+        {
+            let mut state = outbox.lock();
+            let mut chunk = state.small.pop_front().expect("one chunk");
+            state.queued_small = 0;
+            chunk.clear();
+            state.spare_chunks.push(chunk);
+        }
+        assert!(outbox.lock().capacity() > 0);
+        assert!(outbox.lock().release_idle());
+        assert_eq!(outbox.lock().capacity(), 0);
+        // And the queue works as before.
+        let mut payload = vec![2u8; 10];
+        assert!(network
+            .push_message(outbox, dest(), TypeTag(1), &mut payload)
+            .is_ok());
+        assert_eq!(outbox.lock().queued(), 10 + DATA_HEADER_LEN);
+    }
+
+    #[test]
+    fn outboxes_of_ids_past_255_are_distinct_and_found() {
+        // Ids across pages, the first and last of a page, and the last id.
+        let ids = [255u16, 256, 511, 512, 4095, 65_280, u16::MAX];
+        let network = Network::new(ids.map(NodeId), 1 << 20, 1 << 20, 1 << 20);
+        for id in ids {
+            assert_eq!(network.outbox(NodeId(id)).map(|o| o.peer), Some(NodeId(id)));
+        }
+        assert!(network.outbox(NodeId(257)).is_none());
+        assert!(network.outbox(NodeId(0)).is_none());
+        let listed: Vec<u16> = network.outboxes().map(|o| o.peer.0).collect();
+        assert_eq!(listed, ids.to_vec());
     }
 }

@@ -41,8 +41,12 @@ use crate::spec::{ClusterSpec, Tuning};
 /// How a simulation is set up.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// Nodes, numbered from 0.
+    /// Nodes, numbered from [`first_id`](SimConfig::first_id).
     pub nodes: u16,
+    /// The id of the first node; the others follow it. Any value whose
+    /// last node still fits in 16 bits works: nothing in a node is sized
+    /// for 256 peers or indexed by the low byte of an id.
+    pub first_id: u16,
     /// Seed of every random choice.
     pub seed: u64,
     /// One-way latency of every link.
@@ -65,6 +69,7 @@ impl Default for SimConfig {
     fn default() -> SimConfig {
         SimConfig {
             nodes: 3,
+            first_id: 0,
             seed: 1,
             latency: Duration::from_micros(200),
             jitter: Duration::from_micros(100),
@@ -178,14 +183,25 @@ pub struct Sim {
     dirty: BTreeSet<NodeId>,
     /// Each running node's next timeout, as of its last poll.
     timeouts: BTreeMap<NodeId, Instant>,
+    /// Ciphertext bytes every node handed to the network, all together.
+    transmitted: u64,
 }
 
 impl Sim {
     /// A cluster of `config.nodes` nodes, each started at virtual time zero.
     pub fn new(config: SimConfig) -> Sim {
         let ca = ClusterCa::generate().expect("generate a CA");
+        assert!(
+            u32::from(config.first_id) + u32::from(config.nodes) <= 1 << 16,
+            "node ids are 16 bits: {} nodes from id {} do not fit",
+            config.nodes,
+            config.first_id
+        );
         let addresses: Vec<(NodeId, String)> = (0..config.nodes)
-            .map(|i| (NodeId(i), format!("127.0.0.1:{}", 20000 + i)))
+            .map(|i| {
+                let port = 20000 + u32::from(i);
+                (NodeId(config.first_id + i), format!("127.0.0.1:{port}"))
+            })
             .collect();
         let start = Instant::now();
         let mut sim = Sim {
@@ -204,6 +220,7 @@ impl Sim {
             addresses: addresses.iter().map(|(id, a)| (a.clone(), *id)).collect(),
             dirty: BTreeSet::new(),
             timeouts: BTreeMap::new(),
+            transmitted: 0,
             config,
         };
         for (id, _) in &addresses {
@@ -312,6 +329,20 @@ impl Sim {
     /// The current virtual instant.
     pub fn now(&self) -> Instant {
         self.now
+    }
+
+    /// Ciphertext bytes all nodes together handed to the network so far
+    /// (TLS handshakes, pings, gossip and messages alike).
+    pub fn bytes_transmitted(&self) -> u64 {
+        self.transmitted
+    }
+
+    /// Dials made so far, by all nodes together.
+    pub fn dials(&self) -> usize {
+        self.trace
+            .iter()
+            .filter(|e| matches!(e, TraceEvent::Dial { .. }))
+            .count()
     }
 
     /// Everything that happened so far.
@@ -587,6 +618,7 @@ impl Sim {
             }
             Output::Transmit { conn, data } => {
                 let len = data.len();
+                self.transmitted += len as u64;
                 let start = self
                     .busy_until
                     .get(&(id, conn))
