@@ -12,7 +12,9 @@
 # The anchors are looked for in ../shared/anchors next to the checkout (or
 # REIGN_ANCHORS); without them (a fresh clone) only reign's own figures are
 # measured, and the script says which folder it missed. The build goes to
-# CARGO_TARGET_DIR when set, else target/ in the checkout.
+# CARGO_TARGET_DIR when set, else target/ in the checkout. The latency
+# distributions and throughput bars are drawn into benchmarks.svg next to
+# BENCHMARKS.md (bench/src/plot.rs).
 #
 # Everything binds 127.0.0.1 only and stops the processes it started.
 set -euo pipefail
@@ -73,3 +75,5 @@ if [ -z "${SKIP_ANCHORS:-}" ] && [ -f "$SUMMARIZE" ]; then
 else
   python3 "$ROOT/bench/table.py" "$RESULTS" | tee "$WORK/table.md"
 fi
+# The picture next to BENCHMARKS.md: latency distributions and throughput.
+"$TARGET_DIR/release/reign-plot" "$RESULTS" "$ROOT/benchmarks.svg" && echo "picture: $ROOT/benchmarks.svg" >&2

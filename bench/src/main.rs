@@ -80,6 +80,15 @@ enum Command {
         #[arg(long, default_value_t = 2_000)]
         requests: usize,
     },
+    /// One node flooding N peers at once (the one-driver ceiling).
+    Spread {
+        /// Peers flooded at once, one sending thread each.
+        #[arg(long, default_value_t = 2)]
+        peers: u16,
+        /// Messages per peer.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
+    },
     /// Publications fanned out to subscribers on another node.
     Pubsub {
         /// Subscribers on the other node.
@@ -126,6 +135,7 @@ fn main() {
         Command::TcpPingpong { round_trips } => scenarios::tcp_pingpong(round_trips),
         Command::Reqrep { requests } => scenarios::reqrep(requests),
         Command::Loaded { requests } => scenarios::loaded(requests),
+        Command::Spread { peers, messages } => scenarios::spread(peers, messages),
         Command::Pubsub {
             subscribers,
             messages,

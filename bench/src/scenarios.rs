@@ -92,6 +92,7 @@ pub fn all() -> Result {
     runs.push(vec!["pingpong".into()]);
     runs.push(vec!["tcp-pingpong".into()]);
     runs.push(vec!["reqrep".into()]);
+    runs.push(vec!["loaded".into()]);
     for (subscribers, messages) in [(1u64, 1_000_000u64), (10, 200_000), (100, 20_000)] {
         runs.push(vec![
             "pubsub".into(),
@@ -780,6 +781,75 @@ pub fn loaded(requests: usize) -> Result {
             percentile(&idle, 0.5)
         );
         wait_counted(&cluster, sent).await?;
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+// ----- many cores ------------------------------------------------------------------
+
+/// `reign-bench spread --peers N`: node 0 floods a mailbox on each of `N`
+/// child nodes at once (one sending thread per peer, 64-byte messages),
+/// to show where one node's single driver task caps its output; compare
+/// `--peers 1` and `--peers 2` in the same run.
+pub fn spread(peers: u16, messages: u64) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(peers).await?;
+        let data = ByteBuf::from(vec![0x5a; 64]);
+        let mut sinks = Vec::new();
+        for of in 1..=peers {
+            sinks.push(
+                cluster
+                    .node
+                    .lookup(&protocol::control_name(of))
+                    .ok_or("no sink")?,
+            );
+        }
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for to in sinks {
+            let data = data.clone();
+            senders.push(tokio::task::spawn_blocking(move || {
+                send_all(&to, messages, |seq| Bulk {
+                    from: 0,
+                    seq,
+                    data: data.clone(),
+                })
+            }));
+        }
+        for sender in senders {
+            sender.await.map_err(|e| e.to_string())??;
+        }
+        for of in 1..=peers {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let report = cluster.stats(of).await?;
+                if report
+                    .counted
+                    .get(&0)
+                    .is_some_and(|s| s.received >= messages)
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("node {of} did not count {messages}"));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let total = messages * u64::from(peers);
+        line(&[
+            ("name", format!("reign_spread_{peers}")),
+            ("peers", peers.to_string()),
+            ("payload_b", "64".into()),
+            ("msgs_per_s", rate(total as f64, secs)),
+            ("secs", format!("{secs:.2}")),
+        ]);
+        eprintln!(
+            "one node to {peers} peer(s) at once: {:.0} msg/s in all",
+            total as f64 / secs
+        );
         cluster.stop().await;
         Ok(())
     })
