@@ -51,17 +51,17 @@ for round in $(seq "$ROUNDS"); do
   echo "# round=$round load=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RESULTS"
   "$BENCH" all 2>>"$LOG" | sed "s/^/round=$round /" >>"$RESULTS" || echo "round=$round name=reign_all error=some_scenario_failed" >>"$RESULTS"
   if [ -z "${SKIP_ANCHORS:-}" ]; then
-    echo "== round $round of $ROUNDS: Erlang distribution" >&2
     # Per-run lines go to stderr as "run=1 name=…": keep those (raw values).
-    "$WORK/anchors/erlang_bench.sh" all 1 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
-    echo "== round $round of $ROUNDS: NATS" >&2
-    "$WORK/anchors/nats_bench.sh" all 1 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
-    if [ -x "$WORK/anchors/goreign_bench.sh" ]; then
-      echo "== round $round of $ROUNDS: Go reign" >&2
-      "$WORK/anchors/goreign_bench.sh" 1 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
-    else
-      echo "== round $round of $ROUNDS: no goreign_bench.sh among the anchors, Go reign skipped" >&2
-    fi
+    for anchor in "Erlang distribution:erlang_bench.sh:all 1" "NATS:nats_bench.sh:all 1" "Go reign:goreign_bench.sh:1"; do
+      IFS=: read -r what script args <<<"$anchor"
+      if [ -x "$WORK/anchors/$script" ]; then
+        echo "== round $round of $ROUNDS: $what" >&2
+        # shellcheck disable=SC2086 # the arguments are words
+        "$WORK/anchors/$script" $args 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
+      else
+        echo "== round $round of $ROUNDS: no $script among the anchors, $what skipped" >&2
+      fi
+    done
   fi
 done
 
