@@ -246,8 +246,9 @@ impl<R: Runtime> Driver<R> {
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut complete = true;
+        let mut produced = false;
         for _ in 0..INLINE_ROUNDS {
-            let mut produced = false;
+            produced = false;
             while let Some(output) = self.core.poll_output(now) {
                 match output {
                     Output::Transmit { conn, data } => {
@@ -289,6 +290,11 @@ impl<R: Runtime> Driver<R> {
                 self.conns.remove(&id);
             }
             self.last_transmit = Some(Instant::now());
+        }
+        if produced {
+            // The last round still had output: more may be queued, and its
+            // peer stays listed, so no later send would announce it.
+            complete = false;
         }
         if self
             .core

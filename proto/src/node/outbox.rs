@@ -5,7 +5,9 @@
 //! A remote send encodes in the caller's thread and appends the finished
 //! frame to the peer's queue under that queue's own lock; the core, owned by
 //! the driver, later takes everything queued at once and encrypts it into as
-//! few TLS records as possible. Large messages wait in per-mailbox lanes and
+//! few TLS records as possible. When the driver is not working and the link
+//! is idle, the sending thread may take the core for that moment and write
+//! the output itself (the driver's inline transmit, [`WakeSignal::set_inline`]). Large messages wait in per-mailbox lanes and
 //! leave in fragments, round-robin with everything else, so they never hold
 //! up pings, control traffic or small messages to other mailboxes.
 
