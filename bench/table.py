@@ -95,6 +95,8 @@ def spread(g):
 
 # (comparison, our name, key, reference name, key, better)
 PAIRS = [
+    ("one hop in one process, µs/op, vs Go reign (BenchmarkMinimalMessageSend)", "reign_hop", "us_per_op", "goreign_hop", "us_per_op", "lower"),
+    ("one hop in one process, µs/op, vs raw TCP one-way hop", "reign_hop", "us_per_op", "tcp_hop", "us_per_op", "lower"),
     ("one-way 64 B msg/s, 2 processes", "reign_oneway_64", "msgs_per_s", "erlang_dist_oneway", "msgs_per_s", "higher"),
     ("one-way 64 B msg/s vs NATS pub/sub (lossless)", "reign_oneway_64", "msgs_per_s", "nats_pubsub", "msgs_per_s", "higher"),
     ("one-way 64 B flood: sender peak RSS KiB", "reign_oneway_64", "peak_rss_kb_a", "erlang_dist_oneway", "peak_rss_kb_a", "lower"),
@@ -105,14 +107,19 @@ PAIRS = [
     ("round trip 64 B mean µs vs Erlang", "reign_pingpong", "mean_us", "erlang_dist_pingpong", "mean_us", "lower"),
     ("request/reply 64 B p50 µs vs NATS", "reign_reqrep", "p50_us", "nats_reqrep", "p50_us", "lower"),
     ("request/reply 64 B p99 µs vs NATS", "reign_reqrep", "p99_us", "nats_reqrep", "p99_us", "lower"),
+    ("request/reply p50 µs under a 64 B flood on the same link vs unloaded", "reign_reqrep_loaded", "p50_us", "reign_reqrep_unloaded", "p50_us", "lower"),
     ("local 1→1 msg/s vs tokio mpsc", "reign_local_1to1", "msgs_per_s", "tokio_mpsc_1to1", "msgs_per_s", "higher"),
     ("local 2→1 msg/s vs tokio mpsc", "reign_local_2to1", "msgs_per_s", "tokio_mpsc_2to1", "msgs_per_s", "higher"),
     ("local 1→1 msg/s vs Erlang local", "reign_local_1to1", "msgs_per_s", "erlang_local_oneway", "msgs_per_s", "higher"),
-    ("pub/sub 1 subscriber, delivered msg/s vs NATS pub/sub (lossless)", "reign_pubsub_1", "deliveries_per_s", "nats_pubsub", "msgs_per_s", "higher"),
+    ("pub/sub 64 B, 1 subscriber, delivered msg/s vs NATS pub/sub 64 B (lossless)", "reign_pubsub_1", "deliveries_per_s", "nats_pubsub", "msgs_per_s", "higher"),
     ("10,000 names visible on the peer(s), s, vs Erlang global", "reign_registry", "visible_on_b_secs", "erlang_global_register", "visible_on_b_secs", "lower"),
 ]
 
 OURS = [
+    ("reign_hop", ["us_per_op", "p50_us", "p99_us", "p999_us"]),
+    ("tcp_hop", ["us_per_op", "p50_us", "p99_us", "p999_us"]),
+    ("goreign_hop", ["us_per_op"]),
+    ("goreign_registry_cycle", ["us_per_op"]),
     ("reign_oneway_64", ["msgs_per_s", "MB_per_s", "peak_rss_kb_a", "peak_rss_kb_b", "full_retries"]),
     ("reign_oneway_1024", ["msgs_per_s", "MB_per_s", "peak_rss_kb_a", "peak_rss_kb_b"]),
     ("reign_oneway_4096", ["msgs_per_s", "MB_per_s", "peak_rss_kb_a", "peak_rss_kb_b"]),
@@ -120,6 +127,8 @@ OURS = [
     ("reign_pingpong", ["p50_us", "p99_us", "p999_us", "mean_us"]),
     ("tcp_pingpong", ["p50_us", "p99_us", "p999_us", "mean_us"]),
     ("reign_reqrep", ["p50_us", "p99_us", "p999_us", "mean_us"]),
+    ("reign_reqrep_unloaded", ["p50_us", "p99_us", "p999_us"]),
+    ("reign_reqrep_loaded", ["p50_us", "p99_us", "p999_us", "failed", "flood_msgs_per_s"]),
     ("reign_local_1to1", ["msgs_per_s"]),
     ("tokio_mpsc_1to1", ["msgs_per_s"]),
     ("reign_local_2to1", ["msgs_per_s"]),
@@ -161,6 +170,16 @@ def targets(f):
         verdict = "—" if ok is None else ("**met**" if ok else "**missed**")
         out.append((what, value_text, verdict))
 
+    hop = f.med("reign_hop", "us_per_op")
+    r = ratio(hop, f.med("goreign_hop", "us_per_op"))
+    add("one hop in one process ≤ 0.67x Go reign (issue 17)", f"{r:.2f}x" if r else "—",
+        None if r is None else r <= 0.67)
+    r = ratio(hop, f.med("tcp_hop", "us_per_op"))
+    add("… ≤ 1.1x a raw loopback TCP one-way hop", f"{r:.2f}x" if r else "—",
+        None if r is None else r <= 1.1)
+    r = ratio(f.med("reign_reqrep", "p50_us"), f.med("nats_reqrep", "p50_us"))
+    add("request/reply p50 ≤ 0.5x NATS (issue 17)", f"{r:.2f}x" if r else "—",
+        None if r is None else r <= 0.5)
     one = f.med("reign_oneway_64", "msgs_per_s")
     add("one-way 64 B over mTLS ≥ 5M msg/s", fmt(one) + " msg/s" if one else "—",
         None if one is None else one >= 5e6)

@@ -52,6 +52,16 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         round_trips: usize,
     },
+    /// One hop inside one process (Go reign's BenchmarkMinimalMessageSend
+    /// shape), beside a raw loopback TCP one-way hop.
+    Hop {
+        /// Hops per round.
+        #[arg(long, default_value_t = 10_000)]
+        hops: usize,
+        /// Rounds, reign and raw TCP interleaved.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Raw TCP 64-byte ping-pong on loopback: the floor for latency.
     TcpPingpong {
         /// Round trips.
@@ -63,6 +73,21 @@ enum Command {
         /// Sequential requests.
         #[arg(long, default_value_t = 20_000)]
         requests: usize,
+    },
+    /// Request/reply latency while another thread floods the same link.
+    Loaded {
+        /// Requests measured, unloaded and then under the flood.
+        #[arg(long, default_value_t = 2_000)]
+        requests: usize,
+    },
+    /// One node flooding N peers at once (the one-driver ceiling).
+    Spread {
+        /// Peers flooded at once, one sending thread each.
+        #[arg(long, default_value_t = 2)]
+        peers: u16,
+        /// Messages per peer.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: u64,
     },
     /// Publications fanned out to subscribers on another node.
     Pubsub {
@@ -106,8 +131,11 @@ fn main() {
         Command::Local { messages } => scenarios::local(messages),
         Command::Oneway { size, messages } => scenarios::oneway(size, messages),
         Command::Pingpong { round_trips } => scenarios::pingpong(round_trips),
+        Command::Hop { hops, rounds } => scenarios::hop(hops, rounds),
         Command::TcpPingpong { round_trips } => scenarios::tcp_pingpong(round_trips),
         Command::Reqrep { requests } => scenarios::reqrep(requests),
+        Command::Loaded { requests } => scenarios::loaded(requests),
+        Command::Spread { peers, messages } => scenarios::spread(peers, messages),
         Command::Pubsub {
             subscribers,
             messages,

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use reign_cli::protocol::{self, AddSubscribers, Bulk, Event, NameSeen, Ping, WatchName};
+use reign_cli::protocol::{self, AddSubscribers, Bulk, NameSeen, Ping, WatchName};
 use reign_proto::{Address, Incarnation, NodeId, SendError};
 use reign_tokio::{MailboxExt, Node};
 use serde_bytes::ByteBuf;
@@ -88,9 +88,11 @@ pub fn all() -> Result {
     for size in [64, 1024, 4096, 65536] {
         runs.push(vec!["oneway".into(), "--size".into(), size.to_string()]);
     }
+    runs.push(vec!["hop".into()]);
     runs.push(vec!["pingpong".into()]);
     runs.push(vec!["tcp-pingpong".into()]);
     runs.push(vec!["reqrep".into()]);
+    runs.push(vec!["loaded".into()]);
     for (subscribers, messages) in [(1u64, 1_000_000u64), (10, 200_000), (100, 20_000)] {
         runs.push(vec![
             "pubsub".into(),
@@ -368,6 +370,10 @@ pub fn reqrep(requests: usize) -> Result {
     })
 }
 
+/// Payload bytes of a publication: the NATS anchor's size, so the two
+/// compare at the same size.
+const PUBSUB_PAYLOAD: usize = 64;
+
 pub fn pubsub(subscribers: u32, messages: u64) -> Result {
     runtime()?.block_on(async move {
         let cluster = Cluster::start(1).await?;
@@ -384,10 +390,16 @@ pub fn pubsub(subscribers: u32, messages: u64) -> Result {
         cluster.stats(1).await?;
         let started = Instant::now();
         let node = cluster.node.clone();
+        let data = ByteBuf::from(vec![0x5a; PUBSUB_PAYLOAD]);
         tokio::task::spawn_blocking(move || -> Result {
             let mut seq = 0;
             while seq < messages {
-                match node.publish(topic, Event { seq }) {
+                let event = Bulk {
+                    from: 0,
+                    seq,
+                    data: data.clone(),
+                };
+                match node.publish(topic, event) {
                     Ok(()) => seq += 1,
                     Err(e) => return Err(e.to_string()),
                 }
@@ -416,7 +428,7 @@ pub fn pubsub(subscribers: u32, messages: u64) -> Result {
         line(&[
             ("name", format!("reign_pubsub_{subscribers}")),
             ("subscribers", subscribers.to_string()),
-            ("payload_b", "16".into()),
+            ("payload_b", PUBSUB_PAYLOAD.to_string()),
             ("msgs_per_s", rate(messages as f64, secs)),
             ("deliveries_per_s", rate(delivered as f64, secs)),
             ("dropped", dropped.to_string()),
@@ -519,33 +531,7 @@ pub fn alloc() -> Result {
     });
     // Remote: two nodes in this process, every thread counted, steady state.
     let remote = runtime()?.block_on(async {
-        let ca = reign_proto::certgen::ClusterCa::generate().map_err(|e| e.to_string())?;
-        let ports: Vec<String> = (0..2)
-            .map(|_| {
-                TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .map(|a| a.to_string())
-                    .map_err(|e| e.to_string())
-            })
-            .collect::<Result<_>>()?;
-        let addrs = vec![(NodeId(0), ports[0].clone()), (NodeId(1), ports[1].clone())];
-        let a = Node::start(
-            &ca.inline_spec(NodeId(0), &addrs)
-                .map_err(|e| e.to_string())?,
-            NodeId(0),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let b = Node::start(
-            &ca.inline_spec(NodeId(1), &addrs)
-                .map_err(|e| e.to_string())?,
-            NodeId(1),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if !a.wait_for_peers(&[NodeId(1)], WAIT).await {
-            return Err("nodes did not connect".into());
-        }
+        let (a, b) = two_nodes().await?;
         let (sink, sink_box) = b.new_mailbox();
         let to = a.address_of(sink.id());
         let batch = 100_000u64;
@@ -576,4 +562,295 @@ pub fn alloc() -> Result {
         local as f64 / n as f64
     );
     Ok(())
+}
+
+// ----- one hop inside one process ---------------------------------------------
+
+/// Starts two nodes in this process over mutual TLS on 127.0.0.1 and
+/// waits until they are connected.
+async fn two_nodes() -> Result<(Node, Node)> {
+    let ca = reign_proto::certgen::ClusterCa::generate().map_err(|e| e.to_string())?;
+    let ports: Vec<String> = (0..2)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.to_string())
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_>>()?;
+    let addrs = vec![(NodeId(0), ports[0].clone()), (NodeId(1), ports[1].clone())];
+    let a = Node::start(
+        &ca.inline_spec(NodeId(0), &addrs)
+            .map_err(|e| e.to_string())?,
+        NodeId(0),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let b = Node::start(
+        &ca.inline_spec(NodeId(1), &addrs)
+            .map_err(|e| e.to_string())?,
+        NodeId(1),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if !a.wait_for_peers(&[NodeId(1)], WAIT).await || !b.wait_for_peers(&[NodeId(0)], WAIT).await {
+        return Err("nodes did not connect".into());
+    }
+    Ok((a, b))
+}
+
+/// Hops measured per round of [`hop`] (after [`HOP_WARMUP`]).
+const HOP_WARMUP: usize = 1000;
+
+/// One round of the Go reign shape: node 1 sends a 64-byte message to a
+/// mailbox of node 0 and the same task receives it; the time per hop.
+async fn reign_hop_round(a: &Node, b: &Node, hops: usize) -> Result<Vec<Duration>> {
+    let (here, inbox) = a.new_mailbox();
+    let there = b.address_of(here.id());
+    let data = ByteBuf::from(vec![0x5a; 64]);
+    let mut samples = Vec::with_capacity(hops);
+    for i in 0..hops + HOP_WARMUP {
+        let t = Instant::now();
+        there.send(data.clone()).map_err(|e| e.to_string())?;
+        inbox.recv_timeout(WAIT).await.map_err(|e| e.to_string())?;
+        if i >= HOP_WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+/// One round of a raw TCP one-way hop on loopback in one thread: write 64
+/// bytes on one end, read them on the other (no TLS, no other thread).
+fn tcp_hop_round(hops: usize) -> Result<Vec<Duration>> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let mut tx = TcpStream::connect(listener.local_addr().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let (mut rx, _) = listener.accept().map_err(|e| e.to_string())?;
+    tx.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut buf = [7u8; 64];
+    let mut samples = Vec::with_capacity(hops);
+    for i in 0..hops + HOP_WARMUP {
+        let t = Instant::now();
+        tx.write_all(&buf).map_err(|e| e.to_string())?;
+        rx.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        if i >= HOP_WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+fn mean_us(samples: &[Duration]) -> f64 {
+    samples.iter().map(Duration::as_secs_f64).sum::<f64>() / samples.len() as f64 * 1e6
+}
+
+/// `reign-bench hop`: Go reign's `BenchmarkMinimalMessageSend` shape (two
+/// nodes in this process, node 1 sends to a mailbox of node 0, the same
+/// task receives), interleaved round by round with a raw loopback TCP
+/// one-way hop in this process. Prints µs per op (the mean, as Go's
+/// ns/op) and the percentiles of all rounds.
+pub fn hop(hops: usize, rounds: usize) -> Result {
+    runtime()?.block_on(async move {
+        let (a, b) = two_nodes().await?;
+        let mut ours = Vec::new();
+        let mut raw = Vec::new();
+        let mut our_means = Vec::new();
+        let mut raw_means = Vec::new();
+        for _ in 0..rounds.max(1) {
+            let round = reign_hop_round(&a, &b, hops).await?;
+            our_means.push(mean_us(&round));
+            ours.extend(round);
+            let round = tokio::task::spawn_blocking(move || tcp_hop_round(hops))
+                .await
+                .map_err(|e| e.to_string())??;
+            raw_means.push(mean_us(&round));
+            raw.extend(round);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (ours_us, raw_us) = (median(&mut our_means), median(&mut raw_means));
+        for (name, per_op, samples) in [
+            ("reign_hop", ours_us, &mut ours),
+            ("tcp_hop", raw_us, &mut raw),
+        ] {
+            let mut fields = vec![
+                ("name", name.to_string()),
+                ("payload_b", "64".into()),
+                ("us_per_op", format!("{per_op:.2}")),
+            ];
+            fields.extend(latency_fields(samples));
+            line(&fields);
+        }
+        eprintln!(
+            "one hop: reign {ours_us:.1} µs/op, raw TCP one-way {raw_us:.1} µs/op ({:.2}x)",
+            ours_us / raw_us
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+        Ok(())
+    })
+}
+
+// ----- latency under load ------------------------------------------------------
+
+/// `reign-bench loaded`: request/reply latency to the echo service on node
+/// 1 while another thread floods node 1's control mailbox with 64-byte
+/// messages over the same link, beside the same requests without the
+/// flood (in the same process, before it starts). A request refused at
+/// once (`Full`) counts as failed, not as a sample.
+pub fn loaded(requests: usize) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(1).await?;
+        let sink = cluster
+            .node
+            .lookup(&protocol::control_name(1))
+            .ok_or("no sink")?;
+        let payload = ByteBuf::from(vec![1u8; 64]);
+        let measure = |n: usize| {
+            let node = cluster.node.clone();
+            let payload = payload.clone();
+            async move {
+                let mut samples = Vec::with_capacity(n);
+                let mut failed = 0u64;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while samples.len() < n && Instant::now() < deadline {
+                    let t = Instant::now();
+                    match node.request(protocol::ECHO, payload.clone(), WAIT).await {
+                        Ok(_) => samples.push(t.elapsed()),
+                        Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_micros(100)).await;
+                        }
+                    }
+                }
+                (samples, failed)
+            }
+        };
+        let (mut idle, _) = measure(requests).await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = {
+            let stop = stop.clone();
+            let to = sink.clone();
+            let data = ByteBuf::from(vec![0x5a; 64]);
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut seq = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let n = 10_000;
+                    send_all(&to, n, |i| Bulk {
+                        from: 0,
+                        seq: seq + i,
+                        data: data.clone(),
+                    })?;
+                    seq += n;
+                }
+                Ok::<_, String>((seq, started.elapsed()))
+            })
+        };
+        // Let the flood fill the queue first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (mut busy, failed) = measure(requests).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (sent, secs) = flood.join().map_err(|_| "the flood panicked")??;
+        if idle.is_empty() || busy.is_empty() {
+            return Err(format!("no samples (idle {}, under load {})", idle.len(), busy.len()));
+        }
+        let mut fields = vec![
+            ("name", "reign_reqrep_loaded".to_string()),
+            ("payload_b", "64".into()),
+        ];
+        fields.extend(latency_fields(&mut busy));
+        fields.push(("failed", failed.to_string()));
+        fields.push(("flood_msgs_per_s", rate(sent as f64, secs.as_secs_f64())));
+        line(&fields);
+        let mut fields = vec![
+            ("name", "reign_reqrep_unloaded".to_string()),
+            ("payload_b", "64".into()),
+        ];
+        fields.extend(latency_fields(&mut idle));
+        line(&fields);
+        eprintln!(
+            "request/reply under a 64 B flood: p50 {:.1} µs, p99 {:.1} µs ({} failed at once; the flood sent {:.0} msg/s); unloaded p50 {:.1} µs",
+            percentile(&busy, 0.5),
+            percentile(&busy, 0.99),
+            failed,
+            sent as f64 / secs.as_secs_f64(),
+            percentile(&idle, 0.5)
+        );
+        wait_counted(&cluster, sent).await?;
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+// ----- many cores ------------------------------------------------------------------
+
+/// `reign-bench spread --peers N`: node 0 floods a mailbox on each of `N`
+/// child nodes at once (one sending thread per peer, 64-byte messages),
+/// to show where one node's single driver task caps its output; compare
+/// `--peers 1` and `--peers 2` in the same run.
+pub fn spread(peers: u16, messages: u64) -> Result {
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(peers).await?;
+        let data = ByteBuf::from(vec![0x5a; 64]);
+        let mut sinks = Vec::new();
+        for of in 1..=peers {
+            sinks.push(
+                cluster
+                    .node
+                    .lookup(&protocol::control_name(of))
+                    .ok_or("no sink")?,
+            );
+        }
+        let started = Instant::now();
+        let mut senders = Vec::new();
+        for to in sinks {
+            let data = data.clone();
+            senders.push(tokio::task::spawn_blocking(move || {
+                send_all(&to, messages, |seq| Bulk {
+                    from: 0,
+                    seq,
+                    data: data.clone(),
+                })
+            }));
+        }
+        for sender in senders {
+            sender.await.map_err(|e| e.to_string())??;
+        }
+        for of in 1..=peers {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let report = cluster.stats(of).await?;
+                if report
+                    .counted
+                    .get(&0)
+                    .is_some_and(|s| s.received >= messages)
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("node {of} did not count {messages}"));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let total = messages * u64::from(peers);
+        line(&[
+            ("name", format!("reign_spread_{peers}")),
+            ("peers", peers.to_string()),
+            ("payload_b", "64".into()),
+            ("msgs_per_s", rate(total as f64, secs)),
+            ("secs", format!("{secs:.2}")),
+        ]);
+        eprintln!(
+            "one node to {peers} peer(s) at once: {:.0} msg/s in all",
+            total as f64 / secs
+        );
+        cluster.stop().await;
+        Ok(())
+    })
 }

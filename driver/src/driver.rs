@@ -8,6 +8,17 @@
 //! cannot take more keeps its unwritten transmits; the core caps ciphertext
 //! in flight per connection, so that queue stays small. Only dialling and
 //! accepting run in tasks of their own.
+//!
+//! **Inline transmit.** The driver's state sits behind a mutex that the
+//! driver task takes while it works and drops while it sleeps. A user
+//! thread that queued output for an idle link takes it (`try_lock`, never
+//! waiting) and writes the output into the socket itself
+//! ([`Driver::transmit_inline`]): one wake-up less per message on the
+//! latency path, and one party owns the core at a time. Whatever needs the
+//! driver (a socket that would block, an output other than a transmit, an
+//! earlier deadline) makes it return false, and the driver is woken as
+//! before. A link that transmitted within [`INLINE_IDLE`] is left to the
+//! driver, which coalesces a burst into few TLS records.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -17,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use futures_lite::StreamExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use reign_proto::{
     ConnId, Core, Event, Input, Output, ReloadError, Reloaded, ResolvedSpec, WakeSignal,
@@ -33,6 +44,15 @@ const READ_CHUNK: usize = 64 * 1024;
 const READS_PER_TURN: usize = 4;
 /// Events (new sockets) that may wait for the driver.
 pub(crate) const EVENT_BACKLOG: usize = 64;
+/// A node that transmitted more recently than this is busy: its output is
+/// left to the driver, which coalesces a burst of sends into few TLS
+/// records and writes, instead of one record and one write per send in the
+/// senders' threads. Shorter than one hop on loopback (about 10 µs at
+/// best), so request/reply, ping-pong and one-hop traffic go inline.
+const INLINE_IDLE: Duration = Duration::from_micros(5);
+/// Rounds of transmit → write → `Written` an inline transmit may take
+/// before it leaves the rest to the driver.
+const INLINE_ROUNDS: usize = 4;
 /// How long a closing connection may keep flushing what it has and then
 /// wait for the peer to close its side (bounds a peer that does not read).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -113,6 +133,15 @@ pub(crate) struct Driver<R: Runtime> {
     /// time in this task and the core copies what it keeps, so a buffer
     /// per socket would only cost an idle link [`READ_CHUNK`] bytes.
     read_buf: Vec<u8>,
+    /// Outputs an inline transmit met that only the driver may carry out
+    /// (dials, closes, events), in order, for its next pump.
+    deferred: VecDeque<Output>,
+    /// When the core last produced a transmit (see [`INLINE_IDLE`]).
+    last_transmit: Option<Instant>,
+    /// The deadline the driver sleeps until, while it sleeps.
+    armed: Option<Option<Instant>>,
+    /// The run loop ended: no more inline transmits.
+    done: bool,
 }
 
 /// What woke the driver.
@@ -149,36 +178,137 @@ impl<R: Runtime> Driver<R> {
             must_stop: false,
             close_reasons: CloseReasons::default(),
             read_buf: vec![0u8; READ_CHUNK],
+            deferred: VecDeque::new(),
+            last_transmit: None,
+            armed: None,
+            done: false,
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(self) {
         let wake = self.core.wake_signal();
+        let node = self.core.id().0;
+        let shared = Arc::new(Mutex::new(self));
+        let weak = Arc::downgrade(&shared);
+        wake.set_inline(Box::new(move || inline_transmit(&weak)));
         loop {
-            let now = Instant::now();
-            while let Ok(event) = self.events.try_recv() {
-                self.handle(now, event);
-            }
-            self.pump(now);
-            if self.must_stop && self.task_guard.is_some() {
-                self.shut_down(now);
-            }
-            if self.finished() {
-                break;
-            }
-            let sleep = self.next_deadline().map(|d| self.rt.sleep_until(d));
+            let sleep = {
+                let mut driver = lock(&shared);
+                wake.disarm();
+                driver.armed = None;
+                let now = Instant::now();
+                while let Ok(event) = driver.events.try_recv() {
+                    driver.handle(now, event);
+                }
+                driver.pump(now);
+                if driver.must_stop && driver.task_guard.is_some() {
+                    driver.shut_down(now);
+                }
+                if driver.finished() {
+                    driver.done = true;
+                    break;
+                }
+                let deadline = driver.next_deadline();
+                driver.armed = Some(deadline);
+                wake.arm(deadline);
+                deadline.map(|d| driver.rt.sleep_until(d))
+            };
             let mut sleep = std::pin::pin!(sleep);
-            let woke =
-                std::future::poll_fn(|cx| self.poll_once(cx, &wake, sleep.as_mut().as_pin_mut()))
-                    .await;
+            let woke = std::future::poll_fn(|cx| {
+                lock(&shared).poll_once(cx, &wake, sleep.as_mut().as_pin_mut())
+            })
+            .await;
+            let mut driver = lock(&shared);
             let now = Instant::now();
             match woke {
                 Wake::Io | Wake::Signal => {}
-                Wake::Event(event) => self.handle(now, event),
-                Wake::Timer => self.on_timer(now),
+                Wake::Event(event) => driver.handle(now, event),
+                Wake::Timer => driver.on_timer(now),
             }
         }
-        tracing::debug!(node = self.core.id().0, "driver finished");
+        tracing::debug!(node, "driver finished");
+    }
+
+    /// Writes the output user threads queued into idle sockets, from the
+    /// calling thread (see the module header); whether everything is done
+    /// and the driver need not wake.
+    fn transmit_inline(&mut self) -> bool {
+        if self.done || self.task_guard.is_none() || self.must_stop {
+            // Shutting down: the driver watches the drain.
+            return false;
+        }
+        let Some(armed) = self.armed else {
+            // The driver is between a wake-up and its next sleep.
+            return false;
+        };
+        let now = Instant::now();
+        if self
+            .last_transmit
+            .is_some_and(|t| now.saturating_duration_since(t) < INLINE_IDLE)
+        {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut complete = true;
+        let mut produced = false;
+        for _ in 0..INLINE_ROUNDS {
+            produced = false;
+            while let Some(output) = self.core.poll_output(now) {
+                match output {
+                    Output::Transmit { conn, data } => {
+                        produced = true;
+                        match self.conns.get_mut(&conn) {
+                            Some(SocketSlot::Open(link)) => link.outgoing.push_back(data),
+                            _ => self.core.recycle(data),
+                        }
+                    }
+                    other => {
+                        self.deferred.push_back(other);
+                        complete = false;
+                    }
+                }
+            }
+            if !produced {
+                break;
+            }
+            let mut gone = Vec::new();
+            for (&id, slot) in self.conns.iter_mut() {
+                let SocketSlot::Open(link) = slot else {
+                    continue;
+                };
+                if link.outgoing.is_empty() {
+                    continue;
+                }
+                // The no-op waker may replace the driver's write waker:
+                // a socket left with output needs the driver awake.
+                match write_link::<R>(&mut self.core, id, link, &mut cx, now) {
+                    Ok(_) if link.outgoing.is_empty() => {}
+                    Ok(_) => complete = false,
+                    Err(()) => {
+                        gone.push(id);
+                        complete = false;
+                    }
+                }
+            }
+            for id in gone {
+                self.conns.remove(&id);
+            }
+            self.last_transmit = Some(Instant::now());
+        }
+        if produced {
+            // The last round still had output: more may be queued, and its
+            // peer stays listed, so no later send would announce it.
+            complete = false;
+        }
+        if self
+            .core
+            .poll_timeout()
+            .is_some_and(|t| armed.is_none_or(|a| t < a))
+        {
+            // A deadline earlier than the driver's sleep.
+            complete = false;
+        }
+        complete
     }
 
     fn finished(&self) -> bool {
@@ -352,51 +482,62 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Carries out everything the core wants done now.
+    /// Carries out everything the core wants done now (first what an
+    /// inline transmit left for the driver).
     fn pump(&mut self, now: Instant) {
+        while let Some(output) = self.deferred.pop_front() {
+            self.carry_out(now, output);
+        }
         while let Some(output) = self.core.poll_output(now) {
-            match output {
-                Output::Transmit { conn, data } => match self.conns.get_mut(&conn) {
+            self.carry_out(now, output);
+        }
+    }
+
+    fn carry_out(&mut self, now: Instant, output: Output) {
+        match output {
+            Output::Transmit { conn, data } => {
+                self.last_transmit = Some(now);
+                match self.conns.get_mut(&conn) {
                     Some(SocketSlot::Open(link)) => link.outgoing.push_back(data),
                     _ => self.core.recycle(data),
-                },
-                Output::Connect { conn, address, .. } => self.dial(conn, address),
-                Output::Close { conn } => match self.conns.get_mut(&conn) {
-                    // Flush what is queued (a goodbye, an alert), then close.
-                    Some(SocketSlot::Open(link)) => link.closing = Some(now + CLOSE_GRACE),
-                    Some(SocketSlot::Dialing(stop)) => {
-                        stop.stop();
-                        self.conns.remove(&conn);
-                    }
-                    None => {}
-                },
-                Output::PauseReading { conn } => {
-                    if let Some(SocketSlot::Open(link)) = self.conns.get_mut(&conn) {
-                        link.paused = true;
-                    }
                 }
-                Output::ResumeReading { conn } => {
-                    if let Some(SocketSlot::Open(link)) = self.conns.get_mut(&conn) {
-                        link.paused = false;
-                    }
+            }
+            Output::Connect { conn, address, .. } => self.dial(conn, address),
+            Output::Close { conn } => match self.conns.get_mut(&conn) {
+                // Flush what is queued (a goodbye, an alert), then close.
+                Some(SocketSlot::Open(link)) => link.closing = Some(now + CLOSE_GRACE),
+                Some(SocketSlot::Dialing(stop)) => {
+                    stop.stop();
+                    self.conns.remove(&conn);
                 }
-                Output::Event(Event::IdentityConflict { by, reason }) => {
-                    tracing::error!(
-                        node = self.core.id().0,
-                        by = by.0,
-                        reason,
-                        "another process with this node id is live; stopping this one"
-                    );
-                    let mut failure = lock(&self.failure);
-                    failure.get_or_insert(format!("node {} refused this process: {reason}", by.0));
-                    self.must_stop = true;
+                None => {}
+            },
+            Output::PauseReading { conn } => {
+                if let Some(SocketSlot::Open(link)) = self.conns.get_mut(&conn) {
+                    link.paused = true;
                 }
-                Output::Event(event) => {
-                    if let Event::PeerDown { node, reason } = &event {
-                        lock(&self.close_reasons).insert(*node, reason.to_string());
-                    }
-                    tracing::debug!(node = self.core.id().0, ?event, "core event");
+            }
+            Output::ResumeReading { conn } => {
+                if let Some(SocketSlot::Open(link)) = self.conns.get_mut(&conn) {
+                    link.paused = false;
                 }
+            }
+            Output::Event(Event::IdentityConflict { by, reason }) => {
+                tracing::error!(
+                    node = self.core.id().0,
+                    by = by.0,
+                    reason,
+                    "another process with this node id is live; stopping this one"
+                );
+                let mut failure = lock(&self.failure);
+                failure.get_or_insert(format!("node {} refused this process: {reason}", by.0));
+                self.must_stop = true;
+            }
+            Output::Event(event) => {
+                if let Event::PeerDown { node, reason } = &event {
+                    lock(&self.close_reasons).insert(*node, reason.to_string());
+                }
+                tracing::debug!(node = self.core.id().0, ?event, "core event");
             }
         }
     }
@@ -435,15 +576,29 @@ enum LinkState {
     Done,
 }
 
-/// Writes what the socket takes, then reads what it has.
-fn poll_link<R: Runtime>(
+/// The driver's inline transmit, as installed in the node's
+/// [`WakeSignal`]: runs in a user thread when the driver is not working.
+fn inline_transmit<R: Runtime>(driver: &Weak<Mutex<Driver<R>>>) -> bool {
+    let Some(shared) = driver.upgrade() else {
+        return false;
+    };
+    // Never waits: a busy driver will see the output itself once woken.
+    // (The driver's own thread also lands here, holding the lock.)
+    let Ok(mut driver) = shared.try_lock() else {
+        return false;
+    };
+    driver.transmit_inline()
+}
+
+/// Writes what the socket takes: `Ok(progress)`, or `Err` when the socket
+/// is finished with (the core was told).
+fn write_link<R: Runtime>(
     core: &mut Core,
     id: ConnId,
     link: &mut Socket<R>,
-    read_buf: &mut [u8],
     cx: &mut Context<'_>,
     now: Instant,
-) -> LinkState {
+) -> Result<bool, ()> {
     let mut progress = false;
     while let Some(front) = link.outgoing.front() {
         match R::poll_write(&mut link.writer, cx, &front[link.written..]) {
@@ -478,10 +633,25 @@ fn poll_link<R: Runtime>(
                         },
                     );
                 }
-                return LinkState::Done;
+                return Err(());
             }
         }
     }
+    Ok(progress)
+}
+
+/// Writes what the socket takes, then reads what it has.
+fn poll_link<R: Runtime>(
+    core: &mut Core,
+    id: ConnId,
+    link: &mut Socket<R>,
+    read_buf: &mut [u8],
+    cx: &mut Context<'_>,
+    now: Instant,
+) -> LinkState {
+    let Ok(mut progress) = write_link::<R>(core, id, link, cx, now) else {
+        return LinkState::Done;
+    };
     if link.closing.is_some() {
         if !link.write_shut {
             if !link.outgoing.is_empty() {

@@ -540,7 +540,7 @@ mod tests {
             },
         ];
         for frame in &others {
-            let pushed = network.push_frame(outbox, frame.len(), false, |out| {
+            let pushed = network.push_frame(outbox, frame.len(), false, false, |out| {
                 out.extend_from_slice(frame)
             });
             assert!(pushed.is_ok());

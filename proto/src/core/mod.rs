@@ -309,6 +309,10 @@ pub struct Core {
     /// Peers whose outbox may hold user data.
     active: BTreeSet<NodeId>,
     ready_scratch: Vec<NodeId>,
+    /// `flush`'s copies of `active` and `dirty`, kept so that a flush
+    /// allocates nothing (inline transmits make flushes more frequent).
+    flush_peers: Vec<NodeId>,
+    flush_conns: Vec<ConnId>,
     known_tags: HashSet<TypeTag>,
     last_tag: Option<TypeTag>,
     /// The mailbox the last message was delivered to.
@@ -394,6 +398,8 @@ impl Core {
             dirty: BTreeSet::new(),
             active: BTreeSet::new(),
             ready_scratch: Vec::new(),
+            flush_peers: Vec::new(),
+            flush_conns: Vec::new(),
             known_tags: HashSet::new(),
             last_tag: None,
             last_dest: None,

@@ -22,8 +22,9 @@ impl Core {
                 }
             }
         }
-        let active: Vec<NodeId> = self.active.iter().copied().collect();
-        for peer in active {
+        let mut active = std::mem::take(&mut self.flush_peers);
+        active.extend(self.active.iter().copied());
+        for peer in active.drain(..) {
             match self.peers.get(&peer).and_then(|p| p.up) {
                 Some(conn) => {
                     self.dirty.insert(conn);
@@ -33,10 +34,14 @@ impl Core {
                 }
             }
         }
-        let dirty: Vec<ConnId> = std::mem::take(&mut self.dirty).into_iter().collect();
-        for id in dirty {
+        self.flush_peers = active;
+        let mut dirty = std::mem::take(&mut self.flush_conns);
+        dirty.extend(self.dirty.iter().copied());
+        self.dirty.clear();
+        for id in dirty.drain(..) {
             self.flush_conn(now, id);
         }
+        self.flush_conns = dirty;
     }
 
     /// Encodes the control frames the core's own handlers produced (the

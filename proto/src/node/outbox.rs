@@ -5,7 +5,9 @@
 //! A remote send encodes in the caller's thread and appends the finished
 //! frame to the peer's queue under that queue's own lock; the core, owned by
 //! the driver, later takes everything queued at once and encrypts it into as
-//! few TLS records as possible. Large messages wait in per-mailbox lanes and
+//! few TLS records as possible. When the driver is not working and the link
+//! is idle, the sending thread may take the core for that moment and write
+//! the output itself (the driver's inline transmit, [`WakeSignal::set_inline`]). Large messages wait in per-mailbox lanes and
 //! leave in fragments, round-robin with everything else, so they never hold
 //! up pings, control traffic or small messages to other mailboxes.
 
@@ -28,13 +30,75 @@ use crate::types::TypeTag;
 /// Runtime-agnostic: the driver polls [`WakeSignal::poll_wait`] from any
 /// executor. Notifying an already-notified signal costs one atomic swap, so
 /// a burst of sends wakes the driver once.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct WakeSignal {
     pending: AtomicBool,
     waker: Mutex<Option<Waker>>,
+    /// The driver's inline transmit, if it installed one (see
+    /// [`WakeSignal::set_inline`]).
+    inline: OnceLock<InlineTransmit>,
+    /// The deadline the sleeping driver will wake at by itself: `None`
+    /// while the driver is awake or never said (any new deadline wakes it).
+    armed: Mutex<Option<Option<std::time::Instant>>>,
+}
+
+/// A driver's inline transmit: run by a user thread that queued output,
+/// true when it wrote that output itself (the driver need not wake).
+pub type InlineTransmit = Box<dyn Fn() -> bool + Send + Sync>;
+
+impl std::fmt::Debug for WakeSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WakeSignal")
+            .field("pending", &self.pending)
+            .field("inline", &self.inline.get().is_some())
+            .finish()
+    }
 }
 
 impl WakeSignal {
+    /// Installs the driver's inline transmit (once per node; later calls
+    /// are ignored). A user thread that queued output and holds no lock
+    /// calls it ([`WakeSignal::notify_output`]); it writes the output into
+    /// an idle connection's socket in that thread, with the driver's state
+    /// taken for the moment, and returns true, or returns false (the driver
+    /// is busy, the link is not idle, or something needs the driver) and
+    /// the driver is woken as before. One party owns the core at a time.
+    pub fn set_inline(&self, transmit: InlineTransmit) {
+        let _ = self.inline.set(transmit);
+    }
+
+    /// The driver is awake and will read every deadline before it sleeps
+    /// again: until [`arm`](WakeSignal::arm), new deadlines wake it.
+    pub fn disarm(&self) {
+        *lock(&self.armed) = None;
+    }
+
+    /// The driver read the deadlines and sleeps until `at` (`None`: no
+    /// deadline); a later deadline needs no wake-up.
+    pub fn arm(&self, at: Option<std::time::Instant>) {
+        *lock(&self.armed) = Some(at);
+    }
+
+    /// A deadline at `at` was added for the core's timers: wakes the driver
+    /// unless it is armed to wake by itself at or before `at`.
+    pub fn notify_deadline(&self, at: std::time::Instant) {
+        let covered = matches!(*lock(&self.armed), Some(Some(armed)) if armed <= at);
+        if !covered {
+            self.notify();
+        }
+    }
+
+    /// Output was queued by a thread that holds no lock: transmit it inline
+    /// when the driver lets this thread, else wake the driver.
+    pub fn notify_output(&self) {
+        if let Some(transmit) = self.inline.get() {
+            if transmit() {
+                return;
+            }
+        }
+        self.notify();
+    }
+
     /// Marks work as pending and wakes the driver if it sleeps.
     pub fn notify(&self) {
         if !self.pending.swap(true, Ordering::AcqRel) {
@@ -593,29 +657,40 @@ impl Network {
                 state.queued_bulk += framed;
             }
         }
-        self.announce(outbox, state);
+        self.announce(outbox, state, true);
         Ok(())
     }
 
-    /// Lists the peer as having output (once) and wakes the driver.
-    fn announce(&self, outbox: &Outbox, mut state: MutexGuard<'_, OutboxState>) {
+    /// Lists the peer as having output (once) and wakes the driver, or,
+    /// when `inline` (the caller is a user thread holding no lock), lets
+    /// the driver's inline transmit write it from this thread.
+    fn announce(&self, outbox: &Outbox, mut state: MutexGuard<'_, OutboxState>, inline: bool) {
         let list = !state.listed;
         state.listed = true;
         drop(state);
         if list {
             lock(&self.ready).push(outbox.peer);
-            self.wake.notify();
+            if inline {
+                self.wake.notify_output();
+            } else {
+                self.wake.notify();
+            }
         }
     }
 
     /// Queues a small frame that `write` appends (`framed` bytes long)
     /// among the small messages. `bounded` applies the outbound bound;
     /// tunnel frames skip it, being bounded by their credit windows instead.
+    /// `inline`: the caller is a user thread that holds no lock, so the
+    /// frame may be transmitted from its thread (see
+    /// [`WakeSignal::set_inline`]); the core and callers holding a table's
+    /// lock pass false.
     pub(crate) fn push_frame(
         &self,
         outbox: &Outbox,
         framed: usize,
         bounded: bool,
+        inline: bool,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Refused> {
         let mut state = outbox.lock();
@@ -630,7 +705,7 @@ impl Network {
         write(chunk);
         let added = chunk.len() - before;
         state.queued_small += added;
-        self.announce(outbox, state);
+        self.announce(outbox, state, inline);
         Ok(())
     }
 }

@@ -291,10 +291,12 @@ impl NodeInner {
             return Ok(());
         };
         let framed = payload.len() + 22;
-        match self.network().push_frame(outbox, framed, true, |out| {
-            wire::put_reply_header(out, corr, status, tag, payload.len());
-            out.extend_from_slice(payload);
-        }) {
+        match self
+            .network()
+            .push_frame(outbox, framed, true, true, |out| {
+                wire::put_reply_header(out, corr, status, tag, payload.len());
+                out.extend_from_slice(payload);
+            }) {
             Ok(()) => Ok(()),
             // The caller's node is gone: it fails the request itself.
             Err(Refused::Unreachable) => Ok(()),
@@ -461,8 +463,9 @@ impl NodeInner {
             node: self.weak(),
             corr: Some(corr),
         };
-        // Re-arm the core's timer for the new deadline.
-        self.network().wake.notify();
+        // Re-arm the core's timer for the new deadline, unless the driver
+        // already sleeps until before it (no wake-up per request).
+        self.network().wake.notify_deadline(deadline);
         if local {
             let route = Route::Local {
                 node: self.weak(),
@@ -493,7 +496,7 @@ impl NodeInner {
             let framed = payload.len() + wire::LEN_PREFIX + 1 + wire::REQUEST_HEADER_BODY_LEN;
             let remaining_us = remaining_micros(deadline.saturating_duration_since(now));
             self.network()
-                .push_frame(outbox, framed, true, |out| {
+                .push_frame(outbox, framed, true, true, |out| {
                     wire::put_request_header(out, dest, corr, tag, remaining_us, payload.len());
                     out.extend_from_slice(&payload);
                 })
@@ -613,10 +616,12 @@ impl NodeInner {
             let Some(outbox) = self.network().outbox(node) else {
                 continue;
             };
-            let pushed = self.network().push_frame(outbox, framed, true, |out| {
-                wire::put_publish_header(out, scope, tag, name, payload.len());
-                out.extend_from_slice(&payload);
-            });
+            let pushed = self
+                .network()
+                .push_frame(outbox, framed, true, true, |out| {
+                    wire::put_publish_header(out, scope, tag, name, payload.len());
+                    out.extend_from_slice(&payload);
+                });
             if pushed.is_err() {
                 self.counters.dropped_events.fetch_add(1, Ordering::Relaxed);
             }

@@ -85,7 +85,7 @@ impl NodeInner {
         };
         match self
             .network()
-            .push_frame(outbox, 0, bounded, |out| frame.encode(out))
+            .push_frame(outbox, 0, bounded, false, |out| frame.encode(out))
         {
             Ok(()) => Ok(()),
             // A refusal that finds the queue full is dropped, and leaves the
