@@ -24,6 +24,7 @@ mod receive;
 mod redial_log;
 mod send;
 mod timer;
+mod vec_set;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -39,6 +40,7 @@ pub use conn::ConnId;
 use conn::{Conn, Phase};
 pub use membership::{ReloadError, Reloaded};
 use timer::Timer;
+use vec_set::VecSet;
 
 use crate::close::{CloseReason, Removal, LEAVING};
 use crate::codec::frame;
@@ -305,9 +307,9 @@ pub struct Core {
     rng: Rng,
     outputs: VecDeque<Output>,
     /// Connections with core frames or TLS records waiting to go.
-    dirty: BTreeSet<ConnId>,
+    dirty: VecSet<ConnId>,
     /// Peers whose outbox may hold user data.
-    active: BTreeSet<NodeId>,
+    active: VecSet<NodeId>,
     ready_scratch: Vec<NodeId>,
     /// `flush`'s copies of `active` and `dirty`, kept so that a flush
     /// allocates nothing (inline transmits make flushes more frequent).
@@ -395,8 +397,8 @@ impl Core {
             next_conn: 1,
             rng: Rng::new(config.seed ^ u64::from(me.0)),
             outputs: VecDeque::new(),
-            dirty: BTreeSet::new(),
-            active: BTreeSet::new(),
+            dirty: VecSet::new(),
+            active: VecSet::new(),
             ready_scratch: Vec::new(),
             flush_peers: Vec::new(),
             flush_conns: Vec::new(),
