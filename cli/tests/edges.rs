@@ -4,77 +4,31 @@
 //! descriptors free up. Children are killed and reaped whatever happens.
 
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reign_proto::{ClusterSpec, Tuning};
 use reign_tests::TestCluster;
 use reign_tokio::{Node, NodeId};
 
-const WAIT: Duration = Duration::from_secs(15);
-
-/// A `reign node` child process with a descriptor limit.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
+mod common;
+use common::{write_spec, Proc, WAIT};
 
 impl Proc {
     /// `reign node` for `id`, under `ulimit -n nofile`, logging at INFO.
     fn spawn_limited(dir: &Path, spec: &ClusterSpec, id: u16, nofile: u32) -> Proc {
-        let spec_path = dir.join(format!("spec_{id}.json"));
-        std::fs::write(&spec_path, spec.to_json()).unwrap();
-        let log = dir.join(format!("node_{id}.log"));
-        let child = Command::new("sh")
+        let spec_path = write_spec(dir, spec, id);
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
             .arg(env!("CARGO_BIN_EXE_reign"))
             .args(["node", "--spec"])
             .arg(&spec_path)
             .args(["--id", &id.to_string()])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn reign node");
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_log(&self, text: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "never logged {text:?}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// CPU time (user + system) the process has used so far, from /proc.
-    fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the command name (which ends with ')').
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        // Linux reports in USER_HZ, 100 on every mainstream configuration.
-        Some(Duration::from_millis(ticks * 10))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+            .env("RUST_LOG", "info");
+        Proc::start(command, dir.join(format!("node_{id}.log")))
     }
 }
 

@@ -3,7 +3,7 @@
 //! the command line applied to a running `reign node` process with SIGHUP.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use reign_proto::certgen::{CertAndKey, DEFAULT_NODE_CERT_DAYS};
@@ -258,43 +258,8 @@ fn days_sets_how_long_node_certificates_are_valid() {
     assert!((ca - 3650.0).abs() < 0.01, "{ca}");
 }
 
-/// A `reign node` child process, killed and reaped on drop.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn hangup(&self) {
-        let _ = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status();
-    }
-
-    /// Waits until `text` appears in the log `times` times.
-    fn wait_for_log(&self, text: &str, times: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.log().matches(text).count() < times {
-            assert!(
-                Instant::now() < deadline,
-                "never logged {text:?}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod common;
+use common::Proc;
 
 /// The certificate node 0 presents to a new connection that trusts `ca_pem`,
 /// or the TLS error.
@@ -325,13 +290,13 @@ async fn refuses(address: &str, ca_pem: &str, client: &CertAndKey) -> bool {
 /// Both nodes pick up what `reign init` just wrote: node 0 (a process) by
 /// SIGHUP, node 1 (in this process) by `Node::reload`.
 async fn reload_both(n0: &Proc, n1: &Node, spec_path: &Path, reloads: usize) {
-    n0.hangup();
+    n0.signal("HUP");
     let changes = n1
         .reload(&ClusterSpec::load(spec_path).unwrap())
         .await
         .unwrap();
     assert!(changes.tls_renewed);
-    n0.wait_for_log("TLS material renewed", reloads);
+    n0.wait_for_log_times("TLS material renewed", reloads);
 }
 
 fn der(pem: &str) -> Vec<u8> {
@@ -355,17 +320,11 @@ async fn a_ca_rollover_from_the_command_line_reaches_a_running_node_by_sighup() 
     std::fs::write(&spec_path, spec.to_json()).unwrap();
     let address = spec.nodes[0].address.clone();
 
-    let log = d.join("node_0.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_reign"))
-        .args(["node", "--id", "0", "--spec"])
-        .arg(&spec_path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let n0 = Proc { child, log };
+    let spec_arg = spec_path.to_string_lossy().into_owned();
+    let n0 = Proc::start(
+        common::reign_node(&["--id", "0", "--spec", &spec_arg]),
+        d.join("node_0.log"),
+    );
     let n1 = Node::start(&ClusterSpec::load(&spec_path).unwrap(), NodeId(1))
         .await
         .unwrap();

@@ -13,8 +13,7 @@
 //! doubling intervals) are counted over a virtual minute and hour in the
 //! simulator (`proto/tests/sim_logs.rs`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use reign_proto::Tuning;
@@ -36,29 +35,24 @@ const DOWN: Duration = Duration::from_secs(10);
 /// redials can be counted.
 const FILTER: &str = "info,reign_proto::core::lifecycle=debug";
 
-/// A `reign node --log-format json` child, killed when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
+mod common;
+use common::Proc;
 
 impl Proc {
     fn spawn(dir: &Path, cluster: &TestCluster, id: u16, run: u32) -> Proc {
         let spec = dir.join(format!("spec_{id}.json"));
         std::fs::write(&spec, cluster.spec(NodeId(id)).to_json()).unwrap();
-        let log = dir.join(format!("node_{id}_{run}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_reign"))
-            .arg("node")
-            .arg("--spec")
-            .arg(&spec)
-            .args(["--id", &id.to_string(), "--log-format", "json"])
-            .env("RUST_LOG", FILTER)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn reign node");
-        Proc { child, log }
+        let spec = spec.to_string_lossy().into_owned();
+        let mut command = common::reign_node(&[
+            "--spec",
+            &spec,
+            "--id",
+            &id.to_string(),
+            "--log-format",
+            "json",
+        ]);
+        command.env("RUST_LOG", FILTER);
+        Proc::start(command, dir.join(format!("node_{id}_{run}.log")))
     }
 
     /// Every complete line so far, parsed (a line that is not JSON fails).
@@ -69,12 +63,6 @@ impl Proc {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
-    }
-
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status();
     }
 
     /// Waits until `count` lines from `from` on say `message`.
@@ -91,13 +79,6 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -166,8 +147,7 @@ fn a_three_node_start_a_peer_down_and_a_reload_log_calmly() {
     // 2. Node 2 killed and kept down.
     let marks: Vec<usize> = nodes.iter().map(|n| n.lines().len()).collect();
     let mut killed = nodes.pop().unwrap();
-    let _ = killed.child.kill();
-    let _ = killed.child.wait();
+    killed.kill9();
     let down = Instant::now();
     std::thread::sleep(DOWN);
     for (id, node) in nodes.iter().enumerate() {

@@ -6,8 +6,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use reign_cli::protocol::{self, Count, CountState, Echoed, NodeReport, StartLoad, StatsQuery};
@@ -17,18 +17,12 @@ use reign_tests::raw_peer::{closes_within, ClientAuth, RawPeer};
 use reign_tests::TestCluster;
 use reign_tokio::{MailboxExt, Node, NodeId};
 
-const WAIT: Duration = Duration::from_secs(15);
-
-/// A `reign node` child process.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
+mod common;
+use common::{unique, write_spec, Proc, WAIT};
 
 impl Proc {
     fn spawn(dir: &Path, spec: &ClusterSpec, id: u16) -> Proc {
-        let spec_path = dir.join(format!("spec_{id}.json"));
-        std::fs::write(&spec_path, spec.to_json()).unwrap();
+        let spec_path = write_spec(dir, spec, id);
         let spec_arg = spec_path.to_string_lossy().into_owned();
         Proc::spawn_args(
             dir,
@@ -39,22 +33,10 @@ impl Proc {
 
     /// `reign node` with these arguments, logging to `<name>.log` in `dir`.
     fn spawn_args(dir: &Path, name: &str, args: &[&str]) -> Proc {
-        let log = unique(dir.join(format!("{name}.log")));
-        let child = Command::new(env!("CARGO_BIN_EXE_reign"))
-            .arg("node")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn reign node");
-        Proc { child, log }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Proc::start(
+            common::reign_node(args),
+            unique(dir.join(format!("{name}.log"))),
+        )
     }
 
     fn terminate(&mut self) -> ExitStatus {
@@ -66,60 +48,6 @@ impl Proc {
                 panic!("node did not exit after SIGTERM");
             }
         }
-    }
-
-    /// The exit status, if the process ends within `timeout`.
-    fn exit_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, signal: &str) {
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status();
-    }
-
-    /// Waits until the log contains `text`.
-    fn wait_for_log(&self, text: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "never logged {text:?}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn unique(path: PathBuf) -> PathBuf {
-    let mut candidate = path.clone();
-    let mut n = 0;
-    while candidate.exists() {
-        n += 1;
-        candidate = path.with_extension(format!("{n}.log"));
-    }
-    candidate
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -21,7 +21,7 @@
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,72 +30,43 @@ use reign_proto::{ClusterSpec, NodeId, Tuning};
 use reign_tests::iris::{binary, init, packet, varint, Raw};
 use reign_tests::{free_ports, TestCluster};
 
-const WAIT: Duration = Duration::from_secs(15);
+mod common;
+use common::{write_spec, Proc, WAIT};
 
 /// The tests here run one at a time: the kit's timing tests (1 ms
 /// budgets) want the machine to themselves.
 static SUITE: Mutex<()> = Mutex::new(());
 
 /// A `reign node --relay` child process.
-struct Proc {
-    child: Child,
-    log: PathBuf,
+struct RelayNode {
+    node: Proc,
+    /// The port of its Iris relay.
     relay: u16,
 }
 
-impl Proc {
-    fn spawn(dir: &Path, spec: &ClusterSpec, id: u16, relay: u16) -> Proc {
-        let spec_path = dir.join(format!("spec_{id}.json"));
-        std::fs::write(&spec_path, spec.to_json()).unwrap();
-        let log = dir.join(format!("node_{id}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_reign"))
-            .arg("node")
-            .args(["--spec", &spec_path.to_string_lossy(), "--id"])
-            .arg(id.to_string())
-            .args(["--relay", &format!("127.0.0.1:{relay}")])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .spawn()
-            .expect("spawn reign node");
-        let proc = Proc { child, log, relay };
-        proc.wait_for_log("Iris relay listening");
-        proc
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_log(&self, text: &str) {
-        let deadline = Instant::now() + WAIT;
-        while !self.log().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "never logged {text:?}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The process's resident memory, in KiB.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+impl std::ops::Deref for RelayNode {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.node
     }
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl RelayNode {
+    fn spawn(dir: &Path, spec: &ClusterSpec, id: u16, relay: u16) -> RelayNode {
+        let spec = write_spec(dir, spec, id).to_string_lossy().into_owned();
+        let node = Proc::start(
+            common::reign_node(&[
+                "--spec",
+                &spec,
+                "--id",
+                &id.to_string(),
+                "--relay",
+                &format!("127.0.0.1:{relay}"),
+            ]),
+            dir.join(format!("node_{id}.log")),
+        );
+        node.wait_for_log("Iris relay listening");
+        RelayNode { node, relay }
     }
 }
 
@@ -109,11 +80,11 @@ fn tuning() -> Tuning {
 }
 
 /// `n` nodes of one cluster, each serving a relay.
-fn start_cluster(dir: &Path, n: u16) -> Vec<Proc> {
+fn start_cluster(dir: &Path, n: u16) -> Vec<RelayNode> {
     let cluster = TestCluster::with_tuning(n, tuning());
     let relays = free_ports(n as usize);
     (0..n)
-        .map(|id| Proc::spawn(dir, &cluster.spec(NodeId(id)), id, relays[id as usize]))
+        .map(|id| RelayNode::spawn(dir, &cluster.spec(NodeId(id)), id, relays[id as usize]))
         .collect()
 }
 

@@ -4,7 +4,7 @@
 //! address is refused without `--admin-public` and a token.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use reign_tests::{free_ports, TestCluster};
@@ -14,34 +14,16 @@ use reign_tokio::NodeId;
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "t0ken-for-tests";
 
-/// A `reign node` child, killed when dropped.
-struct Proc(Child);
+mod common;
+use common::{write_spec, Proc};
 
 impl Proc {
     fn spawn(dir: &Path, cluster: &TestCluster, id: u16, extra: &[&str]) -> Proc {
-        let spec = dir.join(format!("spec_{id}.json"));
-        std::fs::write(&spec, cluster.spec(NodeId(id)).to_json()).unwrap();
-        let log = std::fs::File::create(dir.join(format!("node_{id}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_reign"))
-            .arg("node")
-            .arg("--spec")
-            .arg(&spec)
-            .args(["--id", &id.to_string()])
-            .args(extra)
-            .env("REIGN_ADMIN_TOKEN", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn reign node");
-        Proc(child)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let spec = write_spec(dir, &cluster.spec(NodeId(id)), id);
+        let spec = spec.to_string_lossy().into_owned();
+        let mut command = common::reign_node(&["--spec", &spec, "--id", &id.to_string()]);
+        command.args(extra).env("REIGN_ADMIN_TOKEN", TOKEN);
+        Proc::start(command, dir.join(format!("node_{id}.log")))
     }
 }
 
