@@ -167,25 +167,13 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
     assert_eq!(client.read_n(2), [0, 1], "not timed out, a success");
     assert_eq!(client.binary(), b"pong");
 
-    // A fault travels as a fault.
-    client.send(&packet(0x04, |p| {
-        varint(p, 42);
-        binary(p, b"svc");
-        binary(p, b"fail");
-        varint(p, 5000);
-    }));
-    service.expect_op(0x04);
-    let relay_id = service.varint();
-    let _ = (service.binary(), service.varint());
-    service.send(&packet(0x05, |p| {
-        varint(p, relay_id);
-        p.push(0);
-        binary(p, b"it failed");
-    }));
-    client.expect_op(0x05);
-    assert_eq!(client.varint(), 42);
-    assert_eq!(client.read_n(2), [0, 0]);
-    assert_eq!(client.string(), "it failed");
+    // A fault travels as a fault (the same exchange, through the helpers
+    // that spell it as above).
+    client.request(42, "svc", b"fail", 5000);
+    let (relay_id, body, _) = service.expect_request();
+    assert_eq!(body, b"fail");
+    service.reply(relay_id, Err("it failed"));
+    assert_eq!(client.expect_reply(42), Some(Err("it failed".into())));
 
     // A request nobody answers times out at its deadline (and the member's
     // late reply is dropped).
@@ -466,24 +454,10 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
 
     // The service saw none of it: it still answers.
     let mut c = Raw::attach(port, "");
-    c.send(&packet(0x04, |p| {
-        varint(p, 0);
-        binary(p, b"svc");
-        binary(p, b"still there?");
-        varint(p, 5000);
-    }));
-    service.expect_op(0x04);
-    let id = service.varint();
-    let _ = (service.binary(), service.varint());
-    service.send(&packet(0x05, |p| {
-        varint(p, id);
-        p.push(1);
-        binary(p, b"yes");
-    }));
-    c.expect_op(0x05);
-    assert_eq!(c.varint(), 0);
-    assert_eq!(c.read_n(2), [0, 1]);
-    assert_eq!(c.binary(), b"yes");
+    c.request(0, "svc", b"still there?", 5000);
+    let (id, _, _) = service.expect_request();
+    service.reply(id, Ok(b"yes"));
+    assert_eq!(c.expect_reply(0), Some(Ok(b"yes".to_vec())));
     // The silent client: closed without a word at 10 s.
     assert!(silent.rest().is_empty());
     let silent_for = silent_since.elapsed();

@@ -105,6 +105,56 @@ impl Raw {
         all
     }
 
+    /// Sends `opRequest(id, cluster, body, timeout_ms)`, as a client does.
+    pub fn request(&mut self, id: u64, cluster: &str, body: &[u8], timeout_ms: u64) {
+        self.send(&packet(0x04, |p| {
+            varint(p, id);
+            binary(p, cluster.as_bytes());
+            binary(p, body);
+            varint(p, timeout_ms);
+        }));
+    }
+
+    /// Expects `opRequest(relay id, body, timeout_ms)`, as a member gets it.
+    pub fn expect_request(&mut self) -> (u64, Vec<u8>, u64) {
+        self.expect_op(0x04);
+        let id = self.varint();
+        let body = self.binary();
+        (id, body, self.varint())
+    }
+
+    /// Sends a member's `opReply(relay id, success, reply or fault)`.
+    pub fn reply(&mut self, id: u64, outcome: Result<&[u8], &str>) {
+        self.send(&packet(0x05, |p| {
+            varint(p, id);
+            match outcome {
+                Ok(reply) => {
+                    p.push(1);
+                    binary(p, reply);
+                }
+                Err(fault) => {
+                    p.push(0);
+                    binary(p, fault.as_bytes());
+                }
+            }
+        }));
+    }
+
+    /// Expects the caller's `opReply(id, timed out, success, reply or
+    /// fault)` for request `id`: `None` when it timed out, else the reply
+    /// or the fault's text.
+    pub fn expect_reply(&mut self, id: u64) -> Option<Result<Vec<u8>, String>> {
+        self.expect_op(0x05);
+        assert_eq!(self.varint(), id, "the reply's request id");
+        if self.byte() == 1 {
+            return None;
+        }
+        Some(match self.byte() {
+            1 => Ok(self.binary()),
+            _ => Err(self.string()),
+        })
+    }
+
     /// Expects `opClose(reason)` and the end of the stream; returns the reason.
     pub fn expect_dropped(&mut self) -> String {
         self.expect_op(0x02);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use reign_driver::relay::{IrisRequest, RelayError, RelayOptions};
 use reign_driver::{Reign, Runtime};
 use reign_proto::NodeId;
-use reign_tests::iris::{binary, packet, varint, Raw};
+use reign_tests::iris::Raw;
 use reign_tests::TestCluster;
 use serde_bytes::ByteBuf;
 
@@ -24,29 +24,15 @@ fn iris_side(port: u16, started: async_channel::Sender<()>) {
     started.send_blocking(()).unwrap();
 
     // The client calls reign's own member of "native".
-    client.send(&packet(0x04, |p| {
-        varint(p, 0);
-        binary(p, b"native");
-        binary(p, b"shout");
-        varint(p, 5000);
-    }));
-    client.expect_op(0x05);
-    assert_eq!(client.varint(), 0);
-    assert_eq!(client.read_n(2), [0, 1]);
-    assert_eq!(client.binary(), b"SHOUT");
+    client.request(0, "native", b"shout", 5000);
+    assert_eq!(client.expect_reply(0), Some(Ok(b"SHOUT".to_vec())));
 
     // A reign caller's request reaches the Iris service with the time
     // remaining as its timeout.
-    service.expect_op(0x04);
-    let id = service.varint();
-    assert_eq!(service.binary(), b"from reign");
-    let timeout = service.varint();
+    let (id, body, timeout) = service.expect_request();
+    assert_eq!(body, b"from reign");
     assert!((1..=10_000).contains(&timeout), "{timeout}");
-    service.send(&packet(0x05, |p| {
-        varint(p, id);
-        p.push(1);
-        binary(p, b"from iris");
-    }));
+    service.reply(id, Ok(b"from iris"));
 
     // Then the relay stops: both get opClose with its reason.
     for raw in [&mut service, &mut client] {
@@ -108,42 +94,18 @@ async fn relay_on<R: Runtime>(node: Reign<R>) {
     assert_eq!(relay.dropped_clients(), 2);
 }
 
-#[test]
-fn a_relay_serves_on_tokio() {
+/// The relay on runtime `R`: refused on a public address, then both ways
+/// between an Iris client and reign's own members, then stopped.
+async fn a_relay_serves<R: Runtime + Default>() {
     let cluster = TestCluster::new(1);
-    let rt = reign_tests::tokio_runtime(2);
-    rt.block_on(async {
-        let node = reign_tokio::Node::start(&cluster.spec(NodeId(0)), NodeId(0))
-            .await
-            .unwrap();
-        relay_on(node.clone().into()).await;
-        node.shutdown().await;
-    });
+    let node = Reign::<R>::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    relay_on(node.clone()).await;
+    node.shutdown().await;
 }
 
-#[test]
-fn a_relay_serves_on_async_std() {
-    let cluster = TestCluster::new(1);
-    async_std::task::block_on(async {
-        let node = reign_async_std::Node::start(&cluster.spec(NodeId(0)), NodeId(0))
-            .await
-            .unwrap();
-        relay_on(node.clone().into()).await;
-        node.shutdown().await;
-    });
-}
-
-#[test]
-fn a_relay_serves_on_smol() {
-    let cluster = TestCluster::new(1);
-    smol::block_on(async {
-        let node = reign_smol::Node::start(&cluster.spec(NodeId(0)), NodeId(0))
-            .await
-            .unwrap();
-        relay_on(node.clone().into()).await;
-        node.shutdown().await;
-    });
-}
+reign_tests::on_every_runtime!(a_relay_serves);
 
 #[test]
 fn a_node_shutting_down_closes_its_relay_clients_with_the_reason() {
