@@ -1,7 +1,7 @@
 //! Issue 21, item 1: a mailbox is a `futures::Stream`, cancel-safe, and a
 //! tunnel is a byte stream (`Tunnel::into_io`) that `tokio::io::copy`, a
-//! `BufReader`'s lines and the futures-io traits use as they would a
-//! socket. Two nodes over real TCP and mutual TLS; every abandoned poll is
+//! `BufReader`'s lines, the futures-io traits and a rustls session (TLS
+//! inside the tunnel) use as they would a socket. Two nodes over real TCP and mutual TLS; every abandoned poll is
 //! checked to lose nothing.
 
 use std::time::{Duration, Instant};
@@ -317,4 +317,85 @@ fn futures_io_copy_through_a_tunnel_on_smol() {
         a.shutdown().await;
         b.shutdown().await;
     });
+}
+
+/// TLS inside a tunnel: a rustls client and server (tokio-rustls), with a
+/// CA and a certificate of their own, handshake and talk over a
+/// `TunnelIo`, which itself runs inside the nodes' mutual-TLS link. The
+/// tunnel is only a byte stream to them, as a TCP socket would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_runs_inside_a_tunnel() {
+    use std::sync::Arc;
+
+    use reign_proto::certgen::ClusterCa;
+    use reign_proto::tls::node_dns_name;
+    use reign_tokio::NodeId;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+    let nodes = pair(16 * 1024).await;
+    let (client_io, server_io) = io_pair(&nodes, "tls").await;
+
+    // The inner TLS has nothing to do with the cluster's: its own CA.
+    let ca = ClusterCa::generate_named("inner").unwrap();
+    let leaf = ca.node_cert(NodeId(7)).unwrap();
+    let certs = vec![CertificateDer::from_pem_slice(leaf.cert_pem.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let server_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+        .unwrap();
+    let client_config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let name = ServerName::try_from(node_dns_name(NodeId(7))).unwrap();
+
+    // 1 MiB there, its reversal back: both directions cross both TLS layers.
+    let data = pattern(1 << 20);
+    let server = {
+        let len = data.len();
+        tokio::spawn(async move {
+            let mut tls = acceptor.accept(server_io).await.expect("inner handshake");
+            let mut got = vec![0u8; len];
+            tls.read_exact(&mut got).await.unwrap();
+            got.reverse();
+            tls.write_all(&got).await.unwrap();
+            tls.flush().await.unwrap();
+            // Wait for the client's close_notify before going.
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest).await;
+            rest.len()
+        })
+    };
+    let started = Instant::now();
+    let mut tls = tokio::time::timeout(WAIT, connector.connect(name, client_io))
+        .await
+        .expect("the inner handshake in time")
+        .expect("the inner handshake");
+    let protocol = tls.get_ref().1.protocol_version();
+    tls.write_all(&data).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(WAIT, tls.read_exact(&mut back))
+        .await
+        .expect("the reply in time")
+        .unwrap();
+    let elapsed = started.elapsed();
+    let mut expected = data.clone();
+    expected.reverse();
+    assert!(back == expected, "the bytes cross both TLS layers whole");
+    tls.shutdown().await.unwrap();
+    let trailing = tokio::time::timeout(WAIT, server)
+        .await
+        .expect("the server ends")
+        .unwrap();
+    assert_eq!(trailing, 0, "nothing after the reply");
+    println!("TLS ({protocol:?}) inside a tunnel: handshake and 2 × 1 MiB in {elapsed:?}");
+    shutdown_all(&nodes).await;
 }
