@@ -106,8 +106,9 @@ enum Command {
     },
     /// Names registered on one node until visible on two others.
     Registry {
-        /// Names.
-        #[arg(long, default_value_t = 10_000)]
+        /// Names: at most a node's default limit
+        /// (`reign_proto::registry::MAX_ENTRIES_PER_NODE`, 8192).
+        #[arg(long, default_value_t = 8_000)]
         names: usize,
     },
     /// Heap allocations per message on the steady-state paths.

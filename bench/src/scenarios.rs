@@ -464,6 +464,12 @@ pub fn tunnel(mib: usize) -> Result {
 }
 
 pub fn registry(names: usize) -> Result {
+    let limit = reign_proto::registry::MAX_ENTRIES_PER_NODE;
+    if names == 0 || names > limit {
+        return Err(format!(
+            "--names must be between 1 and {limit} (the names one node may hold by default)"
+        ));
+    }
     runtime()?.block_on(async move {
         let cluster = Cluster::start(2).await?;
         let node = &cluster.node;
