@@ -88,6 +88,22 @@ fn start_cluster(dir: &Path, n: u16) -> Vec<RelayNode> {
         .collect()
 }
 
+/// Opens tunnel `opener_id` from `opener` to the member `member` of
+/// `cluster`, which confirms it as its tunnel `member_id`; reads the
+/// confirmation and both initial credit grants (4 MiB each way), as the
+/// first tunnel of the byte-by-byte test spells out.
+fn open_tunnel(opener: &mut Raw, opener_id: u64, member: &mut Raw, cluster: &str, member_id: u64) {
+    opener.tunnel_init(opener_id, cluster, 1000);
+    let (build, _) = member.expect_tunnel_offer();
+    member.tunnel_confirm(build, member_id);
+    assert_eq!(member.expect_tunnel_allow(member_id), 4 << 20);
+    opener.expect_op(0x0a);
+    assert_eq!(opener.varint(), opener_id);
+    assert_eq!(opener.byte(), 0, "not timed out");
+    let _chunk_limit = opener.varint();
+    assert_eq!(opener.expect_tunnel_allow(opener_id), 4 << 20);
+}
+
 /// Polls `cond` every 10 ms until it holds or `WAIT` passes.
 fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + WAIT;
@@ -312,24 +328,7 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
 
     // A chunk over the chunk limit (on a tunnel the client opened).
     let mut h = Raw::attach(port, "");
-    h.send(&packet(0x09, |p| {
-        varint(p, 1);
-        binary(p, b"svc");
-        varint(p, 1000);
-    }));
-    service.expect_op(0x09);
-    let build = service.varint();
-    let _ = service.varint();
-    service.send(&packet(0x0a, |p| {
-        varint(p, build);
-        varint(p, 8);
-    }));
-    service.expect_op(0x0b);
-    let _ = (service.varint(), service.varint());
-    h.expect_op(0x0a);
-    let _ = (h.varint(), h.byte(), h.varint());
-    h.expect_op(0x0b);
-    let _ = (h.varint(), h.varint());
+    open_tunnel(&mut h, 1, &mut service, "svc", 8);
     h.send(&packet(0x0c, |p| {
         varint(p, 1);
         varint(p, 70_000);
@@ -348,22 +347,7 @@ fn the_relay_speaks_the_protocol_byte_by_byte_and_drops_hostile_clients() {
     // not renewed: 8 MiB sent in 64 KiB chunks overruns it.
     let mut hold = Raw::attach(port, "hold");
     let mut h = Raw::attach(port, "");
-    h.send(&packet(0x09, |p| {
-        varint(p, 1);
-        binary(p, b"hold");
-        varint(p, 1000);
-    }));
-    hold.expect_op(0x09);
-    let build = hold.varint();
-    let _ = hold.varint();
-    hold.send(&packet(0x0a, |p| {
-        varint(p, build);
-        varint(p, 1);
-    }));
-    h.expect_op(0x0a);
-    let _ = (h.varint(), h.byte(), h.varint());
-    h.expect_op(0x0b);
-    assert_eq!((h.varint(), h.varint()), (1, 4 << 20));
+    open_tunnel(&mut h, 1, &mut hold, "hold", 1);
     let chunk = vec![0u8; 65536];
     for i in 0..128u64 {
         let sent = h.stream.write_all(&packet(0x0c, |p| {

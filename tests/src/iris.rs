@@ -155,6 +155,38 @@ impl Raw {
         })
     }
 
+    /// Sends `opTunInit(id, cluster, timeout_ms)`, as an opener does.
+    pub fn tunnel_init(&mut self, id: u64, cluster: &str, timeout_ms: u64) {
+        self.send(&packet(0x09, |p| {
+            varint(p, id);
+            binary(p, cluster.as_bytes());
+            varint(p, timeout_ms);
+        }));
+    }
+
+    /// Expects the offer of a tunnel to a member, `opTunInit(build id,
+    /// chunk limit)`; returns both.
+    pub fn expect_tunnel_offer(&mut self) -> (u64, u64) {
+        self.expect_op(0x09);
+        let build = self.varint();
+        (build, self.varint())
+    }
+
+    /// Sends the member's `opTunConfirm(build id, its own tunnel id)`.
+    pub fn tunnel_confirm(&mut self, build: u64, id: u64) {
+        self.send(&packet(0x0a, |p| {
+            varint(p, build);
+            varint(p, id);
+        }));
+    }
+
+    /// Expects `opTunAllow(id, credit)`; returns the credit.
+    pub fn expect_tunnel_allow(&mut self, id: u64) -> u64 {
+        self.expect_op(0x0b);
+        assert_eq!(self.varint(), id, "the tunnel the credit is for");
+        self.varint()
+    }
+
     /// Expects `opClose(reason)` and the end of the stream; returns the reason.
     pub fn expect_dropped(&mut self) -> String {
         self.expect_op(0x02);

@@ -264,39 +264,28 @@ async fn a_ca_rollover_in_three_reloads_on_a_running_cluster_loses_nothing() {
         })
     };
 
+    // One step of the rollover: every node reloads with its certificate
+    // from `certs` and trusts `cas`, and each reload renews its TLS.
+    let reload_all = |certs: &[CertAndKey], cas: &[&ClusterCa]| {
+        let specs: Vec<ClusterSpec> = (0..nodes.len())
+            .map(|i| spec(&cluster, i as u16, &trio, &certs[i], cas))
+            .collect();
+        let nodes = &nodes;
+        async move {
+            for (node, spec) in nodes.iter().zip(&specs) {
+                assert!(node.reload(spec).await.unwrap().tls_renewed);
+            }
+        }
+    };
     // Step 1: every node trusts the old and the new CA.
-    for (i, node) in nodes.iter().enumerate() {
-        let changes = node
-            .reload(&spec(
-                &cluster,
-                i as u16,
-                &trio,
-                &old_certs[i],
-                &[old, &new],
-            ))
-            .await
-            .unwrap();
-        assert!(changes.tls_renewed);
-    }
+    reload_all(&old_certs, &[old, &new]).await;
     tokio::time::sleep(FLOW).await;
     assert!(
         !presents_new_ca(0).await.unwrap(),
         "still the old certificate"
     );
     // Step 2: every node gets a certificate from the new CA.
-    for (i, node) in nodes.iter().enumerate() {
-        let changes = node
-            .reload(&spec(
-                &cluster,
-                i as u16,
-                &trio,
-                &new_certs[i],
-                &[old, &new],
-            ))
-            .await
-            .unwrap();
-        assert!(changes.tls_renewed);
-    }
+    reload_all(&new_certs, &[old, &new]).await;
     tokio::time::sleep(FLOW).await;
     for id in trio {
         assert!(
@@ -305,13 +294,7 @@ async fn a_ca_rollover_in_three_reloads_on_a_running_cluster_loses_nothing() {
         );
     }
     // Step 3: every node trusts only the new CA.
-    for (i, node) in nodes.iter().enumerate() {
-        let changes = node
-            .reload(&spec(&cluster, i as u16, &trio, &new_certs[i], &[&new]))
-            .await
-            .unwrap();
-        assert!(changes.tls_renewed);
-    }
+    reload_all(&new_certs, &[&new]).await;
     tokio::time::sleep(FLOW).await;
 
     // A node with only the new material joins all three over new links.
