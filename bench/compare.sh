@@ -56,8 +56,10 @@ for round in $(seq "$ROUNDS"); do
       IFS=: read -r what script args <<<"$anchor"
       if [ -x "$WORK/anchors/$script" ]; then
         echo "== round $round of $ROUNDS: $what" >&2
+        # The anchors build their clients into their own target/ and look for
+        # them there: do not hand them our CARGO_TARGET_DIR.
         # shellcheck disable=SC2086 # the arguments are words
-        "$WORK/anchors/$script" $args 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
+        env -u CARGO_TARGET_DIR "$WORK/anchors/$script" $args 2>&1 >/dev/null | grep -o 'name=.*' | sed "s/^/round=$round /" >>"$RESULTS" || true
       else
         echo "== round $round of $ROUNDS: no $script among the anchors, $what skipped" >&2
       fi
