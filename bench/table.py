@@ -112,6 +112,8 @@ PAIRS = [
     ("local 2→1 msg/s vs tokio mpsc", "reign_local_2to1", "msgs_per_s", "tokio_mpsc_2to1", "msgs_per_s", "higher"),
     ("local 1→1 msg/s vs Erlang local", "reign_local_1to1", "msgs_per_s", "erlang_local_oneway", "msgs_per_s", "higher"),
     ("pub/sub 64 B, 1 subscriber, delivered msg/s vs NATS pub/sub 64 B (lossless)", "reign_pubsub_1", "deliveries_per_s", "nats_pubsub", "msgs_per_s", "higher"),
+    ("register/sync/lookup/unregister µs/op (2 nodes) vs Go reign's register/sync/close (local sync)", "reign_registry_cycle", "us_per_op", "goreign_registry_cycle", "us_per_op", "lower"),
+    ("register/sync/lookup/unregister p50 µs vs a round trip between the same two nodes", "reign_registry_cycle", "p50_us", "reign_cycle_rtt", "p50_us", "lower"),
     ("10,000 names visible on the peer(s), s, vs Erlang global", "reign_registry", "visible_on_b_secs", "erlang_global_register", "visible_on_b_secs", "lower"),
 ]
 
@@ -138,6 +140,8 @@ OURS = [
     ("reign_pubsub_100", ["msgs_per_s", "deliveries_per_s", "dropped"]),
     ("reign_tunnel", ["MB_per_s"]),
     ("reign_registry", ["register_secs", "visible_on_b_secs"]),
+    ("reign_registry_cycle", ["us_per_op", "p50_us", "p99_us", "p999_us", "round_trips_p50", "round_trips_mean"]),
+    ("reign_cycle_rtt", ["us_per_op", "p50_us", "p99_us", "p999_us"]),
     ("reign_alloc", ["local_allocs_per_msg", "remote_allocs_per_msg"]),
     ("erlang_global_register", ["register_secs", "visible_on_b_secs"]),
     ("erlang_dist_oneway", ["msgs_per_s", "peak_rss_kb_a", "peak_rss_kb_b"]),
@@ -196,6 +200,9 @@ def targets(f):
             None if r is None else r <= 1.5)
     r = ratio(f.med("reign_local_1to1", "msgs_per_s"), f.med("erlang_local_oneway", "msgs_per_s"))
     add("local ≥ 2x Erlang local", f"{r:.2f}x" if r else "—", None if r is None else r >= 2)
+    r = ratio(f.med("reign_registry_cycle", "p50_us"), f.med("reign_cycle_rtt", "p50_us"))
+    add("register/sync/lookup/unregister ≤ 2 round trips (issue 17)", f"{r:.2f} round trips at p50" if r else "—",
+        None if r is None else r <= 2)
     v = f.med("reign_registry", "visible_on_b_secs")
     add("10,000 names visible cluster-wide ≤ 50 ms", f"{v * 1e3:.1f} ms" if v is not None else "—",
         None if v is None else v <= 0.05)

@@ -111,6 +111,17 @@ enum Command {
         #[arg(long, default_value_t = 8_000)]
         names: usize,
     },
+    /// Register, sync, lookup (on the other node), unregister of a name on
+    /// a 2-node cluster in this process, beside round trips between the
+    /// same two nodes.
+    Regcycle {
+        /// Cycles (and round trips) per round.
+        #[arg(long, default_value_t = 2_000)]
+        cycles: usize,
+        /// Rounds, cycles and round trips interleaved.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Heap allocations per message on the steady-state paths.
     Alloc,
     /// (internal) Runs a node with the built-in service until stdin closes.
@@ -143,6 +154,7 @@ fn main() {
         } => scenarios::pubsub(subscribers, messages),
         Command::Tunnel { mib } => scenarios::tunnel(mib),
         Command::Registry { names } => scenarios::registry(names),
+        Command::Regcycle { cycles, rounds } => scenarios::regcycle(cycles, rounds),
         Command::Alloc => scenarios::alloc(),
         Command::Serve { spec, id } => cluster::serve(&spec, id),
     };

@@ -104,6 +104,7 @@ pub fn all() -> Result {
     }
     runs.push(vec!["tunnel".into()]);
     runs.push(vec!["registry".into()]);
+    runs.push(vec!["regcycle".into()]);
     runs.push(vec!["alloc".into()]);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // One failed scenario must not cost the others their figures.
@@ -693,6 +694,134 @@ pub fn hop(hops: usize, rounds: usize) -> Result {
         eprintln!(
             "one hop: reign {ours_us:.1} µs/op, raw TCP one-way {raw_us:.1} µs/op ({:.2}x)",
             ours_us / raw_us
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+        Ok(())
+    })
+}
+
+// ----- the register cycle ----------------------------------------------------------
+
+/// Cycles (and round trips) measured per round of [`regcycle`], after this
+/// many unmeasured ones.
+const CYCLE_WARMUP: usize = 200;
+
+/// The name the register cycle claims and drops.
+const CYCLE_NAME: &str = "bench.cycle";
+
+/// One round of the register cycle: node 0 registers [`CYCLE_NAME`] for a
+/// mailbox of its own, `sync`s (done once node 1 has applied the claim),
+/// node 1 looks it up and must find that mailbox, node 0 unregisters it.
+async fn reign_cycle_round(a: &Node, b: &Node, cycles: usize) -> Result<Vec<Duration>> {
+    let (here, _inbox) = a.new_mailbox();
+    let mut samples = Vec::with_capacity(cycles);
+    for i in 0..cycles + CYCLE_WARMUP {
+        let t = Instant::now();
+        a.register(CYCLE_NAME, &here).map_err(|e| e.to_string())?;
+        tokio::time::timeout(WAIT, a.sync())
+            .await
+            .map_err(|_| "sync did not complete")?;
+        match b.lookup(CYCLE_NAME) {
+            Some(found) if found.id() == here.id() => {}
+            other => {
+                return Err(format!(
+                    "after sync node 1 looked up {:?}, not {}",
+                    other.map(|a| a.id()),
+                    here.id()
+                ))
+            }
+        }
+        a.unregister(CYCLE_NAME, &here);
+        if i >= CYCLE_WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    Ok(samples)
+}
+
+/// One round of round trips between the same two nodes: node 0 sends 64
+/// bytes to a mailbox of node 1 whose task sends them back.
+async fn reign_rtt_round(a: &Node, b: &Node, trips: usize) -> Result<Vec<Duration>> {
+    let (here, inbox) = a.new_mailbox();
+    let (echo, echo_box) = b.new_mailbox();
+    let back = b.address_of(here.id());
+    let echoer = tokio::spawn(async move {
+        while let Ok(msg) = echo_box.recv().await {
+            let Ok(data) = msg.downcast::<ByteBuf>() else {
+                break;
+            };
+            if back.send(data).is_err() {
+                break;
+            }
+        }
+    });
+    let there = a.address_of(echo.id());
+    let data = ByteBuf::from(vec![0x5a; 64]);
+    let mut samples = Vec::with_capacity(trips);
+    for i in 0..trips + CYCLE_WARMUP {
+        let t = Instant::now();
+        there.send(data.clone()).map_err(|e| e.to_string())?;
+        inbox.recv_timeout(WAIT).await.map_err(|e| e.to_string())?;
+        if i >= CYCLE_WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    // A message of another type ends the echo task.
+    there.send(0u8).map_err(|e| e.to_string())?;
+    echoer.await.map_err(|e| e.to_string())?;
+    Ok(samples)
+}
+
+/// `reign-bench regcycle`: register, sync, lookup, unregister of a name on
+/// a 2-node cluster (both nodes in this process, mutual TLS on loopback;
+/// the lookup on the other node), interleaved round by round with round
+/// trips between the same two nodes, so the cycle is also given in round
+/// trips (Go reign's `BenchmarkRegisterUnregisterMailbox` is the
+/// reference; its sync is local only).
+pub fn regcycle(cycles: usize, rounds: usize) -> Result {
+    runtime()?.block_on(async move {
+        let (a, b) = two_nodes().await?;
+        let mut ours = Vec::new();
+        let mut rtts = Vec::new();
+        let mut our_means = Vec::new();
+        let mut rtt_means = Vec::new();
+        for _ in 0..rounds.max(1) {
+            let round = reign_cycle_round(&a, &b, cycles).await?;
+            our_means.push(mean_us(&round));
+            ours.extend(round);
+            let round = reign_rtt_round(&a, &b, cycles).await?;
+            rtt_means.push(mean_us(&round));
+            rtts.extend(round);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (cycle_us, rtt_us) = (median(&mut our_means), median(&mut rtt_means));
+        ours.sort();
+        rtts.sort();
+        let in_rtts = percentile(&ours, 0.5) / percentile(&rtts, 0.5);
+        let mut fields = vec![
+            ("name", "reign_registry_cycle".to_string()),
+            ("us_per_op", format!("{cycle_us:.2}")),
+        ];
+        fields.extend(latency_fields(&mut ours));
+        fields.push(("round_trips_p50", format!("{in_rtts:.2}")));
+        fields.push(("round_trips_mean", format!("{:.2}", cycle_us / rtt_us)));
+        line(&fields);
+        let mut fields = vec![
+            ("name", "reign_cycle_rtt".to_string()),
+            ("payload_b", "64".into()),
+            ("us_per_op", format!("{rtt_us:.2}")),
+        ];
+        fields.extend(latency_fields(&mut rtts));
+        line(&fields);
+        eprintln!(
+            "register/sync/lookup/unregister: {cycle_us:.1} µs/op (p50 {:.1} µs); a round trip between the same nodes {rtt_us:.1} µs/op (p50 {:.1} µs): {in_rtts:.2} round trips at p50, {:.2} on means",
+            percentile(&ours, 0.5),
+            percentile(&rtts, 0.5),
+            cycle_us / rtt_us
         );
         a.shutdown().await;
         b.shutdown().await;

@@ -936,6 +936,11 @@ impl Registry {
     /// has applied everything this node sent before. Returns the sequence
     /// number and the requests to send (none if no peer is connected, in
     /// which case the sync is already done).
+    ///
+    /// One round trip: the request follows this node's claims on the same
+    /// ordered link, and a peer answers it as soon as it reads it (it has
+    /// applied every claim before it by then), so a sync waits for the
+    /// slowest connected peer's round trip and nothing more.
     pub fn start_sync(&mut self) -> (u64, Vec<Effect>) {
         let seq = self.next_sync;
         self.next_sync += 1;

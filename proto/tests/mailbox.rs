@@ -259,6 +259,163 @@ fn bounded_mailboxes_refuse_with_full() {
     assert_eq!(addr.send(3u64), Err(SendError::Full));
 }
 
+/// The bound counts messages on both sides of the receiver's batch: those
+/// still incoming and those already moved over to the receiver. Just
+/// under, at and over the bound, before and after a receive moves the
+/// whole incoming queue over, and after a close.
+#[test]
+fn the_bound_counts_messages_on_both_sides_of_a_batch() {
+    const MAX: usize = 4;
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox_with_capacity(Capacity::messages(MAX));
+    for n in 0..MAX - 1 {
+        addr.send(n as u32).unwrap();
+    }
+    assert_eq!(mailbox.message_count(), MAX - 1, "just under");
+    addr.send(99u32).unwrap();
+    assert_eq!(mailbox.message_count(), MAX, "at");
+    assert_eq!(addr.send(100u32), Err(SendError::Full), "over");
+    // This receive moves all four over to the receiver's side and takes one:
+    // three left there, room for exactly one more.
+    let first = mailbox.try_recv().unwrap().unwrap();
+    assert_eq!(first.downcast::<u32>().unwrap(), 0);
+    assert_eq!(mailbox.message_count(), MAX - 1);
+    addr.send(4u32).unwrap();
+    assert_eq!(addr.send(5u32), Err(SendError::Full));
+    let got: Vec<u32> = std::iter::from_fn(|| mailbox.try_recv().unwrap())
+        .map(|m| m.downcast::<u32>().unwrap())
+        .collect();
+    assert_eq!(got, [1, 2, 99, 4]);
+    assert_eq!(mailbox.message_count(), 0);
+
+    // Bytes: two u64 are 16 bytes, at the bound; a third is over.
+    let (addr, mailbox) = node.new_mailbox_with_capacity(Capacity::bytes(16));
+    addr.send(1u64).unwrap();
+    assert_eq!(addr.send(2u32), Ok(()), "12 bytes, under");
+    assert_eq!(addr.send(3u64), Err(SendError::Full), "20 bytes, over");
+    addr.send(4u32).unwrap(); // 16 bytes, at
+    assert_eq!(addr.send(5u8), Err(SendError::Full));
+    mailbox.try_recv().unwrap().unwrap();
+    addr.send(6u64).unwrap();
+    // A close drops what is queued: the count is zero and stays so.
+    mailbox.close();
+    assert_eq!(mailbox.message_count(), 0);
+    assert_eq!(addr.send(7u8), Err(SendError::Closed));
+    assert_eq!(mailbox.message_count(), 0);
+}
+
+/// A bounded mailbox between two threads: the sender retries on `Full`,
+/// the receiver never sees more than the bound queued, and every message
+/// arrives once, in order.
+#[test]
+fn a_bounded_mailbox_under_a_fast_sender_holds_at_most_its_bound() {
+    const MAX: usize = 64;
+    const N: u64 = 200_000;
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox_with_capacity(Capacity::messages(MAX));
+    let sender = std::thread::spawn(move || {
+        let mut full = 0u64;
+        for n in 0..N {
+            loop {
+                match addr.send(n) {
+                    Ok(()) => break,
+                    Err(SendError::Full) => {
+                        full += 1;
+                        std::thread::yield_now();
+                    }
+                    Err(e) => panic!("send failed: {e}"),
+                }
+            }
+        }
+        full
+    });
+    let mut most = 0;
+    for n in 0..N {
+        most = most.max(mailbox.message_count());
+        let got = mailbox
+            .recv_blocking_timeout(Duration::from_secs(30))
+            .unwrap()
+            .downcast::<u64>()
+            .unwrap();
+        assert_eq!(got, n);
+    }
+    let full = sender.join().unwrap();
+    assert!(most <= MAX, "{most} queued, over the bound of {MAX}");
+    assert_eq!(mailbox.message_count(), 0);
+    println!("{N} messages through a bound of {MAX}: {full} sends refused with Full, at most {most} queued");
+}
+
+/// A `recv` future dropped before it completes (a lost `select!` branch, a
+/// timeout) takes nothing with it: a message leaves the mailbox only in the
+/// poll that returns it.
+#[test]
+fn a_dropped_recv_future_loses_no_message() {
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    let (count, waker) = counting_waker();
+    let mut cx = Context::from_waker(&waker);
+
+    // Pending, woken by a send, then dropped without being polled again.
+    {
+        let mut recv = pin!(mailbox.recv());
+        assert!(recv.as_mut().poll(&mut cx).is_pending());
+        addr.send(1u32).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+    // Selective, pending on a batch of non-matching messages, then dropped.
+    addr.send(String::from("a")).unwrap();
+    {
+        let mut recv = pin!(mailbox.recv_match(Message::is::<u64>));
+        assert!(recv.as_mut().poll(&mut cx).is_pending());
+    }
+    addr.send(String::from("b")).unwrap();
+    assert_eq!(mailbox.message_count(), 3);
+    let got: Vec<String> = std::iter::from_fn(|| mailbox.try_recv().unwrap())
+        .map(|m| match m.downcast::<u32>() {
+            Ok(n) => n.to_string(),
+            Err(m) => m.downcast::<String>().unwrap(),
+        })
+        .collect();
+    assert_eq!(got, ["1", "a", "b"]);
+
+    // Across threads: a receiver that drops every other future after one
+    // poll, while a sender pushes, still gets every message once, in order.
+    const N: u64 = 100_000;
+    let sender = std::thread::spawn(move || {
+        for n in 0..N {
+            addr.send(n).unwrap();
+        }
+    });
+    let mut next = 0;
+    let mut dropped = 0u64;
+    while next < N {
+        let mut recv = Box::pin(mailbox.recv());
+        match recv.as_mut().poll(&mut cx) {
+            Poll::Ready(msg) => {
+                assert_eq!(msg.unwrap().downcast::<u64>().unwrap(), next);
+                next += 1;
+                // Then drop one more future, polled or not.
+                let mut again = Box::pin(mailbox.recv());
+                if next % 2 == 0 {
+                    if let Poll::Ready(msg) = again.as_mut().poll(&mut cx) {
+                        assert_eq!(msg.unwrap().downcast::<u64>().unwrap(), next);
+                        next += 1;
+                    }
+                }
+                dropped += 1;
+            }
+            Poll::Pending => {
+                dropped += 1;
+                std::thread::yield_now();
+            }
+        }
+    }
+    sender.join().unwrap();
+    assert_eq!(mailbox.message_count(), 0);
+    assert!(mailbox.try_recv().unwrap().is_none());
+    println!("{N} messages received in order past {dropped} dropped recv futures");
+}
+
 #[test]
 fn blocking_receive_across_threads_and_timeout() {
     let node = node();

@@ -212,6 +212,17 @@ impl Node {
     /// Completes once every connected peer has applied this node's registry
     /// changes made before the call (a peer that goes down meanwhile no
     /// longer counts).
+    ///
+    /// What it waits for: one round trip to each peer connected at the
+    /// call, all at once, so the slowest of them. The node sends each a
+    /// sync request on the same ordered link as its claims, and the peer
+    /// answers once it has applied everything before it. So after `sync`,
+    /// a [`lookup`](Node::lookup) on any of those peers sees this node's
+    /// registrations and unregistrations (group joins and subscriptions
+    /// too). It does not wait for nodes that are not connected (they get
+    /// this node's claims in the snapshot when they connect), nor for other
+    /// nodes' changes to reach this one. With no peer connected it
+    /// completes at once.
     pub fn sync(&self) -> SyncFuture {
         self.inner.start_sync()
     }

@@ -15,7 +15,6 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
@@ -121,20 +120,62 @@ impl Capacity {
     }
 }
 
+/// Messages and bytes that went one way (into the mailbox, or out of it)
+/// since it was made. Each tally is written only under one lock (the
+/// incoming queue's for what went in, the taken queue's for what came out),
+/// so a write is a plain load and store, not a locked read-modify-write;
+/// anyone may read it. What the mailbox holds is the difference
+/// ([`MailboxShared::held`]).
+#[derive(Default)]
+struct Tally {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Tally {
+    /// Adds to the tally. The caller holds the lock that owns it.
+    fn add(&self, messages: usize, bytes: usize) {
+        let m = self.messages.load(Ordering::Relaxed);
+        let b = self.bytes.load(Ordering::Relaxed);
+        self.bytes.store(b.wrapping_add(bytes), Ordering::Release);
+        self.messages
+            .store(m.wrapping_add(messages), Ordering::Release);
+    }
+}
+
+/// Keeps what senders write and what receivers write on cache lines of
+/// their own (128 bytes: two lines, for CPUs that fetch lines in pairs), so
+/// a receiver popping from a batch does not take the line a sender is
+/// pushing on away from it, and the other way round.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+/// The senders' side: the incoming queue and what went into it.
+struct Incoming {
+    /// The incoming queue, the closed flag, waiters.
+    state: Mutex<State>,
+    /// Everything pushed so far (written under `state`). A blocked
+    /// receiver also spins on its message count before it parks: on a
+    /// line apart from the lock's, so that spinning does not take the
+    /// lock's line from a sender between its lock and its unlock.
+    pushed: Padded<Tally>,
+}
+
+/// The receivers' side: messages already moved out of the incoming queue,
+/// older than anything still in it, and what came out. Receivers take
+/// whole batches from the incoming queue at once (one lock, swapping the
+/// queues), then pop without touching the senders' side.
+struct Taken {
+    queue: Mutex<VecDeque<Message>>,
+    /// Everything received or dropped by a close so far (written under
+    /// `queue`).
+    popped: Tally,
+}
+
 pub(crate) struct MailboxShared {
     pub(crate) id: MailboxId,
-    /// What senders touch: the incoming queue, the closed flag, waiters.
-    state: Mutex<State>,
-    /// What receivers touch: messages already moved out of the incoming
-    /// queue, older than anything still in it. Receivers take whole batches
-    /// from `state` at once, so senders and receivers rarely contend.
-    taken: Mutex<VecDeque<Message>>,
-    /// Messages in `taken` and `state.queue` together.
-    len: AtomicUsize,
-    /// Bytes in `taken` and `state.queue` together.
-    bytes: AtomicUsize,
-    /// Pushes so far: a blocked receiver spins on it before it parks.
-    pushes: AtomicU64,
+    incoming: Padded<Incoming>,
+    taken: Padded<Taken>,
     node: Weak<NodeInner>,
     capacity: Capacity,
     /// Some peer was told this mailbox is busy: receivers check whether it
@@ -203,11 +244,14 @@ impl MailboxShared {
     pub(crate) fn new(id: MailboxId, node: Weak<NodeInner>, capacity: Capacity) -> MailboxShared {
         MailboxShared {
             id,
-            state: Mutex::new(State::default()),
-            taken: Mutex::new(VecDeque::new()),
-            len: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
-            pushes: AtomicU64::new(0),
+            incoming: Padded(Incoming {
+                state: Mutex::new(State::default()),
+                pushed: Padded(Tally::default()),
+            }),
+            taken: Padded(Taken {
+                queue: Mutex::new(VecDeque::new()),
+                popped: Tally::default(),
+            }),
             node,
             capacity,
             busy: AtomicBool::new(false),
@@ -220,11 +264,41 @@ impl MailboxShared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave the queue inconsistent
         // (every critical section is a few field updates), so carry on.
-        lock(&self.state)
+        lock(&self.incoming.0.state)
     }
 
     fn lock_taken(&self) -> MutexGuard<'_, VecDeque<Message>> {
-        lock(&self.taken)
+        lock(&self.taken.0.queue)
+    }
+
+    /// Messages and bytes queued (in the taken and the incoming queue
+    /// together). What came out is read first: it never passes what went
+    /// in, so the difference is never negative, and it is exact under the
+    /// incoming queue's lock but for receives that run meanwhile (which
+    /// only lower it).
+    fn held(&self) -> (usize, usize) {
+        let popped = &self.taken.0.popped;
+        let pushed = &self.incoming.0.pushed.0;
+        let (out_m, out_b) = (
+            popped.messages.load(Ordering::Acquire),
+            popped.bytes.load(Ordering::Acquire),
+        );
+        let (in_m, in_b) = (
+            pushed.messages.load(Ordering::Acquire),
+            pushed.bytes.load(Ordering::Acquire),
+        );
+        (in_m.wrapping_sub(out_m), in_b.wrapping_sub(out_b))
+    }
+
+    /// Messages pushed so far: a blocked receiver spins on it before it
+    /// parks, to see whether anything arrived.
+    fn pushes(&self) -> usize {
+        self.incoming.0.pushed.0.messages.load(Ordering::Acquire)
+    }
+
+    /// Counts a message taken out of the taken queue (its lock held).
+    fn count_taken(&self, msg: &Message) {
+        self.taken.0.popped.add(1, msg.byte_len());
     }
 
     /// Whether one more message of `len` bytes fits the capacity.
@@ -232,14 +306,9 @@ impl MailboxShared {
         if self.capacity == Capacity::UNBOUNDED {
             return true;
         }
-        let count_ok = self
-            .capacity
-            .max_messages
-            .is_none_or(|max| self.len.load(Ordering::Acquire) < max);
-        let bytes_ok = self
-            .capacity
-            .max_bytes
-            .is_none_or(|max| self.bytes.load(Ordering::Acquire) + len <= max);
+        let (messages, bytes) = self.held();
+        let count_ok = self.capacity.max_messages.is_none_or(|max| messages < max);
+        let bytes_ok = self.capacity.max_bytes.is_none_or(|max| bytes + len <= max);
         count_ok && bytes_ok
     }
 
@@ -254,8 +323,7 @@ impl MailboxShared {
             return Err(SendError::Full);
         }
         state.queue.push_back(msg);
-        self.len.fetch_add(1, Ordering::AcqRel);
-        self.bytes.fetch_add(len, Ordering::AcqRel);
+        self.incoming.0.pushed.0.add(1, len);
         self.wake_receivers(state);
         Ok(())
     }
@@ -289,11 +357,7 @@ impl MailboxShared {
         let hard_cap = share.saturating_mul(HARD_CAP_SHARES);
         // Receivers may take messages meanwhile (they only lower this), so a
         // value read once per batch is a safe upper bound.
-        let held = if bounded {
-            0
-        } else {
-            self.bytes.load(Ordering::Acquire)
-        };
+        let held = if bounded { 0 } else { self.held().1 };
         for msg in msgs {
             if state.closed {
                 pushed.closed += 1;
@@ -301,7 +365,7 @@ impl MailboxShared {
             }
             let len = msg.byte_len();
             let queued = if bounded {
-                self.bytes.load(Ordering::Acquire)
+                self.held().1
             } else {
                 held + added_bytes
             };
@@ -328,8 +392,7 @@ impl MailboxShared {
                     continue;
                 }
                 // Keep the counts exact message by message for the bound.
-                self.len.fetch_add(1, Ordering::AcqRel);
-                self.bytes.fetch_add(len, Ordering::AcqRel);
+                self.incoming.0.pushed.0.add(1, len);
             } else {
                 added_bytes += len;
             }
@@ -349,9 +412,11 @@ impl MailboxShared {
         if !bounded && pushed.delivered > 0 {
             // One update for the whole batch (still under the lock, so a
             // receiver that swaps the queue out sees counts that cover it).
-            self.len
-                .fetch_add(pushed.delivered as usize, Ordering::AcqRel);
-            self.bytes.fetch_add(added_bytes, Ordering::AcqRel);
+            self.incoming
+                .0
+                .pushed
+                .0
+                .add(pushed.delivered as usize, added_bytes);
         }
         if pushed.delivered > 0 {
             self.wake_receivers(state);
@@ -359,8 +424,11 @@ impl MailboxShared {
         pushed
     }
 
+    /// Wakes whoever waits for a message (call with the state lock held,
+    /// after a push). Costs nothing more when no receiver waits: the
+    /// common case for a receiver that keeps up takes no system call and
+    /// no atomic besides the lock.
     fn wake_receivers(&self, mut state: MutexGuard<'_, State>) {
-        self.pushes.fetch_add(1, Ordering::Release);
         // Unparking a thread that is not asleep yet costs no system call.
         if !state.parked.is_empty() {
             for thread in state.parked.drain(..) {
@@ -396,8 +464,15 @@ impl MailboxShared {
         state.exit = Some(reason.clone());
         let queue = std::mem::take(&mut state.queue);
         let older = std::mem::take(&mut *taken);
-        self.len.store(0, Ordering::Release);
-        self.bytes.store(0, Ordering::Release);
+        // Everything queued leaves with the close: count it as taken.
+        let pushed = &self.incoming.0.pushed.0;
+        let popped = &self.taken.0.popped;
+        popped
+            .bytes
+            .store(pushed.bytes.load(Ordering::Acquire), Ordering::Release);
+        popped
+            .messages
+            .store(pushed.messages.load(Ordering::Acquire), Ordering::Release);
         let watchers = std::mem::take(&mut state.watchers);
         let links = std::mem::take(&mut state.links);
         let told_busy = std::mem::take(&mut state.told_busy);
@@ -505,12 +580,12 @@ impl MailboxShared {
 
     /// Messages queued.
     pub(crate) fn queued_messages(&self) -> usize {
-        self.len.load(Ordering::Acquire)
+        self.held().0
     }
 
     /// Bytes of the messages queued.
     pub(crate) fn queued_bytes(&self) -> usize {
-        self.bytes.load(Ordering::Acquire)
+        self.held().1
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -548,8 +623,7 @@ impl MailboxShared {
     ) -> Option<Message> {
         let index = from + taken.iter().skip(from).position(&mut *pred)?;
         let msg = taken.remove(index)?;
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(msg.byte_len(), Ordering::AcqRel);
+        self.count_taken(&msg);
         Some(msg)
     }
 
@@ -589,8 +663,7 @@ impl MailboxShared {
     /// Takes the oldest message without a predicate: the common receive.
     fn pop_taken(&self, taken: &mut VecDeque<Message>) -> Option<Message> {
         let msg = taken.pop_front()?;
-        self.len.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(msg.byte_len(), Ordering::AcqRel);
+        self.count_taken(&msg);
         Some(msg)
     }
 
@@ -602,7 +675,7 @@ impl MailboxShared {
             return;
         }
         let share = self.busy_share.load(Ordering::Relaxed);
-        if self.bytes.load(Ordering::Acquire) > share / 2 {
+        if self.held().1 > share / 2 {
             return;
         }
         self.tell_ready();
@@ -670,7 +743,6 @@ impl MailboxShared {
         // A user-thread convenience, not the core: it may read the clock.
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
         loop {
-            let seen = self.pushes.load(Ordering::Acquire);
             let mut taken = self.lock_taken();
             let state = match self.take_or_lock(&mut taken, pred.as_deref_mut()) {
                 Ok(msg) => {
@@ -684,6 +756,10 @@ impl MailboxShared {
             if state.closed {
                 return Err(RecvError::Closed);
             }
+            // Exact: pushes count under the lock held here. Read only when
+            // nothing is queued, so a receiver working through a batch
+            // never touches the senders' cache line.
+            let seen = self.pushes();
             drop(state);
             // Nothing matched. A busy sender usually pushes again within
             // microseconds: spin a little before parking the thread, which
@@ -692,7 +768,7 @@ impl MailboxShared {
                 continue;
             }
             let mut state = self.lock();
-            if self.pushes.load(Ordering::Acquire) != seen || state.closed {
+            if self.pushes() != seen || state.closed {
                 continue;
             }
             state.parked.push(std::thread::current());
@@ -717,9 +793,9 @@ impl MailboxShared {
     }
 
     /// Spins briefly; whether a push happened since `seen`.
-    fn spin_for_push(&self, seen: u64) -> bool {
+    fn spin_for_push(&self, seen: usize) -> bool {
         for i in 0..SPINS {
-            if self.pushes.load(Ordering::Acquire) != seen {
+            if self.pushes() != seen {
                 return true;
             }
             if i < SPINS / 2 {
@@ -868,7 +944,7 @@ impl Mailbox {
 
     /// Exactly how many messages are queued.
     pub fn message_count(&self) -> usize {
-        self.shared.len.load(Ordering::Acquire)
+        self.shared.queued_messages()
     }
 
     /// Closes the mailbox: queued messages are dropped, pending and future
