@@ -1,5 +1,8 @@
 //! Sending: draining outbound queues into TLS, within each connection's
-//! write window, small frames first and large messages in fragments.
+//! write window, small frames first (a chunk from each destination
+//! mailbox's lane in turn, see `node/outbox.rs`) and large messages in
+//! fragments; each drain is recorded for the link's rate, which bounds the
+//! lanes.
 
 use super::*;
 
