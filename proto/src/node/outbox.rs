@@ -199,6 +199,12 @@ pub(crate) const LANE_FLOOR: usize = 256 * 1024;
 /// also the bound before the link's rate was measured.
 pub(crate) const LANES_PER_BOUND: usize = 4;
 
+/// Bytes past the whole queue's bound that frames to idle mailboxes (an
+/// empty lane) may use: a request or a ping to one mailbox is not refused
+/// because another mailbox filled the queue. 16 KiB: a few requests at
+/// once, and a bound on what the queue holds past its own.
+pub(crate) const LANE_RESERVE: usize = 16 * 1024;
+
 /// How long the core measures a backlogged link's drain before it updates
 /// the rate: long enough for several writes to the socket, short enough to
 /// follow a change of link within a few target delays.
@@ -322,10 +328,11 @@ impl OutboxState {
     }
 
     /// Appends a small frame (`framed` bytes, written by `write`) to the
-    /// lane of `dest`, within the bounds: the lane's own
-    /// ([`OutboxState::lane_limit`]; an empty lane always takes one frame)
-    /// and, if `bounded`, the whole queue's `outbound_limit` (an empty
-    /// queue always takes one frame).
+    /// lane of `dest`, within the bounds if `bounded`: the whole queue's
+    /// `outbound_limit` (an empty queue always takes one frame; a frame to
+    /// an empty lane may use [`LANE_RESERVE`] past it) and, while another
+    /// lane waits too, the lane's own ([`OutboxState::lane_limit`]; an
+    /// empty lane always takes one frame).
     fn push_small(
         &mut self,
         dest: Option<MailboxId>,
@@ -334,13 +341,21 @@ impl OutboxState {
         outbound_limit: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Refused> {
-        if bounded && self.queued_small > 0 && self.queued_small + framed > outbound_limit {
-            return Err(Refused::Full);
-        }
         let at = self.lane_for(dest);
         let held = self.small[at].bytes;
-        if bounded && held > 0 && held + framed > self.lane_limit(outbound_limit) {
-            return Err(Refused::Full);
+        if bounded && self.queued_small > 0 {
+            // A frame to an idle mailbox may use the reserve past the bound.
+            let reserve = if held == 0 { LANE_RESERVE } else { 0 };
+            if self.queued_small + framed > outbound_limit + reserve {
+                return Err(Refused::Full);
+            }
+            // Under contention (another lane waits too), each lane keeps
+            // to its bound in time; alone, a mailbox may use the whole
+            // queue, as before lanes.
+            let contended = self.queued_small > held;
+            if contended && held > 0 && held + framed > self.lane_limit(outbound_limit) {
+                return Err(Refused::Full);
+            }
         }
         let chunk = self.tail(at, framed);
         let before = chunk.len();
@@ -1258,12 +1273,14 @@ mod tests {
             "before a rate: the ceiling"
         );
         let framed = DATA_HEADER_LEN + 9;
-        // Fill A's lane to just under the limit, then exactly to it.
+        // Alone, a mailbox may use the whole queue: the lane bound holds
+        // while another lane waits (here C's one frame).
+        assert!(send(&network, mailbox(3), b'c', 0).is_ok());
         let fit = lane_limit / framed;
         for seq in 0..fit as u64 {
             assert!(send(&network, mailbox(1), b'a', seq).is_ok());
         }
-        let held = outbox.lock().queued_small;
+        let held = outbox.lock().queued_small - framed;
         assert!(held <= lane_limit && held + framed > lane_limit);
         // Over: refused.
         assert!(matches!(
@@ -1286,14 +1303,17 @@ mod tests {
         // Another mailbox and the unkeyed lane still have room.
         assert!(send(&network, mailbox(2), b'b', 0).is_ok());
         assert!(frame(&network, None, b'r', 0).is_ok());
-        // Fill the whole queue with other mailboxes' lanes: then even an
-        // empty lane is refused (the whole bound holds), until it drains.
+        // Fill the whole queue with other mailboxes' lanes, then the
+        // reserve with one frame each to idle mailboxes: then even an
+        // empty lane is refused, until the queue drains.
         let mut m = 10;
         while send(&network, mailbox(m), b'x', 0).is_ok() {
             while send(&network, mailbox(m), b'x', 1).is_ok() {}
             m += 1;
         }
-        assert!(outbox.lock().queued_small <= limit);
+        let all = outbox.lock().queued_small;
+        assert!(all <= limit + LANE_RESERVE, "{all} bytes");
+        assert!(all + framed > limit, "{all} bytes: not at the bound");
         assert!(matches!(
             send(&network, mailbox(99), b'z', 0),
             Err(Refused::Full)
