@@ -389,15 +389,31 @@ async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
     let (accepted, full) = tokio::task::spawn_blocking(move || {
         let addr = n0.address_of(stuck_id);
         let (mut ok, mut full) = (0u64, 0u64);
+        // The mailbox's lane in the outbound queue holds a quarter of the
+        // queue's bound at most: wait while it drains (up to 50 ms), until
+        // the refusals last (node 0 heard the mailbox is busy).
+        let mut patient = true;
         for i in 0..512u64 {
             // Just under a fragment, so they queue in order with small
             // messages (requests, other mailboxes' messages) behind them.
             let mut payload = vec![0u8; (64 << 10) - 16];
             payload[..8].copy_from_slice(&i.to_le_bytes());
-            match addr.send(ByteBuf::from(payload)) {
-                Ok(()) => ok += 1,
-                Err(SendError::Full) => full += 1,
-                Err(e) => panic!("{e}"),
+            let mut tries = 0;
+            loop {
+                match addr.send(ByteBuf::from(payload.clone())) {
+                    Ok(()) => ok += 1,
+                    Err(SendError::Full) if patient && tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(1));
+                        continue;
+                    }
+                    Err(SendError::Full) => {
+                        full += 1;
+                        patient = false;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+                break;
             }
         }
         (ok, full)

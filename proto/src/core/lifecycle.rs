@@ -13,7 +13,7 @@ use crate::node::outbox::OutboxState;
 pub(crate) fn queued_messages(state: &OutboxState) -> u64 {
     use crate::codec::frame::{FrameKind, LEN_PREFIX};
     let mut count = 0u64;
-    for chunk in &state.small {
+    for chunk in state.small_chunks() {
         let mut at = 0;
         while at + LEN_PREFIX < chunk.len() {
             let mut len = [0u8; LEN_PREFIX];

@@ -1,7 +1,12 @@
 //! Sending: draining outbound queues into TLS, within each connection's
-//! write window, small frames first and large messages in fragments.
+//! write window, small frames first (a chunk from each destination
+//! mailbox's lane in turn, see `node/outbox.rs`) and large messages in
+//! fragments; each drain is recorded for the link's rate, which bounds the
+//! lanes.
 
 use super::*;
+
+use crate::node::outbox::SPARE_CHUNKS;
 
 impl Core {
     pub(super) fn flush(&mut self, now: Instant) {
@@ -93,7 +98,7 @@ impl Core {
         if let Some(peer) = conn.peer() {
             let outbox = self.node.inner.network().outbox(peer);
             if let Some(outbox) = outbox {
-                let drained = drain_outbox(conn, outbox);
+                let drained = drain_outbox(now, conn, outbox);
                 if drained.more {
                     self.active.insert(peer);
                 } else {
@@ -126,10 +131,12 @@ struct Drained {
     more: bool,
 }
 
-/// Moves queued user frames from a peer's outbox into the TLS session: all
-/// small frames, then fragments of large messages round-robin by mailbox,
-/// up to the transmit budget.
-fn drain_outbox(conn: &mut Conn, outbox: &crate::node::outbox::Outbox) -> Drained {
+/// Moves queued user frames from a peer's outbox into the TLS session: small
+/// frames a chunk from each lane in turn (see `node/outbox.rs`), then, once
+/// no small frame waits, fragments of large messages round-robin by
+/// mailbox, up to the transmit budget; records the drain for the link's
+/// rate, which bounds each lane.
+fn drain_outbox(now: Instant, conn: &mut Conn, outbox: &crate::node::outbox::Outbox) -> Drained {
     let mut budget = TRANSMIT_BUDGET;
     let mut written = 0;
     let mut pieces: Vec<(Vec<u8>, Bytes)> = Vec::new();
@@ -139,21 +146,15 @@ fn drain_outbox(conn: &mut Conn, outbox: &crate::node::outbox::Outbox) -> Draine
         let mut state = outbox.lock();
         // Chunks written last time go back for the senders to reuse.
         for mut chunk in chunks.drain(..) {
-            if state.spare_chunks.len() < 4 {
+            if state.spare_chunks.len() < SPARE_CHUNKS {
                 chunk.clear();
                 state.spare_chunks.push(chunk);
             }
         }
-        // Small frames first, a whole chunk at a time, up to the budget.
-        while budget > 0 {
-            let Some(chunk) = state.small.pop_front() else {
-                break;
-            };
-            state.queued_small -= chunk.len();
-            budget = budget.saturating_sub(chunk.len());
-            chunks.push(chunk);
-        }
-        while budget > 0 && !state.lanes.is_empty() {
+        // Small frames first, a chunk from each lane in turn, up to the
+        // budget.
+        budget = budget.saturating_sub(state.take_small(budget, &mut chunks));
+        while budget > 0 && state.queued_small == 0 && !state.lanes.is_empty() {
             let mut lane = state.lanes.pop_front().expect("not empty");
             let item = lane.items.front_mut().expect("lanes are never empty");
             let total = item.payload.len();
@@ -186,6 +187,7 @@ fn drain_outbox(conn: &mut Conn, outbox: &crate::node::outbox::Outbox) -> Draine
             }
         }
         more = state.queued() > 0;
+        state.record_drain(now, TRANSMIT_BUDGET - budget, more);
         if !more {
             Network::unlist(&mut state);
         }

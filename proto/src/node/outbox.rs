@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -144,16 +145,101 @@ pub(crate) struct Lane {
     pub(crate) items: VecDeque<Bulk>,
 }
 
+/// Small frames waiting to leave in order: to one destination mailbox, or
+/// (the first two lanes of [`OutboxState::small`]) frames without a mailbox
+/// and the overflow of mailboxes that found no lane of their own.
+#[derive(Default)]
+pub(crate) struct SmallLane {
+    /// The mailbox whose frames this lane holds (`None`: the shared lanes).
+    pub(crate) dest: Option<MailboxId>,
+    /// Finished frames in send order, in chunks of at most [`LANE_CHUNK`]
+    /// bytes (or one larger frame), so the core takes them without copying.
+    pub(crate) chunks: VecDeque<Vec<u8>>,
+    /// Bytes in `chunks`.
+    pub(crate) bytes: usize,
+}
+
+/// The lane of frames without a destination mailbox: replies,
+/// publications, tunnel frames.
+const UNKEYED: usize = 0;
+
+/// The lane of mailboxes that found no lane of their own (all
+/// [`MAX_LANES`] taken, or this lane not empty yet: a mailbox whose frames
+/// may still wait here must not get a lane of its own, which could overtake
+/// them).
+const OVERFLOW: usize = 1;
+
+/// Lanes of their own for destination mailboxes, per peer. A sender to
+/// more mailboxes at once (a broadcast by hand) shares the overflow lane
+/// beyond this, as all small frames shared one queue before lanes; the
+/// bound keeps a send's lane lookup (a scan) short and the drain's round
+/// short.
+pub(crate) const MAX_LANES: usize = 32;
+
+/// Bytes the core takes from one lane before it turns to the next: one TLS
+/// record's worth of plaintext (16 KiB), so a frame in an idle lane waits
+/// behind about one record per busy lane.
+pub(crate) const LANE_CHUNK: usize = 16 * 1024;
+
+/// How long a lane's backlog should take to leave at the link's measured
+/// drain rate. A sender to that mailbox sees `Full` past it; a request
+/// behind its own mailbox's flood waits about this long, and the flood
+/// keeps the link busy as long as its sender refills within it (a sender
+/// retrying after `Full` yields or sleeps for tens of microseconds).
+pub(crate) const LANE_TARGET_DELAY: Duration = Duration::from_millis(5);
+
+/// The least a lane may hold, whatever the rate: one transmit's worth (the
+/// core's transmit budget, 256 KiB), so a busy lane always gives a drain a
+/// full batch of work and the cost per message stays that of batches.
+pub(crate) const LANE_FLOOR: usize = 256 * 1024;
+
+/// The most a lane may hold is the peer's outbound bound divided by this,
+/// so at least this many mailboxes fill their lanes before the whole queue
+/// is full: one flooded mailbox never locks requests to others out. It is
+/// also the bound before the link's rate was measured.
+pub(crate) const LANES_PER_BOUND: usize = 4;
+
+/// Bytes past the whole queue's bound that frames to idle mailboxes (an
+/// empty lane) may use: a request or a ping to one mailbox is not refused
+/// because another mailbox filled the queue. 16 KiB: a few requests at
+/// once, and a bound on what the queue holds past its own.
+pub(crate) const LANE_RESERVE: usize = 16 * 1024;
+
+/// How long the core measures a backlogged link's drain before it updates
+/// the rate: long enough for several writes to the socket, short enough to
+/// follow a change of link within a few target delays.
+pub(crate) const RATE_SAMPLE: Duration = Duration::from_millis(10);
+
+/// The drain rate of a link, measured while its queue is backlogged (then
+/// the core drains as fast as the socket takes bytes, which is the link's
+/// rate).
+#[derive(Default)]
+pub(crate) struct DrainRate {
+    /// When the current sample started, and `drained` then.
+    mark: Option<(Instant, u64)>,
+    /// Bytes drained in all.
+    drained: u64,
+    /// The last measured rate in bytes per second (`None`: not yet).
+    bytes_per_sec: Option<u64>,
+    /// That rate times [`LANE_TARGET_DELAY`], at least [`LANE_FLOOR`]
+    /// (worked out once per sample, not on every send).
+    timed_limit: Option<usize>,
+}
+
 /// What waits to go to one peer.
 #[derive(Default)]
 pub(crate) struct OutboxState {
     /// Whether a connection to the peer is up; sends to a down peer are
     /// dropped (at most once).
     pub(crate) connected: bool,
-    /// Finished small frames, in send order, in chunks of about
-    /// [`SMALL_CHUNK`] bytes, so the core can take a transmit's worth at a
-    /// time without copying what stays behind.
-    pub(crate) small: VecDeque<Vec<u8>>,
+    /// Lanes of small frames: [`UNKEYED`], [`OVERFLOW`], then one per
+    /// destination mailbox with frames waiting (empty lanes are recycled
+    /// by the core's drain).
+    pub(crate) small: Vec<SmallLane>,
+    /// The lane the core's next drain starts at (round-robin).
+    pub(crate) next_lane: usize,
+    /// Emptied mailbox lanes, for reuse (their chunk queues keep capacity).
+    spare_lanes: Vec<SmallLane>,
     /// Emptied chunks, for reuse.
     pub(crate) spare_chunks: Vec<Vec<u8>>,
     /// Large messages (and anything queued behind them to the same mailbox).
@@ -162,6 +248,8 @@ pub(crate) struct OutboxState {
     pub(crate) queued_small: usize,
     /// Bytes in `lanes`.
     pub(crate) queued_bulk: usize,
+    /// The link's drain rate, which sets each lane's bound.
+    pub(crate) rate: DrainRate,
     /// Mailboxes of the peer that said they are busy (over their share of
     /// unread messages): sends to them fail with `Full` until they say
     /// they are ready. At most [`MAX_BUSY_MAILBOXES`].
@@ -170,11 +258,12 @@ pub(crate) struct OutboxState {
     listed: bool,
 }
 
-/// Bytes of small frames per chunk of the outbound queue.
-pub(crate) const SMALL_CHUNK: usize = 256 * 1024;
+/// Spare chunks an outbox keeps for reuse: a full transmit's worth
+/// (256 KiB) of [`LANE_CHUNK`]s.
+pub(crate) const SPARE_CHUNKS: usize = 16;
 
 /// The capacity a fresh chunk starts with; it doubles as frames arrive, up
-/// to [`SMALL_CHUNK`]. A few messages to a peer (most of a large cluster's
+/// to [`LANE_CHUNK`]. A few messages to a peer (most of a large cluster's
 /// peers, most of the time) must not reserve a whole chunk each; a busy
 /// peer's chunks reach full size once and are reused from then on.
 const FIRST_CHUNK: usize = 4 * 1024;
@@ -186,21 +275,184 @@ const FIRST_CHUNK: usize = 4 * 1024;
 pub(crate) const MAX_BUSY_MAILBOXES: usize = 4096;
 
 impl OutboxState {
-    /// The chunk new small frames go into: the last one if it has room for
-    /// `framed` more bytes, otherwise a fresh one.
-    fn tail(&mut self, framed: usize) -> &mut Vec<u8> {
-        let fits = self
-            .small
+    /// The lane frames to `dest` go into (`None`: the unkeyed lane),
+    /// making one if the mailbox has none and may have one (see
+    /// [`OVERFLOW`]).
+    fn lane_for(&mut self, dest: Option<MailboxId>) -> usize {
+        if self.small.len() < 2 {
+            self.small.resize_with(2, SmallLane::default);
+        }
+        let Some(dest) = dest else {
+            return UNKEYED;
+        };
+        // Most sends go to the mailbox of the first lane: look there first.
+        if let Some(i) = self.small[2..].iter().position(|l| l.dest == Some(dest)) {
+            return i + 2;
+        }
+        if self.small[OVERFLOW].bytes > 0 || self.small.len() >= MAX_LANES + 2 {
+            return OVERFLOW;
+        }
+        let mut lane = self.spare_lanes.pop().unwrap_or_default();
+        lane.dest = Some(dest);
+        self.small.push(lane);
+        self.small.len() - 1
+    }
+
+    /// The chunk of lane `at` new small frames go into: its last one if it
+    /// has room for `framed` more bytes, otherwise a fresh one.
+    fn tail(&mut self, at: usize, framed: usize) -> &mut Vec<u8> {
+        let lane = &mut self.small[at];
+        let fits = lane
+            .chunks
             .back()
-            .is_some_and(|c| c.len() + framed <= SMALL_CHUNK || c.is_empty());
+            .is_some_and(|c| c.len() + framed <= LANE_CHUNK || c.is_empty());
         if !fits {
             let chunk = self
                 .spare_chunks
                 .pop()
-                .unwrap_or_else(|| Vec::with_capacity(framed.clamp(FIRST_CHUNK, SMALL_CHUNK)));
-            self.small.push_back(chunk);
+                .unwrap_or_else(|| Vec::with_capacity(framed.clamp(FIRST_CHUNK, LANE_CHUNK)));
+            lane.chunks.push_back(chunk);
         }
-        self.small.back_mut().expect("just ensured")
+        lane.chunks.back_mut().expect("just ensured")
+    }
+
+    /// The most one lane may hold for a queue bounded at `outbound_limit`:
+    /// the measured drain rate times [`LANE_TARGET_DELAY`], at least
+    /// [`LANE_FLOOR`], at most `outbound_limit / LANES_PER_BOUND` (also the
+    /// bound before a rate was measured).
+    pub(crate) fn lane_limit(&self, outbound_limit: usize) -> usize {
+        let ceiling = outbound_limit / LANES_PER_BOUND;
+        self.rate
+            .timed_limit
+            .map_or(ceiling, |timed| timed.min(ceiling))
+    }
+
+    /// Appends a small frame (`framed` bytes, written by `write`) to the
+    /// lane of `dest`, within the bounds if `bounded`: the whole queue's
+    /// `outbound_limit` (an empty queue always takes one frame; a frame to
+    /// an empty lane may use [`LANE_RESERVE`] past it) and, while another
+    /// lane waits too, the lane's own ([`OutboxState::lane_limit`]; an
+    /// empty lane always takes one frame).
+    fn push_small(
+        &mut self,
+        dest: Option<MailboxId>,
+        framed: usize,
+        bounded: bool,
+        outbound_limit: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Refused> {
+        let at = self.lane_for(dest);
+        let held = self.small[at].bytes;
+        if bounded && self.queued_small > 0 {
+            // A frame to an idle mailbox may use the reserve past the bound.
+            let reserve = if held == 0 { LANE_RESERVE } else { 0 };
+            if self.queued_small + framed > outbound_limit + reserve {
+                return Err(Refused::Full);
+            }
+            // Under contention (another lane waits too), each lane keeps
+            // to its bound in time; alone, a mailbox may use the whole
+            // queue, as before lanes.
+            let contended = self.queued_small > held;
+            if contended && held > 0 && held + framed > self.lane_limit(outbound_limit) {
+                return Err(Refused::Full);
+            }
+        }
+        let chunk = self.tail(at, framed);
+        let before = chunk.len();
+        write(chunk);
+        let added = chunk.len() - before;
+        self.small[at].bytes += added;
+        self.queued_small += added;
+        Ok(())
+    }
+
+    /// The small frames waiting, chunk by chunk, lane by lane (frames to
+    /// one mailbox in order; a frame never spans two chunks).
+    pub(crate) fn small_chunks(&self) -> impl Iterator<Item = &Vec<u8>> {
+        self.small.iter().flat_map(|l| l.chunks.iter())
+    }
+
+    /// Takes up to `budget` bytes of small frames (at least one chunk if
+    /// any waits) into `into`, a chunk from each lane in turn, starting at
+    /// the lane after the one the last drain started at; recycles lanes of
+    /// mailboxes left empty. Returns the bytes taken.
+    pub(crate) fn take_small(&mut self, budget: usize, into: &mut Vec<Vec<u8>>) -> usize {
+        let mut taken = 0;
+        let lanes = self.small.len();
+        if lanes == 0 || self.queued_small == 0 {
+            return 0;
+        }
+        let start = self.next_lane % lanes;
+        self.next_lane = start + 1;
+        'rounds: while taken < budget {
+            let mut any = false;
+            for k in 0..lanes {
+                let lane = &mut self.small[(start + k) % lanes];
+                if let Some(chunk) = lane.chunks.pop_front() {
+                    lane.bytes -= chunk.len();
+                    taken += chunk.len();
+                    into.push(chunk);
+                    any = true;
+                    if taken >= budget {
+                        break 'rounds;
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        self.queued_small -= taken;
+        // Mailbox lanes left empty go back to the spares (their mailbox
+        // gets a lane again with its next frame).
+        let mut i = 2;
+        while i < self.small.len() {
+            if self.small[i].bytes == 0 {
+                let mut lane = self.small.swap_remove(i);
+                lane.dest = None;
+                lane.chunks.clear();
+                if self.spare_lanes.len() < MAX_LANES {
+                    self.spare_lanes.push(lane);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        taken
+    }
+
+    /// Records a drain of `bytes` at `now`; `backlogged`: frames still wait
+    /// after it, so the link, not the senders, set the pace and the rate
+    /// is the link's. A drain that emptied the queue ends the sample.
+    pub(crate) fn record_drain(&mut self, now: Instant, bytes: usize, backlogged: bool) {
+        let rate = &mut self.rate;
+        rate.drained += bytes as u64;
+        if !backlogged {
+            rate.mark = None;
+            return;
+        }
+        match rate.mark {
+            None => rate.mark = Some((now, rate.drained)),
+            Some((since, at)) => {
+                let elapsed = now.saturating_duration_since(since);
+                if elapsed >= RATE_SAMPLE {
+                    let sample = ((rate.drained - at) as u128 * 1_000_000
+                        / elapsed.as_micros().max(1)) as u64;
+                    // Half the old rate and half the new: one odd sample
+                    // (a descheduled driver) moves the bound only halfway.
+                    let bytes_per_sec = match rate.bytes_per_sec {
+                        Some(old) => old / 2 + sample / 2,
+                        None => sample,
+                    };
+                    rate.bytes_per_sec = Some(bytes_per_sec);
+                    let timed =
+                        u128::from(bytes_per_sec) * LANE_TARGET_DELAY.as_micros() / 1_000_000;
+                    rate.timed_limit =
+                        Some(usize::try_from(timed).unwrap_or(usize::MAX).max(LANE_FLOOR));
+                    rate.mark = Some((now, rate.drained));
+                }
+            }
+        }
     }
 
     /// Bytes waiting in all.
@@ -215,7 +467,9 @@ impl OutboxState {
         if self.queued() > 0 || self.capacity() == 0 {
             return false;
         }
-        self.small = VecDeque::new();
+        self.small = Vec::new();
+        self.spare_lanes = Vec::new();
+        self.next_lane = 0;
         self.spare_chunks = Vec::new();
         self.lanes = VecDeque::new();
         true
@@ -224,13 +478,20 @@ impl OutboxState {
     /// Bytes of memory the queue holds (capacity, used or not).
     pub(crate) fn capacity(&self) -> usize {
         let chunks: usize = self
-            .small
-            .iter()
+            .small_chunks()
             .chain(&self.spare_chunks)
             .map(Vec::capacity)
             .sum();
+        let queues: usize = self
+            .small
+            .iter()
+            .chain(&self.spare_lanes)
+            .map(|l| l.chunks.capacity() * std::mem::size_of::<Vec<u8>>())
+            .sum();
         chunks
-            + self.small.capacity() * std::mem::size_of::<Vec<u8>>()
+            + queues
+            + (self.small.capacity() + self.spare_lanes.capacity())
+                * std::mem::size_of::<SmallLane>()
             + self.lanes.capacity() * std::mem::size_of::<Lane>()
     }
 
@@ -239,6 +500,8 @@ impl OutboxState {
     pub(crate) fn clear(&mut self) -> usize {
         let dropped = self.queued();
         self.small.clear();
+        self.spare_lanes.clear();
+        self.next_lane = 0;
         self.spare_chunks.clear();
         self.lanes.clear();
         // A `Ready` sent while the link was down is lost, so a busy mark
@@ -249,6 +512,7 @@ impl OutboxState {
         self.busy.clear();
         self.queued_small = 0;
         self.queued_bulk = 0;
+        self.rate.mark = None;
         dropped
     }
 }
@@ -628,13 +892,10 @@ impl Network {
         let lane = state.lanes.iter_mut().position(|l| l.dest == dest);
         match lane {
             None if len <= FRAGMENT_LEN => {
-                if state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
-                    return Err(Refused::Full);
-                }
-                let chunk = state.tail(framed);
-                frame::put_data_header(chunk, dest, tag, len);
-                chunk.extend_from_slice(payload);
-                state.queued_small += framed;
+                state.push_small(Some(dest), framed, true, self.outbound_limit, |chunk| {
+                    frame::put_data_header(chunk, dest, tag, len);
+                    chunk.extend_from_slice(payload);
+                })?;
             }
             _ => {
                 // Large messages have their own budget, so one of them never
@@ -679,7 +940,8 @@ impl Network {
     }
 
     /// Queues a small frame that `write` appends (`framed` bytes long)
-    /// among the small messages. `bounded` applies the outbound bound;
+    /// in the lane of frames without a destination mailbox (replies,
+    /// publications, tunnel frames). `bounded` applies the outbound bound;
     /// tunnel frames skip it, being bounded by their credit windows instead.
     /// `inline`: the caller is a user thread that holds no lock, so the
     /// frame may be transmitted from its thread (see
@@ -693,18 +955,27 @@ impl Network {
         inline: bool,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Refused> {
+        self.push_frame_to(outbox, None, framed, bounded, inline, write)
+    }
+
+    /// As [`Network::push_frame`], in the lane of mailbox `dest` if given
+    /// (a request: it keeps its place after small sends to the same
+    /// mailbox; a large message to it, leaving in fragments from its bulk
+    /// lane, may still be overtaken, as before lanes).
+    pub(crate) fn push_frame_to(
+        &self,
+        outbox: &Outbox,
+        dest: Option<MailboxId>,
+        framed: usize,
+        bounded: bool,
+        inline: bool,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Refused> {
         let mut state = outbox.lock();
         if !state.connected {
             return Err(Refused::Unreachable);
         }
-        if bounded && state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
-            return Err(Refused::Full);
-        }
-        let chunk = state.tail(framed);
-        let before = chunk.len();
-        write(chunk);
-        let added = chunk.len() - before;
-        state.queued_small += added;
+        state.push_small(dest, framed, bounded, self.outbound_limit, write)?;
         self.announce(outbox, state, inline);
         Ok(())
     }
@@ -737,7 +1008,7 @@ mod tests {
             .is_ok());
         let held = outbox.lock().capacity();
         assert!(
-            held > 0 && held < SMALL_CHUNK,
+            held > 0 && held < LANE_CHUNK,
             "{held} bytes for one message"
         );
         // Queued bytes are never given back.
@@ -747,8 +1018,12 @@ mod tests {
         // and the next idle check gives everything back.
         {
             let mut state = outbox.lock();
-            let mut chunk = state.small.pop_front().expect("one chunk");
-            state.queued_small = 0;
+            let mut taken = Vec::new();
+            assert_eq!(
+                state.take_small(usize::MAX, &mut taken),
+                10 + DATA_HEADER_LEN
+            );
+            let mut chunk = taken.pop().expect("one chunk");
             chunk.clear();
             state.spare_chunks.push(chunk);
         }
@@ -775,5 +1050,305 @@ mod tests {
         assert!(network.outbox(NodeId(0)).is_none());
         let listed: Vec<u16> = network.outboxes().map(|o| o.peer.0).collect();
         assert_eq!(listed, ids.to_vec());
+    }
+
+    fn mailbox(serial: u64) -> MailboxId {
+        MailboxId {
+            node: NodeId(300),
+            incarnation: Incarnation(1),
+            serial,
+        }
+    }
+
+    /// A connected peer's outbox with a whole-queue bound of `limit`.
+    fn network(limit: usize) -> Network {
+        let network = Network::new([NodeId(300)], limit, 1 << 20, 1 << 20);
+        network
+            .outbox(NodeId(300))
+            .expect("a member")
+            .lock()
+            .connected = true;
+        network
+    }
+
+    /// Queues a data message to `dest` whose 9-byte payload names its
+    /// sender's stream `who` and its sequence number `seq`.
+    fn send(network: &Network, dest: MailboxId, who: u8, seq: u64) -> Result<(), Refused> {
+        let outbox = network.outbox(NodeId(300)).expect("a member");
+        let mut payload = vec![who];
+        payload.extend_from_slice(&seq.to_le_bytes());
+        network.push_message(outbox, dest, TypeTag(1), &mut payload)
+    }
+
+    /// Queues a request-like frame (prefix and the same 9-byte payload) in
+    /// the lane of `dest` (`None`: the unkeyed lane).
+    fn frame(network: &Network, dest: Option<MailboxId>, who: u8, seq: u64) -> Result<(), Refused> {
+        let outbox = network.outbox(NodeId(300)).expect("a member");
+        network.push_frame_to(outbox, dest, 4 + 9, true, false, |out| {
+            out.extend_from_slice(&9u32.to_le_bytes());
+            out.push(who);
+            out.extend_from_slice(&seq.to_le_bytes());
+        })
+    }
+
+    /// Drains up to `budget` bytes as the core does; the (who, seq) of
+    /// each frame taken, in wire order.
+    fn drain(network: &Network, budget: usize) -> Vec<(u8, u64)> {
+        let outbox = network.outbox(NodeId(300)).expect("a member");
+        let mut chunks = Vec::new();
+        outbox.lock().take_small(budget, &mut chunks);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            let mut at = 0;
+            while at < chunk.len() {
+                let len = u32::from_le_bytes(chunk[at..at + 4].try_into().unwrap()) as usize;
+                let end = at + 4 + len;
+                let tail = &chunk[end - 9..end];
+                out.push((tail[0], u64::from_le_bytes(tail[1..].try_into().unwrap())));
+                at = end;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_frame_to_an_idle_mailbox_leaves_in_the_first_round_past_a_flood() {
+        let network = network(64 << 20);
+        // 2 MiB of 22-byte frames to mailbox A, then one to B and one
+        // without a mailbox (a reply).
+        let mut flood = 0;
+        while network.outbox(NodeId(300)).unwrap().lock().queued_small < 2 << 20 {
+            assert!(send(&network, mailbox(1), b'a', flood).is_ok());
+            flood += 1;
+        }
+        assert!(frame(&network, Some(mailbox(2)), b'b', 0).is_ok());
+        assert!(frame(&network, None, b'r', 0).is_ok());
+        // One transmit's budget: a chunk of each lane in the first round,
+        // whichever lane the round starts at.
+        let first = drain(&network, 256 * 1024);
+        let position = |who| first.iter().position(|f| f.0 == who);
+        let (b, r) = (
+            position(b'b').expect("b left"),
+            position(b'r').expect("r left"),
+        );
+        let per_chunk = LANE_CHUNK / (DATA_HEADER_LEN + 9);
+        assert!(
+            b <= per_chunk + 1 && r <= per_chunk + 1,
+            "b at {b}, r at {r}"
+        );
+        // The flood's frames left in order, and the rest follow in order.
+        let mut rest = first;
+        loop {
+            let more = drain(&network, 256 * 1024);
+            if more.is_empty() {
+                break;
+            }
+            rest.extend(more);
+        }
+        let flood_seen: Vec<u64> = rest.iter().filter(|f| f.0 == b'a').map(|f| f.1).collect();
+        assert_eq!(flood_seen, (0..flood).collect::<Vec<_>>());
+        assert_eq!(network.outbox(NodeId(300)).unwrap().lock().queued_small, 0);
+    }
+
+    #[test]
+    fn busy_lanes_share_the_link_in_turn() {
+        let network = network(64 << 20);
+        for seq in 0..20_000 {
+            for who in [b'a', b'b', b'c'] {
+                assert!(send(&network, mailbox(u64::from(who)), who, seq).is_ok());
+            }
+        }
+        // Over a few drains each lane got within one chunk of the others.
+        let mut counts = [0usize; 3];
+        for _ in 0..4 {
+            for (who, _) in drain(&network, 256 * 1024) {
+                counts[usize::from(who - b'a')] += 1;
+            }
+        }
+        // A drain's budget (16 chunks) ends part way through a round; the
+        // round's start moves on each drain, so over 4 drains of 3 lanes no
+        // lane is more than 2 chunks ahead (3 with frames not filling
+        // chunks exactly).
+        let per_chunk = LANE_CHUNK / (DATA_HEADER_LEN + 9) + 1;
+        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(max - min <= 3 * per_chunk, "{counts:?}");
+        assert!(*min > 0);
+    }
+
+    #[test]
+    fn sends_and_requests_to_one_mailbox_keep_their_order() {
+        // Interleaved sends and request frames to A, with sends to B and
+        // unkeyed frames between them, drained a little as they come.
+        let network = network(64 << 20);
+        let mut seen = Vec::new();
+        for seq in 0..30_000u64 {
+            if seq % 7 == 3 {
+                assert!(frame(&network, Some(mailbox(1)), b'a', seq).is_ok());
+            } else {
+                assert!(send(&network, mailbox(1), b'a', seq).is_ok());
+            }
+            assert!(send(&network, mailbox(2), b'b', seq).is_ok());
+            if seq % 5 == 0 {
+                assert!(frame(&network, None, b'r', seq).is_ok());
+            }
+            if seq % 4000 == 0 {
+                seen.extend(drain(&network, 64 * 1024));
+            }
+        }
+        loop {
+            let more = drain(&network, 64 * 1024);
+            if more.is_empty() {
+                break;
+            }
+            seen.extend(more);
+        }
+        let stream =
+            |who| -> Vec<u64> { seen.iter().filter(|f| f.0 == who).map(|f| f.1).collect() };
+        assert_eq!(stream(b'a'), (0..30_000).collect::<Vec<_>>());
+        assert_eq!(stream(b'b'), (0..30_000).collect::<Vec<_>>());
+        assert_eq!(stream(b'r'), (0..30_000).step_by(5).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn past_the_lane_count_mailboxes_share_the_overflow_lane_without_overtaking() {
+        let network = network(64 << 20);
+        // MAX_LANES mailboxes take a lane each; the next ones overflow.
+        for m in 0..MAX_LANES as u64 {
+            assert!(send(&network, mailbox(100 + m), b'x', m).is_ok());
+        }
+        assert!(send(&network, mailbox(1), b'a', 0).is_ok());
+        assert!(send(&network, mailbox(2), b'b', 0).is_ok());
+        let outbox = network.outbox(NodeId(300)).unwrap();
+        assert_eq!(outbox.lock().small.len(), MAX_LANES + 2);
+        assert_eq!(
+            outbox.lock().small[OVERFLOW].bytes,
+            2 * (DATA_HEADER_LEN + 9)
+        );
+        // Drain the first mailbox lane only: it empties and is recycled,
+        // the overflow lane still holds A's first frame.
+        outbox.lock().next_lane = 2;
+        assert_eq!(drain(&network, 1), vec![(b'x', 0)]);
+        assert_eq!(
+            outbox.lock().small.len(),
+            MAX_LANES + 1,
+            "the empty lane was recycled"
+        );
+        let left = outbox.lock().small[OVERFLOW].bytes;
+        assert_eq!(left, 2 * (DATA_HEADER_LEN + 9));
+        // A lane is free, but A's next frame goes behind its first in the
+        // overflow lane, and so does a new mailbox's.
+        assert!(send(&network, mailbox(1), b'a', 1).is_ok());
+        assert!(send(&network, mailbox(3), b'c', 0).is_ok());
+        assert_eq!(
+            outbox.lock().small[OVERFLOW].bytes,
+            left + 2 * (DATA_HEADER_LEN + 9)
+        );
+        assert_eq!(outbox.lock().small.len(), MAX_LANES + 1);
+        let mut seen = Vec::new();
+        loop {
+            let more = drain(&network, 1);
+            if more.is_empty() {
+                break;
+            }
+            seen.extend(more);
+        }
+        let a: Vec<u64> = seen.iter().filter(|f| f.0 == b'a').map(|f| f.1).collect();
+        assert_eq!(a, vec![0, 1]);
+        // With the overflow lane empty, a new mailbox gets a lane again.
+        assert_eq!(outbox.lock().small.len(), 2, "every mailbox lane recycled");
+        assert!(send(&network, mailbox(4), b'd', 0).is_ok());
+        assert_eq!(outbox.lock().small[OVERFLOW].bytes, 0);
+        assert_eq!(outbox.lock().small.len(), 3);
+    }
+
+    #[test]
+    fn a_lane_is_bounded_under_at_and_over_its_limit_and_an_empty_lane_takes_one() {
+        let limit = 1 << 20;
+        let network = network(limit);
+        let outbox = network.outbox(NodeId(300)).unwrap();
+        let lane_limit = outbox.lock().lane_limit(limit);
+        assert_eq!(
+            lane_limit,
+            limit / LANES_PER_BOUND,
+            "before a rate: the ceiling"
+        );
+        let framed = DATA_HEADER_LEN + 9;
+        // Alone, a mailbox may use the whole queue: the lane bound holds
+        // while another lane waits (here C's one frame).
+        assert!(send(&network, mailbox(3), b'c', 0).is_ok());
+        let fit = lane_limit / framed;
+        for seq in 0..fit as u64 {
+            assert!(send(&network, mailbox(1), b'a', seq).is_ok());
+        }
+        let held = outbox.lock().queued_small - framed;
+        assert!(held <= lane_limit && held + framed > lane_limit);
+        // Over: refused.
+        assert!(matches!(
+            send(&network, mailbox(1), b'a', 0),
+            Err(Refused::Full)
+        ));
+        // At: a frame that ends exactly at the limit is taken.
+        let room = lane_limit - held;
+        if room >= 4 {
+            let pushed = network.push_frame_to(outbox, Some(mailbox(1)), room, true, false, |o| {
+                o.extend_from_slice(&((room - 4) as u32).to_le_bytes());
+                o.resize(o.len() + room - 4, 0);
+            });
+            assert!(pushed.is_ok(), "a frame up to the limit fits");
+            assert!(matches!(
+                frame(&network, Some(mailbox(1)), b'a', 0),
+                Err(Refused::Full)
+            ));
+        }
+        // Another mailbox and the unkeyed lane still have room.
+        assert!(send(&network, mailbox(2), b'b', 0).is_ok());
+        assert!(frame(&network, None, b'r', 0).is_ok());
+        // Fill the whole queue with other mailboxes' lanes, then the
+        // reserve with one frame each to idle mailboxes: then even an
+        // empty lane is refused, until the queue drains.
+        let mut m = 10;
+        while send(&network, mailbox(m), b'x', 0).is_ok() {
+            while send(&network, mailbox(m), b'x', 1).is_ok() {}
+            m += 1;
+        }
+        let all = outbox.lock().queued_small;
+        assert!(all <= limit + LANE_RESERVE, "{all} bytes");
+        assert!(all + framed > limit, "{all} bytes: not at the bound");
+        assert!(matches!(
+            send(&network, mailbox(99), b'z', 0),
+            Err(Refused::Full)
+        ));
+        drain(&network, 256 * 1024);
+        assert!(send(&network, mailbox(99), b'z', 0).is_ok());
+    }
+
+    #[test]
+    fn the_lane_bound_follows_the_measured_drain_rate_between_floor_and_ceiling() {
+        let mut state = OutboxState::default();
+        let limit = 64 << 20;
+        let t0 = Instant::now();
+        // Not backlogged: no sample.
+        state.record_drain(t0, 1 << 20, false);
+        assert_eq!(state.lane_limit(limit), limit / LANES_PER_BOUND);
+        // 100 MB/s, backlogged: 5 ms of it is 500 kB.
+        state.record_drain(t0, 0, true);
+        state.record_drain(t0 + RATE_SAMPLE, 1_000_000, true);
+        assert_eq!(state.rate.bytes_per_sec, Some(100_000_000));
+        assert_eq!(state.lane_limit(limit), 500_000);
+        // A slow link: the floor.
+        let mut slow = OutboxState::default();
+        slow.record_drain(t0, 0, true);
+        slow.record_drain(t0 + Duration::from_secs(1), 1000, true);
+        assert_eq!(slow.lane_limit(limit), LANE_FLOOR);
+        // A small whole-queue bound wins over the floor.
+        assert_eq!(slow.lane_limit(64 * 1024), 16 * 1024);
+        // A very fast link: the ceiling.
+        let mut fast = OutboxState::default();
+        fast.record_drain(t0, 0, true);
+        fast.record_drain(t0 + RATE_SAMPLE, 1 << 30, true);
+        assert_eq!(fast.lane_limit(limit), limit / LANES_PER_BOUND);
+        // Samples average: half old, half new.
+        state.record_drain(t0 + 2 * RATE_SAMPLE, 3_000_000, true);
+        assert_eq!(state.rate.bytes_per_sec, Some(200_000_000));
     }
 }

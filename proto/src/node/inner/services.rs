@@ -495,8 +495,9 @@ impl NodeInner {
             };
             let framed = payload.len() + wire::LEN_PREFIX + 1 + wire::REQUEST_HEADER_BODY_LEN;
             let remaining_us = remaining_micros(deadline.saturating_duration_since(now));
+            // In the destination mailbox's lane: after earlier sends to it.
             self.network()
-                .push_frame(outbox, framed, true, true, |out| {
+                .push_frame_to(outbox, Some(dest), framed, true, true, |out| {
                     wire::put_request_header(out, dest, corr, tag, remaining_us, payload.len());
                     out.extend_from_slice(&payload);
                 })
