@@ -10,7 +10,8 @@
 //!   says how many; the rest goes through when resent, in order, with
 //!   nothing lost or repeated; a batch with a message over the maximum
 //!   stops there;
-//! - a batch to a local mailbox that fills up says how many it took.
+//! - a batch to a local mailbox that fills up says how many it took;
+//! - a batch to a node that is down is dropped and counted.
 
 use std::time::Duration;
 
@@ -212,4 +213,31 @@ fn a_batch_into_a_full_local_mailbox_says_how_many_it_took() {
     let other = mailbox.try_recv().unwrap().unwrap();
     assert!(!other.is_bytes());
     assert!(other.into_bytes().is_err());
+}
+
+/// A batch to a node that is down is dropped and counted, as a `send` to
+/// it is (at most once: `Ok`), and a message over the maximum in it is
+/// still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_to_a_down_node_is_dropped_and_counted() {
+    let cluster = TestCluster::with_tuning(2, tuning());
+    let (a, b) = cluster.start_pair(WAIT).await;
+    let (sink, _inbox) = b.new_mailbox();
+    let to = a.address_of(sink.id());
+    b.shutdown().await;
+    assert!(
+        eventually(WAIT, || a.peer_stats().iter().all(|p| !p.connected)),
+        "node 0 sees node 1 go"
+    );
+    let before = a.stats().dropped_unreachable;
+    let batch: Vec<Bytes> = (0..5u64).map(numbered).collect();
+    to.send_bytes_batch(&batch).expect("dropped, not refused");
+    assert_eq!(a.stats().dropped_unreachable, before + 5);
+    let mut with_large = batch.clone();
+    with_large.insert(3, pattern(MAX_MESSAGE + 1));
+    let err = to.send_bytes_batch(&with_large).expect_err("too large");
+    assert_eq!(err.sent, 3);
+    assert!(matches!(err.error, SendError::TooLarge { .. }));
+    assert_eq!(a.stats().dropped_unreachable, before + 8);
+    a.shutdown().await;
 }
