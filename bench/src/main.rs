@@ -45,6 +45,15 @@ enum Command {
         /// Messages (default: about 1 GB or 4M, whichever is fewer).
         #[arg(long)]
         messages: Option<u64>,
+        /// Send raw bytes (`Address::send_bytes`, no serde) instead of a
+        /// serde struct; the sequence number rides in the payload's first
+        /// bytes, so `--size` must be at least 10.
+        #[arg(long)]
+        raw: bool,
+        /// With `--raw`: messages per `send_bytes_batch` call (1: one
+        /// `send_bytes` per message).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// Round trips between mailboxes on two nodes.
     Pingpong {
@@ -141,7 +150,18 @@ fn main() {
     let result = match cli.command {
         Command::All => scenarios::all(),
         Command::Local { messages } => scenarios::local(messages),
-        Command::Oneway { size, messages } => scenarios::oneway(size, messages),
+        Command::Oneway {
+            size,
+            messages,
+            raw: false,
+            ..
+        } => scenarios::oneway(size, messages),
+        Command::Oneway {
+            size,
+            messages,
+            raw: true,
+            batch,
+        } => scenarios::oneway_raw(size, messages, batch),
         Command::Pingpong { round_trips } => scenarios::pingpong(round_trips),
         Command::Hop { hops, rounds } => scenarios::hop(hops, rounds),
         Command::TcpPingpong { round_trips } => scenarios::tcp_pingpong(round_trips),

@@ -25,8 +25,14 @@ const LATENCY: [(&str, &str); 8] = [
 ];
 
 /// Throughput bars: (label, scenario name, key), in msg/s.
-const THROUGHPUT: [(&str, &str, &str); 7] = [
+const THROUGHPUT: [(&str, &str, &str); 9] = [
     ("reign one-way 64 B", "reign_oneway_64", "msgs_per_s"),
+    ("reign raw 64 B", "reign_oneway_raw_64", "msgs_per_s"),
+    (
+        "reign raw 64 B, batches",
+        "reign_oneway_batch_64",
+        "msgs_per_s",
+    ),
     ("reign pub/sub 64 B", "reign_pubsub_1", "deliveries_per_s"),
     ("NATS pub/sub 64 B", "nats_pubsub", "msgs_per_s"),
     ("Erlang dist one-way", "erlang_dist_oneway", "msgs_per_s"),

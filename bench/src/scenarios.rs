@@ -88,6 +88,18 @@ pub fn all() -> Result {
     for size in [64, 1024, 4096, 65536] {
         runs.push(vec!["oneway".into(), "--size".into(), size.to_string()]);
     }
+    // The same 64 B flood through the raw-bytes path, one by one and in
+    // batches.
+    for batch in [1, ONEWAY_BATCH] {
+        runs.push(vec![
+            "oneway".into(),
+            "--size".into(),
+            "64".into(),
+            "--raw".into(),
+            "--batch".into(),
+            batch.to_string(),
+        ]);
+    }
     runs.push(vec!["hop".into()]);
     runs.push(vec!["pingpong".into()]);
     runs.push(vec!["tcp-pingpong".into()]);
@@ -263,6 +275,130 @@ pub fn oneway(size: usize, messages: Option<u64>) -> Result {
         ]);
         eprintln!(
             "one-way {size} B: {:.0} msg/s, {:.1} MB/s; peak RSS sender {} KiB, receiver {} KiB",
+            count as f64 / secs,
+            count as f64 * size as f64 / secs / 1e6,
+            protocol::peak_rss_kb(),
+            report.peak_rss_kb
+        );
+        cluster.stop().await;
+        Ok(())
+    })
+}
+
+/// Messages per `send_bytes_batch` call in `all`'s batched raw flood.
+const ONEWAY_BATCH: usize = 64;
+
+/// Bytes a raw benchmark message needs for its counting header: the
+/// sequence number (8 bytes) and the sending node (2), as the sink reads
+/// them (`reign_cli::protocol::RAW_COUNT_LEN`).
+const RAW_HEADER: usize = protocol::RAW_COUNT_LEN;
+
+/// Raw payloads for `seqs`, `size` bytes each, carved out of one buffer
+/// (one allocation per call, shared by reference counts).
+fn raw_payloads(seqs: std::ops::Range<u64>, size: usize, into: &mut Vec<bytes::Bytes>) {
+    into.clear();
+    let mut buf = bytes::BytesMut::with_capacity(size * (seqs.end - seqs.start) as usize);
+    for seq in seqs {
+        buf.extend_from_slice(&protocol::raw_count_header(0, seq));
+        buf.resize(buf.len() + size - RAW_HEADER, 0x5a);
+        into.push(buf.split().freeze());
+    }
+}
+
+/// Sends raw messages `seqs` to `to`, `batch` at a time, waiting a little
+/// whenever the outbound queue is full and resending what was not taken.
+fn send_raw(to: &Address, seqs: std::ops::Range<u64>, size: usize, batch: usize) -> Result {
+    let mut payloads = Vec::with_capacity(batch);
+    let mut next = seqs.start;
+    let mut spins = 0;
+    while next < seqs.end {
+        let end = (next + batch as u64).min(seqs.end);
+        raw_payloads(next..end, size, &mut payloads);
+        let mut from = 0;
+        while from < payloads.len() {
+            let result = if batch == 1 {
+                to.send_bytes(payloads[from].clone())
+                    .map(|()| 1)
+                    .map_err(|e| (0, e))
+            } else {
+                match to.send_bytes_batch(&payloads[from..]) {
+                    Ok(()) => Ok(payloads.len() - from),
+                    Err(e) => Err((e.sent, e.error)),
+                }
+            };
+            match result {
+                Ok(n) => {
+                    from += n;
+                    spins = 0;
+                }
+                Err((n, SendError::Full)) => {
+                    from += n;
+                    spins += 1;
+                    if spins < 16 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                Err((_, e)) => return Err(e.to_string()),
+            }
+        }
+        next = end;
+    }
+    Ok(())
+}
+
+/// `oneway` through the raw-bytes path: [`Address::send_bytes`] (`batch`
+/// 1) or [`Address::send_bytes_batch`], counted by the same sink.
+pub fn oneway_raw(size: usize, messages: Option<u64>, batch: usize) -> Result {
+    if size < RAW_HEADER {
+        return Err(format!("--raw needs --size of at least {RAW_HEADER}"));
+    }
+    let batch = batch.max(1);
+    let count = messages.unwrap_or_else(|| (1_000_000_000 / size as u64).clamp(10_000, 4_000_000));
+    runtime()?.block_on(async move {
+        let cluster = Cluster::start(1).await?;
+        let sink = cluster
+            .node
+            .lookup(&protocol::control_name(1))
+            .ok_or("no sink")?;
+        let to = sink.clone();
+        tokio::task::spawn_blocking(move || send_raw(&to, 0..1000, size, batch))
+            .await
+            .map_err(|e| e.to_string())??;
+        wait_counted(&cluster, 1000).await?;
+
+        let started = Instant::now();
+        let to = sink.clone();
+        tokio::task::spawn_blocking(move || send_raw(&to, 1000..1000 + count, size, batch))
+            .await
+            .map_err(|e| e.to_string())??;
+        let report = wait_counted(&cluster, 1000 + count).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let state = report.counted.get(&0).copied().unwrap_or_default();
+        if state.gaps != 0 || state.duplicates != 0 {
+            return Err(format!("lost or repeated messages: {state:?}"));
+        }
+        let name = if batch == 1 {
+            format!("reign_oneway_raw_{size}")
+        } else {
+            format!("reign_oneway_batch_{size}")
+        };
+        line(&[
+            ("name", name),
+            ("payload_b", size.to_string()),
+            ("batch", batch.to_string()),
+            ("msgs_per_s", rate(count as f64, secs)),
+            (
+                "MB_per_s",
+                format!("{:.1}", count as f64 * size as f64 / secs / 1e6),
+            ),
+            ("secs", format!("{secs:.2}")),
+            ("peak_rss_kb_a", protocol::peak_rss_kb().to_string()),
+            ("peak_rss_kb_b", report.peak_rss_kb.to_string()),
+        ]);
+        eprintln!(
+            "one-way raw {size} B, batches of {batch}: {:.0} msg/s, {:.1} MB/s; peak RSS sender {} KiB, receiver {} KiB",
             count as f64 / secs,
             count as f64 * size as f64 / secs / 1e6,
             protocol::peak_rss_kb(),

@@ -60,6 +60,27 @@ pub struct Bulk {
     pub data: serde_bytes::ByteBuf,
 }
 
+/// Bytes at the start of a raw counted message ([`raw_count_header`]):
+/// the sender's sequence number (u64) and node (u16), little-endian.
+pub const RAW_COUNT_LEN: usize = 10;
+
+/// The start of a raw counted message (sent with `Address::send_bytes`,
+/// counted like a [`Bulk`]); any payload may follow.
+pub fn raw_count_header(from: u16, seq: u64) -> [u8; RAW_COUNT_LEN] {
+    let mut header = [0u8; RAW_COUNT_LEN];
+    header[..8].copy_from_slice(&seq.to_le_bytes());
+    header[8..].copy_from_slice(&from.to_le_bytes());
+    header
+}
+
+/// The sender and sequence number of a raw counted message, if it is long
+/// enough to hold them.
+pub fn parse_raw_count(bytes: &[u8]) -> Option<(u16, u64)> {
+    let seq = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let from = u16::from_le_bytes(bytes.get(8..RAW_COUNT_LEN)?.try_into().ok()?);
+    Some((from, seq))
+}
+
 /// Tells a node to subscribe `count` more mailboxes to `topic`, each
 /// counting what it receives in [`NodeReport::publications`].
 #[derive(Clone, Debug, Serialize, Deserialize)]

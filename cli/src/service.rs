@@ -202,7 +202,15 @@ fn handle_control(
     loader: &std::sync::mpsc::Sender<StartLoad>,
 ) {
     let id = node.id().0;
-    if msg.is::<protocol::Bulk>() {
+    if msg.is_bytes() {
+        if let Some((from, seq)) = msg
+            .into_bytes()
+            .ok()
+            .and_then(|b| protocol::parse_raw_count(&b))
+        {
+            count(book, from, seq);
+        }
+    } else if msg.is::<protocol::Bulk>() {
         if let Ok(bulk) = msg.downcast::<protocol::Bulk>() {
             count(book, bulk.from, bulk.seq);
         }

@@ -17,8 +17,10 @@
 //! latency path, and one party owns the core at a time. Whatever needs the
 //! driver (a socket that would block, an output other than a transmit, an
 //! earlier deadline) makes it return false, and the driver is woken as
-//! before. A link that transmitted within [`INLINE_IDLE`] is left to the
-//! driver, which coalesces a burst into few TLS records.
+//! before. A link that transmitted within [`INLINE_IDLE`], or that the
+//! driver just flushed a burst to ([`INLINE_BUSY_BYTES`], for
+//! [`INLINE_BUSY`]), is left to the driver, which coalesces a burst into
+//! few TLS records.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -50,6 +52,18 @@ pub(crate) const EVENT_BACKLOG: usize = 64;
 /// senders' threads. Shorter than one hop on loopback (about 10 µs at
 /// best), so request/reply, ping-pong and one-hop traffic go inline.
 const INLINE_IDLE: Duration = Duration::from_micros(5);
+/// A driver transmit of at least this many bytes of TLS records carried a
+/// burst of messages (one small message is a record of a few hundred
+/// bytes): the link is flooding, and the next [`INLINE_BUSY`] of its output
+/// is left to the driver too. Without this, the first send after each
+/// driver flush found the link idle for [`INLINE_IDLE`] and went out alone
+/// in its own record, and each record costs rustls an allocation.
+const INLINE_BUSY_BYTES: usize = 4 * 1024;
+/// How long a burst ([`INLINE_BUSY_BYTES`]) keeps inline transmit off:
+/// longer than the driver takes to wake and flush again under a flood, so
+/// the flood stays coalesced; a link that goes quiet for this long is idle
+/// again and its next send goes inline.
+const INLINE_BUSY: Duration = Duration::from_micros(200);
 /// Rounds of transmit → write → `Written` an inline transmit may take
 /// before it leaves the rest to the driver.
 const INLINE_ROUNDS: usize = 4;
@@ -138,6 +152,9 @@ pub(crate) struct Driver<R: Runtime> {
     deferred: VecDeque<Output>,
     /// When the core last produced a transmit (see [`INLINE_IDLE`]).
     last_transmit: Option<Instant>,
+    /// Until when the driver keeps a flooding link's output to itself
+    /// (see [`INLINE_BUSY_BYTES`]).
+    busy_until: Option<Instant>,
     /// The deadline the driver sleeps until, while it sleeps.
     armed: Option<Option<Instant>>,
     /// The run loop ended: no more inline transmits.
@@ -180,6 +197,7 @@ impl<R: Runtime> Driver<R> {
             read_buf: vec![0u8; READ_CHUNK],
             deferred: VecDeque::new(),
             last_transmit: None,
+            busy_until: None,
             armed: None,
             done: false,
         }
@@ -245,6 +263,7 @@ impl<R: Runtime> Driver<R> {
         if self
             .last_transmit
             .is_some_and(|t| now.saturating_duration_since(t) < INLINE_IDLE)
+            || self.busy_until.is_some_and(|t| now < t)
         {
             return false;
         }
@@ -257,6 +276,9 @@ impl<R: Runtime> Driver<R> {
                 match output {
                     Output::Transmit { conn, data } => {
                         produced = true;
+                        if data.len() >= INLINE_BUSY_BYTES {
+                            self.busy_until = Some(now + INLINE_BUSY);
+                        }
                         match self.conns.get_mut(&conn) {
                             Some(SocketSlot::Open(link)) => link.outgoing.push_back(data),
                             _ => self.core.recycle(data),
@@ -497,6 +519,9 @@ impl<R: Runtime> Driver<R> {
         match output {
             Output::Transmit { conn, data } => {
                 self.last_transmit = Some(now);
+                if data.len() >= INLINE_BUSY_BYTES {
+                    self.busy_until = Some(now + INLINE_BUSY);
+                }
                 match self.conns.get_mut(&conn) {
                     Some(SocketSlot::Open(link)) => link.outgoing.push_back(data),
                     _ => self.core.recycle(data),

@@ -23,11 +23,11 @@ mod tunnel_io;
 /// adapter re-exports this module whole, so the three share one API.
 pub mod api {
     pub use reign_proto::{
-        register_type, register_type_named, Address, Capacity, ClusterSpec, ConnectionStatus, Exit,
-        ExitReason, Incarnation, IncomingTunnel, Limits, Mailbox, MailboxClosed, MailboxId,
-        Message, MultipleClaim, NodeId, NodeStats, PeerStats, RecvError, RegistryError,
-        ReloadError, Reloaded, Request, RequestError, RequestTables, Responder, SendError, Target,
-        TaskExit, Tuning, TunnelError, MAX_RECENT_EXITS,
+        register_type, register_type_named, Address, BatchError, Capacity, ClusterSpec,
+        ConnectionStatus, Exit, ExitReason, Incarnation, IncomingTunnel, Limits, Mailbox,
+        MailboxClosed, MailboxId, Message, MultipleClaim, NodeId, NodeStats, PeerStats, RecvError,
+        RegistryError, ReloadError, Reloaded, Request, RequestError, RequestTables, Responder,
+        SendError, Target, TaskExit, Tuning, TunnelError, MAX_RECENT_EXITS,
     };
     pub use reign_proto::{Call, TypedAddress, TypedMailbox, TypedResponder};
 

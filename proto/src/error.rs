@@ -299,3 +299,33 @@ impl fmt::Display for SpecError {
 }
 
 impl std::error::Error for SpecError {}
+
+/// Why [`Address::send_bytes_batch`](crate::Address::send_bytes_batch)
+/// stopped before the end of its batch: the first `sent` messages were
+/// taken (as by [`Address::send_bytes`](crate::Address::send_bytes), so
+/// `Ok`'s at-most-once promise holds for them) and none after them were;
+/// resend `&batch[sent..]` to go on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchError {
+    /// How many messages from the start of the batch were taken.
+    pub sent: usize,
+    /// Why the message at index `sent` was not.
+    pub error: SendError,
+}
+
+impl fmt::Display for BatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the batch stopped after {} messages: {}",
+            self.sent, self.error
+        )
+    }
+}
+
+impl std::error::Error for BatchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}

@@ -143,6 +143,10 @@ fn register_builtins(table: &mut Table) {
         crate::system::MultipleClaim => "reign.MultipleClaim",
         crate::system::ConnectionStatus => "reign.ConnectionStatus",
     );
+    // Raw bytes (`Address::send_bytes`) are their own encoding: any payload
+    // is valid.
+    insert::<bytes::Bytes>(table, crate::message::RAW_BYTES_NAME, |_| Ok(()))
+        .expect("builtin names are distinct");
 }
 
 /// Declares that `T` may be sent to other nodes, under its Rust type name.

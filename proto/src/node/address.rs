@@ -6,9 +6,10 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::SendError;
+use crate::error::{BatchError, SendError};
 use crate::id::MailboxId;
 use crate::node::mailbox::MailboxShared;
 use crate::node::message::Message;
@@ -130,6 +131,80 @@ impl Address {
             },
             Destination::Gone(_) => Err(SendError::Closed),
             Destination::Unbound => Err(SendError::Unbound),
+        }
+    }
+
+    /// Sends raw bytes, skipping serde on both ends: a remote send copies
+    /// `bytes` into the peer's queue behind a frame header (a large one,
+    /// over [`FRAGMENT_LEN`](crate::codec::FRAGMENT_LEN), is queued as it
+    /// is, with no copy, and leaves in fragments), and the receiver takes
+    /// the same bytes with [`Message::into_bytes`] as a slice of its
+    /// receive buffer. The message's type is the built-in
+    /// [`RAW_BYTES_NAME`](crate::RAW_BYTES_NAME) ([`Message::is_bytes`]),
+    /// so nothing needs registering. Never blocks; errors and delivery as
+    /// [`send`](Address::send): a remote payload over the node's
+    /// `max_message_len` is [`SendError::TooLarge`]; a local one moves
+    /// into the mailbox as `send` does.
+    pub fn send_bytes(&self, bytes: Bytes) -> Result<(), SendError> {
+        match &self.destination {
+            Destination::Local(mailbox) => mailbox.push(Message::local(bytes)),
+            _ => self
+                .send_bytes_batch(std::slice::from_ref(&bytes))
+                .map_err(|e| e.error),
+        }
+    }
+
+    /// Sends many raw messages (as [`send_bytes`](Address::send_bytes)) in
+    /// order. To another node the whole batch is queued under one lock of
+    /// the peer's queue with one wake-up of its connection, which is what
+    /// a flood of small messages pays most for one by one. Stops at the
+    /// first message that is not taken: [`BatchError`] says how many were
+    /// (`batch[..sent]`, as if each was sent alone) and why the next was
+    /// not; none after it were sent. Cloning a [`Bytes`] is a reference
+    /// count, so a local batch costs no copy either. An empty batch sends
+    /// nothing and is `Ok`.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use reign_proto::{Incarnation, Node};
+    ///
+    /// let node = Node::local(Incarnation(1));
+    /// let (addr, mailbox) = node.new_mailbox();
+    /// let batch: Vec<Bytes> = (0u8..3).map(|i| Bytes::from(vec![i; 4])).collect();
+    /// addr.send_bytes_batch(&batch).unwrap();
+    /// for i in 0u8..3 {
+    ///     let msg = mailbox.try_recv().unwrap().unwrap();
+    ///     assert_eq!(msg.into_bytes().unwrap(), Bytes::from(vec![i; 4]));
+    /// }
+    /// ```
+    pub fn send_bytes_batch(&self, batch: &[Bytes]) -> Result<(), BatchError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match &self.destination {
+            Destination::Local(mailbox) => {
+                for (sent, bytes) in batch.iter().enumerate() {
+                    mailbox
+                        .push(Message::local(bytes.clone()))
+                        .map_err(|error| BatchError { sent, error })?;
+                }
+                Ok(())
+            }
+            Destination::Remote(node) => match node.upgrade() {
+                Some(node) => node.send_bytes_remote(self.id, batch),
+                None => Err(BatchError {
+                    sent: 0,
+                    error: SendError::NodeShutdown,
+                }),
+            },
+            Destination::Gone(_) => Err(BatchError {
+                sent: 0,
+                error: SendError::Closed,
+            }),
+            Destination::Unbound => Err(BatchError {
+                sent: 0,
+                error: SendError::Unbound,
+            }),
         }
     }
 

@@ -1,20 +1,24 @@
 //! The user's handle on a node: creates mailboxes, binds addresses, and is
-//! shared between user threads and the node's driver.
+//! shared between user threads and the node's driver. Also the remote half
+//! of raw byte sends ([`Address::send_bytes`] and its batch), which queue
+//! their payloads as they are, with no serde pass.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use crate::node::SyncFuture;
 use crate::poison::lock;
 
-use crate::error::SendError;
+use crate::error::{BatchError, SendError};
 use crate::id::{Incarnation, MailboxId, NodeId};
 use crate::node::address::{with_decode_context, Address};
 use crate::node::mailbox::{Capacity, Mailbox, MailboxShared};
-use crate::node::outbox::{Network, PeerStats};
+use crate::node::message::RAW_BYTES_TAG;
+use crate::node::outbox::{Network, PeerStats, Refused};
 use crate::node::services::{Limits, RequestFuture, RequestTables, Target};
 use crate::node::tunnel::OpeningTunnel;
 use crate::node::NodeInner;
@@ -486,5 +490,87 @@ impl std::fmt::Debug for Node {
             .field("id", &self.inner.id)
             .field("incarnation", &self.inner.incarnation)
             .finish()
+    }
+}
+
+impl NodeInner {
+    /// Sends raw payloads to a mailbox of another node, in order: checks
+    /// each length against the maximum message size, then queues the
+    /// prefix that fits under one lock of the peer's queue and wakes the
+    /// core (or transmits inline) once. Errors as
+    /// [`send_remote`](NodeInner::send_remote), with how many were taken.
+    pub(crate) fn send_bytes_remote(
+        &self,
+        dest: MailboxId,
+        batch: &[Bytes],
+    ) -> Result<(), BatchError> {
+        let fail = |sent, error| Err(BatchError { sent, error });
+        if self.shutting_down.load(Ordering::Relaxed) {
+            return fail(0, SendError::NodeShutdown);
+        }
+        let max = self.net.max_message_len;
+        let fits = batch
+            .iter()
+            .position(|b| b.len() > max)
+            .unwrap_or(batch.len());
+        let too_large = |sent: usize| match batch.get(sent) {
+            Some(over) => fail(
+                sent,
+                SendError::TooLarge {
+                    len: over.len(),
+                    max,
+                },
+            ),
+            None => Ok(()),
+        };
+        let count = |n: usize| n as u64;
+        let Some(outbox) = self.net.outbox(dest.node) else {
+            self.counters
+                .dropped_unreachable
+                .fetch_add(count(fits), Ordering::Relaxed);
+            return too_large(fits);
+        };
+        let (taken, refused) = if fits == 0 {
+            (0, None)
+        } else {
+            self.net
+                .push_raw_batch(outbox, dest, RAW_BYTES_TAG, &batch[..fits])
+        };
+        if taken > 0 {
+            self.counters
+                .remote_sent
+                .fetch_add(count(taken), Ordering::Relaxed);
+            outbox
+                .counters
+                .messages_out
+                .fetch_add(count(taken), Ordering::Relaxed);
+        }
+        match refused {
+            None => too_large(fits),
+            // The node began shutting down while this send was under way,
+            // and its link is already closed: not accepted.
+            Some(Refused::Unreachable) if self.shutting_down.load(Ordering::Relaxed) => {
+                fail(taken, SendError::NodeShutdown)
+            }
+            Some(Refused::Unreachable) => {
+                // Dropped as a send to a down node is: at most once, `Ok`.
+                let dropped = count(fits - taken);
+                self.counters
+                    .dropped_unreachable
+                    .fetch_add(dropped, Ordering::Relaxed);
+                outbox
+                    .counters
+                    .dropped_unreachable
+                    .fetch_add(dropped, Ordering::Relaxed);
+                too_large(fits)
+            }
+            Some(Refused::Full) => {
+                self.counters
+                    .dropped_outbound_full
+                    .fetch_add(1, Ordering::Relaxed);
+                outbox.counters.dropped_full.fetch_add(1, Ordering::Relaxed);
+                fail(taken, SendError::Full)
+            }
+        }
     }
 }

@@ -6,6 +6,11 @@
 //! bytes (a zero-copy slice of the receive buffer) until the receiver asks
 //! for a concrete type, so a mailbox that never looks at a message never pays
 //! for decoding it.
+//!
+//! Raw bytes ([`Address::send_bytes`](crate::Address::send_bytes)) skip
+//! serde on both ends: the payload on the wire is the bytes themselves,
+//! under the built-in type [`RAW_BYTES_NAME`], and the receiver takes them
+//! with [`Message::into_bytes`] as a slice of the receive buffer.
 
 use std::any::{Any, TypeId};
 use std::fmt;
@@ -18,6 +23,15 @@ use crate::codec::payload;
 use crate::error::DecodeError;
 use crate::node::NodeInner;
 use crate::types::{self, TypeTag};
+
+/// The wire name of raw byte payloads, sent with
+/// [`Address::send_bytes`](crate::Address::send_bytes): a message of this
+/// type is its bytes, with no CBOR around them. Registered on every node
+/// as the type [`Bytes`].
+pub const RAW_BYTES_NAME: &str = "reign.raw";
+
+/// The tag of [`RAW_BYTES_NAME`].
+pub(crate) const RAW_BYTES_TAG: TypeTag = TypeTag::of_name(RAW_BYTES_NAME);
 
 /// A message taken from a mailbox.
 ///
@@ -138,6 +152,48 @@ impl Message {
         }
     }
 
+    /// Whether the message is raw bytes sent with
+    /// [`Address::send_bytes`](crate::Address::send_bytes) (or
+    /// [`send_bytes_batch`](crate::Address::send_bytes_batch)), from this
+    /// node or another.
+    pub fn is_bytes(&self) -> bool {
+        match &self.body {
+            Body::Local(value) => value.is::<Bytes>(),
+            Body::Remote { tag, .. } => *tag == RAW_BYTES_TAG,
+        }
+    }
+
+    /// Takes the bytes of a raw message (see [`is_bytes`](Message::is_bytes))
+    /// with no decoding and no copy: a message from another node gives a
+    /// slice of the buffer it was received in. Gives the message back if
+    /// it holds something else.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use reign_proto::{Incarnation, Node};
+    ///
+    /// let node = Node::local(Incarnation(1));
+    /// let (addr, mailbox) = node.new_mailbox();
+    /// addr.send_bytes(Bytes::from_static(b"raw")).unwrap();
+    /// let msg = mailbox.try_recv().unwrap().unwrap();
+    /// assert!(msg.is_bytes());
+    /// assert_eq!(msg.into_bytes().unwrap(), Bytes::from_static(b"raw"));
+    /// ```
+    pub fn into_bytes(self) -> Result<Bytes, Message> {
+        let Message { body, charge } = self;
+        match body {
+            Body::Local(value) => value
+                .downcast::<Bytes>()
+                .map(|v| *v)
+                .map_err(|value| Message {
+                    body: Body::Local(value),
+                    charge,
+                }),
+            Body::Remote { tag, payload, .. } if tag == RAW_BYTES_TAG => Ok(payload),
+            body => Err(Message { body, charge }),
+        }
+    }
+
     /// A reference to the value, for a message sent on this node. Messages
     /// from other nodes are still encoded and give `None`; use
     /// [`downcast`](Message::downcast) for those.
@@ -166,7 +222,10 @@ impl Message {
     /// payload length of a remote message, the in-memory size of a local one.
     pub fn byte_len(&self) -> usize {
         match &self.body {
-            Body::Local(value) => std::mem::size_of_val(&**value),
+            Body::Local(value) => match value.downcast_ref::<Bytes>() {
+                Some(bytes) => bytes.len(),
+                None => std::mem::size_of_val(&**value),
+            },
             Body::Remote { payload, .. } => payload.len(),
         }
     }

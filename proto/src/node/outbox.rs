@@ -981,6 +981,73 @@ impl Network {
     }
 }
 
+impl Network {
+    /// Queues raw payloads (already their own encoding, see
+    /// [`RAW_BYTES_NAME`](crate::message::RAW_BYTES_NAME)) to `dest` in
+    /// order, under one lock of the peer's queue and with one announce for
+    /// the whole batch. Takes a prefix: how many were queued, and why the
+    /// rest were not (the outbound bound, a busy mailbox, a down link).
+    /// The caller has checked every length against `max_message_len`.
+    /// Small payloads are copied into the queue behind their frame header;
+    /// large ones are queued as they are (a reference count, no copy) to
+    /// leave in fragments.
+    pub(crate) fn push_raw_batch(
+        &self,
+        outbox: &Outbox,
+        dest: MailboxId,
+        tag: TypeTag,
+        payloads: &[Bytes],
+    ) -> (usize, Option<Refused>) {
+        let mut state = outbox.lock();
+        if !state.connected {
+            return (0, Some(Refused::Unreachable));
+        }
+        if !state.busy.is_empty() && state.busy.contains(&dest) {
+            return (0, Some(Refused::Full));
+        }
+        let mut taken = 0;
+        let mut refused = None;
+        for payload in payloads {
+            let len = payload.len();
+            let framed = len + DATA_HEADER_LEN;
+            let lane = state.lanes.iter().position(|l| l.dest == dest);
+            if lane.is_none() && len <= FRAGMENT_LEN {
+                if state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
+                    refused = Some(Refused::Full);
+                    break;
+                }
+                let chunk = state.tail(framed);
+                frame::put_data_header(chunk, dest, tag, len);
+                chunk.extend_from_slice(payload);
+                state.queued_small += framed;
+            } else {
+                if state.queued_bulk > 0 && state.queued_bulk + framed > self.bulk_limit {
+                    refused = Some(Refused::Full);
+                    break;
+                }
+                let bulk = Bulk {
+                    tag,
+                    payload: payload.clone(),
+                    sent: 0,
+                };
+                match lane {
+                    Some(i) => state.lanes[i].items.push_back(bulk),
+                    None => state.lanes.push_back(Lane {
+                        dest,
+                        items: VecDeque::from([bulk]),
+                    }),
+                }
+                state.queued_bulk += framed;
+            }
+            taken += 1;
+        }
+        if taken > 0 {
+            self.announce(outbox, state, true);
+        }
+        (taken, refused)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
