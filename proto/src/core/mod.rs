@@ -456,7 +456,7 @@ impl Core {
         self.me
     }
 
-    /// The nodes currently connected.
+    /// The nodes currently connected, in id order.
     pub fn connected_peers(&self) -> Vec<NodeId> {
         self.peers
             .iter()

@@ -382,7 +382,10 @@ impl Sim {
                 .core(a)
                 .map(|c| c.connected_peers())
                 .unwrap_or_default();
-            running.iter().all(|b| *b == a || peers.contains(b))
+            // Sorted (a map's order): a search, not a scan, per pair.
+            running
+                .iter()
+                .all(|b| *b == a || peers.binary_search(b).is_ok())
         })
     }
 
