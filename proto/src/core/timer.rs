@@ -414,7 +414,7 @@ impl Core {
         }
         #[cfg(all(feature = "sim", not(debug_assertions)))]
         {
-            n % SAMPLED_CHECK_EVERY.max(self.conns.len() as u32) == 0
+            n.is_multiple_of(SAMPLED_CHECK_EVERY.max(self.conns.len() as u32))
         }
         #[cfg(not(any(feature = "sim", debug_assertions)))]
         {
