@@ -11,13 +11,17 @@
 //! link (the difference against a mesh of half as many nodes, so what every
 //! node pays regardless of its peers is left out).
 //!
+//! `idle-once` is `idle` without the mesh of half as many nodes first: no
+//! per-link split, but the peak memory is the one mesh's, for the largest
+//! meshes (1,024 nodes).
+//!
 //! A third argument numbers the nodes from that id (default 0), to run
 //! clusters whose ids pass 255.
 //!
 //! ```sh
 //! cargo run --release -p reign-proto --features sim --example sim_scale -- 256
 //! cargo run --release -p reign-proto --features sim --example sim_scale -- 64 join
-//! cargo run --release -p reign-proto --features sim --example sim_scale -- 1024 idle 64000
+//! cargo run --release -p reign-proto --features sim --example sim_scale -- 1024 idle-once 64000
 //! SIM_PING_MS=1000 cargo run --release -p reign-proto --features sim --example sim_scale -- 512
 //! ```
 
@@ -132,16 +136,22 @@ fn main() {
                 report.converged_after.as_millis(),
             );
         }
-        Some("idle") => {
+        Some(mode @ ("idle" | "idle-once")) => {
             let half = (nodes / 2).max(2);
-            let (small_heap, _, small) = idle_heap(half, first_id);
-            drop(small);
+            let small_heap = (mode == "idle").then(|| {
+                let (small_heap, _, small) = idle_heap(half, first_id);
+                drop(small);
+                small_heap
+            });
             let (heap, report, sim) = idle_heap(nodes, first_id);
             let (n, h) = (f64::from(nodes), f64::from(half));
             // heap(n) = n × (base + (n − 1) × link): two sizes give both.
             let per_node = heap as f64 / n;
-            let per_node_half = small_heap as f64 / h;
-            let per_link = (per_node - per_node_half) / (n - h);
+            // Without the half-size mesh, every byte counts as the links'.
+            let per_link = match small_heap {
+                Some(small_heap) => (per_node - small_heap as f64 / h) / (n - h),
+                None => per_node / (n - 1.0),
+            };
             let base = per_node - (n - 1.0) * per_link;
             println!(
                 "name=reign_sim_idle nodes={} first_id={} wall_connect_secs={:.1} wall_secs={:.1} connected_after_virtual_ms={} heap_per_node_kb={:.0} heap_per_link_b={:.0} heap_node_base_kb={:.0} max_node_link_buffers_b={} idle_bytes_per_node_per_sec={} registry_bytes_per_name={} rss_kb={} rss_per_node_kb={}",

@@ -352,25 +352,31 @@ impl Core {
     }
 
     /// Fires every timer whose deadline has come (the rules are in
-    /// [`Core::deadline`]).
+    /// [`Core::deadline`]; the connections and peers with one due come
+    /// from the timer index, in id order, so a wake-up costs what is due,
+    /// not a scan of every connection).
     pub(super) fn run_timers(&mut self, now: Instant) {
         if self.is_due(Timer::Requests, now) {
             self.node.inner.expire_requests(now);
         }
-        let mut failures = Vec::new();
-        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
-        for id in ids {
-            // While this node has paused reading (its own mailboxes are
-            // behind), the peer's pongs sit unread in the socket: the
-            // silence is ours, not the peer's, so it proves nothing.
-            if self.paused.contains(&id) {
-                if let Some(conn) = self.conns.get_mut(&id) {
-                    if conn.peer().is_some() {
-                        conn.last_recv = now;
-                        conn.ping_failures = 0;
-                    }
+        // While this node has paused reading (its own mailboxes are
+        // behind), the peer's pongs sit unread in the socket: the
+        // silence is ours, not the peer's, so it proves nothing.
+        let paused: Vec<ConnId> = self.paused.iter().copied().collect();
+        for id in paused {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                if conn.peer().is_some() {
+                    conn.last_recv = now;
+                    conn.ping_failures = 0;
                 }
             }
+        }
+        self.sync_timers();
+        let mut ids: Vec<ConnId> = self.timers.due(now).filter_map(Timer::conn).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut failures = Vec::new();
+        for id in ids {
             for timer in Timer::of_conn(id) {
                 if !self.is_due(timer, now) {
                     continue;
@@ -427,14 +433,18 @@ impl Core {
         if self.is_due(Timer::Gossip, now) {
             self.membership_timers(now);
         }
-        let due: Vec<NodeId> = self
-            .peers
-            .iter()
-            .filter(|(&id, p)| {
-                self.is_due(Timer::Redial(id), now) && p.up.is_none() && p.dialing.is_none()
+        self.sync_timers();
+        let mut due: Vec<NodeId> = self
+            .timers
+            .due(now)
+            .filter_map(Timer::redial)
+            .filter(|id| {
+                self.peers
+                    .get(id)
+                    .is_some_and(|p| p.up.is_none() && p.dialing.is_none())
             })
-            .map(|(&id, _)| id)
             .collect();
+        due.sort_unstable();
         for peer in due {
             self.dial(now, peer);
         }

@@ -39,7 +39,7 @@ pub use backoff::Backoff;
 pub use conn::ConnId;
 use conn::{Conn, Phase};
 pub use membership::{ReloadError, Reloaded};
-use timer::Timer;
+use timer::{Timer, TimerIndex, Tracked};
 use vec_set::VecSet;
 
 use crate::close::{CloseReason, Removal, LEAVING};
@@ -291,7 +291,8 @@ pub struct Core {
     incarnation: Incarnation,
     tuning: Tuning,
     tls: TlsContext,
-    peers: BTreeMap<NodeId, Peer>,
+    /// Every member but this node (tracked: its redial timer follows it).
+    peers: Tracked<NodeId, Peer>,
     /// Ids a spec reload removed: refused until a later spec lists them.
     removed: BTreeSet<NodeId>,
     /// Newcomers claiming the id of a live peer, held while it is checked.
@@ -302,7 +303,15 @@ pub struct Core {
     departed: BTreeMap<NodeId, Instant>,
     /// When this node next tells a random peer which members it knows.
     next_gossip: Instant,
-    conns: BTreeMap<ConnId, Conn>,
+    /// Open connections (tracked: their timers follow them).
+    conns: Tracked<ConnId, Conn>,
+    /// The connection and redial timers in deadline order (see [`timer`]).
+    timers: TimerIndex,
+    /// `sync_timers`'s lists of changed keys, kept to allocate nothing.
+    conn_scratch: Vec<ConnId>,
+    peer_scratch: Vec<NodeId>,
+    /// `poll_timeout`s so far, for the sampled check of the index.
+    timer_checks: std::cell::Cell<u32>,
     next_conn: u64,
     rng: Rng,
     outputs: VecDeque<Output>,
@@ -388,12 +397,16 @@ impl Core {
             incarnation: config.incarnation,
             tuning,
             tls,
-            peers: BTreeMap::new(),
+            peers: Tracked::new(),
             removed: BTreeSet::new(),
             probes: BTreeMap::new(),
             departed: BTreeMap::new(),
             next_gossip: now + spec.tuning.gossip_interval,
-            conns: BTreeMap::new(),
+            conns: Tracked::new(),
+            timers: TimerIndex::default(),
+            conn_scratch: Vec::new(),
+            peer_scratch: Vec::new(),
+            timer_checks: std::cell::Cell::new(0),
             next_conn: 1,
             rng: Rng::new(config.seed ^ u64::from(me.0)),
             outputs: VecDeque::new(),
@@ -423,6 +436,7 @@ impl Core {
         for descriptor in spec.nodes.values().filter(|d| NodeId(d.id) != me) {
             core.add_member(now, descriptor.clone(), false);
         }
+        core.sync_timers();
         Ok(core)
     }
 
@@ -442,7 +456,7 @@ impl Core {
         self.me
     }
 
-    /// The nodes currently connected.
+    /// The nodes currently connected, in id order.
     pub fn connected_peers(&self) -> Vec<NodeId> {
         self.peers
             .iter()
@@ -529,6 +543,7 @@ impl Core {
                 heard: false,
             },
         );
+        self.sync_timers();
         Ok(id)
     }
 
@@ -565,6 +580,7 @@ impl Core {
             .on_frame(Frame::Hello(hello.to_frame_body()), |_| true, |_| true);
         self.establish(now, &mut conn, hello).ok()?;
         self.conns.insert(id, conn);
+        self.sync_timers();
         Some(id)
     }
 
@@ -635,6 +651,7 @@ impl Core {
         drop(entered);
         self.send_replies();
         self.tick_summaries(now);
+        self.sync_timers();
     }
 
     /// The next thing for the driver to do, if any. Call until `None` after
@@ -647,6 +664,7 @@ impl Core {
         if self.drain_until.is_some() {
             self.check_drain(now);
         }
+        self.sync_timers();
         self.outputs.pop_front()
     }
 
@@ -660,17 +678,24 @@ impl Core {
     }
 
     /// When the core next needs [`Input::Timeout`].
+    ///
+    /// O(log N) in the connections: the connection and redial timers come
+    /// from a deadline-ordered index (see the `timer` module).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conns = self.conns.values().flat_map(|conn| {
-            Timer::of_conn(conn.id)
-                .into_iter()
-                .filter_map(move |timer| self.conn_deadline(conn, timer))
-        });
-        let others = self
-            .armed_beyond_conns()
-            .filter_map(|timer| self.deadline(timer))
-            .filter_map(|(t, wakes)| wakes.then_some(t));
-        conns.chain(others).min()
+        if self.conns.pending() || self.peers.pending() {
+            // Changed outside an input (a reload): the rules, scanned.
+            return self.scanned_timeout();
+        }
+        let indexed = self.indexed_timeout();
+        if self.check_timers_now() {
+            self.check_timers();
+            assert_eq!(
+                indexed,
+                self.scanned_timeout(),
+                "the timer index is out of date"
+            );
+        }
+        indexed
     }
 
     /// Shuts the node down gracefully. New sends are refused at once
@@ -727,6 +752,7 @@ impl Core {
             );
             self.drain_until = Some(now + timeout);
         }
+        self.sync_timers();
     }
 
     /// Whether every connected peer has been handed everything queued for

@@ -1,4 +1,5 @@
-//! Every timer of the core, and the one rule that says when each is due.
+//! Every timer of the core, the one rule that says when each is due, and
+//! the index that keeps the armed ones in time order.
 //!
 //! A timer is a [`Timer`] value; `Core::deadline` (with `conn_deadline` for
 //! a connection's) is its rule. Both sides of the clock read those rules:
@@ -10,12 +11,28 @@
 //! the deadlines are computed from the state they follow rather than
 //! stored, so no transition can forget to re-arm one).
 //!
+//! The timers there are one or more of per connection or per peer
+//! (handshake, first bytes, silence, ping, redial) sit in a [`TimerIndex`]
+//! ordered by deadline, so that neither side of the clock scans every
+//! connection: with a full mesh that scan made every wake-up O(N). The index
+//! holds only what the rules computed: the core's connection and peer maps
+//! are [`Tracked`], which notes every key handed out mutably (or inserted,
+//! or removed), and `Core::sync_timers` recomputes the rules of exactly
+//! those keys at the end of every input. A transition that changes a
+//! deadline has to reach the connection or peer through the map, so it is
+//! noted; there is nothing to re-arm by hand. Debug builds (and, sampled,
+//! the simulator) check on every `poll_timeout` that the index equals a full
+//! scan of the rules, so a state change that escaped the tracking fails
+//! loudly in tests. The few global timers (gossip, requests, drain, log
+//! summaries) are read from their rules directly.
+//!
 //! Nothing here takes a lock: the request tables publish their next
 //! deadline to the core ([`NodeInner::next_request_deadline`]); the log
 //! summaries lock only while events wait to be summarised.
 //!
 //! [`NodeInner::next_request_deadline`]: crate::node::NodeInner::next_request_deadline
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use super::conn::{Conn, Phase};
@@ -23,7 +40,7 @@ use super::{ConnId, Core};
 use crate::id::NodeId;
 
 /// One timer of the core.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) enum Timer {
     /// A connection not up yet must finish its handshake within
     /// `Tuning::handshake_timeout` of opening.
@@ -60,7 +77,173 @@ impl Timer {
             Timer::Ping(id),
         ]
     }
+
+    /// The connection this timer belongs to, if it is a connection's.
+    pub(crate) fn conn(self) -> Option<ConnId> {
+        match self {
+            Timer::Handshake(id) | Timer::FirstBytes(id) | Timer::Silence(id) | Timer::Ping(id) => {
+                Some(id)
+            }
+            _ => None,
+        }
+    }
+
+    /// The peer this timer redials, if it is a redial.
+    pub(crate) fn redial(self) -> Option<NodeId> {
+        match self {
+            Timer::Redial(peer) => Some(peer),
+            _ => None,
+        }
+    }
 }
+
+/// A map that notes every key whose value may have changed: each key handed
+/// out by [`get_mut`](Tracked::get_mut), inserted or removed, or every key
+/// at once after [`values_mut`](Tracked::values_mut). Reading goes through
+/// `Deref` to the map; there is no `DerefMut`, so no change can bypass the
+/// note. [`Core::sync_timers`] takes the notes and recomputes those keys'
+/// timers.
+pub(crate) struct Tracked<K, V> {
+    map: BTreeMap<K, V>,
+    touched: Vec<K>,
+    all: bool,
+}
+
+impl<K: Ord + Copy, V> Tracked<K, V> {
+    pub(crate) fn new() -> Self {
+        Tracked {
+            map: BTreeMap::new(),
+            touched: Vec::new(),
+            all: false,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.touched.push(*key);
+        self.map.get_mut(key)
+    }
+
+    pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
+        self.touched.push(key);
+        self.map.insert(key, value)
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        self.touched.push(*key);
+        self.map.remove(key)
+    }
+
+    pub(crate) fn values_mut(&mut self) -> std::collections::btree_map::ValuesMut<'_, K, V> {
+        self.all = true;
+        self.map.values_mut()
+    }
+
+    /// Whether changes wait for [`Core::sync_timers`].
+    pub(crate) fn pending(&self) -> bool {
+        self.all || !self.touched.is_empty()
+    }
+
+    /// The keys noted since the last call (`None`: every key may have
+    /// changed), leaving `scratch`'s allocation for the next notes.
+    fn take_touched(&mut self, mut scratch: Vec<K>) -> Option<Vec<K>> {
+        scratch.clear();
+        let touched = std::mem::replace(&mut self.touched, scratch);
+        if std::mem::take(&mut self.all) {
+            None
+        } else {
+            Some(touched)
+        }
+    }
+}
+
+impl<K, V> std::ops::Deref for Tracked<K, V> {
+    type Target = BTreeMap<K, V>;
+
+    fn deref(&self) -> &BTreeMap<K, V> {
+        &self.map
+    }
+}
+
+/// The armed connection and redial timers, ordered by deadline, and the
+/// peers that make gossip worth a wake-up (up, or learned). Holds what
+/// [`Core::sync_timers`] computed from the rules, never a deadline of its
+/// own.
+#[derive(Debug, Default)]
+pub(crate) struct TimerIndex {
+    by_time: BTreeSet<(Instant, Timer)>,
+    armed: HashMap<Timer, Instant>,
+    awake: BTreeSet<NodeId>,
+}
+
+impl TimerIndex {
+    /// Arms `timer` at `deadline`, moves it there, or (with `None`)
+    /// disarms it.
+    pub(crate) fn set(&mut self, timer: Timer, deadline: Option<Instant>) {
+        match deadline {
+            Some(at) => {
+                if let Some(old) = self.armed.insert(timer, at) {
+                    if old == at {
+                        return;
+                    }
+                    self.by_time.remove(&(old, timer));
+                }
+                self.by_time.insert((at, timer));
+            }
+            None => {
+                if let Some(old) = self.armed.remove(&timer) {
+                    self.by_time.remove(&(old, timer));
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline of every timer held.
+    pub(crate) fn earliest(&self) -> Option<Instant> {
+        self.by_time.first().map(|&(at, _)| at)
+    }
+
+    /// The timers whose deadline has come by `now`, earliest first.
+    pub(crate) fn due(&self, now: Instant) -> impl Iterator<Item = Timer> + '_ {
+        self.by_time
+            .iter()
+            .take_while(move |&&(at, _)| at <= now)
+            .map(|&(_, timer)| timer)
+    }
+
+    /// Where `timer` is armed, if it is.
+    #[cfg(test)]
+    pub(crate) fn armed(&self, timer: Timer) -> Option<Instant> {
+        self.armed.get(&timer).copied()
+    }
+
+    /// How many timers are armed.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.armed.len()
+    }
+
+    fn set_awake(&mut self, peer: NodeId, awake: bool) {
+        if awake {
+            self.awake.insert(peer);
+        } else {
+            self.awake.remove(&peer);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_time.clear();
+        self.armed.clear();
+        self.awake.clear();
+    }
+}
+
+/// In release builds with the simulator, one `poll_timeout` in this many,
+/// or in as many as there are connections if more, checks the index
+/// against a full scan (O(N)): every one would make each wake-up O(N) again,
+/// the cost the index removes; so the checks cost O(1) per wake-up,
+/// amortised. Debug builds check every one.
+#[cfg(all(feature = "sim", not(debug_assertions)))]
+const SAMPLED_CHECK_EVERY: u32 = 64;
 
 impl Core {
     /// When `timer` is due, if it is armed, and whether reaching that time
@@ -83,8 +266,7 @@ impl Core {
                 if self.shutting_down {
                     return None;
                 }
-                let someone = self.peers.values().any(|p| p.up.is_some() || p.learned);
-                Some((self.next_gossip, someone))
+                Some((self.next_gossip, !self.timers.awake.is_empty()))
             }
             Timer::Requests => self.node.inner.next_request_deadline().and_then(wake),
             Timer::Drain => self.drain_until.and_then(wake),
@@ -124,5 +306,335 @@ impl Core {
     /// Whether `timer` is armed and its deadline has come.
     pub(crate) fn is_due(&self, timer: Timer, now: Instant) -> bool {
         self.deadline(timer).is_some_and(|(t, _)| now >= t)
+    }
+
+    /// Recomputes the indexed timers of every connection and peer changed
+    /// since the last call (all of them after a change to every one).
+    /// Called at the end of each input; [`Core::poll_timeout`] scans the
+    /// rules instead if a change is still waiting.
+    pub(crate) fn sync_timers(&mut self) {
+        let conns = self
+            .conns
+            .take_touched(std::mem::take(&mut self.conn_scratch));
+        let peers = self
+            .peers
+            .take_touched(std::mem::take(&mut self.peer_scratch));
+        let (Some(conns), Some(peers)) = (conns, peers) else {
+            self.rebuild_timers();
+            return;
+        };
+        for &id in &conns {
+            let conn = self.conns.get(&id);
+            for timer in Timer::of_conn(id) {
+                let at = conn.and_then(|c| self.conn_deadline(c, timer));
+                self.timers.set(timer, at);
+            }
+        }
+        for &peer in &peers {
+            self.sync_peer(peer);
+        }
+        self.conn_scratch = conns;
+        self.peer_scratch = peers;
+    }
+
+    fn sync_peer(&mut self, peer: NodeId) {
+        let at = self.deadline(Timer::Redial(peer)).map(|(t, _)| t);
+        self.timers.set(Timer::Redial(peer), at);
+        let awake = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.up.is_some() || p.learned);
+        self.timers.set_awake(peer, awake);
+    }
+
+    /// Computes the whole index again from the rules.
+    fn rebuild_timers(&mut self) {
+        self.timers.clear();
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for id in ids {
+            for timer in Timer::of_conn(id) {
+                let at = self.deadline(timer).map(|(t, _)| t);
+                self.timers.set(timer, at);
+            }
+        }
+        let peers: Vec<NodeId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.sync_peer(peer);
+        }
+    }
+
+    /// [`Core::poll_timeout`] from the index.
+    pub(crate) fn indexed_timeout(&self) -> Option<Instant> {
+        let others = [
+            Timer::Gossip,
+            Timer::Requests,
+            Timer::Drain,
+            Timer::Summaries,
+        ]
+        .into_iter()
+        .filter_map(|timer| self.deadline(timer))
+        .filter_map(|(t, wakes)| wakes.then_some(t));
+        others.chain(self.timers.earliest()).min()
+    }
+
+    /// [`Core::poll_timeout`] by scanning every timer's rule: the truth the
+    /// index is checked against, and the answer while a change waits to be
+    /// synced.
+    pub(crate) fn scanned_timeout(&self) -> Option<Instant> {
+        let conns = self.conns.values().flat_map(|conn| {
+            Timer::of_conn(conn.id)
+                .into_iter()
+                .filter_map(move |timer| self.conn_deadline(conn, timer))
+        });
+        let someone = self.peers.values().any(|p| p.up.is_some() || p.learned);
+        let others = self
+            .armed_beyond_conns()
+            .filter_map(|timer| {
+                let (t, wakes) = self.deadline(timer)?;
+                Some((
+                    t,
+                    if timer == Timer::Gossip {
+                        someone
+                    } else {
+                        wakes
+                    },
+                ))
+            })
+            .filter_map(|(t, wakes)| wakes.then_some(t));
+        conns.chain(others).min()
+    }
+
+    /// Whether this `poll_timeout` checks the index against a full scan.
+    pub(crate) fn check_timers_now(&self) -> bool {
+        let n = self.timer_checks.get().wrapping_add(1);
+        self.timer_checks.set(n);
+        #[cfg(debug_assertions)]
+        {
+            true
+        }
+        #[cfg(all(feature = "sim", not(debug_assertions)))]
+        {
+            n.is_multiple_of(SAMPLED_CHECK_EVERY.max(self.conns.len() as u32))
+        }
+        #[cfg(not(any(feature = "sim", debug_assertions)))]
+        {
+            false
+        }
+    }
+
+    /// Panics if the index differs from what the rules say now: a change
+    /// of state that escaped [`Tracked`] (or a missed sync).
+    pub(crate) fn check_timers(&self) {
+        let mut expected = BTreeSet::new();
+        for conn in self.conns.values() {
+            for timer in Timer::of_conn(conn.id) {
+                if let Some(at) = self.conn_deadline(conn, timer) {
+                    expected.insert((at, timer));
+                }
+            }
+        }
+        for &peer in self.peers.keys() {
+            if let Some((at, _)) = self.deadline(Timer::Redial(peer)) {
+                expected.insert((at, Timer::Redial(peer)));
+            }
+        }
+        assert!(
+            expected == self.timers.by_time,
+            "node {}: the timer index is out of date: {} timers armed by the rules, {} indexed; first differences: {:?} / {:?}",
+            self.me.0,
+            expected.len(),
+            self.timers.by_time.len(),
+            expected.difference(&self.timers.by_time).next(),
+            self.timers.by_time.difference(&expected).next(),
+        );
+        let awake: BTreeSet<NodeId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.up.is_some() || p.learned)
+            .map(|(&id, _)| id)
+            .collect();
+        assert!(
+            awake == self.timers.awake,
+            "node {}: the index's awake peers are out of date",
+            self.me.0
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn at(base: Instant, ms: u64) -> Option<Instant> {
+        Some(base + Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn a_rearmed_timer_moves_and_a_disarmed_one_goes() {
+        let base = Instant::now();
+        let mut index = TimerIndex::default();
+        let ping = Timer::Ping(ConnId(1));
+        index.set(ping, at(base, 50));
+        assert_eq!(index.earliest(), at(base, 50));
+        // Later: the old place is gone, not left behind as a stale wake-up.
+        index.set(ping, at(base, 80));
+        assert_eq!(index.earliest(), at(base, 80));
+        assert_eq!(index.len(), 1);
+        // Earlier, and the same again (a no-op).
+        index.set(ping, at(base, 10));
+        index.set(ping, at(base, 10));
+        assert_eq!(index.earliest(), at(base, 10));
+        assert_eq!(index.len(), 1);
+        index.set(ping, None);
+        assert_eq!(index.earliest(), None);
+        assert_eq!(index.armed(ping), None);
+        assert_eq!(index.len(), 0);
+        // Disarming what is not armed changes nothing.
+        index.set(Timer::Silence(ConnId(1)), None);
+        assert_eq!(index.len(), 0);
+    }
+
+    #[test]
+    fn two_timers_at_one_instant_are_both_held_and_due() {
+        let base = Instant::now();
+        let mut index = TimerIndex::default();
+        index.set(Timer::Ping(ConnId(2)), at(base, 30));
+        index.set(Timer::Silence(ConnId(7)), at(base, 30));
+        index.set(Timer::Redial(NodeId(3)), at(base, 31));
+        let due: Vec<Timer> = index.due(base + Duration::from_millis(29)).collect();
+        assert!(due.is_empty());
+        let due: BTreeSet<Timer> = index.due(base + Duration::from_millis(30)).collect();
+        assert_eq!(
+            due,
+            BTreeSet::from([Timer::Ping(ConnId(2)), Timer::Silence(ConnId(7))])
+        );
+        // Moving one leaves the other where it was.
+        index.set(Timer::Ping(ConnId(2)), at(base, 40));
+        assert_eq!(index.armed(Timer::Silence(ConnId(7))), at(base, 30));
+        assert_eq!(index.earliest(), at(base, 30));
+        let due: Vec<Timer> = index.due(base + Duration::from_millis(31)).collect();
+        assert_eq!(
+            due,
+            vec![Timer::Silence(ConnId(7)), Timer::Redial(NodeId(3))]
+        );
+    }
+
+    #[test]
+    fn the_earliest_across_many_connections() {
+        const CONNS: u64 = 4_096;
+        let base = Instant::now();
+        let mut index = TimerIndex::default();
+        let mut rng = crate::rng::Rng::new(7);
+        let mut deadlines = BTreeMap::new();
+        for id in 0..CONNS {
+            for timer in Timer::of_conn(ConnId(id)) {
+                let t = at(base, 1 + rng.below(1_000_000));
+                index.set(timer, t);
+                deadlines.insert(timer, t);
+            }
+        }
+        // Re-arm half of them, disarm a quarter, and compare with a scan
+        // after each round.
+        for round in 0..4u64 {
+            for id in (round..CONNS).step_by(2) {
+                let timer = Timer::Ping(ConnId(id));
+                let t = at(base, 1 + rng.below(1_000_000));
+                index.set(timer, t);
+                deadlines.insert(timer, t);
+            }
+            for id in (round..CONNS).step_by(4) {
+                let timer = Timer::Silence(ConnId(id));
+                index.set(timer, None);
+                deadlines.insert(timer, None);
+            }
+            let scanned = deadlines.values().flatten().min().copied();
+            assert_eq!(index.earliest(), scanned, "round {round}");
+            let armed = deadlines.values().flatten().count();
+            assert_eq!(index.len(), armed);
+            let now = base + Duration::from_millis(1_000);
+            let due = index.due(now).count();
+            let expected = deadlines.values().flatten().filter(|&&t| t <= now).count();
+            assert_eq!(due, expected);
+        }
+    }
+
+    #[test]
+    fn tracked_notes_every_changed_key() {
+        let mut map: Tracked<u32, u32> = Tracked::new();
+        assert!(!map.pending());
+        map.insert(1, 10);
+        map.insert(2, 20);
+        assert_eq!(map.take_touched(Vec::new()), Some(vec![1, 2]));
+        assert!(!map.pending());
+        // Reading notes nothing; handing out, removing and inserting do.
+        assert_eq!(map.get(&1), Some(&10));
+        assert!(!map.pending());
+        if let Some(v) = map.get_mut(&2) {
+            *v += 1;
+        }
+        map.remove(&1);
+        assert_eq!(map.take_touched(Vec::new()), Some(vec![2, 1]));
+        // Every value at once: every key.
+        for v in map.values_mut() {
+            *v += 1;
+        }
+        assert!(map.pending());
+        assert_eq!(map.take_touched(Vec::new()), None);
+        assert!(!map.pending());
+    }
+
+    /// On a running cluster: connections up, one closed by a crash, its
+    /// peer's redial armed; after each step the index equals the rules and
+    /// holds nothing for a connection that is gone.
+    #[cfg(feature = "sim")]
+    #[test]
+    fn a_closed_connection_leaves_no_timer_behind() {
+        use crate::sim::Sim;
+        let mut sim = Sim::connected(4, 11);
+        let check = |sim: &Sim| {
+            for id in sim.running() {
+                let core = sim.core(id).expect("running");
+                core.check_timers();
+                for &(_, timer) in &core.timers.by_time {
+                    if let Some(conn) = timer.conn() {
+                        assert!(core.conns.contains_key(&conn), "{timer:?} left behind");
+                    }
+                }
+                assert_eq!(core.indexed_timeout(), core.scanned_timeout());
+            }
+        };
+        check(&sim);
+        let core = sim.core(NodeId(0)).expect("running");
+        let before: Vec<ConnId> = core.conns.keys().copied().collect();
+        // Three up connections: a silence and a ping timer each.
+        assert_eq!(before.len(), 3);
+        assert_eq!(core.timers.len(), 6);
+        sim.crash(NodeId(3));
+        sim.run_for(Duration::from_secs(1));
+        check(&sim);
+        let core = sim.core(NodeId(0)).expect("running");
+        let gone: Vec<ConnId> = before
+            .iter()
+            .copied()
+            .filter(|c| !core.conns.contains_key(c))
+            .collect();
+        assert_eq!(gone.len(), 1, "the crashed peer's connection closed");
+        for timer in Timer::of_conn(gone[0]) {
+            assert_eq!(core.timers.armed(timer), None);
+        }
+        // Node 3 is down and redialled (its dials fail): armed between
+        // dials, or a dial in progress.
+        let peer = &core.peers[&NodeId(3)];
+        assert!(peer.up.is_none());
+        assert_eq!(
+            core.timers.armed(Timer::Redial(NodeId(3))),
+            peer.retry_at,
+            "the redial follows the peer's state"
+        );
+        sim.restart(NodeId(3));
+        sim.run_for(Duration::from_secs(5));
+        check(&sim);
+        assert!(sim.fully_connected());
     }
 }

@@ -155,6 +155,8 @@ struct SimNode {
     spec: ClusterSpec,
     incarnation: Incarnation,
     starts: u64,
+    /// The [`Sim::clock_epoch`] this node's services last showed.
+    seen_epoch: u64,
 }
 
 /// The simulator. See the [module docs](self).
@@ -163,6 +165,10 @@ pub struct Sim {
     now: Instant,
     /// The instant the nodes' virtual clocks last showed.
     clock_shown: Option<Instant>,
+    /// Counts the changes of `clock_shown`. A node is shown the new time
+    /// when it is next touched (`show_clock`), not all at once: that would
+    /// cost O(N) per event.
+    clock_epoch: u64,
     config: SimConfig,
     rng: Rng,
     nodes: BTreeMap<NodeId, SimNode>,
@@ -183,6 +189,8 @@ pub struct Sim {
     dirty: BTreeSet<NodeId>,
     /// Each running node's next timeout, as of its last poll.
     timeouts: BTreeMap<NodeId, Instant>,
+    /// The same, in time order, so the next one is found without a scan.
+    timeout_order: BTreeSet<(Instant, NodeId)>,
     /// Ciphertext bytes every node handed to the network, all together.
     transmitted: u64,
 }
@@ -208,6 +216,7 @@ impl Sim {
             start,
             now: start,
             clock_shown: None,
+            clock_epoch: 0,
             rng: Rng::new(config.seed),
             nodes: BTreeMap::new(),
             links: BTreeMap::new(),
@@ -220,6 +229,7 @@ impl Sim {
             addresses: addresses.iter().map(|(id, a)| (a.clone(), *id)).collect(),
             dirty: BTreeSet::new(),
             timeouts: BTreeMap::new(),
+            timeout_order: BTreeSet::new(),
             transmitted: 0,
             config,
         };
@@ -242,6 +252,7 @@ impl Sim {
                     spec,
                     incarnation: Incarnation(0),
                     starts: 0,
+                    seen_epoch: 0,
                 },
             );
             sim.start_node(*id);
@@ -292,6 +303,7 @@ impl Sim {
         let core = Core::new(config, now).expect("start a core");
         core.node().inner.set_manual_now(now);
         node.core = Some(core);
+        node.seen_epoch = self.clock_epoch;
         self.dirty.insert(id);
     }
 
@@ -370,7 +382,10 @@ impl Sim {
                 .core(a)
                 .map(|c| c.connected_peers())
                 .unwrap_or_default();
-            running.iter().all(|b| *b == a || peers.contains(b))
+            // Sorted (a map's order): a search, not a scan, per pair.
+            running
+                .iter()
+                .all(|b| *b == a || peers.binary_search(b).is_ok())
         })
     }
 
@@ -399,7 +414,7 @@ impl Sim {
         if let Some(node) = self.nodes.get_mut(&id) {
             node.core = None;
         }
-        self.timeouts.remove(&id);
+        self.forget_timeout(id);
         self.dirty.remove(&id);
         let ends: Vec<End> = self
             .links
@@ -528,27 +543,41 @@ impl Sim {
         self.config.latency + Duration::from_micros(jitter)
     }
 
+    /// Shows node `id`'s services the virtual clock of the last pump, if
+    /// they have not seen it yet. Services read the virtual clock
+    /// (deadlines of queued requests).
+    fn show_clock(&mut self, id: NodeId) {
+        let (epoch, shown) = (self.clock_epoch, self.clock_shown);
+        if let Some(node) = self.nodes.get_mut(&id) {
+            if node.seen_epoch != epoch {
+                node.seen_epoch = epoch;
+                if let (Some(core), Some(now)) = (&node.core, shown) {
+                    core.node().inner.set_manual_now(now);
+                }
+            }
+        }
+    }
+
     /// Carries out every output of every running node until all are quiet.
+    ///
+    /// A node's wake signal can be raised only by its own core or by user
+    /// code, which runs between [`run_until`](Sim::run_until)s (and that
+    /// marks every node dirty), so only the node being pumped needs its
+    /// signal checked: the rest are in `dirty` already. Looking at every
+    /// node's signal per event made the simulator O(N) per event.
     fn pump(&mut self) {
         if self.clock_shown != Some(self.now) {
-            // Services read the virtual clock (deadlines of queued requests).
-            for node in self.nodes.values() {
-                if let Some(core) = &node.core {
-                    core.node().inner.set_manual_now(self.now);
-                }
-            }
             self.clock_shown = Some(self.now);
+            self.clock_epoch += 1;
         }
         loop {
-            // Nodes with input, and nodes whose user code queued work.
-            for (&id, node) in &self.nodes {
-                if node.core.as_ref().is_some_and(|c| c.wake_signal().take()) {
-                    self.dirty.insert(id);
-                }
-            }
             let Some(id) = self.dirty.pop_first() else {
                 return;
             };
+            self.show_clock(id);
+            if let Some(core) = self.nodes.get(&id).and_then(|n| n.core.as_ref()) {
+                core.wake_signal().take();
+            }
             while let Some(out) = self
                 .nodes
                 .get_mut(&id)
@@ -558,6 +587,22 @@ impl Sim {
                 self.carry_out(id, out);
             }
             self.note_timeout(id);
+            // Work its own core (or an accept) queued meanwhile.
+            if self
+                .nodes
+                .get(&id)
+                .and_then(|n| n.core.as_ref())
+                .is_some_and(|c| c.wake_signal().take())
+            {
+                self.dirty.insert(id);
+            }
+        }
+    }
+
+    /// Forgets node `id`'s next timeout.
+    fn forget_timeout(&mut self, id: NodeId) {
+        if let Some(t) = self.timeouts.remove(&id) {
+            self.timeout_order.remove(&(t, id));
         }
     }
 
@@ -570,11 +615,12 @@ impl Sim {
             .and_then(Core::poll_timeout)
         {
             Some(t) => {
-                self.timeouts.insert(id, t);
+                if let Some(old) = self.timeouts.insert(id, t) {
+                    self.timeout_order.remove(&(old, id));
+                }
+                self.timeout_order.insert((t, id));
             }
-            None => {
-                self.timeouts.remove(&id);
-            }
+            None => self.forget_timeout(id),
         }
     }
 
@@ -593,6 +639,7 @@ impl Sim {
                 });
                 match (target, reachable) {
                     (Some(t), true) => {
+                        self.show_clock(t);
                         let now = self.now;
                         let accepted = self
                             .nodes
@@ -670,11 +717,16 @@ impl Sim {
         loop {
             self.pump();
             let next_delivery = self.queue.peek().map(|Reverse(s)| s.at);
-            let next_timer = self.timeouts.values().min().copied();
+            let next_timer = self.timeout_order.first().map(|&(t, _)| t);
             let next = [next_delivery, next_timer].into_iter().flatten().min();
             let Some(next) = next.filter(|&t| t <= until) else {
                 self.now = self.now.max(until);
                 self.pump();
+                // User code runs next, on any node: show every one the time.
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for id in ids {
+                    self.show_clock(id);
+                }
                 return;
             };
             self.now = self.now.max(next);
@@ -683,14 +735,16 @@ impl Sim {
                 self.deliver(item);
             } else {
                 let now = self.now;
-                let due: Vec<NodeId> = self
-                    .timeouts
+                let mut due: Vec<NodeId> = self
+                    .timeout_order
                     .iter()
-                    .filter(|(_, &t)| t <= now)
-                    .map(|(&id, _)| id)
+                    .take_while(|&&(t, _)| t <= now)
+                    .map(|&(_, id)| id)
                     .collect();
+                due.sort_unstable();
                 for id in due {
-                    self.timeouts.remove(&id);
+                    self.forget_timeout(id);
+                    self.show_clock(id);
                     if let Some(core) = self.nodes.get_mut(&id).and_then(|n| n.core.as_mut()) {
                         core.handle_input(now, Input::Timeout);
                     }
@@ -703,12 +757,17 @@ impl Sim {
     fn deliver(&mut self, item: Scheduled) {
         let (id, conn) = item.to;
         let now = self.now;
+        if self
+            .nodes
+            .get(&id)
+            .is_none_or(|node| node.incarnation != item.incarnation)
+        {
+            return;
+        }
+        self.show_clock(id);
         let Some(node) = self.nodes.get_mut(&id) else {
             return;
         };
-        if node.incarnation != item.incarnation {
-            return;
-        }
         let Some(core) = node.core.as_mut() else {
             return;
         };

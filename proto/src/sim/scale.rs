@@ -145,14 +145,36 @@ pub fn join_through_seed(config: SimConfig) -> JoinReport {
     }
 }
 
+/// With `SIM_PROGRESS` set, prints how far a long run got to stderr, so a
+/// run stopped early (out of time or memory) still says where it was.
+fn progress(line: impl FnOnce() -> String) {
+    if std::env::var_os("SIM_PROGRESS").is_some() {
+        eprintln!("{}", line());
+    }
+}
+
 /// Runs the simulation until every node is connected to every other;
 /// returns the virtual time that took.
 ///
 /// # Panics
 /// If the mesh does not form within a minute of virtual time.
 pub fn connect(sim: &mut Sim) -> Duration {
+    let wall = Instant::now();
     while !sim.fully_connected() {
         sim.run_for(Duration::from_millis(50));
+        progress(|| {
+            let links: usize = sim
+                .running()
+                .iter()
+                .filter_map(|&id| sim.core(id))
+                .map(|c| c.connected_peers().len())
+                .sum();
+            format!(
+                "connecting: {links} link ends up after {:?} virtual, {:.1} s wall",
+                sim.elapsed(),
+                wall.elapsed().as_secs_f64()
+            )
+        });
         assert!(
             sim.elapsed() < Duration::from_secs(60),
             "{} nodes never connected",
@@ -216,6 +238,9 @@ pub fn idle_mesh(config: SimConfig, idle: Duration) -> (IdleReport, Sim) {
     let mut sim = Sim::new(config);
     let connected_after = connect(&mut sim);
     let wall_connect = wall.elapsed();
+    progress(|| {
+        format!("idle mesh: {nodes} nodes connected after {connected_after:?} virtual, {:.1} s wall, rss {} kB", wall_connect.as_secs_f64(), rss_kb())
+    });
     let ids = sim.running();
     let mut mailboxes = Vec::new();
     for &id in &ids {
@@ -233,6 +258,13 @@ pub fn idle_mesh(config: SimConfig, idle: Duration) -> (IdleReport, Sim) {
         }
     }
     sim.run_for(Duration::from_millis(100));
+    progress(|| {
+        format!(
+            "idle mesh: one message over every link sent, {:.1} s wall, rss {} kB",
+            wall.elapsed().as_secs_f64(),
+            rss_kb()
+        )
+    });
     for (_, mailbox) in &mailboxes {
         let mut got = 0;
         while let Ok(Some(_)) = mailbox.try_recv() {
@@ -269,7 +301,20 @@ pub fn idle_mesh(config: SimConfig, idle: Duration) -> (IdleReport, Sim) {
         "a name did not reach every node"
     );
     let before = sim.bytes_transmitted();
+    progress(|| {
+        format!(
+            "idle mesh: names registered everywhere, {:.1} s wall",
+            wall.elapsed().as_secs_f64()
+        )
+    });
     sim.run_for(idle);
+    progress(|| {
+        format!(
+            "idle mesh: idled {idle:?}, {:.1} s wall, rss {} kB",
+            wall.elapsed().as_secs_f64(),
+            rss_kb()
+        )
+    });
     let idle_bytes = sim.bytes_transmitted() - before;
     let idle_bytes_per_sec = (idle_bytes as f64 / idle.as_secs_f64().max(1e-9)) as u64;
     let max_node_buffers = ids
