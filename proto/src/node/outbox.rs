@@ -1012,14 +1012,15 @@ impl Network {
             let framed = len + DATA_HEADER_LEN;
             let lane = state.lanes.iter().position(|l| l.dest == dest);
             if lane.is_none() && len <= FRAGMENT_LEN {
-                if state.queued_small > 0 && state.queued_small + framed > self.outbound_limit {
-                    refused = Some(Refused::Full);
+                let pushed =
+                    state.push_small(Some(dest), framed, true, self.outbound_limit, |chunk| {
+                        frame::put_data_header(chunk, dest, tag, len);
+                        chunk.extend_from_slice(payload);
+                    });
+                if let Err(why) = pushed {
+                    refused = Some(why);
                     break;
                 }
-                let chunk = state.tail(framed);
-                frame::put_data_header(chunk, dest, tag, len);
-                chunk.extend_from_slice(payload);
-                state.queued_small += framed;
             } else {
                 if state.queued_bulk > 0 && state.queued_bulk + framed > self.bulk_limit {
                     refused = Some(Refused::Full);
