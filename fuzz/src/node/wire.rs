@@ -16,8 +16,8 @@ use reign_proto::system::MailboxClosed;
 use reign_proto::{ExitReason, Incarnation, MailboxId, NodeId, TypeTag};
 
 use super::grammar::{
-    text, Body, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzReason, FuzzTunnelOp, FuzzValue,
-    RemoteRef, Tag, TunnelRef, Who,
+    text, Body, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzReason, FuzzTunnelOp,
+    FuzzValue, RemoteRef, Tag, TunnelRef, Who,
 };
 use super::harness::Harness;
 use super::pick;
@@ -341,9 +341,7 @@ impl Harness {
                 answer,
             } => {
                 let (count, hash) = if *matching {
-                    reign_proto::control::member_digest(
-                        self.core.members().iter().map(|d| d.id),
-                    )
+                    reign_proto::control::member_digest(self.core.members().iter().map(|d| d.id))
                 } else {
                     (*count, *hash)
                 };
