@@ -377,6 +377,28 @@ fn node_seeds() -> Vec<(&'static str, NodeInput)> {
                         ],
                         answer: true,
                     }),
+                    control(FuzzControl::MemberDigest {
+                        address: FuzzMember {
+                            id: 0,
+                            port: 1,
+                            malformed: false,
+                        },
+                        count: 0,
+                        hash: 0,
+                        matching: true,
+                        answer: true,
+                    }),
+                    control(FuzzControl::MemberDigest {
+                        address: FuzzMember {
+                            id: 0,
+                            port: 1,
+                            malformed: false,
+                        },
+                        count: 3,
+                        hash: 7,
+                        matching: false,
+                        answer: true,
+                    }),
                     Op::Timeout { ms: 600 },
                     Op::Local(LocalOp::CloseMailbox { mailbox: 0 }),
                     control(FuzzControl::Delta(Delta::Unclaim {

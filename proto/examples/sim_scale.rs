@@ -15,6 +15,11 @@
 //! per-link split, but the peak memory is the one mesh's, for the largest
 //! meshes (1,024 nodes).
 //!
+//! With `form`, the report is what forming the mesh sends (handshakes,
+//! membership, pings; bytes per node), once with every node's spec listing
+//! every node and once joining through the first node, each up to two
+//! virtual seconds after the mesh formed (a few gossip rounds).
+//!
 //! A third argument numbers the nodes from that id (default 0), to run
 //! clusters whose ids pass 255.
 //!
@@ -22,6 +27,7 @@
 //! cargo run --release -p reign-proto --features sim --example sim_scale -- 256
 //! cargo run --release -p reign-proto --features sim --example sim_scale -- 64 join
 //! cargo run --release -p reign-proto --features sim --example sim_scale -- 1024 idle-once 64000
+//! SIM_PING_MS=1000 cargo run --release -p reign-proto --features sim --example sim_scale -- 64 form
 //! SIM_PING_MS=1000 cargo run --release -p reign-proto --features sim --example sim_scale -- 512
 //! ```
 
@@ -104,6 +110,22 @@ fn idle_tuning() -> Tuning {
     }
 }
 
+/// Bytes all nodes sent from the start until two virtual seconds after
+/// the mesh formed with one membership view.
+fn formation_bytes(config: SimConfig) -> u64 {
+    let nodes = config.nodes;
+    let mut sim = Sim::new(config);
+    while !(sim.fully_connected() && sim.one_membership_view()) {
+        sim.run_for(Duration::from_millis(10));
+        assert!(
+            sim.elapsed() < Duration::from_secs(60),
+            "{nodes} nodes never formed a mesh"
+        );
+    }
+    sim.run_for(Duration::from_secs(2));
+    sim.bytes_transmitted()
+}
+
 /// Heap bytes an idle mesh of `nodes` holds, with its report and the
 /// simulation (still holding them).
 fn idle_heap(nodes: u16, first_id: u16) -> (usize, scale::IdleReport, Sim) {
@@ -134,6 +156,19 @@ fn main() {
                 report.nodes,
                 report.wall.as_secs_f64(),
                 report.converged_after.as_millis(),
+            );
+        }
+        Some("form") => {
+            let spec = formation_bytes(config(nodes, first_id));
+            let joined = formation_bytes(SimConfig {
+                seeds: vec![reign_proto::NodeId(first_id)],
+                ..config(nodes, first_id)
+            });
+            let per_node = |b: u64| b / u64::from(nodes.max(1));
+            println!(
+                "name=reign_sim_form nodes={nodes} spec_bytes_per_node={} seed_join_bytes_per_node={}",
+                per_node(spec),
+                per_node(joined),
             );
         }
         Some(mode @ ("idle" | "idle-once")) => {

@@ -147,6 +147,45 @@ pub enum Control {
         /// A mailbox of the receiving node.
         target: MailboxId,
     },
+    // Membership digests (issue 22). Sent only to peers whose hello carries
+    // `handshake::FEATURE_MEMBER_DIGEST`; others get `Members` as before.
+    /// What [`Control::Members`] would say, in a few bytes: the sender's
+    /// own address, and the count and hash of the member ids it knows
+    /// (itself included). Sent when a connection comes up and now and then
+    /// to a random peer; a receiver whose own digest differs answers with
+    /// its full `Members` list, one whose digest matches sends nothing.
+    MemberDigest {
+        /// The sender's address to dial (empty if it has none).
+        address: String,
+        /// How many members the sender knows, itself included.
+        count: u32,
+        /// FNV-1a (64 bits) of the known member ids in ascending order,
+        /// each as two little-endian bytes.
+        hash: u64,
+        /// Set on the periodic exchange: a receiver whose digest differs
+        /// answers with `Members { answer: true }`, so the sender can send
+        /// its list back if the receiver lacks members (push-pull, as the
+        /// full exchange was). Clear when a connection comes up, where both
+        /// sides send a digest and each answers a difference with its list.
+        answer: bool,
+    },
+}
+
+/// The count and FNV-1a hash of a set of member ids (see
+/// [`Control::MemberDigest`]); `ids` in ascending order.
+pub fn member_digest(ids: impl IntoIterator<Item = u16>) -> (u32, u64) {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut count = 0u32;
+    let mut hash = FNV_OFFSET;
+    for id in ids {
+        count += 1;
+        for byte in id.to_le_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(FNV_PRIME);
+        }
+    }
+    (count, hash)
 }
 
 impl Control {

@@ -8,7 +8,8 @@
 //!
 //! Versions must match exactly; within a version, a hello's `features` bits
 //! say which later additions the sender understands (`FEATURE_EXITS`: exit
-//! reasons and links), so they are added without refusing older peers.
+//! reasons and links; `FEATURE_MEMBER_DIGEST`: membership digests), so
+//! they are added without refusing older peers.
 
 use std::fmt;
 
@@ -53,8 +54,12 @@ fn no_features(features: &u64) -> bool {
 /// (`Control::Exited`, `Link`, `Unlink`, `Kill`).
 pub const FEATURE_EXITS: u64 = 1;
 
+/// Feature bit: the node understands membership digests
+/// (`Control::MemberDigest`) and sends them instead of full member lists.
+pub const FEATURE_MEMBER_DIGEST: u64 = 2;
+
 /// The features this build understands, sent in every hello.
-pub const FEATURES: u64 = FEATURE_EXITS;
+pub const FEATURES: u64 = FEATURE_EXITS | FEATURE_MEMBER_DIGEST;
 
 /// Why a handshake failed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

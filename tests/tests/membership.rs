@@ -1,15 +1,18 @@
 //! Dynamic membership over real TCP and mutual TLS (tokio adapter): joining
 //! through a seed, graceful leave, replacement with a new incarnation, a
-//! second process claiming a live node id, and spec reloads.
+//! second process claiming a live node id, spec reloads, and membership
+//! digests (a peer lacking nothing gets only a digest; bad ones close).
 
 use std::time::{Duration, Instant};
 
+use reign_proto::certgen::CertAndKey;
 use reign_proto::codec::Frame;
-use reign_proto::control::Control;
+use reign_proto::control::{member_digest, Control};
+use reign_proto::handshake::FEATURES;
 use reign_proto::{SpecError, ID_IN_USE};
-use reign_tests::raw_peer::RawPeer;
+use reign_tests::raw_peer::{ClientAuth, RawPeer};
 use reign_tests::{capture_logs, eventually, logged, recv_as, shutdown_all, TestCluster};
-use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError};
+use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError, Tuning};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -304,4 +307,266 @@ async fn a_peer_naming_a_thousand_made_up_members_gets_a_bounded_few_and_they_go
     for node in [&n0, &n2] {
         node.shutdown().await;
     }
+}
+
+/// What a raw peer needs to reach node 0 of a test cluster as another
+/// member: the CA, the addresses and a certificate per node.
+#[derive(Clone)]
+struct Dialer {
+    ca: String,
+    addresses: Vec<String>,
+    certs: Vec<CertAndKey>,
+}
+
+impl Dialer {
+    fn of(cluster: &TestCluster, n: u16) -> Dialer {
+        Dialer {
+            ca: cluster.ca.cert_pem().to_owned(),
+            addresses: (0..n)
+                .map(|i| cluster.address(NodeId(i)).to_owned())
+                .collect(),
+            certs: (0..n).map(|i| cluster.cert(NodeId(i))).collect(),
+        }
+    }
+
+    /// Node `me`, admitted by node 0 as a raw peer whose hello carries
+    /// `features`.
+    fn admitted(&self, me: u16, features: u64) -> RawPeer {
+        let mut peer = RawPeer::connect(
+            &self.addresses[0],
+            NodeId(0),
+            &self.ca,
+            ClientAuth::Cert(&self.certs[usize::from(me)]),
+        )
+        .unwrap_or_else(|e| panic!("TLS to node 0: {e}"));
+        let mut hello = RawPeer::hello(NodeId(me), NodeId(0), &self.ca);
+        hello.features = features;
+        peer.send_frame(&Frame::Hello(hello.to_frame_body()))
+            .expect("send a hello");
+        assert!(
+            matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))),
+            "node 0 did not answer the hello"
+        );
+        peer
+    }
+
+    /// A digest as node `me` sends it, counting `count` members hashed to
+    /// `hash`.
+    fn digest(&self, me: u16, (count, hash): (u32, u64), answer: bool) -> Frame {
+        Frame::Control(
+            Control::MemberDigest {
+                address: self.addresses[usize::from(me)].clone(),
+                count,
+                hash,
+                answer,
+            }
+            .encode(),
+        )
+    }
+}
+
+/// The test tuning with pings and gossip far apart: a raw peer answers no
+/// ping and must stay connected while a test reads what the node sends it,
+/// and reads end after a quiet spell, which gossip every 500 ms never
+/// leaves.
+fn patient(n: u16) -> TestCluster {
+    TestCluster::with_tuning(
+        n,
+        Tuning {
+            ping_interval: Duration::from_secs(30),
+            read_deadline: Duration::from_secs(120),
+            gossip_interval: Duration::from_secs(60),
+            ..Tuning::fast()
+        },
+    )
+}
+
+/// The membership messages (`Members`, `MemberDigest`) a raw peer reads
+/// until `quiet` passes with nothing new.
+fn membership_messages(peer: &mut RawPeer, quiet: Duration) -> Vec<Control> {
+    // Frame by frame: frames that came in with the node's hello are
+    // already buffered.
+    std::iter::from_fn(|| peer.next_frame(quiet))
+        .filter_map(|f| match f {
+            Frame::Control(body) => Control::decode(&body).ok(),
+            _ => None,
+        })
+        .filter(|c| matches!(c, Control::Members { .. } | Control::MemberDigest { .. }))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_lacking_nothing_gets_only_a_digest_and_one_lacking_a_member_gets_the_list() {
+    capture_logs();
+    let cluster = patient(4);
+    let mut nodes = Vec::new();
+    for id in [0, 2] {
+        nodes.push(
+            Node::start(&cluster.spec(NodeId(id)), NodeId(id))
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(nodes[0].wait_for_peers(&[NodeId(2)], WAIT).await);
+    let all = [0u16, 1, 2, 3];
+    let dialer = Dialer::of(&cluster, 4);
+    let seen = tokio::task::spawn_blocking(move || {
+        let mut peer = dialer.admitted(1, FEATURES);
+        // Link up: node 0 knows the same four members (one spec): a digest
+        // of them, no list.
+        let at_link_up = membership_messages(&mut peer, Duration::from_millis(800));
+        // The periodic exchange from a peer lacking nothing: no answer.
+        peer.send_frame(&dialer.digest(1, member_digest(all), true))
+            .unwrap();
+        let lacking_nothing = membership_messages(&mut peer, Duration::from_millis(800));
+        // From a peer that lacks node 2 and 3: the list, asking for ours.
+        peer.send_frame(&dialer.digest(1, member_digest([0, 1]), true))
+            .unwrap();
+        let lacking = membership_messages(&mut peer, Duration::from_millis(800));
+        // A node that predates digests (no feature bit) gets the full list
+        // at link up, as before.
+        let mut old = dialer.admitted(3, 0);
+        let old_link_up = membership_messages(&mut old, Duration::from_millis(800));
+        (at_link_up, lacking_nothing, lacking, old_link_up, peer, old)
+    });
+    let (at_link_up, lacking_nothing, lacking, old_link_up, peer, old) = seen.await.unwrap();
+    let (count, hash) = member_digest(all);
+    // Node 0's periodic exchange (every 500 ms in the test tuning) may fall
+    // in a window: a digest asking back, of the same four members.
+    let gossip = |c: &Control| matches!(c, Control::MemberDigest { answer: true, .. });
+    for c in at_link_up
+        .iter()
+        .chain(&lacking_nothing)
+        .filter(|c| gossip(c))
+    {
+        assert!(
+            matches!(c, Control::MemberDigest { count: n, hash: h, .. } if (*n, *h) == (count, hash)),
+            "{c:?}"
+        );
+    }
+    let at_link_up: Vec<&Control> = at_link_up.iter().filter(|c| !gossip(c)).collect();
+    assert_eq!(
+        at_link_up,
+        vec![&Control::MemberDigest {
+            address: cluster.address(NodeId(0)).to_owned(),
+            count,
+            hash,
+            answer: false,
+        }],
+        "a digest and nothing else when the link comes up"
+    );
+    assert!(
+        lacking_nothing.iter().all(gossip),
+        "only digests for a peer lacking nothing: {lacking_nothing:?}"
+    );
+    let lists: Vec<&Control> = lacking.iter().filter(|c| !gossip(c)).collect();
+    let [Control::Members {
+        nodes: listed,
+        answer: true,
+    }] = lists.as_slice()
+    else {
+        panic!("a peer lacking members gets the full list, asking back: {lacking:?}");
+    };
+    let listed: Vec<u16> = listed.iter().map(|(id, _)| *id).collect();
+    assert!(listed.contains(&0) && listed.contains(&2), "{listed:?}");
+    assert!(
+        old_link_up
+            .iter()
+            .all(|c| matches!(c, Control::Members { .. })),
+        "a peer without the feature never gets a digest: {old_link_up:?}"
+    );
+    assert!(
+        old_link_up.iter().any(|c| matches!(c,
+            Control::Members { nodes, answer: false } if nodes.iter().any(|(id, _)| *id == 2))),
+        "a peer without the feature gets the full list at link up: {old_link_up:?}"
+    );
+    drop((peer, old));
+    shutdown_all(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_digest_counting_no_members_or_more_than_node_ids_allow_closes_the_link() {
+    capture_logs();
+    // `MAX_DIGEST_COUNT`: node ids are 16 bits.
+    let max = 1u32 << 16;
+    for (count, closes) in [(0, true), (1, false), (max, false), (max + 1, true)] {
+        // A node of its own per case: what one case leaves behind (a
+        // redial of the closed peer) does not meet the next.
+        let cluster = patient(2);
+        let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+            .await
+            .unwrap();
+        let dialer = Dialer::of(&cluster, 2);
+        let (closed, answered) = tokio::task::spawn_blocking(move || {
+            let mut peer = dialer.admitted(1, FEATURES);
+            let _ = membership_messages(&mut peer, Duration::from_millis(300));
+            peer.send_frame(&dialer.digest(1, (count, 7), true))
+                .unwrap();
+            let (frames, closed) = peer.read_until_closed(Duration::from_millis(1500));
+            let answered = frames.iter().any(|f| match f {
+                Frame::Control(body) => {
+                    matches!(Control::decode(body), Ok(Control::Members { .. }))
+                }
+                _ => false,
+            });
+            (closed, answered)
+        })
+        .await
+        .unwrap();
+        assert_eq!(closed, closes, "a digest counting {count} members");
+        // A well-formed digest that differs is answered with the list.
+        assert_eq!(answered, !closes, "a digest counting {count} members");
+        n0.shutdown().await;
+    }
+    assert!(logged(&["member digest counting 0 members"]));
+    assert!(logged(&["member digest counting 65537 members"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_list_entries_past_the_members_limit_are_ignored_and_summarised() {
+    capture_logs();
+    let cluster = patient(2);
+    let n0 = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
+        .await
+        .unwrap();
+    // `MAX_MEMBERS`: entries of one `Members` message looked at.
+    let max = 4096usize;
+    let dialer = Dialer::of(&cluster, 2);
+    let peer = tokio::task::spawn_blocking(move || {
+        let mut peer = dialer.admitted(1, FEATURES);
+        // Lists of node 0 itself (skipped) whose last entry is a new
+        // member: under the limit, at it, and one past it.
+        let me = (0u16, dialer.addresses[0].clone());
+        for (len, id) in [(max - 1, 7001u16), (max, 7002), (max + 1, 7003)] {
+            let mut nodes = vec![me.clone(); len - 1];
+            nodes.push((id, format!("127.0.0.1:{}", 40000 + id % 1000)));
+            let members = Control::Members {
+                nodes,
+                answer: false,
+            };
+            peer.send_frame(&Frame::Control(members.encode())).unwrap();
+        }
+        peer
+    })
+    .await
+    .unwrap();
+    assert!(eventually(WAIT, || n0
+        .cluster_members()
+        .contains(&NodeId(7002))));
+    let members = n0.cluster_members();
+    assert!(members.contains(&NodeId(7001)), "{members:?}");
+    assert!(
+        !members.contains(&NodeId(7003)),
+        "past the limit: {members:?}"
+    );
+    // One summary line (every 10 s at most), not a line per message.
+    assert!(eventually(Duration::from_secs(30), || logged(&[
+        "members list entries past the members limit"
+    ])));
+    assert!(
+        n0.is_connected(NodeId(1)),
+        "an oversized list is not an error"
+    );
+    drop(peer);
+    n0.shutdown().await;
 }

@@ -653,6 +653,21 @@ unarbitrary! {
             /// The mailbox.
             target: Who,
         },
+        /// A digest of the members the peer knows: its own address, a count
+        /// (0 and over the node's limit are protocol errors) and a hash
+        /// (`matching` makes it the node's own, else `hash`).
+        MemberDigest {
+            /// The peer's own address.
+            address: FuzzMember,
+            /// The members counted.
+            count: u32,
+            /// The hash, unless `matching`.
+            hash: u64,
+            /// Send the node's own count and hash instead.
+            matching: bool,
+            /// Ask for the node's list back if the digests differ.
+            answer: bool,
+        },
     }
 }
 

@@ -16,8 +16,8 @@ use reign_proto::system::MailboxClosed;
 use reign_proto::{ExitReason, Incarnation, MailboxId, NodeId, TypeTag};
 
 use super::grammar::{
-    text, Body, Corr, Delta, FuzzControl, FuzzFrame, FuzzReason, FuzzTunnelOp, FuzzValue,
-    RemoteRef, Tag, TunnelRef, Who,
+    text, Body, Corr, Delta, FuzzControl, FuzzFrame, FuzzMember, FuzzReason, FuzzTunnelOp,
+    FuzzValue, RemoteRef, Tag, TunnelRef, Who,
 };
 use super::harness::Harness;
 use super::pick;
@@ -330,19 +330,28 @@ impl Harness {
                 target: who(target),
             },
             FuzzControl::Members { nodes, answer } => Control::Members {
-                nodes: nodes
-                    .iter()
-                    .map(|m| {
-                        let address = if m.malformed {
-                            format!("no-port-{}", m.port)
-                        } else {
-                            format!("127.0.0.1:{}", 20000 + u16::from(m.port))
-                        };
-                        (m.id, address)
-                    })
-                    .collect(),
+                nodes: nodes.iter().map(|m| (m.id, member_address(m))).collect(),
                 answer: *answer,
             },
+            FuzzControl::MemberDigest {
+                address,
+                count,
+                hash,
+                matching,
+                answer,
+            } => {
+                let (count, hash) = if *matching {
+                    reign_proto::control::member_digest(self.core.members().iter().map(|d| d.id))
+                } else {
+                    (*count, *hash)
+                };
+                Control::MemberDigest {
+                    address: member_address(address),
+                    count,
+                    hash,
+                    answer: *answer,
+                }
+            }
             FuzzControl::Flood {
                 kind,
                 first,
@@ -370,5 +379,14 @@ impl Harness {
             }
         };
         control.encode()
+    }
+}
+
+/// The address a `Members` entry or a digest names for `m`.
+fn member_address(m: &FuzzMember) -> String {
+    if m.malformed {
+        format!("no-port-{}", m.port)
+    } else {
+        format!("127.0.0.1:{}", 20000 + u16::from(m.port))
     }
 }

@@ -115,7 +115,7 @@ impl Core {
         for frame in node.peer_up(peer_id, hello.incarnation, hello.features) {
             frame.encode(&mut conn.control_bytes);
         }
-        conn.queue_frame(&self.members_frame(false));
+        self.link_up_members(peer_id, conn, hello.features);
         self.outputs.push_back(Output::Event(Event::PeerUp {
             node: peer_id,
             incarnation: hello.incarnation,

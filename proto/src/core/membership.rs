@@ -11,9 +11,25 @@
 //! on, and each peer may name only so many of them); a periodic exchange with one random peer
 //! mends views that drifted apart (partitions, lost messages).
 //!
+//! **Digests.** A full list costs about 20 bytes per member, so sending it
+//! on every new link and every gossip round costs a node about 20 N² bytes
+//! to form a mesh of N. Peers that understand it
+//! ([`FEATURE_MEMBER_DIGEST`]) get a [`Control::MemberDigest`] instead: the
+//! sender's own address and the count and hash of the member ids it knows.
+//! A receiver whose digest matches sends nothing; one whose digest differs
+//! answers with its full list, and the push-pull of `Members` takes it from
+//! there. Nodes that share a spec agree from the start, so a mesh of them
+//! forms without a single list; a node that joined through a seed differs
+//! until it has learned the members, then stops costing lists.
+//!
 //! [`Control::Members`]: crate::control::Control::Members
+//! [`Control::MemberDigest`]: crate::control::Control::MemberDigest
+//! [`FEATURE_MEMBER_DIGEST`]: crate::handshake::FEATURE_MEMBER_DIGEST
 
 use super::*;
+
+use crate::control::member_digest;
+use crate::handshake::FEATURE_MEMBER_DIGEST;
 
 /// Members this node admits at most, spec and learned together (node ids
 /// are 16 bits, but nobody should make a node allocate for 65,536
@@ -24,6 +40,18 @@ const MAX_MEMBERS: usize = 4096;
 /// a peer cannot fill the member table (and make this node dial at will)
 /// with made-up entries.
 const MAX_HEARSAY_PER_PEER: usize = 256;
+
+/// The most members a [`Control::MemberDigest`] may count: node ids are 16
+/// bits, so no honest node knows more (itself included). A digest that
+/// counts none (the sender always counts itself) or more is a protocol
+/// error.
+///
+/// [`Control::MemberDigest`]: crate::control::Control::MemberDigest
+pub(super) const MAX_DIGEST_COUNT: u32 = 1 << 16;
+
+/// What the dropped-input summary counts entries of a `Members` list past
+/// [`MAX_MEMBERS`] under (they are ignored).
+pub(super) const OVERSIZED_MEMBERS: &str = "as members list entries past the members limit";
 
 /// A connection whose hello claims the id of a peer that is up under
 /// another incarnation, held until the live connection proves itself
@@ -226,6 +254,7 @@ impl Core {
         );
         self.departed.remove(&id);
         let mut peer = Peer {
+            features: 0,
             dials_first: self.me < id,
             up: None,
             dialing: None,
@@ -290,6 +319,70 @@ impl Core {
         Frame::Control(Control::Members { nodes, answer }.encode())
     }
 
+    /// The count and hash of the member ids this node knows, itself
+    /// included (spec and learned, up or not): what it sends as a
+    /// [`Control::MemberDigest`].
+    pub(super) fn own_digest(&self) -> (u32, u64) {
+        let below = self.peers.range(..self.me).map(|(id, _)| id.0);
+        let above = self.peers.range(self.me..).map(|(id, _)| id.0);
+        member_digest(below.chain(std::iter::once(self.me.0)).chain(above))
+    }
+
+    /// The `MemberDigest` message this node sends.
+    pub(super) fn digest_frame(&self, answer: bool) -> Frame {
+        let (count, hash) = self.own_digest();
+        Frame::Control(
+            Control::MemberDigest {
+                address: self.descriptor.address.clone(),
+                count,
+                hash,
+                answer,
+            }
+            .encode(),
+        )
+    }
+
+    /// The members message for a peer whose link just came up on `conn`
+    /// with hello `features`: a digest if it understands them, else the
+    /// full list.
+    pub(super) fn link_up_members(&mut self, peer: NodeId, conn: &mut Conn, features: u64) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.features = features;
+        }
+        let frame = if features & FEATURE_MEMBER_DIGEST != 0 {
+            self.digest_frame(false)
+        } else {
+            self.members_frame(false)
+        };
+        conn.queue_frame(&frame);
+    }
+
+    /// A peer's digest of its members, on `conn`: its own address is taken
+    /// as from a `Members` list naming it; if the digest differs from ours,
+    /// our full list goes back (see [`Control::MemberDigest`]).
+    pub(super) fn on_member_digest(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        conn: &mut Conn,
+        address: String,
+        (count, hash): (u32, u64),
+        answer: bool,
+    ) -> Result<(), CloseReason> {
+        if count == 0 || count > MAX_DIGEST_COUNT {
+            return Err(CloseReason::Protocol(format!(
+                "a member digest counting {count} members (1 to {MAX_DIGEST_COUNT})"
+            )));
+        }
+        if !address.is_empty() {
+            self.on_members(now, from, conn, vec![(from.0, address)], false);
+        }
+        if (count, hash) != self.own_digest() {
+            conn.queue_frame(&self.members_frame(answer));
+        }
+        Ok(())
+    }
+
     /// Members a peer told us about, on `conn`.
     pub(super) fn on_members(
         &mut self,
@@ -315,6 +408,11 @@ impl Core {
             .values()
             .filter(|p| p.hearsay_from == Some(from))
             .count();
+        if nodes.len() > MAX_MEMBERS {
+            // Counted, not logged per message: one summary line now and then.
+            self.dropped
+                .record_many(OVERSIZED_MEMBERS, (nodes.len() - MAX_MEMBERS) as u64);
+        }
         for (id, address) in nodes.into_iter().take(MAX_MEMBERS) {
             let id = NodeId(id);
             let departed = self.departed.get(&id).is_some_and(|&until| now < until);
@@ -400,15 +498,24 @@ impl Core {
         }
     }
 
-    /// Periodic upkeep: tell one random peer what we know, and forget
-    /// learned members that have been unreachable for too long.
+    /// Periodic upkeep: tell one random peer what we know (a digest if it
+    /// understands them, else the full list), and forget learned members
+    /// that have been unreachable for too long.
     /// Runs when [`Timer::Gossip`](super::timer::Timer::Gossip) is due.
     pub(super) fn membership_timers(&mut self, now: Instant) {
         self.next_gossip = now + self.tuning.gossip_interval;
-        let up: Vec<ConnId> = self.peers.values().filter_map(|p| p.up).collect();
+        let up: Vec<(ConnId, u64)> = self
+            .peers
+            .values()
+            .filter_map(|p| p.up.map(|c| (c, p.features)))
+            .collect();
         if !up.is_empty() {
-            let pick = up[(self.rng.next_u64() % up.len() as u64) as usize];
-            let frame = self.members_frame(true);
+            let (pick, features) = up[(self.rng.next_u64() % up.len() as u64) as usize];
+            let frame = if features & FEATURE_MEMBER_DIGEST != 0 {
+                self.digest_frame(true)
+            } else {
+                self.members_frame(true)
+            };
             if let Some(c) = self.conns.get_mut(&pick) {
                 c.queue_frame(&frame);
                 self.dirty.insert(pick);

@@ -262,6 +262,8 @@ struct Peer {
     down_since: Option<Instant>,
     /// The run of failed dials since it went down, for calm logs.
     dial_failures: redial_log::DialFailures,
+    /// The `features` of the hello on the `up` connection (membership).
+    features: u64,
 }
 
 impl Peer {

@@ -440,6 +440,12 @@ impl Core {
                 self.on_members(now, peer, conn, nodes, answer);
                 Ok(())
             }
+            Ok(Control::MemberDigest {
+                address,
+                count,
+                hash,
+                answer,
+            }) => self.on_member_digest(now, peer, conn, address, (count, hash), answer),
             Ok(Control::Busy { target }) => self.on_busy(peer, target, true),
             Ok(Control::Ready { target }) => self.on_busy(peer, target, false),
             Ok(msg) => {
