@@ -261,28 +261,54 @@ pub fn oneway(size: usize, messages: Option<u64>) -> Result {
         if state.gaps != 0 || state.duplicates != 0 {
             return Err(format!("lost or repeated messages: {state:?}"));
         }
-        line(&[
-            ("name", format!("reign_oneway_{size}")),
-            ("payload_b", size.to_string()),
-            ("msgs_per_s", rate(count as f64, secs)),
-            (
-                "MB_per_s",
-                format!("{:.1}", count as f64 * size as f64 / secs / 1e6),
-            ),
-            ("secs", format!("{secs:.2}")),
-            ("peak_rss_kb_a", protocol::peak_rss_kb().to_string()),
-            ("peak_rss_kb_b", report.peak_rss_kb.to_string()),
-        ]);
-        eprintln!(
-            "one-way {size} B: {:.0} msg/s, {:.1} MB/s; peak RSS sender {} KiB, receiver {} KiB",
-            count as f64 / secs,
-            count as f64 * size as f64 / secs / 1e6,
-            protocol::peak_rss_kb(),
-            report.peak_rss_kb
+        report_oneway(
+            format!("reign_oneway_{size}"),
+            &format!("one-way {size} B"),
+            size,
+            None,
+            count,
+            secs,
+            report.peak_rss_kb,
         );
         cluster.stop().await;
         Ok(())
     })
+}
+
+/// Prints a one-way flood's result line (and a readable line on stderr):
+/// `count` messages of `size` bytes in `secs`, with the peak RSS of the
+/// sender (this process) and of the receiver.
+fn report_oneway(
+    name: String,
+    what: &str,
+    size: usize,
+    batch: Option<usize>,
+    count: u64,
+    secs: f64,
+    peak_rss_kb_b: u64,
+) {
+    let mut fields = vec![("name", name), ("payload_b", size.to_string())];
+    if let Some(batch) = batch {
+        fields.push(("batch", batch.to_string()));
+    }
+    fields.extend([
+        ("msgs_per_s", rate(count as f64, secs)),
+        (
+            "MB_per_s",
+            format!("{:.1}", count as f64 * size as f64 / secs / 1e6),
+        ),
+        ("secs", format!("{secs:.2}")),
+        ("peak_rss_kb_a", protocol::peak_rss_kb().to_string()),
+        ("peak_rss_kb_b", peak_rss_kb_b.to_string()),
+    ]);
+    line(&fields);
+    eprintln!(
+        "{what}: {:.0} msg/s, {:.1} MB/s; peak RSS sender {} KiB, receiver {} KiB",
+        count as f64 / secs,
+        count as f64 * size as f64 / secs / 1e6,
+        protocol::peak_rss_kb(),
+        peak_rss_kb_b
+    );
 }
 
 /// Messages per `send_bytes_batch` call in `all`'s batched raw flood.
@@ -384,25 +410,14 @@ pub fn oneway_raw(size: usize, messages: Option<u64>, batch: usize) -> Result {
         } else {
             format!("reign_oneway_batch_{size}")
         };
-        line(&[
-            ("name", name),
-            ("payload_b", size.to_string()),
-            ("batch", batch.to_string()),
-            ("msgs_per_s", rate(count as f64, secs)),
-            (
-                "MB_per_s",
-                format!("{:.1}", count as f64 * size as f64 / secs / 1e6),
-            ),
-            ("secs", format!("{secs:.2}")),
-            ("peak_rss_kb_a", protocol::peak_rss_kb().to_string()),
-            ("peak_rss_kb_b", report.peak_rss_kb.to_string()),
-        ]);
-        eprintln!(
-            "one-way raw {size} B, batches of {batch}: {:.0} msg/s, {:.1} MB/s; peak RSS sender {} KiB, receiver {} KiB",
-            count as f64 / secs,
-            count as f64 * size as f64 / secs / 1e6,
-            protocol::peak_rss_kb(),
-            report.peak_rss_kb
+        report_oneway(
+            name,
+            &format!("one-way raw {size} B, batches of {batch}"),
+            size,
+            Some(batch),
+            count,
+            secs,
+            report.peak_rss_kb,
         );
         cluster.stop().await;
         Ok(())

@@ -366,6 +366,51 @@ impl OutboxState {
         Ok(())
     }
 
+    /// Queues one user message to `dest`: in its mailbox's small lane when
+    /// it fits one fragment and no large message to the same mailbox waits
+    /// (it would overtake it), else in the mailbox's bulk lane, which has
+    /// its own budget (`bulk_limit`) so one large message never locks
+    /// small messages to other mailboxes out of the queue.
+    fn push_data(
+        &mut self,
+        dest: MailboxId,
+        tag: TypeTag,
+        payload: impl DataPayload,
+        outbound_limit: usize,
+        bulk_limit: usize,
+    ) -> Result<(), Refused> {
+        let len = payload.bytes().len();
+        let framed = len + DATA_HEADER_LEN;
+        let lane = self.lanes.iter().position(|l| l.dest == dest);
+        match lane {
+            None if len <= FRAGMENT_LEN => {
+                self.push_small(Some(dest), framed, true, outbound_limit, |chunk| {
+                    frame::put_data_header(chunk, dest, tag, len);
+                    chunk.extend_from_slice(payload.bytes());
+                })
+            }
+            _ => {
+                if self.queued_bulk > 0 && self.queued_bulk + framed > bulk_limit {
+                    return Err(Refused::Full);
+                }
+                let bulk = Bulk {
+                    tag,
+                    payload: payload.into_bytes(),
+                    sent: 0,
+                };
+                match lane {
+                    Some(i) => self.lanes[i].items.push_back(bulk),
+                    None => self.lanes.push_back(Lane {
+                        dest,
+                        items: VecDeque::from([bulk]),
+                    }),
+                }
+                self.queued_bulk += framed;
+                Ok(())
+            }
+        }
+    }
+
     /// The small frames waiting, chunk by chunk, lane by lane (frames to
     /// one mailbox in order; a frame never spans two chunks).
     pub(crate) fn small_chunks(&self) -> impl Iterator<Item = &Vec<u8>> {
@@ -880,8 +925,6 @@ impl Network {
         tag: TypeTag,
         payload: &mut Vec<u8>,
     ) -> Result<(), Refused> {
-        let len = payload.len();
-        let framed = len + DATA_HEADER_LEN;
         let mut state = outbox.lock();
         if !state.connected {
             return Err(Refused::Unreachable);
@@ -889,35 +932,7 @@ impl Network {
         if !state.busy.is_empty() && state.busy.contains(&dest) {
             return Err(Refused::Full);
         }
-        let lane = state.lanes.iter_mut().position(|l| l.dest == dest);
-        match lane {
-            None if len <= FRAGMENT_LEN => {
-                state.push_small(Some(dest), framed, true, self.outbound_limit, |chunk| {
-                    frame::put_data_header(chunk, dest, tag, len);
-                    chunk.extend_from_slice(payload);
-                })?;
-            }
-            _ => {
-                // Large messages have their own budget, so one of them never
-                // locks small messages to other mailboxes out of the queue.
-                if state.queued_bulk > 0 && state.queued_bulk + framed > self.bulk_limit {
-                    return Err(Refused::Full);
-                }
-                let bulk = Bulk {
-                    tag,
-                    payload: Bytes::from(std::mem::take(payload)),
-                    sent: 0,
-                };
-                match lane {
-                    Some(i) => state.lanes[i].items.push_back(bulk),
-                    None => state.lanes.push_back(Lane {
-                        dest,
-                        items: VecDeque::from([bulk]),
-                    }),
-                }
-                state.queued_bulk += framed;
-            }
-        }
+        state.push_data(dest, tag, payload, self.outbound_limit, self.bulk_limit)?;
         self.announce(outbox, state, true);
         Ok(())
     }
@@ -1008,37 +1023,10 @@ impl Network {
         let mut taken = 0;
         let mut refused = None;
         for payload in payloads {
-            let len = payload.len();
-            let framed = len + DATA_HEADER_LEN;
-            let lane = state.lanes.iter().position(|l| l.dest == dest);
-            if lane.is_none() && len <= FRAGMENT_LEN {
-                let pushed =
-                    state.push_small(Some(dest), framed, true, self.outbound_limit, |chunk| {
-                        frame::put_data_header(chunk, dest, tag, len);
-                        chunk.extend_from_slice(payload);
-                    });
-                if let Err(why) = pushed {
-                    refused = Some(why);
-                    break;
-                }
-            } else {
-                if state.queued_bulk > 0 && state.queued_bulk + framed > self.bulk_limit {
-                    refused = Some(Refused::Full);
-                    break;
-                }
-                let bulk = Bulk {
-                    tag,
-                    payload: payload.clone(),
-                    sent: 0,
-                };
-                match lane {
-                    Some(i) => state.lanes[i].items.push_back(bulk),
-                    None => state.lanes.push_back(Lane {
-                        dest,
-                        items: VecDeque::from([bulk]),
-                    }),
-                }
-                state.queued_bulk += framed;
+            let pushed = state.push_data(dest, tag, payload, self.outbound_limit, self.bulk_limit);
+            if let Err(why) = pushed {
+                refused = Some(why);
+                break;
             }
             taken += 1;
         }
@@ -1046,6 +1034,37 @@ impl Network {
             self.announce(outbox, state, true);
         }
         (taken, refused)
+    }
+}
+
+/// A user message's encoded payload as [`OutboxState::push_data`] takes
+/// it: read in place when copied into a small lane, turned into `Bytes`
+/// only when it leaves in fragments.
+trait DataPayload {
+    /// The payload's bytes.
+    fn bytes(&self) -> &[u8];
+    /// The payload as `Bytes`, for a bulk lane.
+    fn into_bytes(self) -> Bytes;
+}
+
+/// The caller's encoding scratch: a large payload is taken out of it whole
+/// (no copy); a small one is copied and the scratch keeps its capacity.
+impl DataPayload for &mut Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(std::mem::take(self))
+    }
+}
+
+/// A raw payload: a large one is queued by reference count, no copy.
+impl DataPayload for &Bytes {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn into_bytes(self) -> Bytes {
+        self.clone()
     }
 }
 
