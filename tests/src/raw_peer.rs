@@ -197,3 +197,56 @@ pub fn closes_within(sock: &mut TcpStream, timeout: Duration) -> bool {
         }
     }
 }
+
+/// Node 1 of `cluster` played by a [`RawPeer`] on its own thread: it is
+/// admitted by node 0 and then never reads, so once the socket and the
+/// write window are full node 0's outbound queue only grows. Dropping it
+/// closes the connection.
+pub struct SilentPeer {
+    done: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SilentPeer {
+    /// Connects as node 1 to node 0 of `cluster` and returns once node 0
+    /// answered the hello.
+    ///
+    /// # Panics
+    /// If the peer is not admitted within 5 s.
+    pub fn admitted(cluster: &crate::TestCluster) -> SilentPeer {
+        let (addr, ca, cert) = (
+            cluster.address(NodeId(0)).to_owned(),
+            cluster.ca.cert_pem().to_owned(),
+            cluster.cert(NodeId(1)),
+        );
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let peer = RawPeer::admitted(
+                &addr,
+                NodeId(1),
+                NodeId(0),
+                &ca,
+                &cert,
+                Duration::from_secs(5),
+            );
+            ready_tx.send(()).unwrap();
+            let _ = done_rx.recv();
+            drop(peer);
+        });
+        ready_rx.recv().expect("the silent peer was admitted");
+        SilentPeer {
+            done: Some(done_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SilentPeer {
+    fn drop(&mut self) {
+        drop(self.done.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future::poll_once;
-use reign_tests::raw_peer::RawPeer;
+use reign_tests::raw_peer::SilentPeer;
 use reign_tests::{capture_logs, shutdown_all, TestCluster};
 use reign_tokio::{Address, Message, Node, NodeId, Request, RequestError, SendError, Tuning};
 
@@ -267,29 +267,9 @@ async fn a_sender_sees_full_at_the_whole_bound_and_idle_mailboxes_get_the_reserv
     let node = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
         .await
         .unwrap();
-    let (addr, ca, cert) = (
-        cluster.address(NodeId(0)).to_owned(),
-        cluster.ca.cert_pem().to_owned(),
-        cluster.cert(NodeId(1)),
-    );
-    // Node 1 is a raw peer that completes the handshake and never reads:
+    // Node 1 is a raw peer (`SilentPeer`) that completes the handshake and never reads:
     // once the socket and the write window are full, the queue only grows.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let peer_thread = std::thread::spawn(move || {
-        let peer = RawPeer::admitted(
-            &addr,
-            NodeId(1),
-            NodeId(0),
-            &ca,
-            &cert,
-            Duration::from_secs(5),
-        );
-        ready_tx.send(()).unwrap();
-        let _ = done_rx.recv();
-        drop(peer);
-    });
-    ready_rx.recv().unwrap();
+    let peer = SilentPeer::admitted(&cluster);
     assert!(
         node.wait_for_peers(&[NodeId(1)], Duration::from_secs(10))
             .await
@@ -368,7 +348,6 @@ async fn a_sender_sees_full_at_the_whole_bound_and_idle_mailboxes_get_the_reserv
         "one mailbox alone queued {alone} of {} bytes; {taken} frames to idle mailboxes then, {all} in all",
         tuning.outbound_queue_bytes
     );
-    done_tx.send(()).unwrap();
-    peer_thread.join().unwrap();
+    drop(peer);
     node.shutdown().await;
 }

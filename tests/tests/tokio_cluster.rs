@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use reign_proto::codec::Frame;
 use reign_proto::handshake::Hello;
-use reign_tests::raw_peer::{closes_within, ClientAuth, RawPeer};
+use reign_tests::raw_peer::{closes_within, ClientAuth, RawPeer, SilentPeer};
 use reign_tests::{
     capture_logs, eventually, logged, recv_as, shutdown_all, start_on_own_runtime, tokio_runtime,
     TestCluster,
@@ -232,28 +232,8 @@ async fn a_peer_that_stops_reading_hits_the_outbound_bound() {
     let node = Node::start(&cluster.spec(NodeId(0)), NodeId(0))
         .await
         .unwrap();
-    let (addr, ca, cert) = (
-        cluster.address(NodeId(0)).to_owned(),
-        cluster.ca.cert_pem().to_owned(),
-        cluster.cert(NodeId(1)),
-    );
-    // Node 1 is a raw peer that completes the handshake and then never reads.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let peer_thread = std::thread::spawn(move || {
-        let peer = RawPeer::admitted(
-            &addr,
-            NodeId(1),
-            NodeId(0),
-            &ca,
-            &cert,
-            Duration::from_secs(5),
-        );
-        ready_tx.send(()).unwrap();
-        let _ = done_rx.recv();
-        drop(peer);
-    });
-    ready_rx.recv().unwrap();
+    // Node 1 is a raw peer (`SilentPeer`) that completes the handshake and then never reads.
+    let peer = SilentPeer::admitted(&cluster);
     assert!(node.wait_for_peers(&[NodeId(1)], WAIT).await);
     let mut id = node.new_mailbox().0.id();
     id.node = NodeId(1);
@@ -284,8 +264,7 @@ async fn a_peer_that_stops_reading_hits_the_outbound_bound() {
         stats.queued_bytes
     );
     assert!(stats.dropped_full >= 100);
-    done_tx.send(()).unwrap();
-    peer_thread.join().unwrap();
+    drop(peer);
     node.shutdown().await;
 }
 
