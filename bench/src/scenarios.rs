@@ -843,9 +843,13 @@ pub fn hop(hops: usize, rounds: usize) -> Result {
             line(&fields);
         }
         eprintln!(
-            "one hop: reign {ours_us:.1} µs/op, raw TCP one-way {raw_us:.1} µs/op ({:.2}x)",
-            ours_us / raw_us
+            "one hop: reign {ours_us:.1} µs/op, raw TCP one-way {raw_us:.1} µs/op ({:.2}x); \
+             {} of {} hops read by the receiving thread itself (inline receive)",
+            ours_us / raw_us,
+            a.stats().inline_receives,
+            (hops + HOP_WARMUP) * rounds.max(1),
         );
+
         a.shutdown().await;
         b.shutdown().await;
         Ok(())

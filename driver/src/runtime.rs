@@ -55,6 +55,22 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         buf: &mut [u8],
     ) -> std::task::Poll<io::Result<usize>>;
 
+    /// As [`poll_read`](Runtime::poll_read), but first asks the socket
+    /// itself, whatever readiness the runtime last saw: bytes that arrived
+    /// after the runtime's poller last looked are read now, before its
+    /// thread has woken. The driver's inline receive uses it (a receiving
+    /// thread reads the socket of a sleeping driver); `cx` is the driver's
+    /// own, so a socket with nothing registers the driver as `poll_read`
+    /// would. The default is `poll_read`, right for runtimes whose reads
+    /// already try the socket first (async-io's).
+    fn poll_read_now(
+        reader: &mut Self::Reader,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        Self::poll_read(reader, cx, buf)
+    }
+
     /// Writes some of `buf`, returning how much. Registers `cx`'s waker
     /// when the socket cannot take more yet.
     fn poll_write(

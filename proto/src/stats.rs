@@ -112,4 +112,11 @@ counters! {
     /// their intensity allows came within its period: each shut its
     /// children down and exited with an error for its parent to handle.
     supervisor_escalations,
+    // the latency path (issue 17)
+    /// Times a thread about to wait for a message (an empty mailbox, a
+    /// request without its reply) read the sleeping driver's sockets
+    /// itself and fed the core what it found (the driver's inline
+    /// receive): each saved the driver's wake-up and then the waiting
+    /// thread's.
+    inline_receives,
 }

@@ -34,7 +34,7 @@
 //! ```
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -110,6 +110,21 @@ impl Runtime for Tokio {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().len())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_read_now(
+        reader: &mut OwnedReadHalf,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        // tokio reads only once its poller saw the socket readable; bytes
+        // that arrived since are still read here, straight from the socket.
+        let socket = socket2::SockRef::from(reader.as_ref());
+        match (&*socket).read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Self::poll_read(reader, cx, buf),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Self::poll_read(reader, cx, buf),
+            result => Poll::Ready(result),
         }
     }
 

@@ -466,6 +466,16 @@ impl Node {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an inline receive that fed the core input, in
+    /// [`NodeStats::inline_receives`](crate::NodeStats::inline_receives).
+    /// The driver calls it.
+    pub fn count_inline_receive(&self) {
+        self.inner
+            .counters
+            .inline_receives
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a supervisor of this node that exceeded its restart
     /// intensity and gave up, in
     /// [`NodeStats::supervisor_escalations`](crate::NodeStats::supervisor_escalations).

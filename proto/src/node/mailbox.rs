@@ -698,10 +698,36 @@ impl MailboxShared {
         }
     }
 
-    fn poll_take(
+    /// Every receive that may wait comes here. Nothing there: before it
+    /// waits, the node's driver may read its sockets from this thread
+    /// ([`WakeSignal::receive_inline`](crate::WakeSignal::receive_inline)),
+    /// and a message already in a socket is taken without a wake-up.
+    fn poll_take<'p>(
         &self,
         cx: &mut Context<'_>,
-        pred: Option<&mut dyn FnMut(&Message) -> bool>,
+        mut pred: Option<&mut (dyn FnMut(&Message) -> bool + 'p)>,
+    ) -> Poll<Result<Message, RecvError>> {
+        if let ready @ Poll::Ready(_) = self.take_or_register(None, pred.as_deref_mut()) {
+            return ready;
+        }
+        self.receive_inline();
+        self.take_or_register(Some(cx), pred)
+    }
+
+    /// Nothing to take: lets the node's sleeping driver read its sockets
+    /// from this thread ([`WakeSignal::receive_inline`](crate::WakeSignal::receive_inline));
+    /// whether the core got input (look again). Call with no lock held.
+    fn receive_inline(&self) -> bool {
+        self.node
+            .upgrade()
+            .is_some_and(|node| node.net.wake.receive_inline())
+    }
+
+    /// Takes a message, or registers `cx`'s waker (if given) to wait.
+    fn take_or_register<'p>(
+        &self,
+        cx: Option<&mut Context<'_>>,
+        pred: Option<&mut (dyn FnMut(&Message) -> bool + 'p)>,
     ) -> Poll<Result<Message, RecvError>> {
         let mut taken = self.lock_taken();
         match self.take_or_lock(&mut taken, pred) {
@@ -714,8 +740,10 @@ impl MailboxShared {
                 if state.closed {
                     return Poll::Ready(Err(RecvError::Closed));
                 }
-                if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    state.wakers.push(cx.waker().clone());
+                if let Some(cx) = cx {
+                    if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                        state.wakers.push(cx.waker().clone());
+                    }
                 }
                 Poll::Pending
             }
@@ -761,6 +789,9 @@ impl MailboxShared {
             // never touches the senders' cache line.
             let seen = self.pushes();
             drop(state);
+            if self.receive_inline() {
+                continue;
+            }
             // Nothing matched. A busy sender usually pushes again within
             // microseconds: spin a little before parking the thread, which
             // would cost both sides a system call per message.

@@ -38,6 +38,9 @@ pub struct WakeSignal {
     /// The driver's inline transmit, if it installed one (see
     /// [`WakeSignal::set_inline`]).
     inline: OnceLock<InlineTransmit>,
+    /// The driver's inline receive, if it installed one (see
+    /// [`WakeSignal::set_inline_receive`]).
+    receive: OnceLock<InlineReceive>,
     /// The deadline the sleeping driver will wake at by itself: `None`
     /// while the driver is awake or never said (any new deadline wakes it).
     armed: Mutex<Option<Option<std::time::Instant>>>,
@@ -47,11 +50,17 @@ pub struct WakeSignal {
 /// true when it wrote that output itself (the driver need not wake).
 pub type InlineTransmit = Box<dyn Fn() -> bool + Send + Sync>;
 
+/// A driver's inline receive: run by a thread about to wait for a message
+/// (an empty mailbox, a request without its reply); true when it fed the
+/// core input read from a socket, so what it waits for may be there now.
+pub type InlineReceive = Box<dyn Fn() -> bool + Send + Sync>;
+
 impl std::fmt::Debug for WakeSignal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WakeSignal")
             .field("pending", &self.pending)
             .field("inline", &self.inline.get().is_some())
+            .field("receive", &self.receive.get().is_some())
             .finish()
     }
 }
@@ -66,6 +75,24 @@ impl WakeSignal {
     /// the driver is woken as before. One party owns the core at a time.
     pub fn set_inline(&self, transmit: InlineTransmit) {
         let _ = self.inline.set(transmit);
+    }
+
+    /// Installs the driver's inline receive (once per node; later calls
+    /// are ignored). A thread that found nothing to receive and is about
+    /// to wait calls it ([`WakeSignal::receive_inline`]); while the driver
+    /// sleeps, it reads what the node's most recently active sockets hold
+    /// and feeds it to the core in that thread, so a reply that is already
+    /// in the socket is received without waking the driver and then the
+    /// waiting thread. One party owns the core at a time.
+    pub fn set_inline_receive(&self, receive: InlineReceive) {
+        let _ = self.receive.set(receive);
+    }
+
+    /// A thread found nothing to receive: lets the driver's inline receive
+    /// read the sockets from this thread; whether it fed the core anything
+    /// (look again before waiting). Call with no lock held.
+    pub fn receive_inline(&self) -> bool {
+        self.receive.get().is_some_and(|receive| receive())
     }
 
     /// The driver is awake and will read every deadline before it sleeps

@@ -627,6 +627,14 @@ impl Future for RequestFuture {
     type Output = Result<Message, RequestError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = self.slot.lock().result.take() {
+            return Poll::Ready(result);
+        }
+        // Before waiting: the reply may already be in a socket of a
+        // sleeping driver (see `WakeSignal::receive_inline`).
+        if let Some(node) = self.node.upgrade() {
+            node.net.wake.receive_inline();
+        }
         let mut inner = self.slot.lock();
         match inner.result.take() {
             Some(result) => Poll::Ready(result),
