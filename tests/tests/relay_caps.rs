@@ -265,35 +265,27 @@ fn pending_requests_under_at_and_over_the_cap() {
     });
 }
 
-/// A client at the pending cap that floods requests and reads nothing:
-/// the relay answers each as timed out, but holds at most the outbox's
-/// soft cap of answers for it and then stops reading from it, so the
-/// client holds back itself (the relay's memory does not grow with the
-/// flood). Once it reads, every answer arrives, in order.
-#[test]
-fn a_client_flooding_refused_requests_without_reading_holds_back_itself() {
-    let max = MAX_PENDING_REQUESTS as u64;
-    let h = Relayed::start(RelayOptions::default());
-    let _held = h.hold("hold");
-    let mut a = h.attach("");
-    a.send(&requests(0, max, "hold"));
-    h.wait_stats("at the cap", |s| s.pending_requests == max as usize);
-
+/// Floods the relay from `a`, at one of its caps, with a million
+/// operations the relay refuses (`packet(id)`, each answered at once with
+/// `[answer_op, id, timed out]`) while reading nothing: the relay holds at
+/// most the outbox's soft cap of answers for it, then stops reading from
+/// it, so the client holds back itself (the relay's memory does not grow
+/// with the flood). Once it reads, every answer arrives, in order.
+fn flood_unread(h: &Relayed, a: &mut Raw, what: &str, packet: fn(u64) -> Vec<u8>, answer_op: u8) {
     // Ids of nine varint bytes: every packet has the same length, and so
-    // has every answer ([op, id, timed out]). The answers (11 MB) are more
-    // than the kernel's socket buffers take for a client that does not
-    // read (the relay's send buffer grows to 4 MiB on Linux by default).
+    // has every answer. The answers (11 MB) are more than the kernel's
+    // socket buffers take for a client that does not read (the relay's
+    // send buffer grows to 4 MiB on Linux by default).
     const FIRST: u64 = 1 << 56;
     const FLOOD: u64 = 1_000_000;
     const ANSWER: usize = 11;
-    let flood: Vec<u8> = (FIRST..FIRST + FLOOD)
-        .flat_map(|id| request_packet(id, "", b"", 0))
-        .collect();
+    let flood: Vec<u8> = (FIRST..FIRST + FLOOD).flat_map(packet).collect();
     let mut writer = a.stream.try_clone().unwrap();
     let (rss0, t0) = (rss_kb(), Instant::now());
     let flooding = std::thread::spawn(move || writer.write_all(&flood).is_ok());
 
-    // Watch what the relay queues for the client while it reads nothing.
+    // Watch what the relay queues for the client while it reads nothing,
+    // until that stays the same for a second.
     let mut most_queued = 0;
     let mut still_since = Instant::now();
     let mut last = h.stats().queued_bytes;
@@ -309,7 +301,7 @@ fn a_client_flooding_refused_requests_without_reading_holds_back_itself() {
     let blocked = !flooding.is_finished();
     let (ms, kib) = cost(t0, rss0);
     eprintln!(
-        "{FLOOD} refused requests unread: at most {} KiB queued for the client, \
+        "{FLOOD} refused {what} unread: at most {} KiB queued for the client, \
          its writes {} after {ms} ms, process RSS +{kib} KiB",
         most_queued >> 10,
         if blocked { "held back" } else { "all taken" }
@@ -319,20 +311,59 @@ fn a_client_flooding_refused_requests_without_reading_holds_back_itself() {
         "{most_queued} bytes queued for a client that does not read"
     );
 
-    // Reading now: every answer, in order, then the close.
+    // Reading now: every answer, in order.
     let mut answers = vec![0; FLOOD as usize * ANSWER];
     a.stream.read_exact(&mut answers).unwrap();
     for (i, answer) in answers.chunks(ANSWER).enumerate() {
-        let mut expected = vec![0x05];
+        let mut expected = vec![answer_op];
         varint(&mut expected, FIRST + i as u64);
         expected.push(1);
         assert_eq!(answer, expected, "answer {i}");
     }
     assert!(flooding.join().unwrap(), "the flood was written");
+}
+
+/// [`flood_unread`] with requests over MAX_PENDING_REQUESTS: one WARN line.
+#[test]
+fn a_client_flooding_refused_requests_without_reading_holds_back_itself() {
+    let max = MAX_PENDING_REQUESTS as u64;
+    let h = Relayed::start(RelayOptions::default());
+    let _held = h.hold("hold");
+    let mut a = h.attach("");
+    a.send(&requests(0, max, "hold"));
+    h.wait_stats("at the cap", |s| s.pending_requests == max as usize);
+    flood_unread(
+        &h,
+        &mut a,
+        "requests",
+        |id| request_packet(id, "", b"", 0),
+        0x05,
+    );
     a.close();
     assert_eq!(a.until_closed(), "");
     assert_eq!(h.warnings().len(), 1, "{:?}", h.warnings());
     h.wait_stats("gone", |s| s.client_states == 0 && s.queued_bytes == 0);
+}
+
+/// [`flood_unread`] with tunnel opens over MAX_TUNNELS: no log line.
+#[test]
+fn a_client_flooding_refused_tunnel_opens_without_reading_holds_back_itself() {
+    let h = Relayed::start(RelayOptions::default());
+    h.tunnel_echo("tun");
+    let mut a = h.attach("");
+    open_tunnels(&mut a, 0..MAX_TUNNELS as u64, "tun");
+    flood_unread(
+        &h,
+        &mut a,
+        "tunnel opens",
+        |id| tunnel_init_packet(id, "", 0),
+        0x0a,
+    );
+    a.close();
+    assert_eq!(a.until_closed(), "");
+    assert!(h.warnings().is_empty(), "{:?}", h.warnings());
+    h.wait_stats("gone", |s| s.client_states == 0 && s.tunnels == 0);
+    assert!(eventually(WAIT, || h.node.tunnel_count() == 0));
 }
 
 /// MAX_SUBSCRIPTIONS: a client's topics. Under and at the cap events
