@@ -9,8 +9,10 @@
 //! the relay holds nothing of it ([`RelayStats`], the node's own counts) and
 //! a new client gets the whole cap again; and the over-cap path costs at
 //! most one log line per client (the refused connections, one summary line
-//! per interval). Each test prints the time and memory it took to reach the
-//! cap.
+//! per interval). A client flooding operations the relay refuses while
+//! reading nothing makes the relay hold at most the outbox's soft cap of
+//! answers, then stop reading from it. Each test prints the time and memory
+//! (the process's, both ends of every socket) it took to reach its cap.
 //!
 //! The relay runs on a one-thread tokio runtime of its own, on a thread
 //! whose log lines are captured ([`capture_thread_logs`]); the test drives
