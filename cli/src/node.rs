@@ -144,6 +144,7 @@ pub fn run(args: NodeArgs) -> Result<(), String> {
             Some(bind) => {
                 let options = reign_tokio::RelayOptions {
                     allow_public: args.relay_public,
+                    ..Default::default()
                 };
                 Some(
                     node.serve_relay(bind, options)

@@ -196,6 +196,249 @@ impl Raw {
     }
 }
 
+/// A packet from the relay to a client, decoded ([`Raw::next_packet`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FromRelay {
+    /// `opClose(reason)`: "" acknowledges the client's own close.
+    Close(String),
+    /// `opBroadcast(message)`.
+    Broadcast(Vec<u8>),
+    /// `opRequest(relay id, body, timeout_ms)`, to a member.
+    Request {
+        /// The relay's id for the reply.
+        id: u64,
+        /// The request's bytes.
+        body: Vec<u8>,
+        /// The caller's timeout.
+        timeout_ms: u64,
+    },
+    /// `opReply(id, …)`, to a caller: `None` when it timed out, else the
+    /// reply or the fault's text.
+    Reply {
+        /// The caller's request id.
+        id: u64,
+        /// What came of it.
+        outcome: Option<Result<Vec<u8>, String>>,
+    },
+    /// `opPublish(topic, event)`, to a subscriber.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The event's bytes.
+        event: Vec<u8>,
+    },
+    /// `opTunInit(build id, chunk limit)`: a tunnel offered to a member.
+    TunnelOffer {
+        /// The relay's build id, to confirm.
+        build: u64,
+        /// The largest chunk the relay takes.
+        chunk_limit: u64,
+    },
+    /// `opTunConfirm(id, …)`: the result of the client's open; `None`
+    /// when it timed out (Iris's answer to every failed open), else the
+    /// relay's chunk limit.
+    TunnelConfirm {
+        /// The client's tunnel id.
+        id: u64,
+        /// The chunk limit of an open tunnel.
+        chunk_limit: Option<u64>,
+    },
+    /// `opTunAllow(id, space)`: credit for the client's chunks.
+    TunnelAllow {
+        /// The tunnel.
+        id: u64,
+        /// Bytes granted.
+        space: u64,
+    },
+    /// `opTunTransfer(id, sizeOrCont, chunk)`.
+    TunnelTransfer {
+        /// The tunnel.
+        id: u64,
+        /// The message's total size on its first chunk, 0 after.
+        size_or_cont: u64,
+        /// The chunk's bytes.
+        chunk: Vec<u8>,
+    },
+    /// `opTunClose(id, reason)`.
+    TunnelClose {
+        /// The tunnel.
+        id: u64,
+        /// Why ("" for a plain close).
+        reason: String,
+    },
+}
+
+impl Raw {
+    /// Reads and decodes the next packet from the relay.
+    ///
+    /// # Panics
+    /// On an opcode a relay does not send, or a read that fails or waits
+    /// past [`READ_WAIT`].
+    pub fn next_packet(&mut self) -> FromRelay {
+        match self.byte() {
+            0x02 => FromRelay::Close(self.string()),
+            0x03 => FromRelay::Broadcast(self.binary()),
+            0x04 => {
+                let id = self.varint();
+                let body = self.binary();
+                FromRelay::Request {
+                    id,
+                    body,
+                    timeout_ms: self.varint(),
+                }
+            }
+            0x05 => {
+                let id = self.varint();
+                let outcome = if self.byte() == 1 {
+                    None
+                } else if self.byte() == 1 {
+                    Some(Ok(self.binary()))
+                } else {
+                    Some(Err(self.string()))
+                };
+                FromRelay::Reply { id, outcome }
+            }
+            0x08 => {
+                let topic = self.string();
+                FromRelay::Publish {
+                    topic,
+                    event: self.binary(),
+                }
+            }
+            0x09 => {
+                let build = self.varint();
+                FromRelay::TunnelOffer {
+                    build,
+                    chunk_limit: self.varint(),
+                }
+            }
+            0x0a => {
+                let id = self.varint();
+                let chunk_limit = if self.byte() == 1 {
+                    None
+                } else {
+                    Some(self.varint())
+                };
+                FromRelay::TunnelConfirm { id, chunk_limit }
+            }
+            0x0b => {
+                let id = self.varint();
+                FromRelay::TunnelAllow {
+                    id,
+                    space: self.varint(),
+                }
+            }
+            0x0c => {
+                let id = self.varint();
+                let size_or_cont = self.varint();
+                FromRelay::TunnelTransfer {
+                    id,
+                    size_or_cont,
+                    chunk: self.binary(),
+                }
+            }
+            0x0d => {
+                let id = self.varint();
+                FromRelay::TunnelClose {
+                    id,
+                    reason: self.string(),
+                }
+            }
+            op => panic!("opcode {op:#04x} from the relay"),
+        }
+    }
+
+    /// Sends `opClose`, as a binding closing its connection does.
+    pub fn close(&mut self) {
+        self.send(&[0x02]);
+    }
+
+    /// Sends `opBroadcast(cluster, message)`.
+    pub fn broadcast(&mut self, cluster: &str, message: &[u8]) {
+        self.send(&packet(0x03, |p| {
+            binary(p, cluster.as_bytes());
+            binary(p, message);
+        }));
+    }
+
+    /// Sends `opSubscribe(topic)`.
+    pub fn subscribe(&mut self, topic: &str) {
+        self.send(&subscribe_packet(topic));
+    }
+
+    /// Sends `opUnsubscribe(topic)`.
+    pub fn unsubscribe(&mut self, topic: &str) {
+        self.send(&packet(0x07, |p| binary(p, topic.as_bytes())));
+    }
+
+    /// Sends `opPublish(topic, event)`.
+    pub fn publish(&mut self, topic: &str, event: &[u8]) {
+        self.send(&packet(0x08, |p| {
+            binary(p, topic.as_bytes());
+            binary(p, event);
+        }));
+    }
+
+    /// Sends `opTunAllow(id, space)`: credit for the relay's chunks.
+    pub fn tunnel_allow(&mut self, id: u64, space: u64) {
+        self.send(&packet(0x0b, |p| {
+            varint(p, id);
+            varint(p, space);
+        }));
+    }
+
+    /// Sends `opTunTransfer(id, sizeOrCont, chunk)`.
+    pub fn tunnel_transfer(&mut self, id: u64, size_or_cont: u64, chunk: &[u8]) {
+        self.send(&packet(0x0c, |p| {
+            varint(p, id);
+            varint(p, size_or_cont);
+            binary(p, chunk);
+        }));
+    }
+
+    /// Sends `opTunClose(id)`.
+    pub fn tunnel_close(&mut self, id: u64) {
+        self.send(&packet(0x0d, |p| varint(p, id)));
+    }
+
+    /// Reads packets until `opClose`, skipping the others, then expects
+    /// the end of the stream; returns the close's reason ("" after the
+    /// client's own close).
+    pub fn until_closed(&mut self) -> String {
+        loop {
+            if let FromRelay::Close(reason) = self.next_packet() {
+                assert!(self.rest().is_empty(), "nothing after the close");
+                return reason;
+            }
+        }
+    }
+}
+
+/// The bytes of `opRequest(id, cluster, body, timeout_ms)`, to send many
+/// in one write.
+pub fn request_packet(id: u64, cluster: &str, body: &[u8], timeout_ms: u64) -> Vec<u8> {
+    packet(0x04, |p| {
+        varint(p, id);
+        binary(p, cluster.as_bytes());
+        binary(p, body);
+        varint(p, timeout_ms);
+    })
+}
+
+/// The bytes of `opSubscribe(topic)`.
+pub fn subscribe_packet(topic: &str) -> Vec<u8> {
+    packet(0x06, |p| binary(p, topic.as_bytes()))
+}
+
+/// The bytes of `opTunInit(id, cluster, timeout_ms)`.
+pub fn tunnel_init_packet(id: u64, cluster: &str, timeout_ms: u64) -> Vec<u8> {
+    packet(0x09, |p| {
+        varint(p, id);
+        binary(p, cluster.as_bytes());
+        varint(p, timeout_ms);
+    })
+}
+
 /// The init packet: the magic, the version, the cluster ("" = a client).
 pub fn init(magic: &str, version: &str, cluster: &str) -> Vec<u8> {
     let mut p = vec![0x00];

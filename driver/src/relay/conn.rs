@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use reign_proto::poison::lock;
@@ -32,9 +32,9 @@ use super::outbox::Outbox;
 use super::tunnel::{Tunnels, CHUNK_LIMIT, TUNNEL_CONFIRM_TIMEOUT};
 use super::wire::{self, Packet, Reader, WireError};
 use super::{
-    IrisRequest, RelayShared, HANDSHAKE_TIMEOUT, MAX_FAULT, MAX_HANDSHAKE_STRING, MAX_PAYLOAD,
-    MAX_PENDING_REQUESTS, MAX_SUBSCRIPTIONS, MEMBER_MAX_IN_FLIGHT, MEMBER_MAX_QUEUED_BYTES,
-    NO_MEMBER_RETRY,
+    ClientLoad, IrisRequest, RelayShared, HANDSHAKE_TIMEOUT, MAX_FAULT, MAX_HANDSHAKE_STRING,
+    MAX_PAYLOAD, MAX_PENDING_REQUESTS, MAX_SUBSCRIPTIONS, MEMBER_MAX_IN_FLIGHT,
+    MEMBER_MAX_QUEUED_BYTES, NO_MEMBER_RETRY,
 };
 use crate::runtime::Runtime;
 use crate::signal::{race, Either};
@@ -139,7 +139,7 @@ impl<R: Runtime> Client<R> {
     ) -> Arc<Client<R>> {
         let (kill_tx, kill_rx) = async_channel::bounded(1);
         let (closing_tx, closing_rx) = async_channel::bounded(1);
-        Arc::new(Client {
+        let client = Arc::new(Client {
             node,
             relay,
             id,
@@ -155,7 +155,10 @@ impl<R: Runtime> Client<R> {
             replies: Mutex::new(Replies::default()),
             subs: Mutex::new(HashMap::new()),
             member: Mutex::new(None),
-        })
+        });
+        let state: Weak<dyn ClientLoad> = Arc::downgrade(&client) as Weak<dyn ClientLoad>;
+        lock(&client.relay.states).insert(id, state);
+        client
     }
 
     /// Completes when the client's connection has ended.
@@ -333,7 +336,15 @@ impl<R: Runtime> Client<R> {
                 let cluster = rd.string(MAX_NAME_FIELD, "cluster name").await?;
                 let request = rd.binary(MAX_PAYLOAD, "request").await?;
                 let timeout_ms = rd.varint().await?;
-                self.request(id, cluster, request, timeout_ms);
+                if !self.request(id, cluster, request, timeout_ms) {
+                    // Over the cap: answered at once, after waiting for
+                    // room like any other reply, so a client that floods
+                    // requests and reads nothing stalls its own reading
+                    // instead of growing its outbox.
+                    if self.out.room().await {
+                        self.push(&reply_packet(id, Outcome::Timeout));
+                    }
+                }
             }
             wire::OP_REPLY => {
                 let id = rd.varint().await?;
@@ -370,7 +381,19 @@ impl<R: Runtime> Client<R> {
                 let id = rd.varint().await?;
                 let cluster = rd.string(MAX_NAME_FIELD, "cluster name").await?;
                 let timeout_ms = rd.varint().await?;
-                self.tunnel_init(id, cluster, capped_millis(timeout_ms));
+                if !self.tunnel_init(id, cluster, capped_millis(timeout_ms)) {
+                    // Over the cap: refused at once (Iris reports every
+                    // failed open as a timeout), after waiting for room as
+                    // an over-cap request's answer does.
+                    if self.out.room().await {
+                        self.push(
+                            &Packet::new(wire::OP_TUN_CONFIRM)
+                                .varint(id)
+                                .bool(true)
+                                .finish(),
+                        );
+                    }
+                }
             }
             wire::OP_TUN_CONFIRM => {
                 let build = rd.varint().await?;
@@ -401,18 +424,27 @@ impl<R: Runtime> Client<R> {
 
     /// A request from the client: sent to a member of `cluster`, answered
     /// with the reply, the member's error, or a timeout at the deadline.
-    fn request(self: &Arc<Self>, id: u64, cluster: String, payload: Vec<u8>, timeout_ms: u64) {
+    /// `false` when the client has [`MAX_PENDING_REQUESTS`] waiting already:
+    /// the caller answers it as timed out at once.
+    fn request(
+        self: &Arc<Self>,
+        id: u64,
+        cluster: String,
+        payload: Vec<u8>,
+        timeout_ms: u64,
+    ) -> bool {
         if self.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_REQUESTS {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             if !self.overload_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
+                    node = self.node.id().0,
                     client = self.id,
+                    peer = %self.peer,
                     "Iris client has {MAX_PENDING_REQUESTS} requests waiting; \
                      further ones are answered as timed out (logged once per client)"
                 );
             }
-            self.push(&reply_packet(id, Outcome::Timeout));
-            return;
+            return false;
         }
         let client = self.clone();
         self.node.rt.spawn(async move {
@@ -424,6 +456,7 @@ impl<R: Runtime> Client<R> {
                 }
             }
         });
+        true
     }
 
     async fn call(&self, cluster: &str, payload: Vec<u8>, timeout_ms: u64) -> Outcome {
@@ -644,6 +677,22 @@ impl<R: Runtime> Client<R> {
         drop(tunnels);
         let replies = std::mem::take(&mut *lock(&self.replies));
         drop(replies);
+    }
+}
+
+impl<R: Runtime> ClientLoad for Client<R> {
+    fn add_to(&self, stats: &mut super::RelayStats) {
+        stats.pending_requests += self.pending.load(Ordering::Relaxed);
+        stats.subscriptions += lock(&self.subs).len();
+        stats.tunnels += lock(&self.tunnels).count();
+        stats.queued_bytes += self.out.queued();
+    }
+}
+
+impl<R: Runtime> Drop for Client<R> {
+    /// The client's state is freed: it leaves the relay's count.
+    fn drop(&mut self) {
+        lock(&self.relay.states).remove(&self.id);
     }
 }
 

@@ -38,11 +38,14 @@ mod outbox;
 mod tunnel;
 pub mod wire;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use reign_proto::log_summary::LogSummary;
+use reign_proto::poison::lock;
 use serde::{Deserialize, Serialize};
 
 use crate::accept::AcceptBackoff;
@@ -78,7 +81,8 @@ pub const MAX_FAULT: usize = 64 << 10;
 
 /// Requests one client may have waiting for replies at once; each holds a
 /// task and a reply slot. Far above what the binding's benchmarks use (128
-/// threads); a request over it is answered as timed out at once.
+/// threads); a request over it is answered as timed out at once, and the
+/// first such request of a client logs one WARN line (one per client).
 pub const MAX_PENDING_REQUESTS: usize = 4096;
 
 /// Requests delivered to a registered client and not yet answered (the
@@ -92,12 +96,19 @@ pub const MEMBER_MAX_IN_FLIGHT: usize = 1024;
 pub const MEMBER_MAX_QUEUED_BYTES: usize = 64 << 20;
 
 /// Topics one client may be subscribed to at once; each costs a mailbox,
-/// a task and a directory entry (nodes hold at most 8192 by default).
+/// a task and a directory entry (nodes hold at most 8192 by default). A
+/// subscription over it drops the client (`opClose` with the reason and
+/// the one WARN line of a dropped client); subscribing again to a topic
+/// it has is a no-op, even at the cap.
 pub const MAX_SUBSCRIPTIONS: usize = 1024;
 
-/// Clients attached to one relay at once; each costs a read buffer
-/// ([`wire::READ_BUFFER`]) and a few tasks. Past it a new client is
-/// closed at once (one summary line a minute).
+/// Clients attached to one relay at once by default
+/// ([`RelayOptions::max_clients`]); each costs a read buffer
+/// ([`wire::READ_BUFFER`]) and a few tasks. Past it a new connection is
+/// closed at once, before its handshake, and counted in
+/// [`RelayStats::refused_clients`]; the refusals cost one summary line per
+/// [`SUMMARY_INTERVAL`](reign_proto::log_summary::SUMMARY_INTERVAL) while
+/// they last, none per connection.
 pub const MAX_CLIENTS: usize = 8192;
 
 /// The pause between two looks for a member when a request or tunnel
@@ -125,11 +136,66 @@ pub struct IrisRequest {
 pub const IRIS_REQUEST_TYPE: &str = "reign.iris.Request";
 
 /// How a relay may be served.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct RelayOptions {
     /// Allow a non-loopback address. Iris relays listen on loopback only:
     /// the protocol has no authentication and no encryption.
     pub allow_public: bool,
+    /// Clients attached at once; past it a new connection is closed at
+    /// once. [`MAX_CLIENTS`] by default; lower it to bound what a relay
+    /// may cost (each client holds a socket, a read buffer and a few
+    /// tasks), or for tests.
+    pub max_clients: usize,
+}
+
+impl Default for RelayOptions {
+    /// Loopback only, at most [`MAX_CLIENTS`] clients.
+    fn default() -> RelayOptions {
+        RelayOptions {
+            allow_public: false,
+            max_clients: MAX_CLIENTS,
+        }
+    }
+}
+
+/// A snapshot of what a relay holds for its clients ([`Relay::stats`]):
+/// every per-client bound summed over the clients, to watch a relay's
+/// load and to check that a client's end gives everything back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    /// Clients attached (or in their handshake) now.
+    pub clients: usize,
+    /// Client states still in memory: the attached clients and those
+    /// whose tasks are still ending. Equal to `clients` once every task of
+    /// a closed client has ended; more for long would be a leak.
+    pub client_states: usize,
+    /// Requests of the clients waiting for their replies (at most
+    /// [`MAX_PENDING_REQUESTS`] per client).
+    pub pending_requests: usize,
+    /// Topics the clients are subscribed to (at most [`MAX_SUBSCRIPTIONS`]
+    /// per client).
+    pub subscriptions: usize,
+    /// Tunnels of the clients, open or opening, both directions (at most
+    /// [`MAX_TUNNELS`] per client).
+    pub tunnels: usize,
+    /// Bytes queued for the clients' sockets, not yet handed to them (the
+    /// producers of bulk wait at [`OUTBOX_SOFT_CAP`] per client; control
+    /// packets and answers to refused operations wait too, from the
+    /// client's reading, so a client that does not read holds back itself).
+    pub queued_bytes: usize,
+    /// Clients dropped for breaking the protocol (or by the relay's or
+    /// the node's end) since the relay started.
+    pub dropped_clients: u64,
+    /// Connections closed at once since the relay started because
+    /// [`RelayOptions::max_clients`] clients were attached.
+    pub refused_clients: u64,
+}
+
+/// What one client holds, read for [`Relay::stats`].
+pub(crate) trait ClientLoad: Send + Sync {
+    /// Adds its pending requests, subscriptions, tunnels and queued bytes
+    /// to `stats`.
+    fn add_to(&self, stats: &mut RelayStats);
 }
 
 /// Why a relay could not start.
@@ -164,6 +230,12 @@ pub(crate) struct RelayShared {
     pub(crate) clients: AtomicUsize,
     pub(crate) next_client: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Connections closed at once for being over `max_clients`.
+    pub(crate) refused: AtomicU64,
+    pub(crate) max_clients: usize,
+    /// Every client state in memory, by id: added when a client is
+    /// created, removed when it is freed (`Client`'s `Drop`).
+    pub(crate) states: Mutex<HashMap<u64, Weak<dyn ClientLoad>>>,
     /// Closed (never sent on) when the relay stops.
     pub(crate) stopped: async_channel::Receiver<()>,
     /// Turns of the members' rotation.
@@ -213,6 +285,24 @@ impl Relay {
     /// Clients dropped for breaking the protocol since the relay started.
     pub fn dropped_clients(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// What the relay holds for its clients right now, and its counters.
+    /// Walks every client (for monitoring and tests, not a hot path).
+    pub fn stats(&self) -> RelayStats {
+        let shared = &self.shared;
+        let states: Vec<Weak<dyn ClientLoad>> = lock(&shared.states).values().cloned().collect();
+        let mut stats = RelayStats {
+            clients: shared.clients.load(Ordering::Relaxed),
+            client_states: states.len(),
+            dropped_clients: shared.dropped.load(Ordering::Relaxed),
+            refused_clients: shared.refused.load(Ordering::Relaxed),
+            ..RelayStats::default()
+        };
+        for state in states.iter().filter_map(Weak::upgrade) {
+            state.add_to(&mut stats);
+        }
+        stats
     }
 
     /// Stops the relay: no new clients, and every client is closed.
@@ -267,6 +357,9 @@ impl<R: Runtime> Reign<R> {
             clients: AtomicUsize::new(0),
             next_client: AtomicU64::new(1),
             dropped: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            max_clients: options.max_clients,
+            states: Mutex::new(HashMap::new()),
             stopped,
             turn: AtomicU64::new(0),
         });
@@ -285,18 +378,34 @@ impl<R: Runtime> Reign<R> {
 
 async fn accept_loop<R: Runtime>(node: Reign<R>, listener: R::Listener, shared: Arc<RelayShared>) {
     let mut backoff = AcceptBackoff::new(node.id().0);
-    let refused = reign_proto::log_summary::LogSummary::new("relay clients refused");
+    let refused = LogSummary::new("relay clients refused");
     loop {
         let stop = race(shared.stopped.recv(), node.stopped());
-        let accepted = match race(R::accept(&listener), stop).await {
-            Either::Left(result) => result,
+        // The refusals' summary is written when due even if no connection
+        // comes after the burst (accepting is cancel-safe on every runtime).
+        let due = refused.due();
+        let rt = node.rt.clone();
+        let summary_due = async move {
+            match due {
+                Some(at) => rt.sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let accepted = match race(race(R::accept(&listener), summary_due), stop).await {
+            Either::Left(Either::Left(result)) => result,
+            Either::Left(Either::Right(())) => {
+                refused.tick(Instant::now(), node.id().0);
+                continue;
+            }
             Either::Right(_) => break,
         };
         match accepted {
             Ok((reader, writer, peer)) => {
                 backoff.succeeded(Instant::now());
-                if shared.clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
-                    refused.record("over MAX_CLIENTS clients");
+                if shared.clients.load(Ordering::Relaxed) >= shared.max_clients {
+                    shared.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(node = node.id().0, %peer, "relay client refused: over max_clients");
+                    refused.record("over max_clients clients");
                     refused.tick(Instant::now(), node.id().0);
                     drop((reader, writer));
                     continue;

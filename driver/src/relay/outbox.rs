@@ -9,7 +9,10 @@
 //! does not read its socket holds its own deliveries back (its mailboxes
 //! fill and reign's limits apply) instead of growing the relay's memory.
 //! Small control packets (credit, acks, closes) are appended without
-//! waiting: a producer sends at most a few of them per bulk packet.
+//! waiting: a producer sends at most a few of them per bulk packet. The
+//! answers the reading task gives at once to what the client asked for
+//! (an over-cap request or tunnel refused) wait for room like bulk: the
+//! client could ask for them without end, and waiting stops its reading.
 
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
@@ -66,6 +69,11 @@ impl Outbox {
             w.wake();
         }
         true
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        lock(&self.state).queue.len()
     }
 
     /// Waits until the queue is under [`SOFT_CAP`]; `false` if the client

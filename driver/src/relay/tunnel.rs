@@ -56,7 +56,12 @@ pub const FULL_GRANT_TUNNELS: usize = 16;
 /// `RelayTunnelTimeout`): past it the whole connection is dropped.
 pub const TUNNEL_CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Tunnels one client may have open or opening at once.
+/// Tunnels one client may have open or opening at once, both directions;
+/// each holds a reign tunnel, two tasks and up to its credit in chunks.
+/// Past it an open from the binding is answered as timed out at once
+/// (Iris's answer to every failed open) and a tunnel offered to the
+/// client is rejected; neither is logged (the binding and the opener each
+/// get their answer).
 pub const MAX_TUNNELS: usize = 1024;
 
 /// What the uplink task forwards, in the order the binding sent it.
@@ -111,7 +116,8 @@ impl<R: Runtime> Tunnels<R> {
         id
     }
 
-    fn count(&self) -> usize {
+    /// Tunnels open or opening, both directions.
+    pub(crate) fn count(&self) -> usize {
         self.live.len() + self.building.len()
     }
 
@@ -142,18 +148,23 @@ fn decode_chunk(message: &[u8]) -> Option<(u64, &[u8])> {
 }
 
 impl<R: Runtime> Client<R> {
-    /// The binding asked to open tunnel `id` to `cluster`.
-    pub(crate) fn tunnel_init(self: &Arc<Self>, id: u64, cluster: String, timeout: Duration) {
+    /// The binding asked to open tunnel `id` to `cluster`. `false` when
+    /// the client has [`MAX_TUNNELS`] tunnels already: the caller refuses
+    /// it.
+    pub(crate) fn tunnel_init(
+        self: &Arc<Self>,
+        id: u64,
+        cluster: String,
+        timeout: Duration,
+    ) -> bool {
         {
             let mut tunnels = lock(&self.tunnels);
             if tunnels.live.contains_key(&id) {
                 self.kill(format!("tunnel id {id} is already in use"));
-                return;
+                return true;
             }
             if !tunnels.has_room() {
-                drop(tunnels);
-                self.push(&Packet::new(OP_TUN_CONFIRM).varint(id).bool(true).finish());
-                return;
+                return false;
             }
             tunnels.live.insert(id, Entry::Opening);
         }
@@ -188,6 +199,7 @@ impl<R: Runtime> Client<R> {
                 }
             }
         });
+        true
     }
 
     async fn open_with_retry(
