@@ -664,3 +664,151 @@ fn a_long_link_chain_closes_without_recursion() {
         started.elapsed()
     );
 }
+
+/// Wakes a thread parked in [`many_receivers_with_dropped_futures_count_every_message_once`].
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Stress: several senders on their own threads, several receivers on
+/// theirs sharing one mailbox (one of them selective), each receiver
+/// dropping recv futures at random, some right after a `Pending`. Every
+/// message is received exactly once, each receiver sees every sender's
+/// messages in send order, and no wake-up is lost: a receiver parked on a
+/// pending future is never found, after a long park ran out, to have had a
+/// message waiting for it all along.
+#[test]
+fn many_receivers_with_dropped_futures_count_every_message_once() {
+    const SENDERS: u64 = 4;
+    const RECEIVERS: u64 = 3;
+    const PER_SENDER: u64 = 25_000;
+    const TOTAL: u64 = SENDERS * PER_SENDER;
+    /// Long enough that only a lost wake-up, not a slow machine, outlasts
+    /// it while messages keep arriving.
+    const PARK: Duration = Duration::from_secs(5);
+    reign_proto::register_type::<(u64, u64)>().unwrap();
+    let node = node();
+    let (addr, mailbox) = node.new_mailbox();
+    let received = AtomicUsize::new(0);
+    let lost_wakes = AtomicUsize::new(0);
+    let dropped = AtomicUsize::new(0);
+    let seen: Vec<Vec<(u64, u64)>> = std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|t| {
+                let addr = addr.clone();
+                scope.spawn(move || {
+                    for i in 0..PER_SENDER {
+                        addr.send((t, i)).unwrap();
+                        if i % 1024 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let receivers: Vec<_> = (0..RECEIVERS)
+            .map(|r| {
+                let (mailbox, received, lost_wakes, dropped) =
+                    (&mailbox, &received, &lost_wakes, &dropped);
+                scope.spawn(move || {
+                    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+                    let mut cx = Context::from_waker(&waker);
+                    // A small xorshift: which futures to drop.
+                    let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (r + 1);
+                    let mut next = move || {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        rng
+                    };
+                    // Receiver 0 takes only even senders' messages.
+                    let even = |m: &Message| {
+                        m.downcast_ref::<(u64, u64)>()
+                            .is_some_and(|(t, _)| t % 2 == 0)
+                    };
+                    let mut got = Vec::new();
+                    'futures: loop {
+                        let mut recv: std::pin::Pin<
+                            Box<dyn Future<Output = Result<Message, RecvError>>>,
+                        > = if r == 0 {
+                            Box::pin(mailbox.recv_match(even))
+                        } else {
+                            Box::pin(mailbox.recv())
+                        };
+                        loop {
+                            match recv.as_mut().poll(&mut cx) {
+                                Poll::Ready(Ok(msg)) => {
+                                    got.push(*msg.downcast_ref::<(u64, u64)>().unwrap());
+                                    received.fetch_add(1, Ordering::SeqCst);
+                                    continue 'futures;
+                                }
+                                Poll::Ready(Err(RecvError::Closed)) => break 'futures,
+                                Poll::Ready(Err(e)) => panic!("unexpected {e:?}"),
+                                Poll::Pending if next() % 3 == 0 => {
+                                    dropped.fetch_add(1, Ordering::Relaxed);
+                                    continue 'futures;
+                                }
+                                Poll::Pending => {
+                                    let parked = std::time::Instant::now();
+                                    std::thread::park_timeout(PARK);
+                                    if parked.elapsed() >= PARK
+                                        && (received.load(Ordering::SeqCst) as u64) < TOTAL
+                                        && recv.as_mut().poll(&mut cx).is_ready()
+                                    {
+                                        // Ready after a full park: its wake-up
+                                        // was lost (the message is not).
+                                        lost_wakes.fetch_add(1, Ordering::SeqCst);
+                                        continue 'futures;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        for s in senders {
+            s.join().unwrap();
+        }
+        // Generous: the machine may be slow; a poll, not a fixed sleep.
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while (received.load(Ordering::SeqCst) as u64) < TOTAL {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {TOTAL} received",
+                received.load(Ordering::SeqCst)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        mailbox.close();
+        receivers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(lost_wakes.load(Ordering::SeqCst), 0, "lost wake-ups");
+    let mut all = HashSet::new();
+    for got in &seen {
+        let mut last = vec![None; SENDERS as usize];
+        for &(t, i) in got {
+            assert!(all.insert((t, i)), "({t}, {i}) received twice");
+            let previous = last[t as usize].replace(i);
+            assert!(previous < Some(i), "sender {t}'s order broke at {i}");
+        }
+    }
+    assert_eq!(all.len() as u64, TOTAL, "every message received once");
+    assert!(
+        seen[0].iter().all(|(t, _)| t % 2 == 0),
+        "the selective receiver took only matches"
+    );
+    println!(
+        "{TOTAL} messages, {RECEIVERS} receivers ({} each), {} dropped recv futures",
+        seen.iter()
+            .map(|s| s.len().to_string())
+            .collect::<Vec<_>>()
+            .join("/"),
+        dropped.load(Ordering::Relaxed)
+    );
+}
