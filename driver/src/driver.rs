@@ -187,6 +187,9 @@ pub(crate) struct Driver<R: Runtime> {
     /// to: where an inline receive looks (see [`Driver::receive_inline`]).
     last_read: Option<ConnId>,
     last_written: Option<ConnId>,
+    /// Until when inline receives leave the sockets to the driver: one
+    /// read a burst ([`INLINE_BUSY_BYTES`]), as for inline transmits.
+    receive_busy_until: Option<Instant>,
 }
 
 /// What woke the driver.
@@ -231,6 +234,7 @@ impl<R: Runtime> Driver<R> {
             waker: None,
             last_read: None,
             last_written: None,
+            receive_busy_until: None,
         }
     }
 
@@ -391,8 +395,12 @@ impl<R: Runtime> Driver<R> {
         let (Some(armed), Some(waker)) = (self.armed, self.waker.clone()) else {
             return false;
         };
-        let mut cx = Context::from_waker(&waker);
         let now = Instant::now();
+        if self.receive_busy_until.is_some_and(|t| now < t) {
+            return false;
+        }
+        let mut cx = Context::from_waker(&waker);
+        let mut got = 0;
         let mut fed = false;
         let mut needs_driver = false;
         let mut candidates = [self.last_read, self.last_written];
@@ -413,7 +421,7 @@ impl<R: Runtime> Driver<R> {
                 &mut self.read_buf,
                 &mut cx,
                 now,
-                R::poll_read_now,
+                (R::poll_read_now, &mut got),
             ) {
                 LinkState::Idle => {}
                 LinkState::Progress => {
@@ -432,6 +440,12 @@ impl<R: Runtime> Driver<R> {
         }
         if fed {
             self.core.node().count_inline_receive();
+        }
+        if got >= INLINE_BUSY_BYTES {
+            // A burst, not a reply: the link is flooding, and the driver
+            // reads it in big chunks while this thread gets on with its
+            // messages (see `INLINE_BUSY`).
+            self.receive_busy_until = Some(now + INLINE_BUSY);
         }
         if needs_driver {
             wake.notify();
@@ -852,7 +866,7 @@ fn poll_link<R: Runtime>(
         };
     }
     if !link.paused {
-        match read_link::<R>(core, id, link, read_buf, cx, now, R::poll_read) {
+        match read_link::<R>(core, id, link, read_buf, cx, now, (R::poll_read, &mut 0)) {
             LinkState::Idle => {}
             LinkState::Progress => {
                 *last_read = Some(id);
@@ -873,9 +887,10 @@ fn poll_link<R: Runtime>(
 type ReadFn<R> =
     fn(&mut <R as Runtime>::Reader, &mut Context<'_>, &mut [u8]) -> Poll<std::io::Result<usize>>;
 
-/// Reads what the socket has (up to [`READS_PER_TURN`] reads) into the
-/// core: `Progress` when the core got bytes, `Done` when the socket is
-/// finished with (the core was told).
+/// Reads what the socket has (up to [`READS_PER_TURN`] reads, with
+/// `read`, adding the bytes to `got`) into the core: `Progress` when the
+/// core got bytes, `Done` when the socket is finished with (the core was
+/// told).
 fn read_link<R: Runtime>(
     core: &mut Core,
     id: ConnId,
@@ -883,7 +898,7 @@ fn read_link<R: Runtime>(
     read_buf: &mut [u8],
     cx: &mut Context<'_>,
     now: Instant,
-    read: ReadFn<R>,
+    (read, got): (ReadFn<R>, &mut usize),
 ) -> LinkState {
     let mut progress = false;
     for _ in 0..READS_PER_TURN {
@@ -908,6 +923,7 @@ fn read_link<R: Runtime>(
                     },
                 );
                 progress = true;
+                *got += n;
                 if n < read_buf.len() {
                     // The socket had less than asked: it is empty now, and
                     // asking again would only cost a syscall that says so.

@@ -710,7 +710,15 @@ impl MailboxShared {
         if let ready @ Poll::Ready(_) = self.take_or_register(None, pred.as_deref_mut()) {
             return ready;
         }
-        self.receive_inline();
+        if self.receive_inline() {
+            // This thread just did the driver's work and may have woken
+            // other tasks onto itself (a runtime runs a task woken from its
+            // own thread there, and may let no other thread take it): let
+            // them run before this one goes on. What it waits for, if it
+            // came, is taken on the next poll.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         self.take_or_register(Some(cx), pred)
     }
 

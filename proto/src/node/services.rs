@@ -632,8 +632,15 @@ impl Future for RequestFuture {
         }
         // Before waiting: the reply may already be in a socket of a
         // sleeping driver (see `WakeSignal::receive_inline`).
-        if let Some(node) = self.node.upgrade() {
-            node.net.wake.receive_inline();
+        if self
+            .node
+            .upgrade()
+            .is_some_and(|node| node.net.wake.receive_inline())
+        {
+            // As a mailbox receive does (see `MailboxShared::poll_take`):
+            // tasks this thread may have woken run first.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         let mut inner = self.slot.lock();
         match inner.result.take() {
