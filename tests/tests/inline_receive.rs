@@ -133,7 +133,7 @@ async fn abandoned_receives_lose_nothing<R: Runtime + Default>() {
                     Err(e) => panic!("send failed: {e}"),
                 }
             }
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 // Gaps, so the receiver finds the mailbox empty and the
                 // driver asleep often.
                 std::thread::sleep(Duration::from_micros(50));
@@ -150,7 +150,7 @@ async fn abandoned_receives_lose_nothing<R: Runtime + Default>() {
         // nothing (an inline receive may just have fed the core); the
         // others give up after 0 to 15 µs (a runtime's timer may round
         // that up).
-        let received = if round % 2 == 0 {
+        let received = if round.is_multiple_of(2) {
             futures_lite::future::poll_once(inbox.recv())
                 .await
                 .unwrap_or(Err(reign_tokio::RecvError::Timeout))
