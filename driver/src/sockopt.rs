@@ -18,7 +18,7 @@
 //!
 //! What this does not bound is the receiver's kernel receive queue, where a
 //! flood the receiving driver cannot keep up with still waits in one FIFO
-//! (see BENCHMARKS.md, issue 17, "Kernel socket buffers"): a fixed
+//! (BENCHMARKS.md, issue 17, "Kernel socket buffers under a flood"): a fixed
 //! `SO_RCVBUF` small enough to help caps a long link's throughput at
 //! buffer ÷ round trip and, measured on loopback, made the kernel drop and
 //! retransmit, so it is not set here.
@@ -33,8 +33,10 @@
 /// ~130 MB/s a flood moves over loopback here and 50 µs at 10 Gbit/s, more
 /// than a driver wake-up takes, so the link does not run dry between
 /// writes; and it is 1/32 of the 4 MiB the kernel's send buffer otherwise
-/// grows to, which is what a request used to wait behind. Measured:
-/// 32 KiB and 128 KiB gave the same flood throughput (BENCHMARKS.md).
+/// grows to, part of what a request waited behind. Measured:
+/// 32 KiB and 128 KiB gave flood rates within each other's spread;
+/// round trips did not change, one-way throughput may be ~4% lower, and
+/// 256 KiB did not do better (BENCHMARKS.md).
 pub const NOTSENT_LOWAT: u32 = 128 << 10;
 
 /// Sets a node socket's options (this module's header says which and why).
