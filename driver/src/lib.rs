@@ -16,6 +16,7 @@ mod driver;
 pub mod relay;
 mod runtime;
 mod signal;
+pub mod sockopt;
 mod supervisor;
 mod tunnel_io;
 
@@ -934,14 +935,13 @@ macro_rules! futures_io_runtime {
 
             async fn accept(listener: &$listener) -> std::io::Result<($stream, $stream, String)> {
                 let (stream, remote) = listener.accept().await?;
-                // Latency matters more than packet count: the core coalesces.
-                let _ = stream.set_nodelay(true);
+                $crate::sockopt::tune_node_socket(&stream);
                 Ok((stream.clone(), stream, remote.to_string()))
             }
 
             async fn connect(&self, address: &str) -> std::io::Result<($stream, $stream)> {
                 let stream = <$stream>::connect(address).await?;
-                let _ = stream.set_nodelay(true);
+                $crate::sockopt::tune_node_socket(&stream);
                 Ok((stream.clone(), stream))
             }
 

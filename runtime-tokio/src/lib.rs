@@ -61,8 +61,7 @@ pub struct Tokio;
 reign_driver::adapter!(Tokio, "tokio");
 
 fn split(stream: TcpStream) -> (OwnedReadHalf, OwnedWriteHalf) {
-    // Latency matters more than packet count: the core already coalesces.
-    let _ = stream.set_nodelay(true);
+    reign_driver::sockopt::tune_node_socket(&stream);
     stream.into_split()
 }
 
