@@ -61,9 +61,12 @@ pub(crate) const EVENT_BACKLOG: usize = 64;
 /// A node that transmitted more recently than this is busy: its output is
 /// left to the driver, which coalesces a burst of sends into few TLS
 /// records and writes, instead of one record and one write per send in the
-/// senders' threads. Shorter than one hop on loopback (about 10 µs at
-/// best), so request/reply, ping-pong and one-hop traffic go inline.
-const INLINE_IDLE: Duration = Duration::from_micros(5);
+/// senders' threads. Shorter than a whole hop (about 7 µs on loopback once
+/// the receiver reads inline too): at 5 µs every third hop of a one-hop
+/// loop was left to the driver and cost two wake-ups. A flood sends every
+/// fraction of a µs and stays coalesced (and [`INLINE_BUSY`] keeps a link
+/// that flushed a burst with the driver).
+const INLINE_IDLE: Duration = Duration::from_micros(1);
 /// A driver transmit of at least this many bytes of TLS records carried a
 /// burst of messages (one small message is a record of a few hundred
 /// bytes): the link is flooding, and the next [`INLINE_BUSY`] of its output
