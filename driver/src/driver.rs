@@ -82,14 +82,6 @@ const INLINE_BUSY: Duration = Duration::from_micros(200);
 /// Rounds of transmit → write → `Written` an inline transmit may take
 /// before it leaves the rest to the driver.
 const INLINE_ROUNDS: usize = 4;
-/// How long a thread about to wait for a message keeps trying to take
-/// the driver's state for an inline receive while the driver holds it. A
-/// driver turn with nothing to do (the socket readiness an inline receive
-/// leaves behind wakes it once) takes a few microseconds; parking instead
-/// and being woken by the driver costs one cross-thread wake-up, 5 to 30
-/// µs on this kind of machine. A driver busy for longer (a flood) is left
-/// alone: the thread parks as it would have.
-const INLINE_RECEIVE_SPIN: Duration = Duration::from_micros(10);
 /// How long a closing connection may keep flushing what it has and then
 /// wait for the peer to close its side (bounds a peer that does not read).
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -387,8 +379,11 @@ impl<R: Runtime> Driver<R> {
     /// [`WakeSignal::set_inline_receive`]); whether the core got any input.
     /// Only while the driver sleeps with nothing left for it: at most the
     /// connection that last brought input and the one last written to are
-    /// asked (a request's reply comes back where it went), [`READS_PER_TURN`]
-    /// reads each, so a thread about to wait spends a syscall or two.
+    /// asked (a request's reply comes back where it went), one read of at
+    /// most [`INLINE_BUSY_BYTES`] each, so a thread about to wait spends a
+    /// syscall or two and never more than a reply's worth of decryption; a
+    /// read that fills it is a flood's, and the link is left to the driver
+    /// for [`INLINE_BUSY`].
     /// Output the input caused goes out as an inline transmit's would;
     /// anything that needs the driver wakes it.
     fn receive_inline(&mut self, wake: &WakeSignal) -> bool {
@@ -421,10 +416,10 @@ impl<R: Runtime> Driver<R> {
                 &mut self.core,
                 id,
                 link,
-                &mut self.read_buf,
+                &mut self.read_buf[..INLINE_BUSY_BYTES],
                 &mut cx,
                 now,
-                (R::poll_read_now, &mut got),
+                (R::poll_read_now, 1, &mut got),
             ) {
                 LinkState::Idle => {}
                 LinkState::Progress => {
@@ -741,18 +736,10 @@ fn inline_receive<R: Runtime>(driver: &Weak<Mutex<Driver<R>>>) -> bool {
     let Some(shared) = driver.upgrade() else {
         return false;
     };
-    // An awake driver reads the sockets itself, and holds its state for a
-    // few microseconds: waiting that long here is cheaper than parking and
-    // being woken by it. Never longer (see `INLINE_RECEIVE_SPIN`).
-    let give_up = Instant::now() + INLINE_RECEIVE_SPIN;
-    let mut driver = loop {
-        match shared.try_lock() {
-            Ok(driver) => break driver,
-            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < give_up => {
-                std::hint::spin_loop();
-            }
-            Err(_) => return false,
-        }
+    // Never waits: an awake driver reads the sockets itself (and spinning
+    // here for it under a flood took CPU the driver needed).
+    let Ok(mut driver) = shared.try_lock() else {
+        return false;
     };
     let wake = driver.core.wake_signal();
     driver.receive_inline(&wake)
@@ -869,7 +856,15 @@ fn poll_link<R: Runtime>(
         };
     }
     if !link.paused {
-        match read_link::<R>(core, id, link, read_buf, cx, now, (R::poll_read, &mut 0)) {
+        match read_link::<R>(
+            core,
+            id,
+            link,
+            read_buf,
+            cx,
+            now,
+            (R::poll_read, READS_PER_TURN, &mut 0),
+        ) {
             LinkState::Idle => {}
             LinkState::Progress => {
                 *last_read = Some(id);
@@ -890,7 +885,7 @@ fn poll_link<R: Runtime>(
 type ReadFn<R> =
     fn(&mut <R as Runtime>::Reader, &mut Context<'_>, &mut [u8]) -> Poll<std::io::Result<usize>>;
 
-/// Reads what the socket has (up to [`READS_PER_TURN`] reads, with
+/// Reads what the socket has (up to `reads` reads of `read_buf`, with
 /// `read`, adding the bytes to `got`) into the core: `Progress` when the
 /// core got bytes, `Done` when the socket is finished with (the core was
 /// told).
@@ -901,10 +896,10 @@ fn read_link<R: Runtime>(
     read_buf: &mut [u8],
     cx: &mut Context<'_>,
     now: Instant,
-    (read, got): (ReadFn<R>, &mut usize),
+    (read, reads, got): (ReadFn<R>, usize, &mut usize),
 ) -> LinkState {
     let mut progress = false;
-    for _ in 0..READS_PER_TURN {
+    for _ in 0..reads {
         match read(&mut link.reader, cx, read_buf) {
             Poll::Pending => break,
             Poll::Ready(Ok(0)) => {

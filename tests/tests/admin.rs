@@ -233,6 +233,7 @@ fn status_and_metrics_of_a_real_three_node_cluster() {
         "busy_notices",
         "supervisor_restarts",
         "supervisor_escalations",
+        "inline_receives",
     ] {
         assert!(status.counters.contains_key(counter), "{counter} missing");
     }

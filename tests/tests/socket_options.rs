@@ -1,6 +1,6 @@
 //! The socket options of node links (issue 17, latency under load): every
 //! runtime adapter's `connect` and `accept` hand the driver sockets with
-//! `TCP_NODELAY` and `TCP_NOTSENT_LOWAT` in effect (read back with
+//! `TCP_NODELAY` in effect (read back with
 //! `getsockopt`, on both ends, on tokio, async-std and smol); and over real
 //! TCP and mutual TLS, requests to one mailbox keep completing, within a
 //! generous bound, while another thread floods another mailbox on the same
@@ -10,7 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use reign_driver::sockopt::NOTSENT_LOWAT;
 use reign_driver::Runtime;
 use reign_tests::{capture_logs, shutdown_all, TestCluster};
 use reign_tokio::SendError;
@@ -21,12 +20,6 @@ const WAIT: Duration = Duration::from_secs(30);
 fn assert_tuned(socket: &impl std::os::fd::AsFd, what: &str) {
     let socket = socket2::SockRef::from(socket);
     assert!(socket.tcp_nodelay().unwrap(), "{what}: TCP_NODELAY is off");
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    assert_eq!(
-        socket.tcp_notsent_lowat().unwrap(),
-        NOTSENT_LOWAT,
-        "{what}: TCP_NOTSENT_LOWAT"
-    );
 }
 
 /// Connects to a listener of runtime `R` and accepts, both through the
