@@ -693,12 +693,10 @@ impl Core {
             self.check_timers();
             let scanned = self.scanned_timeout();
             if indexed != scanned {
-                // The connection and redial entries were just checked
-                // exactly; what differs is whether gossip wakes the driver
-                // (the index's set of awake peers against `peers`). Seen
-                // once, in a CI run of the kv_cache example, not yet
-                // explained: answer with the scan, which is the rules'
-                // truth, and say so at DEBUG.
+                // Seen once, in a CI run of the kv_cache example, after
+                // `check_timers` had found every indexed entry and the
+                // awake peers exact; not yet explained. Answer with the
+                // scan, which is the rules' truth, and say so at DEBUG.
                 tracing::debug!(
                     node = self.me.0,
                     ?indexed,
