@@ -26,6 +26,10 @@ use crate::id::NodeId;
 /// peer that reads it knows the node left on purpose).
 pub(crate) const LEAVING: &str = "node shutting down";
 
+/// What a [`CloseReason::Duplicate`] goodbye says on the wire: a dialer
+/// refused with these words lost a simultaneous-dial race, routinely.
+pub(crate) const DUPLICATE_TEXT: &str = "duplicate connection";
+
 /// Why the core closed a connection (or found it closed).
 ///
 /// `Display` gives the text the logs print. New variants may be added as
@@ -163,7 +167,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Goodbye(text) => write!(f, "{GOODBYE}: {text}"),
             CloseReason::PeerLeaving => write!(f, "{GOODBYE}: {LEAVING}"),
             CloseReason::MemberRemoved(why) => write!(f, "{GOODBYE}: {why}"),
-            CloseReason::Duplicate => f.write_str("duplicate connection"),
+            CloseReason::Duplicate => f.write_str(DUPLICATE_TEXT),
             CloseReason::Replaced => f.write_str("replaced by a newer connection"),
             CloseReason::ShuttingDown => f.write_str(LEAVING),
             CloseReason::DialFailed(e) => write!(f, "dial failed: {e}"),

@@ -872,3 +872,251 @@ fn busy_leaves_with_the_input_and_ready_wakes_the_core() {
     carry(&mut wires, 1, answers);
     assert_eq!(remote.send(chunk), Ok(()), "node 0 was told Ready");
 }
+
+// ----- both ends dial at once ----------------------------------------------
+
+/// Two cores that dial each other at the same moment, over in-memory
+/// connections whose bytes keep their order per direction while which
+/// pending step happens next (an accept, a dialer told `Connected`, the
+/// next chunk one way, a close arriving) is drawn from a seeded
+/// generator: every interleaving a real network can produce.
+struct Race {
+    cores: Vec<Core>,
+    now: Instant,
+    rng: u64,
+    /// Dials whose connection has not been accepted yet.
+    dials: Vec<(usize, ConnId)>,
+    /// Accepted dials whose dialer has not been told `Connected` yet.
+    connecting: Vec<(usize, ConnId)>,
+    /// One per direction of each connection: from one end to the other,
+    /// the chunks on their way (`None`: the sender closed).
+    pipes: Vec<Pipe>,
+    /// Ends whose core closed them or was told they closed.
+    closed: Vec<(usize, ConnId)>,
+    events: Vec<Vec<Event>>,
+}
+
+struct Pipe {
+    from: (usize, ConnId),
+    to: (usize, ConnId),
+    queue: std::collections::VecDeque<Option<Vec<u8>>>,
+}
+
+impl Race {
+    fn new(seed: u64) -> Race {
+        let ca = reign_proto::certgen::ClusterCa::generate().unwrap();
+        let now = Instant::now();
+        let addrs = vec![
+            (NodeId(0), "127.0.0.1:1".to_string()),
+            (NodeId(1), "127.0.0.1:2".to_string()),
+        ];
+        let cores = (0..2u16)
+            .map(|id| {
+                let mut spec = ca.inline_spec(NodeId(id), &addrs).unwrap();
+                spec.tuning = Tuning::fast();
+                start_core(&spec, id, 1, now).unwrap()
+            })
+            .collect();
+        Race {
+            cores,
+            now,
+            rng: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+            dials: Vec::new(),
+            connecting: Vec::new(),
+            pipes: Vec::new(),
+            closed: Vec::new(),
+            events: vec![Vec::new(), Vec::new()],
+        }
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        // xorshift64*: enough for drawing interleavings.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+    }
+
+    /// Takes every output of both cores into the pipes and lists.
+    fn collect(&mut self) {
+        for i in 0..2 {
+            while let Some(out) = self.cores[i].poll_output(self.now) {
+                match out {
+                    Output::Transmit { conn, data } => {
+                        let now = self.now;
+                        let bytes = data.len();
+                        self.cores[i].handle_input(now, Input::Written { conn, bytes });
+                        let pipe = self
+                            .pipes
+                            .iter_mut()
+                            .find(|p| p.from == (i, conn))
+                            .expect("a transmit on a connected end");
+                        pipe.queue.push_back(Some(data));
+                    }
+                    Output::Close { conn } => {
+                        self.closed.push((i, conn));
+                        self.dials.retain(|&d| d != (i, conn));
+                        if let Some(pipe) = self.pipes.iter_mut().find(|p| p.from == (i, conn)) {
+                            pipe.queue.push_back(None);
+                        }
+                    }
+                    Output::Connect { conn, .. } => self.dials.push((i, conn)),
+                    Output::Event(e) => self.events[i].push(e),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Takes one pending step, drawn at random; false when none is left.
+    fn step(&mut self) -> bool {
+        self.collect();
+        let busy: Vec<usize> = (0..self.pipes.len())
+            .filter(|&p| !self.pipes[p].queue.is_empty())
+            .collect();
+        let choices = self.dials.len() + self.connecting.len() + busy.len();
+        if choices == 0 {
+            return false;
+        }
+        let mut pick = self.below(choices);
+        let now = self.now;
+        if pick < self.dials.len() {
+            let (i, conn) = self.dials.remove(pick);
+            let j = 1 - i;
+            let accepted = self.cores[j].accept(now, "wire").unwrap();
+            for (from, to) in [((i, conn), (j, accepted)), ((j, accepted), (i, conn))] {
+                self.pipes.push(Pipe {
+                    from,
+                    to,
+                    queue: Default::default(),
+                });
+            }
+            self.connecting.push((i, conn));
+        } else if {
+            pick -= self.dials.len();
+            pick < self.connecting.len()
+        } {
+            let (i, conn) = self.connecting.remove(pick);
+            self.cores[i].handle_input(now, Input::Connected { conn });
+        } else {
+            let p = busy[pick - self.connecting.len()];
+            let to = self.pipes[p].to;
+            let chunk = self.pipes[p].queue.pop_front().expect("a busy pipe");
+            if !self.closed.contains(&to) {
+                let (j, conn) = to;
+                match chunk {
+                    Some(bytes) => self.cores[j].handle_input(now, Input::Received { conn, bytes: &bytes }),
+                    None => {
+                        self.closed.push(to);
+                        self.cores[j].handle_input(now, Input::Closed { conn, error: None });
+                    }
+                }
+            }
+        }
+        self.collect();
+        true
+    }
+
+    /// Fires every timer due by `until`, taking every step in between.
+    fn run_until(&mut self, until: Instant) {
+        loop {
+            while self.step() {}
+            let next = self.cores.iter().filter_map(|c| c.poll_timeout()).min();
+            match next {
+                Some(next) if next <= until => {
+                    self.now = self.now.max(next);
+                    for core in &mut self.cores {
+                        if core.poll_timeout().is_some_and(|t| t <= self.now) {
+                            core.handle_input(self.now, Input::Timeout);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = until;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn downs(&self) -> usize {
+        self.events
+            .iter()
+            .flatten()
+            .filter(|e| matches!(e, Event::PeerDown { .. }))
+            .count()
+    }
+}
+
+/// Both nodes dial each other within the same instant, on 500 drawn
+/// interleavings: one connection stays, neither side ever reports the
+/// other down (no `PeerDown`, nothing queued for it dropped), and every
+/// message sent once the sender saw the link up arrives once, in order.
+#[test]
+fn simultaneous_dials_settle_on_one_connection_without_a_peer_down() {
+    const SEEDS: u64 = 500;
+    const MESSAGES: u64 = 40;
+    for seed in 1..=SEEDS {
+        let mut race = Race::new(seed);
+        // Run the clock until both have dialled, and hold the dials.
+        let start = race.now;
+        while race.dials.len() < 2 {
+            let next = race
+                .cores
+                .iter()
+                .filter_map(|c| c.poll_timeout())
+                .min()
+                .expect("a dial timer");
+            assert!(next < start + Duration::from_secs(5), "seed {seed}: no dial");
+            race.now = next;
+            for core in &mut race.cores {
+                if core.poll_timeout().is_some_and(|t| t <= next) {
+                    core.handle_input(next, Input::Timeout);
+                }
+            }
+            race.collect();
+            // The first dial waits for the second: accept nothing yet.
+        }
+        let boxes: Vec<_> = (0..2).map(|i| race.cores[i].node().new_mailbox()).collect();
+        let targets: Vec<Address> = (0..2)
+            .map(|i| race.cores[i].node().address_of(boxes[1 - i].0.id()))
+            .collect();
+        let mut sent = [0u64; 2];
+        while race.step() {
+            for i in 0..2 {
+                if sent[i] < MESSAGES && race.cores[i].connected_peers() == [NodeId(1 - i as u16)] {
+                    targets[i].send(sent[i]).unwrap();
+                    sent[i] += 1;
+                }
+            }
+        }
+        let until = race.now + Duration::from_secs(3);
+        race.run_until(until);
+        for i in 0..2 {
+            while sent[i] < MESSAGES {
+                targets[i].send(sent[i]).unwrap();
+                sent[i] += 1;
+            }
+        }
+        let until = race.now + Duration::from_millis(500);
+        race.run_until(until);
+        assert_eq!(race.downs(), 0, "seed {seed}: a peer was reported down: {:?}", race.events);
+        for i in 0..2 {
+            assert_eq!(
+                race.cores[i].connected_peers(),
+                [NodeId(1 - i as u16)],
+                "seed {seed}: node {i} is not connected"
+            );
+            assert_eq!(
+                race.cores[i].connection_count(),
+                1,
+                "seed {seed}: node {i} kept more than one connection"
+            );
+            let got: Vec<u64> = std::iter::from_fn(|| boxes[i].1.try_recv().unwrap())
+                .map(|m| m.downcast::<u64>().unwrap())
+                .collect();
+            let want: Vec<u64> = (0..MESSAGES).collect();
+            assert_eq!(got, want, "seed {seed}: node {i} lost or reordered messages");
+        }
+    }
+}

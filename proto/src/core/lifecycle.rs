@@ -1,6 +1,22 @@
 //! Connections coming and going: the handshake's end, failures, peers
 //! going down, redials and timers; and counting the messages an outbound
 //! queue held when it is dropped.
+//!
+//! **Simultaneous dials.** Two nodes may dial each other at the same time
+//! (a restart, a partition healing). The lower id is the preferred dialer
+//! ([`dial_grace`] makes the other wait before dialling at all), and both
+//! ends must keep the same connection without either reporting the other
+//! down, since that would forget its names and drop what was queued for
+//! it. So the preferred dialer refuses an inbound connection from the peer
+//! while its own dial to that peer is on its way or up, with a `Duplicate`
+//! goodbye in place of its hello: the other end never counts that
+//! connection up (it is up only once the acceptor's hello arrives) and
+//! takes the goodbye as a quiet dial failure. The other end accepts the
+//! preferred connection whenever it comes. A dial of the preferred node
+//! that never completes (a one-way reachable network) delays the other
+//! end's dials by at most its handshake timeout each time; they get in
+//! while it waits out its backoff. `tests/core.rs`
+//! (`simultaneous_dials_…`) draws 500 interleavings of such a race.
 
 use super::*;
 
@@ -42,11 +58,16 @@ pub(crate) fn queued_messages(state: &OutboxState) -> u64 {
 }
 
 impl Core {
+    /// Counts `conn` up as the link to the node `hello` names, unless it
+    /// loses a simultaneous-dial race (see the module header). `reply` is
+    /// an acceptor's own hello: sent only once the connection is kept, so
+    /// a refused dialer reads the goodbye instead and never counts it up.
     pub(super) fn establish(
         &mut self,
         now: Instant,
         conn: &mut Conn,
         hello: Hello,
+        reply: Option<Hello>,
     ) -> Result<(), CloseReason> {
         let peer_id = hello.node;
         // Settle a held newcomer first, so that replacing the old
@@ -54,26 +75,40 @@ impl Core {
         self.refuse_probe_for_live(now, peer_id, hello.incarnation);
         let dialer_of = |c: &Conn| if c.dialed.is_some() { self.me } else { peer_id };
         let preferred_dialer = self.me.min(peer_id);
+        let new_preferred = dialer_of(conn) == preferred_dialer;
         let existing = self.peers.get(&peer_id).and_then(|p| p.up);
+        let old_preferred = existing
+            .and_then(|old| self.conns.get(&old))
+            .is_some_and(|old| dialer_of(old) == preferred_dialer);
+        // Our own dial to the peer, still on its way. When this node is the
+        // preferred dialer, that dial is the connection both ends keep.
+        let own_dial = self
+            .peers
+            .get(&peer_id)
+            .and_then(|p| p.dialing)
+            .filter(|&d| d != conn.id);
+        if !new_preferred && (old_preferred || own_dial.is_some()) {
+            // Both ends dialled at once (see "Simultaneous dials" in the
+            // module header): the other end's connection is refused here,
+            // before either end counts it up, so no peer-down follows.
+            tracing::debug!(
+                node = self.me.0,
+                peer = peer_id.0,
+                "closing a duplicate connection"
+            );
+            let reason = CloseReason::Duplicate;
+            conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
+                &reason.to_string(),
+            )));
+            return Err(reason);
+        }
+        if let Some(reply) = reply {
+            conn.queue_frame(&Frame::Hello(reply.to_frame_body()));
+        }
         if let Some(old_id) = existing {
-            let old_preferred = self
-                .conns
-                .get(&old_id)
-                .is_some_and(|old| dialer_of(old) == preferred_dialer);
-            let new_preferred = dialer_of(conn) == preferred_dialer;
-            if old_preferred && !new_preferred {
-                // Both sides dialled at once: routine, one of the two goes.
-                tracing::debug!(
-                    node = self.me.0,
-                    peer = peer_id.0,
-                    "closing a duplicate connection"
-                );
-                let reason = CloseReason::Duplicate;
-                conn.queue_frame(&Frame::Goodbye(handshake::goodbye_body(
-                    &reason.to_string(),
-                )));
-                return Err(reason);
-            }
+            // The same dialer again (the old link is dead to it), or the
+            // preferred connection arriving after the other end's was let
+            // in: the old link's peer goes down.
             self.drop_conn(now, old_id, CloseReason::Replaced, true);
         }
         conn.phase = Phase::Up { peer: peer_id };
@@ -199,7 +234,10 @@ impl Core {
             if let Some(peer) = self.peers.get_mut(&peer_id) {
                 if peer.dialing == Some(id) {
                     peer.dialing = None;
-                    if peer.up.is_none() && !self.shutting_down {
+                    // A dial refused as a duplicate failed nothing: the
+                    // peer's own dial is the one both ends keep.
+                    let failed = reason != CloseReason::Duplicate;
+                    if failed && peer.up.is_none() && !self.shutting_down {
                         let error = reason.to_string();
                         let (summary, _) = peer.dial_failures.record(now, &error);
                         tracing::debug!(

@@ -638,10 +638,7 @@ impl Core {
         let Some(mut conn) = self.conns.remove(&probe.conn) else {
             return;
         };
-        if let Some(reply) = probe.reply {
-            conn.queue_frame(&Frame::Hello(reply.to_frame_body()));
-        }
-        let result = self.establish(now, &mut conn, probe.hello);
+        let result = self.establish(now, &mut conn, probe.hello, probe.reply);
         let id = conn.id;
         self.conns.insert(id, conn);
         self.dirty.insert(id);

@@ -580,7 +580,7 @@ impl Core {
         let _ = conn
             .handshake
             .on_frame(Frame::Hello(hello.to_frame_body()), |_| true, |_| true);
-        self.establish(now, &mut conn, hello).ok()?;
+        self.establish(now, &mut conn, hello, None).ok()?;
         self.conns.insert(id, conn);
         self.sync_timers();
         Some(id)

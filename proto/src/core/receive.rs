@@ -218,9 +218,6 @@ impl Core {
                 if live.is_some_and(|live| live != peer.incarnation) {
                     return self.hold_for_probe(conn, peer, reply);
                 }
-                if let Some(reply) = reply {
-                    conn.queue_frame(&Frame::Hello(reply.to_frame_body()));
-                }
                 if !self.peers.contains_key(&peer.node) {
                     let descriptor = NodeDescriptor {
                         id: peer.node.0,
@@ -230,7 +227,20 @@ impl Core {
                     };
                     self.add_member(now, descriptor, true);
                 }
-                self.establish(now, conn, peer)
+                self.establish(now, conn, peer, reply)
+            }
+            Err(HandshakeError::RefusedByPeer(reason))
+                if conn.dialed.is_some() && reason == crate::close::DUPLICATE_TEXT =>
+            {
+                // Our dial crossed the peer's, and the peer keeps its own
+                // (see "Simultaneous dials" in `lifecycle`): routine.
+                tracing::debug!(
+                    node = self.me.0,
+                    conn = %conn.id,
+                    peer = conn.dialed.map(|n| n.0),
+                    "dialled connection refused as a duplicate"
+                );
+                Err(CloseReason::Duplicate)
             }
             Err(e) => {
                 if let HandshakeError::RefusedByPeer(reason) = &e {
