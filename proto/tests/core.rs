@@ -1005,7 +1005,13 @@ impl Race {
             if !self.closed.contains(&to) {
                 let (j, conn) = to;
                 match chunk {
-                    Some(bytes) => self.cores[j].handle_input(now, Input::Received { conn, bytes: &bytes }),
+                    Some(bytes) => self.cores[j].handle_input(
+                        now,
+                        Input::Received {
+                            conn,
+                            bytes: &bytes,
+                        },
+                    ),
                     None => {
                         self.closed.push(to);
                         self.cores[j].handle_input(now, Input::Closed { conn, error: None });
@@ -1067,7 +1073,10 @@ fn simultaneous_dials_settle_on_one_connection_without_a_peer_down() {
                 .filter_map(|c| c.poll_timeout())
                 .min()
                 .expect("a dial timer");
-            assert!(next < start + Duration::from_secs(5), "seed {seed}: no dial");
+            assert!(
+                next < start + Duration::from_secs(5),
+                "seed {seed}: no dial"
+            );
             race.now = next;
             for core in &mut race.cores {
                 if core.poll_timeout().is_some_and(|t| t <= next) {
@@ -1100,7 +1109,12 @@ fn simultaneous_dials_settle_on_one_connection_without_a_peer_down() {
         }
         let until = race.now + Duration::from_millis(500);
         race.run_until(until);
-        assert_eq!(race.downs(), 0, "seed {seed}: a peer was reported down: {:?}", race.events);
+        assert_eq!(
+            race.downs(),
+            0,
+            "seed {seed}: a peer was reported down: {:?}",
+            race.events
+        );
         for i in 0..2 {
             assert_eq!(
                 race.cores[i].connected_peers(),
@@ -1116,7 +1130,10 @@ fn simultaneous_dials_settle_on_one_connection_without_a_peer_down() {
                 .map(|m| m.downcast::<u64>().unwrap())
                 .collect();
             let want: Vec<u64> = (0..MESSAGES).collect();
-            assert_eq!(got, want, "seed {seed}: node {i} lost or reordered messages");
+            assert_eq!(
+                got, want,
+                "seed {seed}: node {i} lost or reordered messages"
+            );
         }
     }
 }

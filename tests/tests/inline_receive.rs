@@ -199,7 +199,11 @@ async fn a_peer_leaving_while_a_receiver_waits_is_noticed<R: Runtime + Default>(
         .await
         .pop()
         .expect("node 1");
+    // Both ends: a hop sent before node 1 has counted the link up (it does
+    // once node 0's hello arrives, just after node 0 did) is dropped as
+    // unreachable, as any send to a disconnected peer.
     assert!(eventually(WAIT, || a.is_connected(NodeId(1))));
+    assert!(b.wait_for_peers(&[NodeId(0)], WAIT).await);
     let made = hops(&a, &b, 1 << 32).await;
     println!("{made} hops after node 1 came back");
     a.shutdown().await;
