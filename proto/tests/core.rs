@@ -978,9 +978,10 @@ impl Race {
         if choices == 0 {
             return false;
         }
-        let mut pick = self.below(choices);
+        let pick = self.below(choices);
         let now = self.now;
-        if pick < self.dials.len() {
+        let (dials, connecting) = (self.dials.len(), self.connecting.len());
+        if pick < dials {
             let (i, conn) = self.dials.remove(pick);
             let j = 1 - i;
             let accepted = self.cores[j].accept(now, "wire").unwrap();
@@ -992,14 +993,11 @@ impl Race {
                 });
             }
             self.connecting.push((i, conn));
-        } else if {
-            pick -= self.dials.len();
-            pick < self.connecting.len()
-        } {
-            let (i, conn) = self.connecting.remove(pick);
+        } else if pick < dials + connecting {
+            let (i, conn) = self.connecting.remove(pick - dials);
             self.cores[i].handle_input(now, Input::Connected { conn });
         } else {
-            let p = busy[pick - self.connecting.len()];
+            let p = busy[pick - dials - connecting];
             let to = self.pipes[p].to;
             let chunk = self.pipes[p].queue.pop_front().expect("a busy pipe");
             if !self.closed.contains(&to) {
@@ -1115,7 +1113,7 @@ fn simultaneous_dials_settle_on_one_connection_without_a_peer_down() {
             "seed {seed}: a peer was reported down: {:?}",
             race.events
         );
-        for i in 0..2 {
+        for (i, (_, mailbox)) in boxes.iter().enumerate() {
             assert_eq!(
                 race.cores[i].connected_peers(),
                 [NodeId(1 - i as u16)],
@@ -1126,7 +1124,7 @@ fn simultaneous_dials_settle_on_one_connection_without_a_peer_down() {
                 1,
                 "seed {seed}: node {i} kept more than one connection"
             );
-            let got: Vec<u64> = std::iter::from_fn(|| boxes[i].1.try_recv().unwrap())
+            let got: Vec<u64> = std::iter::from_fn(|| mailbox.try_recv().unwrap())
                 .map(|m| m.downcast::<u64>().unwrap())
                 .collect();
             let want: Vec<u64> = (0..MESSAGES).collect();
