@@ -894,6 +894,9 @@ struct Race {
     /// Ends whose core closed them or was told they closed.
     closed: Vec<(usize, ConnId)>,
     events: Vec<Vec<Event>>,
+    /// A core whose dials are never answered (a network that reaches the
+    /// other node one way only): they hang until their handshake timeout.
+    unanswered: Option<usize>,
 }
 
 struct Pipe {
@@ -926,6 +929,7 @@ impl Race {
             pipes: Vec::new(),
             closed: Vec::new(),
             events: vec![Vec::new(), Vec::new()],
+            unanswered: None,
         }
     }
 
@@ -960,6 +964,7 @@ impl Race {
                             pipe.queue.push_back(None);
                         }
                     }
+                    Output::Connect { .. } if self.unanswered == Some(i) => {}
                     Output::Connect { conn, .. } => self.dials.push((i, conn)),
                     Output::Event(e) => self.events[i].push(e),
                     _ => {}
@@ -1134,4 +1139,38 @@ fn simultaneous_dials_settle_on_one_connection_without_a_peer_down() {
             );
         }
     }
+}
+
+/// The refusal above must not lock a node out when the preferred dialer's
+/// dials never arrive (a network that reaches node 1 from node 0 only one
+/// way, SYNs dropped): node 0 refuses node 1's dials only while one of its
+/// own hangs, and node 1's get in while node 0 waits out its backoff. Then
+/// the link stays, and node 0 stops dialling. Virtual time, fast tuning
+/// (2 s handshake timeout, backoff 20 ms to 500 ms).
+#[test]
+fn a_preferred_dialer_whose_dials_hang_still_gets_linked_by_the_other_end() {
+    const SEEDS: u64 = 50;
+    let mut slowest = Duration::ZERO;
+    for seed in 1..=SEEDS {
+        let mut race = Race::new(seed);
+        race.unanswered = Some(0);
+        let start = race.now;
+        let limit = start + Duration::from_secs(120);
+        while race.now < limit && race.cores[1].connected_peers() != [NodeId(0)] {
+            let until = race.now + Duration::from_millis(10);
+            race.run_until(until);
+        }
+        let took = race.now - start;
+        assert!(
+            race.cores.iter().all(|c| c.connected_peers().len() == 1),
+            "seed {seed}: not linked after {took:?}"
+        );
+        slowest = slowest.max(took);
+        // The link stays: nothing goes down, node 0 dials no more.
+        let until = race.now + Duration::from_secs(10);
+        race.run_until(until);
+        assert_eq!(race.downs(), 0, "seed {seed}: {:?}", race.events);
+        assert!(race.cores.iter().all(|c| c.connection_count() == 1));
+    }
+    println!("linked through the other end's dial within {slowest:?} (worst of {SEEDS} seeds)");
 }

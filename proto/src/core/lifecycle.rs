@@ -15,8 +15,14 @@
 //! preferred connection whenever it comes. A dial of the preferred node
 //! that never completes (a one-way reachable network) delays the other
 //! end's dials by at most its handshake timeout each time; they get in
-//! while it waits out its backoff. `tests/core.rs`
-//! (`simultaneous_dials_…`) draws 500 interleavings of such a race.
+//! while it waits out its backoff (with a 2 s handshake timeout and a
+//! 500 ms backoff cap, linked within 10.5 s at worst over 50 seeds:
+//! `tests/core.rs`, `a_preferred_dialer_whose_dials_hang_…`). Refusing
+//! only once the own dial's TCP connect completed would link such a
+//! network at once, but closing a dial whose connect may just have
+//! completed shows the peer a connection that sent nothing, which its
+//! outside-input summary counts; not done. `tests/core.rs`
+//! (`simultaneous_dials_…`) draws 500 interleavings of the race itself.
 
 use super::*;
 
