@@ -1,0 +1,125 @@
+//! What messages from another node hold on the receiving node's heap while
+//! they wait in a mailbox, against what they are charged to the peer's
+//! receive budget (payload plus `MESSAGE_COST` each). The budget is the
+//! node's memory bound under a flood (a mailbox's share, the link's pause
+//! point), so a charge below the real cost would let a flood hold more
+//! than the bound says: it once did, by a third, for 64-byte messages.
+//!
+//! A live-bytes counting allocator: the one piece of `unsafe` here, as in
+//! `alloc_count.rs` (a `GlobalAlloc` must be an `unsafe impl`); it only
+//! forwards to the system allocator and adds up sizes.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use reign_proto::sim::Sim;
+use reign_proto::{Mailbox, NodeId};
+
+struct Live;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every method forwards to `System` unchanged; the counter is a
+// static atomic, which never allocates.
+unsafe impl GlobalAlloc for Live {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Live = Live;
+
+/// Payload sizes and messages per fill: each fill stays below a mailbox's
+/// share (16 MiB charged), so no send is refused.
+const FILLS: [(usize, usize); 3] = [(1, 30_000), (64, 30_000), (1024, 5_000)];
+
+/// Sends `count` copies of `payload` from node 0 to `to` and runs the
+/// simulation until they are delivered.
+fn fill(sim: &mut Sim, to: &reign_proto::Address, payload: &str, count: usize, mailbox: &Mailbox) {
+    let want = mailbox.message_count() + count;
+    let mut sent = 0;
+    while sent < count {
+        for _ in 0..1_000.min(count - sent) {
+            to.send(payload.to_owned()).unwrap();
+            sent += 1;
+        }
+        sim.run_for(Duration::from_millis(5));
+    }
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(mailbox.message_count(), want, "not all delivered");
+}
+
+fn charged(sim: &mut Sim) -> isize {
+    sim.node(NodeId(1))
+        .peer_stats()
+        .iter()
+        .find(|p| p.node == NodeId(0))
+        .map_or(0, |p| p.unread_bytes as isize)
+}
+
+/// Fills a mailbox on node 1 with `payload`s from node 0 twice, reading
+/// one message in between (so both of its queues grow to a backlog's
+/// size), and returns (heap held, bytes charged) after each fill.
+fn held_and_charged(payload_len: usize, count: usize) -> Vec<(isize, isize)> {
+    let mut sim = Sim::connected(2, 7);
+    let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
+    let remote = sim.node(NodeId(0)).address_of(addr.id());
+    let payload = "x".repeat(payload_len);
+    // Warm up the link's buffers.
+    fill(&mut sim, &remote, &payload, 100, &mailbox);
+    while mailbox.try_recv().unwrap().is_some() {}
+    sim.run_for(Duration::from_millis(200));
+    let base = LIVE.load(Ordering::Relaxed);
+    let mut seen = Vec::new();
+    fill(&mut sim, &remote, &payload, count, &mailbox);
+    seen.push((LIVE.load(Ordering::Relaxed) - base, charged(&mut sim)));
+    // The receiver takes the senders' queue whole; the next fill grows it
+    // again beside the first backlog.
+    drop(mailbox.try_recv().unwrap().expect("a message"));
+    fill(&mut sim, &remote, &payload, count, &mailbox);
+    seen.push((LIVE.load(Ordering::Relaxed) - base, charged(&mut sim)));
+    while mailbox.try_recv().unwrap().is_some() {}
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(charged(&mut sim), 0, "read messages give their charge back");
+    seen
+}
+
+/// Small messages, where the per-message cost dominates, and larger ones,
+/// where the payload does: what the queued messages hold on the heap
+/// (their payloads' share of the receive buffers, their queue slots with
+/// the queues' growth) stays within what they are charged.
+#[test]
+fn queued_remote_messages_hold_no_more_than_they_are_charged() {
+    for (payload_len, count) in FILLS {
+        let seen = held_and_charged(payload_len, count);
+        for (fill, (held, charged)) in seen.into_iter().enumerate() {
+            let per = |b: isize| b as f64 / (count * (fill + 1)) as f64;
+            println!(
+                "{payload_len} B payloads, after fill {}: {:.0} B held per message, {:.0} B charged",
+                fill + 1,
+                per(held),
+                per(charged)
+            );
+            assert!(
+                held <= charged,
+                "{payload_len} B payloads, fill {}: {held} bytes held on the heap, {charged} charged",
+                fill + 1
+            );
+        }
+    }
+}
