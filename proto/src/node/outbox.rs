@@ -690,12 +690,12 @@ pub(crate) fn link_pause_bound(tuning: &crate::spec::Tuning) -> usize {
 /// four times over, since a queue's capacity may be twice what it holds
 /// and a mailbox has two (the senders' side and the receiver's, swapped
 /// whole, so both grow to a backlog's size), plus its frame header, which
-/// stays in the receive buffer beside the payload. It was 96, which let a
-/// flood of 64-byte messages hold about 205 bytes each against 162
-/// charged, so a mailbox at its share held a third more than the share
-/// (a receiver under a 64 B flood peaked at 59–79 MB).
-/// `tests/queued_memory.rs` checks that what queued remote messages hold
-/// on the heap stays within what they are charged.
+/// stays in the receive buffer beside the payload. It was 96, under what
+/// queued messages hold: 172 heap bytes per 64-byte message against 162
+/// charged, 120 per 1-byte message against 97, so a mailbox at its share
+/// held up to a quarter more than the share. `tests/queued_memory.rs`
+/// checks that what queued remote messages hold on the heap stays within
+/// what they are charged.
 pub(crate) const MESSAGE_COST: usize =
     4 * std::mem::size_of::<crate::node::message::Message>() + DATA_HEADER_LEN;
 
