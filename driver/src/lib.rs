@@ -28,7 +28,7 @@ pub mod api {
         ConnectionStatus, Exit, ExitReason, Incarnation, IncomingTunnel, Limits, Mailbox,
         MailboxClosed, MailboxId, Message, MultipleClaim, NodeId, NodeStats, PeerStats, RecvError,
         RegistryError, ReloadError, Reloaded, Request, RequestError, RequestTables, Responder,
-        SendError, Target, TaskExit, Tuning, TunnelError, MAX_RECENT_EXITS,
+        SendError, Target, TaskExit, Tuning, TunnelError, MAX_RECENT_EXITS, MESSAGE_COST,
     };
     pub use reign_proto::{Call, TypedAddress, TypedMailbox, TypedResponder};
 

@@ -82,7 +82,7 @@ pub use error::{BatchError, DecodeError, RecvError, SendError};
 pub use id::{Incarnation, MailboxId, NodeId, ParseIdError};
 pub use mailbox::{Capacity, Mailbox};
 pub use message::{DowncastError, Message, RAW_BYTES_NAME};
-pub use node::outbox::{InlineReceive, InlineTransmit, PeerStats, WakeSignal};
+pub use node::outbox::{InlineReceive, InlineTransmit, PeerStats, WakeSignal, MESSAGE_COST};
 pub use node::{Node, SyncFuture, MAX_RECENT_EXITS};
 pub use registry::{RegistryDump, RegistryError};
 pub use services::{

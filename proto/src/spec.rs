@@ -185,11 +185,15 @@ pub struct Tuning {
     pub first_bytes_timeout: Duration,
     // Link budgets (issue 15, items 1 and 2).
     /// Bytes of messages from other nodes one mailbox should hold queued,
-    /// unread: its share. A mailbox that reaches it tells each node
+    /// unread: its share, counted as what they hold in memory (each
+    /// payload plus [`MESSAGE_COST`](crate::MESSAGE_COST), 287 bytes on
+    /// 64-bit targets, for its queue slots and frame header; a share of
+    /// 16 MiB holds about 47,800 messages of 64 bytes). A mailbox that
+    /// reaches it tells each node
     /// sending to it that it is busy, and their later sends to it fail with
     /// `SendError::Full` at once (as a full local mailbox's do) until it is
     /// read down to half its share. Messages already on the way are still
-    /// queued, up to twice the share; beyond that they are dropped and
+    /// queued, up to twice the share in payload bytes; beyond that they are dropped and
     /// counted (`NodeStats::dropped_unread_share`, one log line per
     /// episode). A mailbox holding nothing takes a message of any size up to
     /// `max_message_len`, so one large message always gets through. One

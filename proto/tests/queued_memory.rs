@@ -44,9 +44,19 @@ unsafe impl GlobalAlloc for Live {
 #[global_allocator]
 static GLOBAL: Live = Live;
 
-/// Payload sizes and messages per fill: each fill stays below a mailbox's
-/// share (16 MiB charged), so no send is refused.
-const FILLS: [(usize, usize); 3] = [(1, 30_000), (64, 30_000), (1024, 5_000)];
+/// The live-bytes counter is global: the tests here take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Payload sizes and messages per fill: two fills stay below a mailbox's
+/// share (16 MiB, counting payload plus `MESSAGE_COST` each), so no send
+/// is refused.
+const FILLS: [(usize, usize); 3] = [(1, 25_000), (64, 20_000), (1024, 5_000)];
 
 /// Sends `count` copies of `payload` from node 0 to `to` and runs the
 /// simulation until they are delivered.
@@ -105,6 +115,7 @@ fn held_and_charged(payload_len: usize, count: usize) -> Vec<(isize, isize)> {
 /// the queues' growth) stays within what they are charged.
 #[test]
 fn queued_remote_messages_hold_no_more_than_they_are_charged() {
+    let _serial = serial();
     for (payload_len, count) in FILLS {
         let seen = held_and_charged(payload_len, count);
         for (fill, (held, charged)) in seen.into_iter().enumerate() {
@@ -121,5 +132,74 @@ fn queued_remote_messages_hold_no_more_than_they_are_charged() {
                 fill + 1
             );
         }
+    }
+}
+
+/// A mailbox that is not read, flooded with small messages from another
+/// node until its sender hears it is busy, holds about its share of the
+/// heap, not a multiple of it: the share counts each message's payload
+/// plus `MESSAGE_COST`, what the message holds.
+#[test]
+fn a_flooded_mailbox_holds_about_its_share_when_its_sender_is_told_busy() {
+    let _serial = serial();
+    use reign_proto::sim::SimConfig;
+    use reign_proto::{SendError, Tuning, MESSAGE_COST};
+    let share = 1 << 20;
+    for payload_len in [1, 64, 1024] {
+        let mut sim = Sim::new(SimConfig {
+            nodes: 2,
+            seed: 11,
+            tuning: Tuning {
+                mailbox_unread_bytes: share,
+                ..Tuning::default()
+            },
+            ..SimConfig::default()
+        });
+        sim.run_for(Duration::from_millis(500));
+        assert!(sim.fully_connected());
+        let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
+        let remote = sim.node(NodeId(0)).address_of(addr.id());
+        let payload = "x".repeat(payload_len);
+        // Warm up the link's buffers.
+        fill(&mut sim, &remote, &payload, 100, &mailbox);
+        while mailbox.try_recv().unwrap().is_some() {}
+        sim.run_for(Duration::from_millis(200));
+        let base = LIVE.load(Ordering::Relaxed);
+        // Send as a paced sender would, until the sends fail `Full`.
+        let mut sent = 0usize;
+        'flood: loop {
+            for _ in 0..100 {
+                match remote.send(payload.clone()) {
+                    Ok(()) => sent += 1,
+                    Err(SendError::Full) => break 'flood,
+                    Err(e) => panic!("{payload_len} B: {e}"),
+                }
+            }
+            sim.run_for(Duration::from_micros(200));
+            assert!(sent < 10_000_000, "{payload_len} B: never told busy");
+        }
+        sim.run_for(Duration::from_millis(200));
+        let held = LIVE.load(Ordering::Relaxed) - base;
+        let queued = mailbox.message_count();
+        assert_eq!(queued, sent, "{payload_len} B: everything sent arrived");
+        // The encoded payload: a CBOR string header of up to 3 bytes.
+        let counted = queued * (payload_len + 3 + MESSAGE_COST);
+        println!(
+            "{payload_len} B payloads: told busy after {queued} messages, \
+             {held} B held on the heap ({:.2} shares), {counted} B counted",
+            held as f64 / share as f64
+        );
+        assert!(
+            counted >= share,
+            "{payload_len} B: busy before the share was reached"
+        );
+        // Both nodes run in this process: the heap also holds what was on
+        // the way when the sender heard (it sends 100 at a time) and the
+        // sender's own buffers, grown by the flood.
+        assert!(
+            held <= 2 * share as isize,
+            "{payload_len} B: {held} B held for a share of {share} B ({queued} messages)"
+        );
+        while mailbox.try_recv().unwrap().is_some() {}
     }
 }

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reign_tests::{capture_logs, recv_as, TestCluster};
-use reign_tokio::{ExitReason, MailboxClosed, MailboxExt, Node, NodeId, SendError, Tuning};
+use reign_tokio::{
+    ExitReason, MailboxClosed, MailboxExt, Node, NodeId, SendError, Tuning, MESSAGE_COST,
+};
 use serde_bytes::ByteBuf;
 
 /// Generous: nothing here should take more than a fraction of it.
@@ -269,12 +271,14 @@ async fn a_mailbox_over_its_share_refuses_its_senders_until_read() {
     let nodes = cluster.start_pair(WAIT).await;
     let small = 16 << 10;
     // A first message of `first` bytes (an empty mailbox takes any size);
-    // whether node 0's next send to it is refused `Full`.
+    // whether node 0's next send to it is refused `Full`. The share counts
+    // each message's payload plus MESSAGE_COST.
+    let cost = MESSAGE_COST;
     for (first, busy) in [
-        (share - small - 1, false),
-        (share - 1, false),
-        (share, true),
-        (share + 1, true),
+        (share - small - 2 * cost - 1, false),
+        (share - cost - 1, false),
+        (share - cost, true),
+        (share - cost + 1, true),
         (4 * share, true),
     ] {
         let (addr, mailbox) = nodes.1.new_mailbox();
@@ -293,7 +297,7 @@ async fn a_mailbox_over_its_share_refuses_its_senders_until_read() {
             assert_eq!(next, Ok(()), "first message of {first} bytes");
             round_trip(&nodes).await;
             // Taken; over its share now only if it reached it.
-            let now_busy = first + small >= share;
+            let now_busy = first + small + 2 * cost >= share;
             assert_eq!(
                 remote.send(payload_of_encoded(small, 2)).is_err(),
                 now_busy,
@@ -533,7 +537,10 @@ async fn an_unread_mailbox_does_not_freeze_its_node_for_a_peer() {
         stats.dropped_unread_share, stats.busy_notices
     );
     let share = Tuning::default().mailbox_unread_bytes as u64;
-    assert!(held * (64 << 10) >= share, "{held} messages held");
+    assert!(
+        held * ((64 << 10) + MESSAGE_COST as u64) >= share,
+        "{held} messages held"
+    );
     assert!(
         held * (64 << 10) <= 2 * share + (64 << 10),
         "{held} messages held"

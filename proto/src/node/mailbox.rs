@@ -27,6 +27,7 @@ use crate::error::{RecvError, SendError};
 use crate::id::{MailboxId, NodeId};
 use crate::node::address::Address;
 use crate::node::message::Message;
+use crate::node::outbox::MESSAGE_COST;
 use crate::node::task::TaskAbort;
 use crate::node::NodeInner;
 use crate::poison::lock;
@@ -240,6 +241,15 @@ pub(crate) struct Pushed {
 /// queue is bounded too, so only a sender that ignores `Busy` reaches it.
 pub(crate) const HARD_CAP_SHARES: usize = 2;
 
+/// What `messages` unread remote messages with `bytes` of payload hold on
+/// the heap, as a mailbox's share counts it: each payload plus
+/// [`MESSAGE_COST`] (the message's queue slots and frame header). Counting
+/// payloads alone let a flood of 64-byte messages fill a 16 MiB share with
+/// 210,000 messages holding some 60 MB before its sender was told busy.
+fn unread_cost(messages: usize, bytes: usize) -> usize {
+    bytes.saturating_add(messages.saturating_mul(MESSAGE_COST))
+}
+
 impl MailboxShared {
     pub(crate) fn new(id: MailboxId, node: Weak<NodeInner>, capacity: Capacity) -> MailboxShared {
         MailboxShared {
@@ -332,16 +342,19 @@ impl MailboxShared {
     /// one wake-up (the receive path of a connection delivers in batches).
     ///
     /// `share` is the most bytes the mailbox should hold queued
-    /// ([`Tuning::mailbox_unread_bytes`]). Once it holds that much, the
-    /// sender is to be told it is busy ([`Pushed::tell_busy`]; its later
-    /// sends fail with `Full` at once, until the mailbox is read down to
-    /// half); messages already on the way are still queued up to
-    /// [`HARD_CAP_SHARES`] shares and dropped and counted
-    /// ([`Pushed::over_share`]) beyond. An empty mailbox takes a message of
-    /// any size, so one message up to the largest allowed always gets
-    /// through. A consumer that does not keep up thus holds back its own
-    /// senders and never the link its messages arrive on, which carries
-    /// everything else from that node.
+    /// ([`Tuning::mailbox_unread_bytes`]), counted as what the messages
+    /// hold: each payload plus [`MESSAGE_COST`]. Once it holds that much,
+    /// the sender is to be told it is busy ([`Pushed::tell_busy`]; its
+    /// later sends fail with `Full` at once, until the mailbox is read down
+    /// to half); messages already on the way are still queued up to
+    /// [`HARD_CAP_SHARES`] shares of payload bytes and dropped and counted
+    /// ([`Pushed::over_share`]) beyond. The hard cap counts payloads alone,
+    /// as the sender's queue bound does, so telling a sender busy sooner
+    /// never makes its messages on the way be dropped. An empty mailbox
+    /// takes a message of any size, so one message up to the largest
+    /// allowed always gets through. A consumer that does not keep up thus
+    /// holds back its own senders and never the link its messages arrive
+    /// on, which carries everything else from that node.
     ///
     /// [`Tuning::mailbox_unread_bytes`]: crate::Tuning::mailbox_unread_bytes
     pub(crate) fn push_many(
@@ -357,7 +370,7 @@ impl MailboxShared {
         let hard_cap = share.saturating_mul(HARD_CAP_SHARES);
         // Receivers may take messages meanwhile (they only lower this), so a
         // value read once per batch is a safe upper bound.
-        let held = if bounded { 0 } else { self.held().1 };
+        let (held_messages, held) = if bounded { (0, 0) } else { self.held() };
         for msg in msgs {
             if state.closed {
                 pushed.closed += 1;
@@ -398,7 +411,12 @@ impl MailboxShared {
             }
             state.queue.push_back(msg);
             pushed.delivered += 1;
-            if queued + len >= share && !state.told_busy.contains(&from) {
+            let messages = if bounded {
+                self.held().0
+            } else {
+                held_messages + pushed.delivered as usize
+            };
+            if unread_cost(messages, queued + len) >= share && !state.told_busy.contains(&from) {
                 state.told_busy.push(from);
                 self.busy_share.store(share, Ordering::Relaxed);
                 self.busy.store(true, Ordering::Release);
@@ -675,7 +693,8 @@ impl MailboxShared {
             return;
         }
         let share = self.busy_share.load(Ordering::Relaxed);
-        if self.held().1 > share / 2 {
+        let (messages, bytes) = self.held();
+        if unread_cost(messages, bytes) > share / 2 {
             return;
         }
         self.tell_ready();

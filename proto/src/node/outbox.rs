@@ -695,8 +695,10 @@ pub(crate) fn link_pause_bound(tuning: &crate::spec::Tuning) -> usize {
 /// charged, 120 per 1-byte message against 97, so a mailbox at its share
 /// held up to a quarter more than the share. `tests/queued_memory.rs`
 /// checks that what queued remote messages hold on the heap stays within
-/// what they are charged.
-pub(crate) const MESSAGE_COST: usize =
+/// what they are charged. A mailbox's share of unread bytes
+/// ([`Tuning::mailbox_unread_bytes`](crate::Tuning::mailbox_unread_bytes))
+/// counts each queued remote message the same way.
+pub const MESSAGE_COST: usize =
     4 * std::mem::size_of::<crate::node::message::Message>() + DATA_HEADER_LEN;
 
 impl RecvBudget {
