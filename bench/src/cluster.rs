@@ -48,7 +48,19 @@ impl Cluster {
         for id in 1..=children {
             let path = dir.path().join(format!("spec_{id}.json"));
             std::fs::write(&path, spec_of(id)?.to_json()).map_err(|e| e.to_string())?;
-            let child = Command::new(&exe)
+            // `REIGN_BENCH_CHILD_PREFIX="heaptrack -o /tmp/child"` (or
+            // `perf record -g --`) runs each child under a profiler.
+            let prefix = std::env::var("REIGN_BENCH_CHILD_PREFIX").unwrap_or_default();
+            let mut words = prefix.split_whitespace();
+            let mut command = match words.next() {
+                Some(tool) => {
+                    let mut command = Command::new(tool);
+                    command.args(words).arg(&exe);
+                    command
+                }
+                None => Command::new(&exe),
+            };
+            let child = command
                 .args(["serve", "--spec"])
                 .arg(&path)
                 .args(["--id", &id.to_string()])
