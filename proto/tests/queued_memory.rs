@@ -82,19 +82,25 @@ fn charged(sim: &mut Sim) -> isize {
         .map_or(0, |p| p.unread_bytes as isize)
 }
 
+/// A mailbox on node 1 of `sim` and its address as node 0 sees it, with
+/// the link's buffers warmed up by 100 `payload`s; returns them and the
+/// heap in use after the warm-up, the base to measure from.
+fn warm_mailbox(sim: &mut Sim, payload: &str) -> (reign_proto::Address, Mailbox, isize) {
+    let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
+    let remote = sim.node(NodeId(0)).address_of(addr.id());
+    fill(sim, &remote, payload, 100, &mailbox);
+    while mailbox.try_recv().unwrap().is_some() {}
+    sim.run_for(Duration::from_millis(200));
+    (remote, mailbox, LIVE.load(Ordering::Relaxed))
+}
+
 /// Fills a mailbox on node 1 with `payload`s from node 0 twice, reading
 /// one message in between (so both of its queues grow to a backlog's
 /// size), and returns (heap held, bytes charged) after each fill.
 fn held_and_charged(payload_len: usize, count: usize) -> Vec<(isize, isize)> {
     let mut sim = Sim::connected(2, 7);
-    let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
-    let remote = sim.node(NodeId(0)).address_of(addr.id());
     let payload = "x".repeat(payload_len);
-    // Warm up the link's buffers.
-    fill(&mut sim, &remote, &payload, 100, &mailbox);
-    while mailbox.try_recv().unwrap().is_some() {}
-    sim.run_for(Duration::from_millis(200));
-    let base = LIVE.load(Ordering::Relaxed);
+    let (remote, mailbox, base) = warm_mailbox(&mut sim, &payload);
     let mut seen = Vec::new();
     fill(&mut sim, &remote, &payload, count, &mailbox);
     seen.push((LIVE.load(Ordering::Relaxed) - base, charged(&mut sim)));
@@ -157,14 +163,8 @@ fn a_flooded_mailbox_holds_about_its_share_when_its_sender_is_told_busy() {
         });
         sim.run_for(Duration::from_millis(500));
         assert!(sim.fully_connected());
-        let (addr, mailbox) = sim.node(NodeId(1)).new_mailbox();
-        let remote = sim.node(NodeId(0)).address_of(addr.id());
         let payload = "x".repeat(payload_len);
-        // Warm up the link's buffers.
-        fill(&mut sim, &remote, &payload, 100, &mailbox);
-        while mailbox.try_recv().unwrap().is_some() {}
-        sim.run_for(Duration::from_millis(200));
-        let base = LIVE.load(Ordering::Relaxed);
+        let (remote, mailbox, base) = warm_mailbox(&mut sim, &payload);
         // Send as a paced sender would, until the sends fail `Full`.
         let mut sent = 0usize;
         'flood: loop {
