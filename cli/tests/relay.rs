@@ -542,13 +542,18 @@ fn run_suite(kit: &Path, port: u16, cache: &Path) -> String {
     assert!(timing_only, "the binding's suite failed:\n{text}");
     for test in &failed {
         let pattern = format!("^{test}$");
-        let rerun = (1..=TIMING_RERUNS).find(|_| run_kit(kit, port, cache, &["-run", &pattern]).0);
+        let mut last = String::new();
+        let rerun = (1..=TIMING_RERUNS).find(|_| {
+            let (ok, out) = run_kit(kit, port, cache, &["-run", &pattern]);
+            last = out;
+            ok
+        });
         println!(
             "{test} failed in the suite (a millisecond budget); reruns until it passed: {rerun:?}"
         );
         assert!(
             rerun.is_some(),
-            "{test} failed in the suite and in {TIMING_RERUNS} reruns:\n{text}"
+            "{test} failed in the suite and in {TIMING_RERUNS} reruns; the suite:\n{text}\nthe last rerun:\n{last}"
         );
     }
     text

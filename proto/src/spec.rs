@@ -189,12 +189,11 @@ pub struct Tuning {
     /// payload plus [`MESSAGE_COST`](crate::MESSAGE_COST), 287 bytes on
     /// 64-bit targets, for its queue slots and frame header; a share of
     /// 16 MiB holds about 47,800 messages of 64 bytes). A mailbox that
-    /// reaches it tells each node
-    /// sending to it that it is busy, and their later sends to it fail with
-    /// `SendError::Full` at once (as a full local mailbox's do) until it is
-    /// read down to half its share. Messages already on the way are still
-    /// queued, up to twice the share in payload bytes; beyond that they are dropped and
-    /// counted (`NodeStats::dropped_unread_share`, one log line per
+    /// reaches it tells each node sending to it that it is busy, and their
+    /// later sends to it fail with `SendError::Full` at once (as a full
+    /// local mailbox's do) until it is read down to half its share.
+    /// Messages already on the way are still queued, up to twice the share
+    /// in payload bytes; beyond that they are dropped and counted (`NodeStats::dropped_unread_share`, one log line per
     /// episode). A mailbox holding nothing takes a message of any size up to
     /// `max_message_len`, so one large message always gets through. One
     /// consumer that does not keep up thus holds back only its own senders:

@@ -377,10 +377,14 @@ impl MailboxShared {
                 continue;
             }
             let len = msg.byte_len();
-            let queued = if bounded {
-                self.held().1
+            // What the mailbox holds before this message.
+            let (queued_messages, queued) = if bounded {
+                self.held()
             } else {
-                held + added_bytes
+                (
+                    held_messages + pushed.delivered as usize,
+                    held + added_bytes,
+                )
             };
             if queued > 0 && queued >= hard_cap {
                 pushed.over_share += 1;
@@ -411,12 +415,9 @@ impl MailboxShared {
             }
             state.queue.push_back(msg);
             pushed.delivered += 1;
-            let messages = if bounded {
-                self.held().0
-            } else {
-                held_messages + pushed.delivered as usize
-            };
-            if unread_cost(messages, queued + len) >= share && !state.told_busy.contains(&from) {
+            if unread_cost(queued_messages + 1, queued + len) >= share
+                && !state.told_busy.contains(&from)
+            {
                 state.told_busy.push(from);
                 self.busy_share.store(share, Ordering::Relaxed);
                 self.busy.store(true, Ordering::Release);
