@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reign_proto::certgen::CertAndKey;
 use reign_proto::codec::{Frame, FrameDecoder};
@@ -89,17 +89,45 @@ impl RawPeer {
         cert: &CertAndKey,
         wait: Duration,
     ) -> RawPeer {
-        let mut peer = RawPeer::connect(address, target, ca_pem, ClientAuth::Cert(cert))
-            .unwrap_or_else(|e| panic!("TLS to node {}: {e}", target.0));
         let hello = RawPeer::hello(me, target, ca_pem);
-        peer.send_frame(&Frame::Hello(hello.to_frame_body()))
-            .expect("send a hello");
-        assert!(
-            matches!(peer.next_frame(wait), Some(Frame::Hello(_))),
-            "node {} did not answer the hello",
-            target.0
-        );
-        peer
+        RawPeer::admitted_with(address, &hello, ca_pem, cert, wait)
+    }
+
+    /// [`admitted`](RawPeer::admitted) with a hello of the caller's own.
+    ///
+    /// A node with the lower id refuses a peer's connection as a duplicate
+    /// while its own dial to that peer is on its way (`core/lifecycle.rs`,
+    /// "Simultaneous dials"), and a real peer then dials again: so does
+    /// this, until `wait` passes. Any other answer than a hello panics.
+    ///
+    /// # Panics
+    /// If TLS fails or the node's hello does not come in time.
+    pub fn admitted_with(
+        address: &str,
+        hello: &Hello,
+        ca_pem: &str,
+        cert: &CertAndKey,
+        wait: Duration,
+    ) -> RawPeer {
+        let target = hello.target;
+        let deadline = Instant::now() + wait;
+        loop {
+            let mut peer = RawPeer::connect(address, target, ca_pem, ClientAuth::Cert(cert))
+                .unwrap_or_else(|e| panic!("TLS to node {}: {e}", target.0));
+            peer.send_frame(&Frame::Hello(hello.to_frame_body()))
+                .expect("send a hello");
+            let left = deadline.saturating_duration_since(Instant::now());
+            match peer.next_frame(left) {
+                Some(Frame::Hello(_)) => return peer,
+                Some(Frame::Goodbye(why))
+                    if String::from_utf8_lossy(&why).contains("duplicate connection")
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => panic!("node {} did not answer the hello: {other:?}", target.0),
+            }
+        }
     }
 
     /// A hello as node `me` of the cluster whose CA is `ca_pem`, aimed at `target`.

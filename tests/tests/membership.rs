@@ -10,7 +10,7 @@ use reign_proto::codec::Frame;
 use reign_proto::control::{member_digest, Control};
 use reign_proto::handshake::FEATURES;
 use reign_proto::{SpecError, ID_IN_USE};
-use reign_tests::raw_peer::{ClientAuth, RawPeer};
+use reign_tests::raw_peer::RawPeer;
 use reign_tests::{capture_logs, eventually, logged, recv_as, shutdown_all, TestCluster};
 use reign_tokio::{ClusterSpec, MailboxExt, Node, NodeId, ReloadError, Tuning};
 
@@ -332,22 +332,15 @@ impl Dialer {
     /// Node `me`, admitted by node 0 as a raw peer whose hello carries
     /// `features`.
     fn admitted(&self, me: u16, features: u64) -> RawPeer {
-        let mut peer = RawPeer::connect(
-            &self.addresses[0],
-            NodeId(0),
-            &self.ca,
-            ClientAuth::Cert(&self.certs[usize::from(me)]),
-        )
-        .unwrap_or_else(|e| panic!("TLS to node 0: {e}"));
         let mut hello = RawPeer::hello(NodeId(me), NodeId(0), &self.ca);
         hello.features = features;
-        peer.send_frame(&Frame::Hello(hello.to_frame_body()))
-            .expect("send a hello");
-        assert!(
-            matches!(peer.next_frame(WAIT), Some(Frame::Hello(_))),
-            "node 0 did not answer the hello"
-        );
-        peer
+        RawPeer::admitted_with(
+            &self.addresses[0],
+            &hello,
+            &self.ca,
+            &self.certs[usize::from(me)],
+            WAIT,
+        )
     }
 
     /// A digest as node `me` sends it, counting `count` members hashed to
